@@ -1,0 +1,1 @@
+"""The `meshtrust` command line."""

@@ -1,0 +1,1 @@
+"""Local development stack: embedded nats-server and the Kubernetes API emulator. Never imported by shared/ or services/."""

@@ -1,0 +1,1 @@
+"""meshtrust services: issuer, agent, bouncer. Each imports shared, never another service."""
