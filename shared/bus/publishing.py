@@ -1,0 +1,95 @@
+"""Publishing events: JSON, `Nats-Msg-Id` from the issuance, retried until acknowledged.
+
+JetStream acknowledges a publish once the stream has stored it. During an outage or a leader
+election the publish times out (or finds no responders) although the buffered message may still
+land later; so every publish carries a `Nats-Msg-Id` and is retried with the same id, and the
+stream's duplicate window drops the repeat. A publish that is refused for any other reason
+(for example a subject the user may not publish on) is not retried beyond `publish_deadline`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+
+from shared.bus.connection import Connection
+from shared.events import Envelope, encode, subject
+from shared.runtime.logging import get_logger
+from shared.runtime.retry import RetryPolicy, retry
+
+log = get_logger(__name__)
+
+MSG_ID = "Nats-Msg-Id"
+
+# What a publish may meet while the cluster recovers; everything else surfaces at once.
+RETRIABLE: tuple[type[Exception], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    stream: str
+    sequence: int
+    duplicate: bool
+    """True when JetStream had the same Nats-Msg-Id already: nothing new was stored."""
+
+
+class PublishError(Exception):
+    """The event could not be stored within the deadline; the message says why."""
+
+
+class Publisher:
+    """Publishes events on `meshtrust.v1.<event.cluster>.<event.type>`."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        settings = connection.settings
+        self._policy = RetryPolicy(
+            attempts=0,
+            timeout=settings.publish_deadline,
+            wait_initial=0.05,
+            wait_max=2.0,
+            wait_jitter=0.25,
+        )
+        self._timeout = settings.request_timeout
+        self._stream = settings.stream
+
+    async def publish(self, event: Envelope) -> Published:
+        """Store `event` in the stream; raises `PublishError` when that cannot be done in time."""
+        target = subject(event.cluster, event.event_type)
+        payload = encode(event)
+        headers = {MSG_ID: event.dedupe_key()}
+        js = self._connection.js
+
+        async def once() -> Published:
+            ack = await js.publish(
+                target, payload, timeout=self._timeout, stream=self._stream, headers=headers
+            )
+            return Published(stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate))
+
+        try:
+            result = await retry(once, on=RETRIABLE, policy=self._policy)
+        except RETRIABLE as exc:
+            raise PublishError(
+                f"{event.event_type.value} for issuance {event.issuance} not stored within "
+                f"{self._policy.timeout:.0f}s ({type(exc).__name__}); is NATS up, and may this "
+                f"user publish on {target}?"
+            ) from None
+        except nats.js.errors.APIError as exc:
+            raise PublishError(f"JetStream refused {target}: {exc.description}") from None
+        log.debug(
+            "published",
+            subject=target,
+            seq=result.sequence,
+            duplicate=result.duplicate,
+            issuance=event.issuance,
+        )
+        return result

@@ -1,0 +1,96 @@
+"""The bus's wire contract: event models, the envelope, subjects, desired-state keys, the codec.
+
+Pure data and validation: nothing here does I/O.
+"""
+
+from shared.events.codec import DEFAULT_MAX_BYTES, InvalidEvent, decode, encode
+from shared.events.desired import (
+    DESIRED_BUCKET,
+    DesiredKind,
+    DesiredObject,
+    cluster_prefix,
+    desired_key,
+    parse_desired_key,
+)
+from shared.events.enums import CertificateState, EventType
+from shared.events.models import (
+    EVENT_MODELS,
+    BounceCompleted,
+    BounceCompletedData,
+    BouncedSelector,
+    BounceRequested,
+    BounceRequestedData,
+    CertificateDenied,
+    CertificateDeniedData,
+    CertificateIssued,
+    CertificateIssuedData,
+    CsrRequested,
+    CsrRequestedData,
+    Envelope,
+    Event,
+    ObjectRef,
+    StatusChanged,
+    StatusChangedData,
+    TraceContext,
+)
+from shared.events.names import (
+    ClusterName,
+    InvalidName,
+    IssuanceId,
+    ObjectName,
+    check_cluster_name,
+    check_object_name,
+    new_issuance_id,
+)
+from shared.events.subjects import (
+    STREAM_SUBJECTS,
+    any_cluster,
+    cluster_events,
+    parse_subject,
+    subject,
+)
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DESIRED_BUCKET",
+    "EVENT_MODELS",
+    "STREAM_SUBJECTS",
+    "BounceCompleted",
+    "BounceCompletedData",
+    "BounceRequested",
+    "BounceRequestedData",
+    "BouncedSelector",
+    "CertificateDenied",
+    "CertificateDeniedData",
+    "CertificateIssued",
+    "CertificateIssuedData",
+    "CertificateState",
+    "ClusterName",
+    "CsrRequested",
+    "CsrRequestedData",
+    "DesiredKind",
+    "DesiredObject",
+    "Envelope",
+    "Event",
+    "EventType",
+    "InvalidEvent",
+    "InvalidName",
+    "IssuanceId",
+    "ObjectName",
+    "ObjectRef",
+    "StatusChanged",
+    "StatusChangedData",
+    "TraceContext",
+    "any_cluster",
+    "check_cluster_name",
+    "check_object_name",
+    "cluster_events",
+    "cluster_prefix",
+    "decode",
+    "desired_key",
+    "encode",
+    "new_issuance_id",
+    "parse_desired_key",
+    "parse_subject",
+    "subject",
+]

@@ -1,0 +1,72 @@
+"""Desired state: what the management cluster declares for each remote cluster.
+
+The issuer writes one entry per declaration into the KV bucket `meshtrust-desired`, under the key
+`<cluster>.<kind>.<name>`; the agent of `<cluster>` watches `<cluster>.>` and applies what it finds.
+The cluster and kind tokens never contain a dot, so the name (which may) is everything after the
+second dot.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.events.names import (
+    ClusterName,
+    InvalidName,
+    ObjectName,
+    check_cluster_name,
+    check_object_name,
+)
+
+DESIRED_BUCKET = "meshtrust-desired"
+
+
+class DesiredKind(StrEnum):
+    """Key token of each kind (Kubernetes resource plural: lower-case, no dots)."""
+
+    ISSUED_CERTIFICATE = "issuedcertificates"
+    POD_BOUNCE_DIRECTIVE = "podbouncedirectives"
+
+
+def desired_key(cluster: str, kind: DesiredKind, name: str) -> str:
+    """`<cluster>.<kind>.<name>`, every part validated."""
+    return f"{check_cluster_name(cluster)}.{kind.value}.{check_object_name(name)}"
+
+
+def cluster_prefix(cluster: str) -> str:
+    """The KV watch filter of one cluster's agent: `<cluster>.>`."""
+    return f"{check_cluster_name(cluster)}.>"
+
+
+def parse_desired_key(key: str) -> tuple[str, DesiredKind, str]:
+    """Split a key into (cluster, kind, name); `InvalidName` when it is not one of ours."""
+    parts = key.split(".", 2)
+    if len(parts) != 3:
+        raise InvalidName(f"desired-state key {key!r} is not <cluster>.<kind>.<name>")
+    cluster, kind, name = parts
+    try:
+        parsed_kind = DesiredKind(kind)
+    except ValueError:
+        raise InvalidName(f"desired-state key {key!r} names no known kind") from None
+    return check_cluster_name(cluster), parsed_kind, check_object_name(name)
+
+
+class DesiredObject(BaseModel):
+    """The value of a desired-state key: the declaration's identity and its spec.
+
+    `spec` is kept as the JSON object the declaration carries; the agent validates it with the
+    Kubernetes models of `shared.k8s` before applying it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    cluster: ClusterName
+    kind: DesiredKind
+    name: ObjectName
+    uid: str = Field(min_length=1, max_length=64, description="The declaration's metadata.uid.")
+    generation: int = Field(ge=1, description="The declaration's metadata.generation.")
+    spec: dict[str, Any]

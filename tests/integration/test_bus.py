@@ -1,0 +1,283 @@
+"""The bus against a real nats-server: publish, consume, dedupe, bad input, outcomes, stops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import nats
+import pytest
+from integration.bus_harness import Recorder, all_events_consumer, consumer_info, running
+from structlog.testing import capture_logs
+
+from devstack.natsserver import NatsServer
+from shared.bus import Bus, NatsSettings, PublishError
+from shared.events import CsrRequested, EventType, encode, subject
+from shared.runtime import PermanentError, TransientError
+from support.events import sample_events
+from support.waiting import eventually
+
+
+async def test_every_event_type_round_trips_through_publish_and_a_durable_consumer(
+    bus: Bus,
+) -> None:
+    sent = sample_events("east") + sample_events("west")
+    recorder = Recorder()
+    async with running(bus.consumer(all_events_consumer(), recorder)):
+        for event in sent:
+            await bus.publish(event)
+        await eventually(lambda: len(recorder.events) == len(sent), message="all events handled")
+    assert sorted(recorder.events, key=lambda e: str(e.id)) == sorted(sent, key=lambda e: str(e.id))
+    assert {type(e) for e in recorder.events} == {type(e) for e in sent}
+    info = await consumer_info(bus, "test")
+    assert info.num_ack_pending == 0  # type: ignore[attr-defined]
+    assert info.num_pending == 0  # type: ignore[attr-defined]
+
+
+async def test_the_same_issuance_published_twice_is_stored_and_handled_once(bus: Bus) -> None:
+    first = sample_events("east")[0]
+    # A different event object (new id, new time) for the same issuance and attempt: an agent
+    # restarted mid-publish sends exactly this.
+    again = first.model_copy(update={"id": uuid.uuid4()})
+    one = await bus.publish(first)
+    two = await bus.publish(again)
+    assert not one.duplicate
+    assert two.duplicate
+    assert two.sequence == one.sequence
+    recorder = Recorder()
+    sentinel = sample_events("east")[5]
+    async with running(bus.consumer(all_events_consumer(), recorder)):
+        await bus.publish(sentinel)
+        await eventually(lambda: sentinel in recorder.events, message="sentinel handled")
+    assert recorder.by_issuance[first.issuance] == 1
+
+
+async def test_bad_input_is_terminated_with_its_reason_and_never_stops_the_consumer(
+    bus: Bus, nats_server: NatsServer
+) -> None:
+    good = sample_events("east")[0].model_dump(mode="json")
+    bad: list[tuple[str, bytes]] = [
+        ("meshtrust.v1.east.csr.requested", b"\x00\xffnot json"),
+        ("meshtrust.v1.east.csr.requested", json.dumps({**good, "data": {"x": 1}}).encode()),
+        ("meshtrust.v1.east.csr.requested", json.dumps({**good, "type": "csr.exploded"}).encode()),
+        ("meshtrust.v1.east.csr.requested", b"{" + b" " * (300 * 1024) + b"}"),
+        ("meshtrust.v1.west.csr.requested", json.dumps(good).encode()),
+    ]
+    raw = await nats.connect(nats_server.url)
+    try:
+        js = raw.jetstream()
+        for subj, payload in bad:
+            await js.publish(subj, payload)
+    finally:
+        await raw.close()
+    recorder = Recorder()
+    follower = sample_events("east")[1]
+    with capture_logs() as logs:
+        async with running(bus.consumer(all_events_consumer(), recorder)):
+            await bus.publish(follower)
+            await eventually(lambda: follower in recorder.events, message="good message handled")
+            await eventually(
+                lambda: sum(1 for e in logs if e["event"] == "terminating invalid message") == 5,
+                message="every bad message terminated",
+            )
+    reasons = sorted(e["reason"] for e in logs if e["event"] == "terminating invalid message")
+    assert reasons == sorted(
+        ["NotJson", "SchemaMismatch", "UnknownType", "TooLarge", "SubjectMismatch"]
+    )
+    assert recorder.events == [follower], "no bad message reached the handler"
+    info = await consumer_info(bus, "test")
+    assert info.num_ack_pending == 0  # type: ignore[attr-defined]
+    assert info.num_redelivered == 0  # type: ignore[attr-defined]
+
+
+async def test_a_type_the_consumer_does_not_take_is_terminated(bus: Bus) -> None:
+    recorder = Recorder()
+    csr, issued = sample_events("east")[:2]
+    settings = all_events_consumer(accept=frozenset({EventType.CERTIFICATE_ISSUED}))
+    with capture_logs() as logs:
+        async with running(bus.consumer(settings, recorder)):
+            await bus.publish(csr)
+            await bus.publish(issued)
+            await eventually(lambda: issued in recorder.events)
+            await eventually(lambda: any(e.get("reason") == "UnexpectedType" for e in logs))
+    assert recorder.events == [issued]
+
+
+async def test_a_transient_error_is_redelivered_after_its_delay(bus: Bus) -> None:
+    async def fail_first(event: object, delivery: object) -> None:
+        if recorder.deliveries[-1].num_delivered == 1:
+            raise TransientError("kube-apiserver unavailable", retry_after=0.3)
+
+    recorder = Recorder(behaviour=fail_first)  # type: ignore[arg-type]
+    event = sample_events("east")[0]
+    async with running(bus.consumer(all_events_consumer(), recorder)):
+        await bus.publish(event)
+        await eventually(lambda: recorder.by_issuance[event.issuance] == 1, message="retried")
+    assert [d.num_delivered for d in recorder.deliveries] == [1, 2]
+
+
+async def test_a_permanent_error_is_terminated_and_never_redelivered(bus: Bus) -> None:
+    doomed, sentinel = sample_events("east")[0], sample_events("east")[0]
+
+    async def refuse(event: CsrRequested, delivery: object) -> None:
+        if event.issuance == doomed.issuance:
+            raise PermanentError("NoDeclaration", "nothing is declared for east/istio-ca")
+
+    recorder = Recorder(behaviour=refuse)  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        async with running(bus.consumer(all_events_consumer(ack_wait=1.0), recorder)):
+            await bus.publish(doomed)
+            await eventually(lambda: doomed in recorder.events)
+            await bus.publish(sentinel)
+            await eventually(lambda: sentinel in recorder.events)
+            info = await consumer_info(bus, "test")
+    assert [e.issuance for e in recorder.events].count(doomed.issuance) == 1
+    assert info.num_ack_pending == 0  # type: ignore[attr-defined]
+    assert any(e.get("reason") == "NoDeclaration" for e in logs)
+
+
+async def test_an_unexpected_exception_is_logged_and_redelivered_with_backoff(bus: Bus) -> None:
+    async def buggy(event: object, delivery: object) -> None:
+        if recorder.deliveries[-1].num_delivered < 3:
+            raise KeyError("a bug")
+
+    recorder = Recorder(behaviour=buggy)  # type: ignore[arg-type]
+    event = sample_events("east")[3]
+    with capture_logs() as logs:
+        async with running(bus.consumer(all_events_consumer(), recorder)):
+            await bus.publish(event)
+            await eventually(lambda: recorder.by_issuance[event.issuance] == 1, within=15)
+    assert [d.num_delivered for d in recorder.deliveries] == [1, 2, 3]
+    assert sum(e["event"] == "handler failed unexpectedly, redelivering" for e in logs) == 2
+
+
+async def test_a_slow_handler_is_kept_alive_and_not_redelivered(bus: Bus) -> None:
+    async def slow(event: object, delivery: object) -> None:
+        # Work that outlasts ack_wait (1 s) several times over; in_progress() keeps it ours.
+        await asyncio.sleep(2.5)
+
+    recorder = Recorder(behaviour=slow)  # type: ignore[arg-type]
+    event = sample_events("east")[0]
+    async with running(bus.consumer(all_events_consumer(ack_wait=1.0), recorder)):
+        await bus.publish(event)
+        await eventually(lambda: recorder.by_issuance[event.issuance] == 1, within=15)
+    assert [d.num_delivered for d in recorder.deliveries] == [1]
+
+
+async def test_concurrency_is_bounded_by_max_in_flight(bus: Bus) -> None:
+    running_now = 0
+    peak = 0
+    release = asyncio.Event()
+
+    async def hold(event: object, delivery: object) -> None:
+        nonlocal running_now, peak
+        running_now += 1
+        peak = max(peak, running_now)
+        await release.wait()
+        running_now -= 1
+
+    recorder = Recorder(behaviour=hold)  # type: ignore[arg-type]
+    events = [e for _ in range(4) for e in sample_events("east")[:3]]
+    async with running(bus.consumer(all_events_consumer(max_in_flight=3), recorder)):
+        for event in events:
+            await bus.publish(event)
+        await eventually(lambda: running_now == 3, message="three handlers running")
+        info = await consumer_info(bus, "test")
+        assert info.num_pending + info.num_ack_pending >= len(events) - 3  # type: ignore[attr-defined]
+        release.set()
+        await eventually(lambda: sum(recorder.by_issuance.values()) == len(events))
+    assert peak == 3
+
+
+async def test_stop_lets_in_flight_handlers_finish_and_fetches_nothing_new(bus: Bus) -> None:
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(event: object, delivery: object) -> None:
+        entered.set()
+        await release.wait()
+
+    recorder = Recorder(behaviour=hold)  # type: ignore[arg-type]
+    first, *rest = sample_events("east")
+    consumer = bus.consumer(all_events_consumer(max_in_flight=1), recorder)
+    stop = asyncio.Event()
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(consumer.run(stop))
+        await bus.publish(first)
+        await entered.wait()
+        for event in rest:
+            await bus.publish(event)
+        stop.set()
+        release.set()
+        await task
+    assert recorder.events == [first]
+    assert recorder.by_issuance[first.issuance] == 1, "the in-flight handler completed"
+    info = await consumer_info(bus, "test")
+    assert info.num_ack_pending == 0  # type: ignore[attr-defined]
+    assert info.num_pending == len(rest)  # type: ignore[attr-defined]
+
+
+async def test_a_cancelled_handler_leaves_its_message_unacked_for_redelivery(bus: Bus) -> None:
+    entered = asyncio.Event()
+
+    async def never_done(event: object, delivery: object) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    event = sample_events("east")[0]
+    consumer = bus.consumer(all_events_consumer(ack_wait=1.0), Recorder(behaviour=never_done))  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(consumer.run(stop))
+        await bus.publish(event)
+        await entered.wait()
+        task.cancel()  # what the lifecycle does once the grace period is over
+    assert task.cancelled()
+    # The next consumer process gets it again, after ack_wait.
+    recorder = Recorder()
+    async with running(bus.consumer(all_events_consumer(ack_wait=1.0), recorder)):
+        await eventually(lambda: event in recorder.events, within=10)
+    assert recorder.deliveries[0].num_delivered == 2
+
+
+async def test_a_publish_during_an_outage_lands_once_the_server_is_back(
+    bus: Bus, nats_server: NatsServer
+) -> None:
+    nats_server.kill()
+    event = sample_events("east")[0]
+    publishing = asyncio.ensure_future(bus.publish(event))
+    await eventually(lambda: not bus.connection.nc.is_connected, message="client noticed")
+    await asyncio.get_running_loop().run_in_executor(None, nats_server.start)
+    published = await asyncio.wait_for(publishing, 30)
+    assert published.sequence == 1
+    assert not published.duplicate
+
+
+async def test_a_publish_that_can_never_land_fails_with_a_clear_error(
+    nats_settings: NatsSettings,
+) -> None:
+    settings = nats_settings.model_copy(update={"publish_deadline": 1.5, "request_timeout": 0.3})
+    async with Bus.connect(settings) as bus:
+        # No stream provisioned: no responders for this subject, ever.
+        with pytest.raises(PublishError, match="not stored within"):
+            await bus.publish(sample_events("east")[0])
+
+
+async def test_provisioning_is_idempotent_and_repairs_drift(nats_settings: NatsSettings) -> None:
+    async with Bus.connect(nats_settings) as bus:
+        await bus.provision()
+        await bus.provision()
+        info = await bus.connection.js.stream_info("MESHTRUST")
+        assert info.config.duplicate_window == 120
+    wider = nats_settings.model_copy(update={"duplicate_window": 300.0})
+    async with Bus.connect(wider) as bus:
+        await bus.provision()
+        info = await bus.connection.js.stream_info("MESHTRUST")
+        assert info.config.duplicate_window == 300
+        assert await bus.connection.js.key_value("meshtrust-desired")
+
+
+def test_subjects_used_by_the_tests_are_ours() -> None:
+    assert subject("east", EventType.CSR_REQUESTED) == "meshtrust.v1.east.csr.requested"
+    assert encode(sample_events()[0]).startswith(b"{")

@@ -1,0 +1,76 @@
+"""KV buckets: compare-and-swap, and a watch that is level-based across reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from devstack.natsserver import NatsServer
+from shared.bus import Bus, Deleted, KvUpdate, Put, RevisionMismatch, Snapshot
+from support.waiting import eventually
+
+
+async def test_update_is_compare_and_swap(bus: Bus) -> None:
+    bucket = await bus.bucket("meshtrust-desired")
+    first = await bucket.create("east.issuedcertificates.ca", b"v1")
+    with pytest.raises(RevisionMismatch):
+        await bucket.create("east.issuedcertificates.ca", b"again")
+    second = await bucket.update("east.issuedcertificates.ca", b"v2", last=first)
+    with pytest.raises(RevisionMismatch):
+        await bucket.update("east.issuedcertificates.ca", b"v3", last=first)
+    entry = await bucket.get("east.issuedcertificates.ca")
+    assert entry is not None
+    assert (entry.value, entry.revision) == (b"v2", second)
+    await bucket.delete("east.issuedcertificates.ca")
+    assert await bucket.get("east.issuedcertificates.ca") is None
+
+
+async def test_an_empty_value_is_a_value_not_an_absence(bus: Bus) -> None:
+    bucket = await bus.bucket("meshtrust-desired")
+    await bucket.put("east.issuedcertificates.empty", b"")
+    entry = await bucket.get("east.issuedcertificates.empty")
+    assert entry is not None
+    assert entry.value == b""
+    assert "east.issuedcertificates.empty" in await bucket.keys()
+
+
+async def test_watch_gives_a_snapshot_then_changes_then_a_fresh_snapshot_after_reconnect(
+    bus: Bus, nats_server: NatsServer
+) -> None:
+    bucket = await bus.bucket("meshtrust-desired")
+    await bucket.put("east.issuedcertificates.a", b"a1")
+    await bucket.put("east.issuedcertificates.b", b"b1")
+    await bucket.put("west.issuedcertificates.a", b"other cluster")
+    await bucket.delete("east.issuedcertificates.b")
+    seen: list[KvUpdate] = []
+
+    async def watch() -> None:
+        async for update in bucket.watch("east.>", poll=0.1):
+            seen.append(update)  # noqa: PERF401 - observed live, one by one
+
+    async with asyncio.TaskGroup() as group:
+        watcher = group.create_task(watch())
+        await eventually(lambda: len(seen) >= 1)
+        assert isinstance(seen[0], Snapshot)
+        assert {k: e.value for k, e in seen[0].entries.items()} == {
+            "east.issuedcertificates.a": b"a1"
+        }
+        await bucket.put("east.issuedcertificates.c", b"c1")
+        await bucket.delete("east.issuedcertificates.a")
+        await bucket.put("west.issuedcertificates.z", b"not ours")
+        await eventually(lambda: len(seen) >= 3)
+        assert isinstance(seen[1], Put)
+        assert seen[1].entry.key == "east.issuedcertificates.c"
+        assert isinstance(seen[2], Deleted)
+        assert seen[2].key == "east.issuedcertificates.a"
+
+        nats_server.kill()
+        await asyncio.get_running_loop().run_in_executor(None, nats_server.start)
+        await eventually(lambda: isinstance(seen[-1], Snapshot) and len(seen) > 3, within=20)
+        fresh = seen[-1]
+        assert isinstance(fresh, Snapshot)
+        assert set(fresh.entries) == {"east.issuedcertificates.c"}
+        await bucket.put("east.issuedcertificates.d", b"d1")
+        await eventually(lambda: isinstance(seen[-1], Put) and seen[-1].entry.key.endswith(".d"))
+        watcher.cancel()

@@ -1,0 +1,1 @@
+"""Helpers for tests: event factories, waiting for conditions with a deadline."""
