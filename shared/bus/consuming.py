@@ -5,29 +5,24 @@ type, wrong schema, envelope disagreeing with its subject, a type this consumer 
 by terminating it and logging the reason; otherwise call the handler, keep the message alive
 with `in_progress()` while the handler works, and map the handler's outcome:
 
-| outcome                     | to the server                          |
-|-----------------------------|----------------------------------------|
-| returns                     | ack (double-acked: waits for the server)|
-| raises `TransientError`     | nak with its `retry_after`, or backoff  |
-| raises `PermanentError`     | term, reason logged                     |
-| raises anything else (a bug)| nak with backoff, traceback logged      |
+| outcome                      | to the server                            |
+|------------------------------|------------------------------------------|
+| returns                      | ack (after the completion record)        |
+| raises `TransientError`      | nak with its `retry_after`, or backoff   |
+| raises `PermanentError`      | term, reason logged                      |
+| raises anything else (a bug) | nak with backoff, traceback logged       |
 
 A message is acknowledged only after its handler returned, so a crash or a cancelled handler
 leaves it unacknowledged and JetStream redelivers it after `ack_wait`: handlers must be
-idempotent.
-
-Exactly-once handling across server crashes: nats-server persists a consumer's acks lazily
-(measured: after a SIGKILL up to ~200 ms of confirmed acks are forgotten, even with
-`sync_interval: always`), so an acknowledged message can come back. Before acking, the consumer
-therefore records the message as handled in the KV bucket `meshtrust-consumed` (key
-`<durable>.<stream sequence>`, expiring after `completed_ttl`); a delivery that finds its record
-is acknowledged without calling the handler (every delivery is checked: a server that lost its
-consumer state also lost the delivery count). Stream writes, unlike consumer state, survive a
-crash of the server process, so the record outlives the lost ack. The only remaining duplicate
-is a consumer process that dies between its handler's end and the record: handlers stay
 idempotent. On stop, no new messages are fetched and in-flight handlers run to completion (the
 lifecycle's grace period bounds that; past it they are cancelled and their messages are left
 unacknowledged, never half-acknowledged).
+
+Exactly-once handling across server crashes: nats-server persists acks lazily, so an acked
+message can come back after a server crash; with `record_completed` (the default) every handled
+message is recorded before its ack (see `shared.bus.completions`) and a delivery already
+recorded is acked without running the handler again. Handlers stay idempotent all the same: a
+consumer process that dies between its handler's end and the record will see the message again.
 
 Deliberately not here: ordering across messages (handlers run concurrently; the services are
 level-based and order-insensitive), and dead-lettering (after `max_deliver` JetStream drops the
@@ -39,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -49,18 +45,13 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from shared.bus.completions import CompletionLog, RecordFailed
 from shared.bus.connection import BusError, Connection
-from shared.bus.kv import Bucket
-from shared.bus.provisioning import ensure_kv
-from shared.bus.publishing import RETRIABLE as _RETRIABLE
 from shared.events import DEFAULT_MAX_BYTES, Event, EventType, InvalidEvent, decode
 from shared.runtime.errors import PermanentError, TransientError
 from shared.runtime.logging import get_logger
-from shared.runtime.retry import RetryPolicy, retry
 
 log = get_logger(__name__)
-
-COMPLETED_BUCKET = "meshtrust-consumed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +77,9 @@ class ConsumerSettings:
     """Event types this consumer handles; others are terminated. None: all the filter passes."""
     batch: int = 64
     """Most messages asked for in one fetch (never more than the free concurrency slots)."""
-    max_in_flight: int = 32
-    """Handlers running at once; JetStream's max_ack_pending is set a little above it."""
+    max_in_flight: int = 128
+    """Handlers running at once (two fetches' worth, so fetching overlaps the work); JetStream's
+    max_ack_pending is set a little above it. Lower it where each handler is heavy."""
     ack_wait: float = 30.0
     """Redelivery after this long without an ack; `in_progress()` every third of it."""
     max_deliver: int = 100
@@ -127,12 +119,11 @@ class Consumer:
         self._settings = settings
         self._handler = handler
         self._free = settings.max_in_flight
+        self._in_flight: dict[int, tuple[Msg, float]] = {}
+        """Messages being handled (by id: Msg is unhashable), and when they were fetched."""
         self._slot_freed = asyncio.Event()
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
-        self._completed: Bucket | None = None
-        self._record_policy = RetryPolicy(
-            attempts=0, timeout=connection.settings.publish_deadline, wait_max=1.0
-        )
+        self._completions: CompletionLog | None = None
 
     @property
     def name(self) -> str:
@@ -158,15 +149,10 @@ class Consumer:
         if self._settings.provision:
             await js.add_consumer(settings.stream, config=self.consumer_config())
         if self._settings.record_completed:
-            kv = await ensure_kv(
-                js,
-                bucket=COMPLETED_BUCKET,
-                history=1,
-                replicas=settings.kv_replicas,
-                description="messages each durable consumer has handled (expiring)",
-                ttl=self._settings.completed_ttl,
+            self._completions = CompletionLog(
+                self._connection, durable=self._settings.durable, ttl=self._settings.completed_ttl
             )
-            self._completed = Bucket(self._connection, kv, COMPLETED_BUCKET)
+            await self._completions.open()
         return await js.pull_subscribe_bind(durable=self._settings.durable, stream=settings.stream)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -180,60 +166,86 @@ class Consumer:
         log.info(
             "consuming", durable=self._settings.durable, subjects=self._settings.filter_subjects
         )
-        failures = 0
         try:
-            async with asyncio.TaskGroup() as handlers:
-                while not stop.is_set():
-                    if not await self._wait_for_slot(stop):
-                        break
-                    try:
-                        msgs = await sub.fetch(
-                            min(self._free, self._settings.batch),
-                            timeout=self._settings.fetch_timeout,
-                        )
-                    except TimeoutError:
-                        # nats.errors.TimeoutError usually, but nats-py 2.16 also raises the
-                        # builtin asyncio.TimeoutError when the fetch deadline ran out early.
-                        failures = 0
-                        continue
-                    except (
-                        nats.errors.ConnectionReconnectingError,
-                        nats.errors.ConnectionClosedError,
-                        nats.js.errors.APIError,
-                        nats.errors.Error,
-                    ) as exc:
-                        if self._connection.nc.is_closed:
-                            raise BusError("the NATS connection was closed") from None
-                        failures += 1
-                        delay = min(5.0, 0.1 * 2**failures)
-                        log.warning(
-                            "fetch failed, retrying",
-                            error_type=type(exc).__name__,
-                            error=str(exc),
-                            retry_in=delay,
-                        )
-                        await _wait(stop, delay)
-                        continue
-                    failures = 0
-                    for msg in msgs:
-                        self._free -= 1
-                        handlers.create_task(self._handle(msg), name=f"{self.name}:handle")
+            async with asyncio.TaskGroup() as outer:
+                helpers = [outer.create_task(self._keep_alive(), name=f"{self.name}:keep-alive")]
+                if self._completions is not None:
+                    helpers.append(
+                        outer.create_task(self._completions.run(), name=f"{self.name}:records")
+                    )
+                try:
+                    async with asyncio.TaskGroup() as handlers:
+                        await self._fetch_loop(sub, stop, handlers)
+                finally:
+                    for helper in helpers:
+                        helper.cancel()
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
         log.info("consumer stopped", durable=self._settings.durable)
 
+    async def _fetch_loop(
+        self,
+        sub: JetStreamContext.PullSubscription,
+        stop: asyncio.Event,
+        handlers: asyncio.TaskGroup,
+    ) -> None:
+        failures = 0
+        while not stop.is_set():
+            if not await self._wait_for_slot(stop):
+                return
+            try:
+                msgs = await sub.fetch(
+                    min(self._free, self._settings.batch), timeout=self._settings.fetch_timeout
+                )
+            except TimeoutError:
+                # nats.errors.TimeoutError usually, but nats-py 2.16 also raises the builtin
+                # asyncio.TimeoutError when the fetch deadline ran out early.
+                failures = 0
+                continue
+            except nats.errors.Error as exc:
+                if self._connection.nc.is_closed:
+                    raise BusError("the NATS connection was closed") from None
+                failures += 1
+                delay = min(5.0, 0.1 * 2**failures)
+                log.warning(
+                    "fetch failed, retrying",
+                    error_type=type(exc).__name__,
+                    error=str(exc),
+                    retry_in=delay,
+                )
+                await _wait(stop, delay)
+                continue
+            failures = 0
+            now = time.monotonic()
+            for msg in msgs:
+                self._free -= 1
+                self._in_flight[id(msg)] = (msg, now)
+                handlers.create_task(self._handle(msg))
+
+    async def _keep_alive(self) -> None:
+        """Tell the server, every third of `ack_wait`, which messages are still being worked on."""
+        interval = self._settings.ack_wait / 3
+        while True:
+            await asyncio.sleep(interval)
+            due = time.monotonic() - interval
+            for msg, started in list(self._in_flight.values()):
+                if started <= due:
+                    try:
+                        await msg.in_progress()
+                    except nats.errors.Error as exc:
+                        log.debug("in_progress failed", error_type=type(exc).__name__)
+
     async def _wait_for_slot(self, stop: asyncio.Event) -> bool:
-        while self._free <= 0:
+        """Wait until a whole batch fits (or nothing is in flight): fetching one message per
+        freed slot would cost a round trip per message."""
+        wanted = min(self._settings.batch, self._settings.max_in_flight)
+        while self._free < wanted:
             self._slot_freed.clear()
             await _wait_any(stop, self._slot_freed)
             if stop.is_set():
                 return False
         return True
-
-    def _release(self) -> None:
-        self._free += 1
-        self._slot_freed.set()
 
     async def _handle(self, msg: Msg) -> None:
         try:
@@ -243,12 +255,11 @@ class Consumer:
                 stream_sequence=meta.sequence.stream,
                 num_delivered=meta.num_delivered,
             )
-            with structlog.contextvars.bound_contextvars(
-                subject=msg.subject, seq=delivery.stream_sequence, delivered=delivery.num_delivered
-            ):
-                await self._handle_one(msg, delivery)
+            await self._handle_one(msg, delivery)
         finally:
-            self._release()
+            del self._in_flight[id(msg)]
+            self._free += 1
+            self._slot_freed.set()
 
     async def _handle_one(self, msg: Msg, delivery: Delivery) -> None:
         s = self._settings
@@ -257,20 +268,35 @@ class Consumer:
             if s.accept is not None and event.type not in s.accept:
                 raise InvalidEvent("UnexpectedType", f"{s.durable} does not handle {event.type}")
         except InvalidEvent as exc:
-            log.warning("terminating invalid message", reason=exc.reason, detail=exc.message)
+            log.warning(
+                "terminating invalid message",
+                reason=exc.reason,
+                detail=exc.message,
+                subject=msg.subject,
+                seq=delivery.stream_sequence,
+            )
             await msg.term()
             return
+        # One binding per message (each costs): every log line below carries all of these.
         with structlog.contextvars.bound_contextvars(
-            cluster=event.cluster, issuance=event.issuance, event=event.type.value
+            subject=msg.subject,
+            seq=delivery.stream_sequence,
+            delivered=delivery.num_delivered,
+            cluster=event.cluster,
+            issuance=event.issuance,
+            event=event.type.value,
         ):
             try:
                 # Not only when num_delivered > 1: a server that lost its consumer state in a
                 # crash forgets the delivery count too, and redelivers as if for the first time.
-                if await self._was_completed(delivery):
+                # Records that cannot be read raise TransientError: nak, and come back later.
+                if self._completions is not None and await self._completions.seen(
+                    delivery.stream_sequence
+                ):
                     log.info("redelivery of a handled message; acknowledging it again")
                     await self._ack(msg, delivery)
                     return
-                await self._run_handler(msg, event, delivery)
+                await self._handler(event, delivery)
             except TransientError as exc:
                 delay = exc.retry_after if exc.retry_after is not None else self._delay(delivery)
                 log.info("transient failure, redelivering", error=exc.message, retry_in=delay)
@@ -288,68 +314,32 @@ class Consumer:
             await self._record_completed(delivery)
             await self._ack(msg, delivery)
 
-    def _completion_key(self, delivery: Delivery) -> str:
-        return f"{self._settings.durable}.{delivery.stream_sequence}"
-
-    async def _was_completed(self, delivery: Delivery) -> bool:
-        if self._completed is None:
-            return False
-        try:
-            found = await self._completed.get(self._completion_key(delivery)) is not None
-            return found
-        except (nats.errors.Error, TimeoutError) as exc:
-            # Unknown: neither skip real work nor risk doing it twice; come back shortly.
-            raise TransientError(f"cannot read completion record ({type(exc).__name__})") from None
-
     async def _record_completed(self, delivery: Delivery) -> None:
-        if self._completed is None:
+        if self._completions is None:
             return
-        completed = self._completed
-        key = self._completion_key(delivery)
-
-        async def put() -> None:
-            await completed.put(key, b"")
-
         try:
-            await retry(put, on=_RETRIABLE, policy=self._record_policy)
-        except (nats.errors.Error, TimeoutError) as exc:
+            await self._completions.record(delivery.stream_sequence)
+        except RecordFailed as exc:
             log.warning(
-                "completion not recorded; a lost ack would re-run the handler",
-                error_type=type(exc).__name__,
+                "completion not recorded; a lost ack would re-run the handler", error=str(exc)
             )
 
     async def _ack(self, msg: Msg, delivery: Delivery) -> None:
-        s = self._settings
+        """Acknowledge. With completion records the ack need not be confirmed: the record already
+        makes the message's handling durable, and a lost ack only brings a redelivery that is
+        acked unrun. Without records, wait for the server's confirmation (a double ack)."""
         try:
-            await msg.ack_sync(timeout=s.ack_timeout)
+            if self._completions is not None:
+                await msg.ack()
+            else:
+                await msg.ack_sync(timeout=self._settings.ack_timeout)
             log.debug("acked", seq=delivery.stream_sequence)
-        except (nats.errors.TimeoutError, nats.errors.Error) as exc:
-            # The handler's work stands and is recorded: the redelivery will be acked unrun.
+        except nats.errors.Error as exc:
             log.warning(
                 "ack not confirmed; expect a redelivery",
                 error_type=type(exc).__name__,
                 seq=delivery.stream_sequence,
             )
-
-    async def _run_handler(self, msg: Msg, event: Event, delivery: Delivery) -> None:
-        interval = self._settings.ack_wait / 3
-
-        async def keep_alive() -> None:
-            while True:
-                await asyncio.sleep(interval)
-                try:
-                    await msg.in_progress()
-                except nats.errors.Error as exc:
-                    log.debug("in_progress failed", error_type=type(exc).__name__)
-
-        # Owned by this frame: cancelled and awaited before it returns. Not a TaskGroup, which
-        # would wrap the handler's TransientError/PermanentError in an ExceptionGroup.
-        alive = asyncio.create_task(keep_alive(), name=f"{self.name}:keep-alive")
-        try:
-            await self._handler(event, delivery)
-        finally:
-            alive.cancel()
-            await asyncio.wait([alive])
 
     def _delay(self, delivery: Delivery) -> float:
         return nak_delay(

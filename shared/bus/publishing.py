@@ -76,7 +76,10 @@ class Publisher:
             return Published(stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate))
 
         try:
-            result = await retry(once, on=RETRIABLE, policy=self._policy)
+            try:
+                result = await once()  # the common case, without the retry machinery's cost
+            except RETRIABLE:
+                result = await retry(once, on=RETRIABLE, policy=self._policy)
         except RETRIABLE as exc:
             raise PublishError(
                 f"{event.event_type.value} for issuance {event.issuance} not stored within "
