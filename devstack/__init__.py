@@ -1,1 +1,4 @@
-"""Local development stack: embedded nats-server and the Kubernetes API emulator. Never imported by shared/ or services/."""
+"""Local development stack: embedded nats-server and the Kubernetes API emulator.
+
+Never imported by shared/ or services/ (an import-linter contract enforces it).
+"""
