@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.events.names import (
     ClusterName,
     InvalidName,
+    NamespaceName,
     ObjectName,
     check_cluster_name,
     check_object_name,
@@ -67,6 +68,11 @@ class DesiredObject(BaseModel):
     cluster: ClusterName
     kind: DesiredKind
     name: ObjectName
+    namespace: NamespaceName = Field(
+        description="Where the agent applies it in the remote cluster: for an IssuedCertificate "
+        "the namespace of its issuedCertificateSecret, for a PodBounceDirective that of the "
+        "podBounceDirective reference of the IssuedCertificate that names it."
+    )
     uid: str = Field(min_length=1, max_length=64, description="The declaration's metadata.uid.")
     generation: int = Field(ge=1, description="The declaration's metadata.generation.")
     spec: dict[str, Any]

@@ -112,6 +112,7 @@ def test_desired_object_forbids_unknown_fields() -> None:
         "cluster": "east",
         "kind": "issuedcertificates",
         "name": "ca",
+        "namespace": "istio-system",
         "uid": "u",
         "generation": 1,
         "spec": {},

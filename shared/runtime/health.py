@@ -1,0 +1,84 @@
+"""Health endpoints for Kubernetes probes: `GET /healthz` (alive) and `GET /readyz` (ready).
+
+`/healthz` answers 200 while the event loop runs: a wedged loop fails the liveness probe.
+`/readyz` answers 200 only when every registered check passes (for example: connected to NATS,
+informer caches synced), else 503 with the failing checks named, so a rollout waits for a
+replica that can actually work. The server is a `Component` (`run(stop)`).
+
+Deliberately not here: metrics (a later Prometheus endpoint can share this server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp import web
+from pydantic import Field
+
+from shared.runtime.logging import get_logger
+from shared.runtime.settings import MeshtrustSettings
+
+log = get_logger(__name__)
+
+ReadinessCheck = Callable[[], bool]
+
+
+class HealthSettings(MeshtrustSettings, env_prefix="MESHTRUST_HEALTH_"):
+    host: str = Field(default="0.0.0.0", description="Listen address; all interfaces in a pod.")  # noqa: S104
+    port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port (tests).")
+
+
+class HealthServer:
+    """Serves the probes until `stop` is set. `port` is known once `started` is set."""
+
+    name = "health"
+
+    def __init__(self, settings: HealthSettings) -> None:
+        self._settings = settings
+        self._checks: dict[str, ReadinessCheck] = {}
+        self.port: int | None = None
+        self.started = asyncio.Event()
+
+    def add_check(self, name: str, check: ReadinessCheck) -> None:
+        """`check()` must be cheap and never raise; False means not ready."""
+        self._checks[name] = check
+
+    def failing(self) -> list[str]:
+        failed = []
+        for name, check in self._checks.items():
+            try:
+                ok = check()
+            except Exception:  # a broken check means not ready, never a crashed probe
+                log.exception("readiness check raised", check=name)
+                ok = False
+            if not ok:
+                failed.append(name)
+        return failed
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        failed = self.failing()
+        if failed:
+            return web.Response(status=503, text="not ready: " + ", ".join(failed) + "\n")
+        return web.Response(text="ok\n")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._settings.host, self._settings.port)
+            await site.start()
+            server = site._server  # aiohttp keeps the bound sockets here
+            sockets = getattr(server, "sockets", None) or []
+            self.port = int(sockets[0].getsockname()[1]) if sockets else self._settings.port
+            self.started.set()
+            log.info("health endpoints up", host=self._settings.host, port=self.port)
+            await stop.wait()
+        finally:
+            await runner.cleanup()
