@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from shared.bus.completions import records_stream_config
 from shared.bus.connection import Connection, open_connection
 from shared.bus.consuming import Consumer, ConsumerSettings, Handler
 from shared.bus.kv import Bucket
@@ -43,6 +44,7 @@ class Bus:
     async def provision(self, buckets: dict[str, str] | None = None) -> None:
         """Create or update the stream and the buckets (idempotent; every replica may run it)."""
         await ensure_stream(self.connection.js, stream_config(self.settings))
+        await ensure_stream(self.connection.js, records_stream_config(self.settings))
         for name, description in (buckets or DEFAULT_BUCKETS).items():
             await ensure_kv(
                 self.connection.js,

@@ -27,10 +27,18 @@ from datetime import timedelta
 
 import nats.errors
 import nats.js.errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 
 from shared.bus.connection import Connection
 from shared.bus.publishing import RETRIABLE
+from shared.bus.settings import NatsSettings
 from shared.runtime.errors import TransientError
 from shared.runtime.logging import get_logger
 from shared.runtime.retry import RetryPolicy, retry
@@ -39,8 +47,23 @@ log = get_logger(__name__)
 
 RECORD_STREAM = "MESHTRUST_CONSUMED"
 RECORD_SUBJECTS = "meshtrust.consumed.>"
+DEFAULT_TTL = 3600.0
+"""Records expire after an hour: far longer than any redelivery takes to come."""
 _REMEMBERED = 100_000
 """Sequences kept in memory; a lost ack concerns only the last moments before a crash."""
+
+
+def records_stream_config(settings: NatsSettings, *, ttl: float = DEFAULT_TTL) -> StreamConfig:
+    """The record stream; `Bus.provision` creates it, so per-cluster users need not."""
+    return StreamConfig(
+        name=RECORD_STREAM,
+        description="stream sequences each durable consumer has handled (expiring)",
+        subjects=[RECORD_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=settings.kv_replicas,
+        max_age=ttl,
+    )
 
 
 class RecordFailed(Exception):
@@ -66,18 +89,10 @@ class CompletionLog:
     async def open(self) -> None:
         """Create the record stream when missing, and read back what may come again."""
         js = self._connection.js
-        config = StreamConfig(
-            name=RECORD_STREAM,
-            description="stream sequences each durable consumer has handled (expiring)",
-            subjects=[RECORD_SUBJECTS],
-            storage=StorageType.FILE,
-            num_replicas=self._connection.settings.kv_replicas,
-            max_age=self._ttl,
-        )
         try:
             await js.stream_info(RECORD_STREAM)
         except nats.js.errors.NotFoundError:
-            await js.add_stream(config)
+            await js.add_stream(records_stream_config(self._connection.settings, ttl=self._ttl))
         await self._load()
 
     async def seen(self, seq: int) -> bool:

@@ -45,7 +45,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from shared.bus.completions import CompletionLog, RecordFailed
+from shared.bus.completions import DEFAULT_TTL, CompletionLog, RecordFailed
 from shared.bus.connection import BusError, Connection
 from shared.events import DEFAULT_MAX_BYTES, Event, EventType, InvalidEvent, decode
 from shared.runtime.errors import PermanentError, TransientError
@@ -98,8 +98,8 @@ class ConsumerSettings:
     """Create/update the durable at start; off where the user may only bind to it."""
     record_completed: bool = True
     """Record handled messages (see the module doc) so that a lost ack never re-runs a handler."""
-    completed_ttl: float = 3600.0
-    """How long a completion record is kept: far longer than any redelivery takes to come."""
+    completed_ttl: float = DEFAULT_TTL
+    """How long completion records are kept, if this consumer creates their stream."""
     extra_config: dict[str, object] = field(default_factory=dict)
 
 
@@ -162,6 +162,11 @@ class Consumer:
         except nats.js.errors.APIError as exc:
             raise BusError(
                 f"cannot open consumer {self._settings.durable}: {exc.description}"
+            ) from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(
+                f"cannot open consumer {self._settings.durable}: no answer from JetStream "
+                f"({type(exc).__name__}); is NATS up, and may this user use that consumer?"
             ) from None
         log.info(
             "consuming", durable=self._settings.durable, subjects=self._settings.filter_subjects

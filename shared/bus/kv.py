@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from shared.bus.connection import Connection
@@ -92,64 +95,97 @@ class Bucket:
         await self._kv.delete(key)
 
     async def keys(self, pattern: str = ">") -> list[str]:
-        snapshot = await self._snapshot(pattern)
-        return sorted(snapshot.entries)
-
-    async def _snapshot(self, pattern: str) -> Snapshot:
-        watcher = await self._kv.watch(pattern)
+        cursor = await self._open_cursor(pattern)
         try:
-            entries = await _initial(watcher)
+            entries, _ = await cursor.snapshot()
         finally:
-            await _stop(watcher)
-        return Snapshot(entries=entries)
+            await cursor.close()
+        return sorted(entries)
+
+    async def _open_cursor(self, pattern: str) -> _Cursor:
+        # A named ephemeral pull consumer whose filter is part of the create subject
+        # ($JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>), so that NATS permissions can
+        # confine a per-cluster user to its own keys. nats-py's KeyWatcher creates unnamed
+        # ordered consumers, whose filter no permission can see.
+        js = self._connection.js
+        stream = f"KV_{self.name}"
+        config = ConsumerConfig(
+            filter_subject=f"$KV.{self.name}.{pattern}",
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=60.0,
+        )
+        sub = await js.pull_subscribe(config.filter_subject or "", stream=stream, config=config)
+        return _Cursor(
+            sub, prefix=f"$KV.{self.name}.", timeout=self._connection.settings.request_timeout
+        )
 
     async def watch(self, pattern: str, *, poll: float = 1.0) -> AsyncIterator[KvUpdate]:
         """Snapshot, then changes; a fresh Snapshot after every reconnect. Runs until closed."""
         while True:
             seen_reconnects = self._connection.reconnects
             try:
-                watcher = await self._kv.watch(pattern)
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                cursor = await self._open_cursor(pattern)
+            except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("kv watch failed, retrying", bucket=self.name, error=str(exc))
                 await asyncio.sleep(poll)
                 continue
             try:
-                yield Snapshot(entries=await _initial(watcher))
+                entries, _ = await cursor.snapshot()
+                yield Snapshot(entries=entries)
                 while self._connection.reconnects == seen_reconnects:
                     try:
-                        update = await watcher.updates(timeout=poll)  # type: ignore[no-untyped-call]
-                    except nats.errors.TimeoutError:
-                        continue
-                    if update is None:
-                        continue
-                    yield _to_update(update)
-                log.info("resubscribing kv watch after reconnect", bucket=self.name)
+                        changes = await cursor.next(poll)
+                    except nats.errors.Error as exc:
+                        log.warning("kv watch interrupted", bucket=self.name, error=str(exc))
+                        break
+                    for change in changes:
+                        yield change
+                log.info("resubscribing kv watch", bucket=self.name)
             finally:
-                with contextlib.suppress(nats.errors.Error):
-                    await _stop(watcher)
+                await cursor.close()
 
 
-async def _initial(watcher: KeyValue.KeyWatcher) -> dict[str, KvEntry]:
-    entries: dict[str, KvEntry] = {}
-    async for update in watcher:
-        if update is None:
-            break
-        change = _to_update(update)
-        if isinstance(change, Put):
-            entries[change.entry.key] = change.entry
-        elif isinstance(change, Deleted):
-            entries.pop(change.key, None)
-    return entries
+class _Cursor:
+    """Reads a KV stream through an ephemeral pull consumer: the snapshot, then changes."""
 
+    def __init__(self, sub: JetStreamContext.PullSubscription, *, prefix: str, timeout: float):
+        self._sub = sub
+        self._prefix = prefix
+        self._timeout = timeout
 
-def _to_update(entry: KeyValue.Entry) -> Put | Deleted:
-    revision = entry.revision or 0
-    if entry.operation in (KV_DEL, KV_PURGE):
-        return Deleted(key=entry.key, revision=revision)
-    # nats-py gives an empty value as None.
-    return Put(KvEntry(key=entry.key, value=entry.value or b"", revision=revision))
+    async def snapshot(self) -> tuple[dict[str, KvEntry], int]:
+        entries: dict[str, KvEntry] = {}
+        remaining = (await self._sub.consumer_info()).num_pending or 0
+        while remaining > 0:
+            try:
+                msgs = await self._sub.fetch(min(remaining, 256), timeout=self._timeout)
+            except TimeoutError:
+                break
+            for msg in msgs:
+                change = self._decode(msg)
+                if isinstance(change, Put):
+                    entries[change.entry.key] = change.entry
+                else:
+                    entries.pop(change.key, None)
+                remaining = msg.metadata.num_pending
+        return entries, remaining
 
+    async def next(self, wait: float) -> list[Put | Deleted]:
+        try:
+            msgs = await self._sub.fetch(64, timeout=wait)
+        except TimeoutError:
+            return []
+        return [self._decode(msg) for msg in msgs]
 
-async def _stop(watcher: KeyValue.KeyWatcher) -> None:
-    # nats-py leaves KeyWatcher's methods unannotated.
-    await watcher.stop()  # type: ignore[no-untyped-call]
+    def _decode(self, msg: Msg) -> Put | Deleted:
+        key = msg.subject[len(self._prefix) :]
+        revision = msg.metadata.sequence.stream
+        operation = (msg.headers or {}).get("KV-Operation")
+        if operation in (KV_DEL, KV_PURGE):
+            return Deleted(key=key, revision=revision)
+        return Put(KvEntry(key=key, value=msg.data or b"", revision=revision))
+
+    async def close(self) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self._sub.unsubscribe()
