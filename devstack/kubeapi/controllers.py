@@ -1,0 +1,728 @@
+"""What kube-controller-manager and a kubelet would do, reduced to what tests observe.
+
+One level-triggered loop (`Controllers.run`): every store write marks the world dirty, and a
+pass reconciles everything, in this order:
+- namespace lifecycle: a Terminating namespace has its contents deleted, then goes;
+- CRD cleanup: a deleted CRD has its custom resources deleted, then goes;
+- garbage collection: objects whose owners are all gone are deleted; `foregroundDeletion`
+  owners wait for their dependents; orphaning is done at delete time (operations.py);
+- Deployment -> ReplicaSet (named `<deployment>-<pod-template-hash>`; a template change makes a
+  new ReplicaSet and scales the old ones down as the new Pods turn ready) and status counts;
+- ReplicaSet -> Pods (generateName `<rs>-`, labels from the template, controller ownerRef),
+  replacing deleted Pods, and status counts;
+- a kubelet: every Pending Pod turns Running and Ready `pod_ready_delay` seconds after it was
+  first seen.
+Passes are cheap at test sizes (tens to hundreds of objects).  Not emulated: scheduling
+(`spec.nodeName` stays unset), container restarts, probes, minReadySeconds, maxSurge arithmetic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+from . import crds, errors, selectors
+from .operations import Context, Operations, utcnow
+from .resources import ResourceType
+
+Obj = dict[str, Any]
+log = logging.getLogger(__name__)
+
+_HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+MANAGER = "kube-controller-manager"
+RETRY_DELAY = 0.1  # seconds before a pass retries writes that failed (conflicts, races)
+
+
+def pod_template_hash(template: Obj) -> str:
+    digest = int.from_bytes(
+        hashlib.sha256(json.dumps(template, sort_keys=True).encode()).digest()[:8], "big"
+    )
+    out = ""
+    for _ in range(10):
+        digest, r = divmod(digest, len(_HASH_ALPHABET))
+        out += _HASH_ALPHABET[r]
+    return out
+
+
+def _controller_of(o: Obj) -> str | None:
+    for ref in o["metadata"].get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+def _owner_ref(kind: str, api_version: str, o: Obj) -> Obj:
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": o["metadata"]["name"],
+        "uid": o["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _pod_ready(p: Obj) -> bool:
+    for c in (p.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return bool(c.get("status") == "True")
+    return False
+
+
+def _set_condition(conds: list[Obj], cond: Obj, now: str) -> list[Obj]:
+    """Replace the condition of the same type, keeping its timestamps if nothing changed."""
+    out = [c for c in conds if c.get("type") != cond["type"]]
+    old = next((c for c in conds if c.get("type") == cond["type"]), None)
+    new = dict(cond)
+    if old and old.get("status") == cond["status"] and old.get("reason") == cond.get("reason"):
+        new["lastTransitionTime"] = old.get("lastTransitionTime", now)
+        if "lastUpdateTime" in old:
+            new["lastUpdateTime"] = old["lastUpdateTime"]
+    else:
+        new["lastTransitionTime"] = now
+        if "lastUpdateTime" in cond:
+            new["lastUpdateTime"] = now
+    out.append(new)
+    return sorted(
+        out,
+        key=lambda c: (
+            [x.get("type") for x in conds].index(c["type"])
+            if c["type"] in [x.get("type") for x in conds]
+            else 99
+        ),
+    )
+
+
+class Controllers:
+    def __init__(self, ops: Operations, *, pod_ready_delay: float) -> None:
+        self.ops = ops
+        self.pod_ready_delay = pod_ready_delay
+        self._dirty = asyncio.Event()
+        self._first_seen: dict[str, float] = {}
+        self._ip_counter = 0
+        self._retry = False
+        ops.store.listeners.append(lambda _ev: self._dirty.set())
+
+    async def run(self) -> None:
+        """Reconcile until cancelled; a pass that fails is logged and retried on the next write."""
+        self._dirty.set()
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            due: float | None = None
+            try:
+                due = self.reconcile()
+            except Exception:
+                log.exception("controller pass failed")
+                due = 0.5
+            if due is not None:
+                try:
+                    # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation
+                    # that races with the inner wait finishing, which would hang shutdown
+                    async with asyncio.timeout(max(due, 0.001)):
+                        await self._dirty.wait()
+                except TimeoutError:
+                    self._dirty.set()
+
+    # --- one pass ------------------------------------------------------------------------------
+
+    def reconcile(self) -> float | None:
+        """One pass over everything; returns seconds until a timer is due, if any."""
+        self._retry = False
+        self._namespaces()
+        self._crd_cleanup()
+        self._garbage_collect()
+        self._deployments()
+        self._replicasets()
+        due = self._kubelet()
+        if self._retry:
+            due = RETRY_DELAY if due is None else min(due, RETRY_DELAY)
+        return due
+
+    def _rt(self, key: str) -> ResourceType:
+        rt = self.ops.registry.by_key(key)
+        assert rt is not None, key
+        return rt
+
+    def _ctx(self) -> Context:
+        return Context(manager=MANAGER)
+
+    def _try(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except errors.ApiError as exc:
+            if exc.code not in (403, 404, 409):
+                log.warning("%s: %s", what, exc)
+            self._retry = True  # try again after RETRY_DELAY, not in a hot loop
+            return None
+
+    def _namespaces(self) -> None:
+        ns_rt = self._rt("/namespaces")
+        for ns in self.ops.store.objects_of(ns_rt.key):
+            md = ns["metadata"]
+            if not md.get("deletionTimestamp"):
+                continue
+            name = md["name"]
+            remaining = 0
+            for rt in self.ops.registry.all():
+                if not rt.namespaced:
+                    continue
+                for o in self.ops.store.objects_of(rt.key, name):
+                    remaining += 1
+                    if not o["metadata"].get("deletionTimestamp"):
+                        self._try(
+                            "namespace cleanup",
+                            self.ops.delete,
+                            rt,
+                            rt.storage_version,
+                            name,
+                            o["metadata"]["name"],
+                            {"propagationPolicy": "Background"},
+                            self._ctx(),
+                        )
+            if remaining == 0 and (ns.get("spec") or {}).get("finalizers"):
+                new = copy.deepcopy(ns)
+                new["spec"]["finalizers"] = []
+                self._try(
+                    "namespace finalize",
+                    self.ops.update,
+                    ns_rt,
+                    "v1",
+                    "",
+                    name,
+                    new,
+                    self._ctx(),
+                    from_patch=True,
+                )
+
+    def _crd_cleanup(self) -> None:
+        crd_rt = self._rt("apiextensions.k8s.io/customresourcedefinitions")
+        for crd in self.ops.store.objects_of(crd_rt.key):
+            md = crd["metadata"]
+            if not md.get("deletionTimestamp") or crds.CLEANUP_FINALIZER not in (
+                md.get("finalizers") or []
+            ):
+                continue
+            spec = crd["spec"]
+            rt = self.ops.registry.by_key(f"{spec['group']}/{spec['names']['plural']}")
+            items = self.ops.store.objects_of(rt.key) if rt else []
+            for o in items:
+                if rt is not None and not o["metadata"].get("deletionTimestamp"):
+                    omd = o["metadata"]
+                    self._try(
+                        "crd cleanup",
+                        self.ops.delete,
+                        rt,
+                        rt.storage_version,
+                        omd.get("namespace", ""),
+                        omd["name"],
+                        None,
+                        self._ctx(),
+                    )
+            if not items:
+                new = copy.deepcopy(crd)
+                new["metadata"]["finalizers"] = [
+                    f for f in md["finalizers"] if f != crds.CLEANUP_FINALIZER
+                ]
+                self._try(
+                    "crd finalize",
+                    self.ops.update,
+                    crd_rt,
+                    "v1",
+                    "",
+                    md["name"],
+                    new,
+                    self._ctx(),
+                    from_patch=True,
+                )
+
+    def _garbage_collect(self) -> None:
+        uids: set[str] = set()
+        dependents: dict[str, list[tuple[ResourceType, Obj]]] = {}
+        everything: list[tuple[ResourceType, Obj]] = []
+        for rt in self.ops.registry.all():
+            for o in self.ops.store.objects_of(rt.key):
+                uids.add(o["metadata"]["uid"])
+                everything.append((rt, o))
+                for ref in o["metadata"].get("ownerReferences") or []:
+                    dependents.setdefault(str(ref.get("uid")), []).append((rt, o))
+        for rt, o in everything:
+            md = o["metadata"]
+            refs = md.get("ownerReferences") or []
+            if (
+                refs
+                and not md.get("deletionTimestamp")
+                and not any(r.get("uid") in uids for r in refs)
+            ):
+                self._try(
+                    "gc",
+                    self.ops.delete,
+                    rt,
+                    rt.storage_version,
+                    md.get("namespace", ""),
+                    md["name"],
+                    {"propagationPolicy": "Background"},
+                    self._ctx(),
+                )
+            if md.get("deletionTimestamp") and "foregroundDeletion" in (md.get("finalizers") or []):
+                deps = dependents.get(md["uid"], [])
+                for drt, d in deps:
+                    if not d["metadata"].get("deletionTimestamp"):
+                        dmd = d["metadata"]
+                        self._try(
+                            "gc foreground",
+                            self.ops.delete,
+                            drt,
+                            drt.storage_version,
+                            dmd.get("namespace", ""),
+                            dmd["name"],
+                            {"propagationPolicy": "Foreground"},
+                            self._ctx(),
+                        )
+                if not deps:
+                    new = copy.deepcopy(o)
+                    new["metadata"]["finalizers"] = [
+                        f for f in md["finalizers"] if f != "foregroundDeletion"
+                    ]
+                    self._try(
+                        "gc finalize",
+                        self.ops.update,
+                        rt,
+                        rt.storage_version,
+                        md.get("namespace", ""),
+                        md["name"],
+                        new,
+                        self._ctx(),
+                        from_patch=True,
+                    )
+
+    # --- workloads -----------------------------------------------------------------------------
+
+    def _adopt(
+        self, child_rt: ResourceType, owner: Obj, kind: str, selector: Obj | None
+    ) -> list[Obj]:
+        """The children `owner` controls, after adopting matching orphans (no controller ref,
+        not terminating), as the ReplicaSet and Deployment controllers do."""
+        md = owner["metadata"]
+        sel = selectors.selector_from_label_selector(selector)
+        out: list[Obj] = []
+        for child in self.ops.store.objects_of(child_rt.key, md["namespace"]):
+            controller = _controller_of(child)
+            if controller == md["uid"]:
+                out.append(child)
+            elif (
+                controller is None
+                and sel
+                and not child["metadata"].get("deletionTimestamp")
+                and selectors.labels_match(sel, child)
+            ):
+                adopted = copy.deepcopy(child)
+                refs = adopted["metadata"].setdefault("ownerReferences", [])
+                refs.append(_owner_ref(kind, "apps/v1", owner))
+                cmd = adopted["metadata"]
+                got = self._try(
+                    "adopt",
+                    self.ops.update,
+                    child_rt,
+                    "v1",
+                    cmd["namespace"],
+                    cmd["name"],
+                    adopted,
+                    self._ctx(),
+                    from_patch=True,
+                )
+                if got is not None:
+                    out.append(got)
+        return out
+
+    def _deployments(self) -> None:
+        d_rt = self._rt("apps/deployments")
+        rs_rt = self._rt("apps/replicasets")
+        for d in self.ops.store.objects_of(d_rt.key):
+            md = d["metadata"]
+            if md.get("deletionTimestamp"):
+                continue
+            ns, name = md["namespace"], md["name"]
+            spec = d.get("spec") or {}
+            desired = int(spec.get("replicas", 1))
+            template = spec.get("template") or {}
+            h = pod_template_hash(template)
+            owned = self._adopt(rs_rt, d, "Deployment", spec.get("selector"))
+            new_rs = next(
+                (
+                    rs
+                    for rs in owned
+                    if (rs["metadata"].get("labels") or {}).get("pod-template-hash") == h
+                ),
+                None,
+            )
+            revisions = [
+                int(
+                    (rs["metadata"].get("annotations") or {}).get(
+                        "deployment.kubernetes.io/revision", "0"
+                    )
+                )
+                for rs in owned
+            ]
+            if new_rs is None:
+                revision = max(revisions, default=0) + 1
+                tmpl = copy.deepcopy(template)
+                tmpl.setdefault("metadata", {}).setdefault("labels", {})["pod-template-hash"] = h
+                selector = copy.deepcopy(spec.get("selector") or {})
+                selector.setdefault("matchLabels", {})["pod-template-hash"] = h
+                body = {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "metadata": {
+                        "name": f"{name}-{h}",
+                        "namespace": ns,
+                        "labels": dict(tmpl["metadata"]["labels"]),
+                        "annotations": {
+                            "deployment.kubernetes.io/desired-replicas": str(desired),
+                            "deployment.kubernetes.io/max-replicas": str(desired + 1),
+                            "deployment.kubernetes.io/revision": str(revision),
+                        },
+                        "ownerReferences": [_owner_ref("Deployment", "apps/v1", d)],
+                    },
+                    "spec": {
+                        "replicas": desired,
+                        "minReadySeconds": spec.get("minReadySeconds", 0),
+                        "selector": selector,
+                        "template": tmpl,
+                    },
+                }
+                new_rs = self._try(
+                    "create replicaset", self.ops.create, rs_rt, "v1", ns, body, self._ctx()
+                )
+                if new_rs is None:
+                    continue
+                owned.append(new_rs)
+            else:
+                revision = int(
+                    (new_rs["metadata"].get("annotations") or {}).get(
+                        "deployment.kubernetes.io/revision", "1"
+                    )
+                )
+                if new_rs["spec"].get("replicas") != desired:
+                    upd = copy.deepcopy(new_rs)
+                    upd["spec"]["replicas"] = desired
+                    upd["metadata"].setdefault("annotations", {})[
+                        "deployment.kubernetes.io/desired-replicas"
+                    ] = str(desired)
+                    self._try(
+                        "scale replicaset",
+                        self.ops.update,
+                        rs_rt,
+                        "v1",
+                        ns,
+                        upd["metadata"]["name"],
+                        upd,
+                        self._ctx(),
+                    )
+            recreate = (spec.get("strategy") or {}).get("type") == "Recreate"
+            new_ready = int((new_rs.get("status") or {}).get("readyReplicas", 0))
+            budget = 0 if recreate else max(0, desired - new_ready)
+            old = sorted(
+                (rs for rs in owned if rs["metadata"]["name"] != new_rs["metadata"]["name"]),
+                key=lambda r: int(
+                    (r["metadata"].get("annotations") or {}).get(
+                        "deployment.kubernetes.io/revision", "0"
+                    )
+                ),
+                reverse=True,
+            )
+            for rs in old:
+                want = min(int(rs["spec"].get("replicas", 0)), budget)
+                budget -= want
+                if rs["spec"].get("replicas") != want:
+                    upd = copy.deepcopy(rs)
+                    upd["spec"]["replicas"] = want
+                    self._try(
+                        "scale old replicaset",
+                        self.ops.update,
+                        rs_rt,
+                        "v1",
+                        ns,
+                        rs["metadata"]["name"],
+                        upd,
+                        self._ctx(),
+                    )
+            if (md.get("annotations") or {}).get("deployment.kubernetes.io/revision") != str(
+                revision
+            ):
+                upd = copy.deepcopy(d)
+                upd["metadata"].setdefault("annotations", {})[
+                    "deployment.kubernetes.io/revision"
+                ] = str(revision)
+                d = (
+                    self._try(
+                        "annotate deployment",
+                        self.ops.update,
+                        d_rt,
+                        "v1",
+                        ns,
+                        name,
+                        upd,
+                        self._ctx(),
+                    )
+                    or d
+                )
+            self._deployment_status(d_rt, d, owned, new_rs, desired)
+
+    def _deployment_status(
+        self, d_rt: ResourceType, d: Obj, owned: list[Obj], new_rs: Obj, desired: int
+    ) -> None:
+        fresh = [
+            self.ops.store.peek(
+                "apps/replicasets", rs["metadata"]["namespace"], rs["metadata"]["name"]
+            )
+            for rs in owned
+        ]
+        live = [rs for rs in fresh if rs is not None]
+
+        def st(rs: Obj, f: str) -> int:
+            return int((rs.get("status") or {}).get(f, 0))
+
+        new_live = next(
+            (rs for rs in live if rs["metadata"]["name"] == new_rs["metadata"]["name"]), new_rs
+        )
+        replicas = sum(st(rs, "replicas") for rs in live)
+        ready = sum(st(rs, "readyReplicas") for rs in live)
+        available = sum(st(rs, "availableReplicas") for rs in live)
+        updated = st(new_live, "replicas")
+        now = utcnow()
+        old_status = d.get("status") or {}
+        conds = list(old_status.get("conditions") or [])
+        avail_ok = available >= desired
+        conds = _set_condition(
+            conds,
+            {
+                "type": "Available",
+                "status": "True" if avail_ok else "False",
+                "lastUpdateTime": now,
+                "reason": "MinimumReplicasAvailable" if avail_ok else "MinimumReplicasUnavailable",
+                "message": "Deployment has minimum availability."
+                if avail_ok
+                else "Deployment does not have minimum availability.",
+            },
+            now,
+        )
+        done = (
+            updated == desired
+            and st(new_live, "availableReplicas") == desired
+            and replicas == desired
+        )
+        conds = _set_condition(
+            conds,
+            {
+                "type": "Progressing",
+                "status": "True",
+                "lastUpdateTime": now,
+                "reason": "NewReplicaSetAvailable" if done else "ReplicaSetUpdated",
+                "message": f'ReplicaSet "{new_rs["metadata"]["name"]}" '
+                + ("has successfully progressed." if done else "is progressing."),
+            },
+            now,
+        )
+        status: Obj = {
+            "observedGeneration": d["metadata"].get("generation", 1),
+            "replicas": replicas,
+            "updatedReplicas": updated,
+            "readyReplicas": ready,
+            "availableReplicas": available,
+        }
+        if desired - available > 0:
+            status["unavailableReplicas"] = desired - available
+        status = {k: v for k, v in status.items() if v != 0 or k == "observedGeneration"}
+        status["conditions"] = conds
+        if status != old_status:
+            new = copy.deepcopy(d)
+            new["status"] = status
+            self._try(
+                "deployment status",
+                self.ops.update,
+                d_rt,
+                "v1",
+                d["metadata"]["namespace"],
+                d["metadata"]["name"],
+                new,
+                self._ctx(),
+                subresource="status",
+            )
+
+    def _replicasets(self) -> None:
+        rs_rt = self._rt("apps/replicasets")
+        pod_rt = self._rt("/pods")
+        for rs in self.ops.store.objects_of(rs_rt.key):
+            md = rs["metadata"]
+            if md.get("deletionTimestamp"):
+                continue
+            ns = md["namespace"]
+            spec = rs.get("spec") or {}
+            desired = int(spec.get("replicas", 1))
+            sel = selectors.selector_from_label_selector(spec.get("selector"))
+            pods = self._adopt(pod_rt, rs, "ReplicaSet", spec.get("selector"))
+            active = [
+                p
+                for p in pods
+                if not p["metadata"].get("deletionTimestamp")
+                and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            ]
+            if len(active) < desired:
+                template = spec.get("template") or {}
+                tmd = template.get("metadata") or {}
+                for _ in range(desired - len(active)):
+                    body: Obj = {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "metadata": {
+                            "generateName": f"{md['name']}-",
+                            "namespace": ns,
+                            "labels": dict(tmd.get("labels") or {}),
+                            "ownerReferences": [_owner_ref("ReplicaSet", "apps/v1", rs)],
+                        },
+                        "spec": copy.deepcopy(template.get("spec") or {}),
+                    }
+                    if tmd.get("annotations"):
+                        body["metadata"]["annotations"] = dict(tmd["annotations"])
+                    if (
+                        self._try(
+                            "create pod", self.ops.create, pod_rt, "v1", ns, body, self._ctx()
+                        )
+                        is None
+                    ):
+                        break
+            elif len(active) > desired:
+                # not-ready pods go first, then the newest (as the ReplicaSet controller ranks them)
+                doomed = sorted(
+                    active,
+                    key=lambda p: (
+                        _pod_ready(p),
+                        [-ord(c) for c in p["metadata"]["creationTimestamp"]],
+                    ),
+                )
+                for p in doomed[: len(active) - desired]:
+                    self._try(
+                        "delete pod",
+                        self.ops.delete,
+                        pod_rt,
+                        "v1",
+                        ns,
+                        p["metadata"]["name"],
+                        None,
+                        self._ctx(),
+                    )
+            live = [
+                p
+                for p in self.ops.store.objects_of(pod_rt.key, ns)
+                if _controller_of(p) == md["uid"] and not p["metadata"].get("deletionTimestamp")
+            ]
+            ready = sum(1 for p in live if _pod_ready(p))
+            labeled = sum(1 for p in live if selectors.labels_match(sel, p))
+            status: Obj = {
+                "replicas": len(live),
+                "fullyLabeledReplicas": labeled,
+                "readyReplicas": ready,
+                "availableReplicas": ready,
+                "observedGeneration": md.get("generation", 1),
+            }
+            status = {
+                k: v for k, v in status.items() if v != 0 or k in ("replicas", "observedGeneration")
+            }
+            if status != (rs.get("status") or {}):
+                new = copy.deepcopy(rs)
+                new["status"] = status
+                self._try(
+                    "replicaset status",
+                    self.ops.update,
+                    rs_rt,
+                    "v1",
+                    ns,
+                    md["name"],
+                    new,
+                    self._ctx(),
+                    subresource="status",
+                )
+
+    # --- kubelet -------------------------------------------------------------------------------
+
+    def _kubelet(self) -> float | None:
+        pod_rt = self._rt("/pods")
+        now = time.monotonic()
+        due: float | None = None
+        seen: set[str] = set()
+        for p in self.ops.store.objects_of(pod_rt.key):
+            md = p["metadata"]
+            uid = md["uid"]
+            seen.add(uid)
+            if md.get("deletionTimestamp") or (p.get("status") or {}).get("phase") != "Pending":
+                continue
+            first = self._first_seen.setdefault(uid, now)
+            wait = first + self.pod_ready_delay - now
+            if wait > 0:
+                due = wait if due is None else min(due, wait)
+                continue
+            self._start_pod(pod_rt, p)
+        for uid in list(self._first_seen):
+            if uid not in seen:
+                del self._first_seen[uid]
+        return due
+
+    def _start_pod(self, pod_rt: ResourceType, p: Obj) -> None:
+        now = utcnow()
+        self._ip_counter += 1
+        ip = f"10.244.{(self._ip_counter // 250) % 250}.{self._ip_counter % 250 + 1}"
+        containers = (p.get("spec") or {}).get("containers") or []
+        new = copy.deepcopy(p)
+        new["status"] = {
+            "phase": "Running",
+            "conditions": [
+                {"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": now}
+                for t in (
+                    "PodReadyToStartContainers",
+                    "Initialized",
+                    "Ready",
+                    "ContainersReady",
+                    "PodScheduled",
+                )
+            ],
+            "hostIP": "10.0.0.1",
+            "hostIPs": [{"ip": "10.0.0.1"}],
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "startTime": now,
+            "qosClass": (p.get("status") or {}).get("qosClass", "BestEffort"),
+            "containerStatuses": [
+                {
+                    "name": c.get("name"),
+                    "image": c.get("image"),
+                    "imageID": "",
+                    "containerID": "containerd://"
+                    + hashlib.sha256(
+                        f"{p['metadata']['uid']}/{c.get('name')}".encode()
+                    ).hexdigest(),
+                    "ready": True,
+                    "started": True,
+                    "restartCount": 0,
+                    "state": {"running": {"startedAt": now}},
+                }
+                for c in containers
+            ],
+        }
+        md = p["metadata"]
+        self._try(
+            "kubelet",
+            self.ops.update,
+            pod_rt,
+            "v1",
+            md["namespace"],
+            md["name"],
+            new,
+            Context(manager="kubelet"),
+            subresource="status",
+        )

@@ -1,0 +1,198 @@
+"""`metadata.managedFields`: who owns which field, and server-side apply conflicts.
+
+A simplified structured-merge-diff: field sets are FieldsV1 trees (see `patching.field_set`);
+an Update gives its manager the fields it changed and takes them from everyone else; an Apply
+gives its manager exactly the fields of its configuration.  An Apply that changes the value of
+a field another manager owns is a 409 Conflict unless `force=true`, which takes ownership.
+Not implemented: per-version field-set conversion, `x-kubernetes-list-type` semantics beyond
+the merge keys of `patching.MERGE_KEYS`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from . import errors, patching
+
+Obj = dict[str, Any]
+Entry = dict[str, Any]
+IGNORED_TOP = ("f:status",)
+
+
+def _object_fields(obj: Obj, subresource: str | None) -> dict[str, Any]:
+    fs = patching.field_set(obj)
+    if subresource == "status":
+        return {k: v for k, v in fs.items() if k == "f:status"}
+    return fs
+
+
+def render_path(path: tuple[str, ...]) -> str:
+    out = ""
+    for p in path:
+        if p.startswith("f:"):
+            out += "." + p[2:]
+        elif p.startswith("k:"):
+            key = json.loads(p[2:])
+            out += "[" + ",".join(f"{k}={json.dumps(v)}" for k, v in key.items()) + "]"
+    return out
+
+
+def _find(
+    entries: list[Entry], manager: str, operation: str, subresource: str | None
+) -> Entry | None:
+    for e in entries:
+        if (
+            e.get("manager") == manager
+            and e.get("operation") == operation
+            and e.get("subresource") == subresource
+        ):
+            return e
+    return None
+
+
+def _entry(
+    manager: str,
+    operation: str,
+    api_version: str,
+    now: str,
+    subresource: str | None,
+    fs: dict[str, Any],
+) -> Entry:
+    e: Entry = {
+        "manager": manager,
+        "operation": operation,
+        "apiVersion": api_version,
+        "time": now,
+        "fieldsType": "FieldsV1",
+        "fieldsV1": fs,
+    }
+    if subresource:
+        e["subresource"] = subresource
+    return e
+
+
+def _union(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = _union(out.get(k, {}), v) if k in out else copy.deepcopy(v)
+    return out
+
+
+def record_update(
+    entries: list[Entry] | None,
+    *,
+    manager: str,
+    api_version: str,
+    now: str,
+    old: Obj | None,
+    new: Obj,
+    subresource: str | None,
+) -> list[Entry]:
+    entries = copy.deepcopy(entries or [])
+    new_fs = _object_fields(new, subresource)
+    changed = [
+        leaf
+        for leaf in patching.leaves(new_fs)
+        if old is None or patching.value_at(old, leaf) != patching.value_at(new, leaf)
+    ]
+    gone = []
+    if old is not None:
+        present = set(patching.leaves(patching.field_set(new)))
+        gone = [leaf for leaf in patching.leaves(patching.field_set(old)) if leaf not in present]
+    if not changed and not gone:
+        return entries
+    out: list[Entry] = []
+    for e in entries:
+        fs = patching.remove_paths(e.get("fieldsV1", {}), changed + gone)
+        if fs:
+            e["fieldsV1"] = fs
+            out.append(e)
+    if changed:
+        mine = _find(out, manager, "Update", subresource)
+        changed_fs: dict[str, Any] = {}
+        for leaf in changed:
+            node = changed_fs
+            for p in leaf:
+                node = node.setdefault(p, {})
+        if mine is None:
+            out.append(_entry(manager, "Update", api_version, now, subresource, changed_fs))
+        else:
+            mine["fieldsV1"] = _union(mine["fieldsV1"], changed_fs)
+            mine["time"] = now
+            mine["apiVersion"] = api_version
+    return out
+
+
+def apply(
+    live: Obj | None,
+    config: Obj,
+    *,
+    manager: str,
+    api_version: str,
+    now: str,
+    force: bool,
+    subresource: str | None,
+) -> tuple[Obj, list[Entry]]:
+    """Server-side apply of `config` onto `live`: the merged object and its managedFields."""
+    entries = copy.deepcopy((live or {}).get("metadata", {}).get("managedFields") or [])
+    mine = _find(entries, manager, "Apply", subresource)
+    prev_fs = mine["fieldsV1"] if mine else {}
+    new_fs = _object_fields(config, subresource)
+    if subresource == "status":
+        config = {
+            "apiVersion": config.get("apiVersion"),
+            "kind": config.get("kind"),
+            "metadata": config.get("metadata", {}),
+            "status": config.get("status", {}),
+        }
+    conflicts: list[tuple[tuple[str, ...], Entry]] = []
+    if live is not None:
+        for e in entries:
+            if e is mine:
+                continue
+            owned = set(patching.leaves(e.get("fieldsV1", {})))
+            conflicts.extend(
+                (leaf, e)
+                for leaf in patching.leaves(new_fs)
+                if leaf in owned
+                and patching.value_at(live, leaf) != patching.value_at(config, leaf)
+            )
+    if conflicts and not force:
+        causes = [
+            errors.Cause(
+                "FieldManagerConflict",
+                f'conflict with "{e["manager"]}"'
+                + (f" using {e['apiVersion']}" if e.get("apiVersion") else ""),
+                render_path(leaf),
+            )
+            for leaf, e in conflicts
+        ]
+        n = len(causes)
+        lines = "\n".join(f"- {c.message}: {c.field}" for c in causes)
+        raise errors.apply_conflict(
+            causes,
+            f"Apply failed with {n} conflict{'s' if n != 1 else ''}: "
+            + (f"{causes[0].message}: {causes[0].field}" if n == 1 else "\n" + lines),
+        )
+    if conflicts:
+        taken = [leaf for leaf, _ in conflicts]
+        for e in entries:
+            if e is not mine:
+                e["fieldsV1"] = patching.remove_paths(e.get("fieldsV1", {}), taken)
+    merged = patching.apply_merge(live or {}, config)
+    # Fields this manager applied before and no longer applies are removed, unless another
+    # manager also owns them.
+    dropped = patching.subtract(prev_fs, new_fs)
+    if dropped:
+        others: dict[str, Any] = {}
+        for e in entries:
+            if e is not mine:
+                others = _union(others, e.get("fieldsV1", {}))
+        really = patching.subtract(dropped, others)
+        if really:
+            merged = patching.remove_fields(merged, really)
+    entries = [e for e in entries if e is not mine and e.get("fieldsV1")]
+    entries.append(_entry(manager, "Apply", api_version, now, subresource, new_fs))
+    return merged, entries

@@ -1,0 +1,288 @@
+"""OpenAPI v3 (`/openapi/v3`, `/openapi/v3/<api|apis/g/v>`) and a JSON `/openapi/v2`.
+
+What kubectl needs from it: every served kind has a PATCH operation tagged with
+`x-kubernetes-group-version-kind` that declares the `fieldValidation` query parameter, so
+kubectl leaves validation to the server (`fieldValidation=Strict`) instead of validating with
+the protobuf `/openapi/v2` this emulator does not serve.  Custom resources get their CRD schema
+as the component schema (with the GVK extension, as kube-apiserver publishes it).  Built-in
+kinds get a deliberately loose component schema *without* the GVK extension: kubectl then
+computes client-side-apply strategic merge patches from its compiled-in Go types, which are
+exact, instead of from a partial schema here.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any
+
+from .discovery import KUBE_VERSION
+from .resources import Registry, ResourceType
+
+Obj = dict[str, Any]
+
+_PATCH_TYPES = [
+    "application/apply-patch+yaml",
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+]
+
+OBJECT_META = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+
+
+def _gv_path(group: str, version: str) -> str:
+    return f"apis/{group}/{version}" if group else "api/v1"
+
+
+def _def_name(rt: ResourceType, version: str) -> str:
+    if rt.builtin:
+        pkg = {
+            "": "core",
+            "apps": "apps",
+            "coordination.k8s.io": "coordination",
+            "apiextensions.k8s.io": "apiextensions",
+        }
+        if rt.group == "apiextensions.k8s.io":
+            return f"io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.{version}.{rt.kind}"
+        return f"io.k8s.api.{pkg.get(rt.group, rt.group)}.{version}.{rt.kind}"
+    rev = ".".join(reversed(rt.group.split(".")))
+    return f"{rev}.{version}.{rt.kind}"
+
+
+def _doc(registry: Registry, group: str, version: str) -> Obj:
+    paths: Obj = {}
+    schemas: Obj = {
+        OBJECT_META: {
+            "type": "object",
+            "description": "ObjectMeta is metadata that all persisted resources must have.",
+            "properties": {
+                "name": {"type": "string"},
+                "generateName": {"type": "string"},
+                "namespace": {"type": "string"},
+                "labels": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string", "default": ""},
+                },
+                "annotations": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string", "default": ""},
+                },
+                "finalizers": {"type": "array", "items": {"type": "string", "default": ""}},
+                "ownerReferences": {
+                    "type": "array",
+                    "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                },
+                "uid": {"type": "string"},
+                "resourceVersion": {"type": "string"},
+                "generation": {"type": "integer", "format": "int64"},
+                "creationTimestamp": {"type": "string", "format": "date-time"},
+                "deletionTimestamp": {"type": "string", "format": "date-time"},
+                "managedFields": {
+                    "type": "array",
+                    "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                },
+            },
+        },
+        "io.k8s.apimachinery.pkg.apis.meta.v1.Patch": {
+            "type": "object",
+            "description": "Patch is provided to give a concrete name and type to the Kubernetes "
+            "PATCH request body.",
+        },
+        "io.k8s.apimachinery.pkg.apis.meta.v1.Status": {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": True,
+        },
+        "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions": {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": True,
+        },
+    }
+    for rt in registry.in_group_version(group, version):
+        gvk = {"group": group, "version": version, "kind": rt.kind}
+        dname = _def_name(rt, version)
+        ref = {"$ref": f"#/components/schemas/{dname}"}
+        if rt.builtin:
+            schemas[dname] = {
+                "type": "object",
+                "properties": {
+                    "apiVersion": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "metadata": {
+                        "allOf": [{"$ref": f"#/components/schemas/{OBJECT_META}"}],
+                        "default": {},
+                    },
+                },
+                "x-kubernetes-preserve-unknown-fields": True,
+            }
+        else:
+            body = copy.deepcopy(
+                rt.schemas.get(version)
+                or {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+            )
+            props = body.setdefault("properties", {})
+            props["apiVersion"] = {"type": "string"}
+            props["kind"] = {"type": "string"}
+            props["metadata"] = {"allOf": [{"$ref": f"#/components/schemas/{OBJECT_META}"}]}
+            body["x-kubernetes-group-version-kind"] = [gvk]
+            schemas[dname] = body
+        prefix = "/" + _gv_path(group, version)
+        if rt.namespaced:
+            coll = f"{prefix}/namespaces/{{namespace}}/{rt.plural}"
+        else:
+            coll = f"{prefix}/{rt.plural}"
+        item = f"{coll}/{{name}}"
+        ok = {"200": {"description": "OK", "content": {"application/json": {"schema": ref}}}}
+        common = [
+            {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
+            {
+                "name": "fieldManager",
+                "in": "query",
+                "schema": {"type": "string", "uniqueItems": True},
+            },
+            {
+                "name": "fieldValidation",
+                "in": "query",
+                "schema": {"type": "string", "uniqueItems": True},
+            },
+        ]
+        patch_body = {
+            "content": {
+                t: {
+                    "schema": {
+                        "$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.Patch"
+                    }
+                }
+                for t in (
+                    _PATCH_TYPES
+                    if rt.builtin
+                    else [t for t in _PATCH_TYPES if "strategic" not in t]
+                )
+            },
+            "required": True,
+        }
+
+        def op(
+            action: str,
+            op_id: str,
+            *,
+            parameters: list[Obj] | None = None,
+            request_body: Obj | None = None,
+            ok: Obj = ok,
+            gvk: Obj = gvk,
+        ) -> Obj:
+            o: Obj = {
+                "operationId": op_id,
+                "responses": ok,
+                "x-kubernetes-action": action,
+                "x-kubernetes-group-version-kind": gvk,
+            }
+            if parameters:
+                o["parameters"] = parameters
+            if request_body:
+                o["requestBody"] = request_body
+            return o
+
+        base = f"{rt.kind}"
+        paths[coll] = {
+            "get": op("list", f"list{base}"),
+            "post": op(
+                "post",
+                f"create{base}",
+                parameters=common,
+                request_body={"content": {"application/json": {"schema": ref}}, "required": True},
+            ),
+            "delete": op("deletecollection", f"deletecollection{base}"),
+        }
+        paths[item] = {
+            "get": op("get", f"read{base}"),
+            "put": op(
+                "put",
+                f"replace{base}",
+                parameters=common,
+                request_body={"content": {"application/json": {"schema": ref}}, "required": True},
+            ),
+            "patch": op(
+                "patch",
+                f"patch{base}",
+                parameters=[
+                    *common,
+                    {
+                        "name": "force",
+                        "in": "query",
+                        "schema": {"type": "boolean", "uniqueItems": True},
+                    },
+                ],
+                request_body=patch_body,
+            ),
+            "delete": op("delete", f"delete{base}"),
+        }
+        if rt.has_status(version):
+            paths[f"{item}/status"] = {
+                "get": op("get", f"read{base}Status"),
+                "put": op(
+                    "put",
+                    f"replace{base}Status",
+                    parameters=common,
+                    request_body={
+                        "content": {"application/json": {"schema": ref}},
+                        "required": True,
+                    },
+                ),
+                "patch": op(
+                    "patch",
+                    f"patch{base}Status",
+                    parameters=[
+                        *common,
+                        {
+                            "name": "force",
+                            "in": "query",
+                            "schema": {"type": "boolean", "uniqueItems": True},
+                        },
+                    ],
+                    request_body=patch_body,
+                ),
+            }
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": KUBE_VERSION["gitVersion"]},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+
+
+def group_versions(registry: Registry) -> list[tuple[str, str]]:
+    out = [("", "v1")]
+    for group, versions in registry.groups().items():
+        out.extend((group, v) for v in versions)
+    return out
+
+
+def document(registry: Registry, group: str, version: str) -> tuple[Obj, str]:
+    doc = _doc(registry, group, version)
+    digest = hashlib.sha512(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:64].upper()
+    return doc, digest
+
+
+def root(registry: Registry) -> Obj:
+    paths: Obj = {}
+    for group, version in group_versions(registry):
+        _, digest = document(registry, group, version)
+        p = _gv_path(group, version)
+        paths[p] = {"serverRelativeURL": f"/openapi/v3/{p}?hash={digest}"}
+    return {"paths": paths}
+
+
+def v2(registry: Registry) -> Obj:
+    definitions: Obj = {}
+    for group, version in group_versions(registry):
+        definitions.update(_doc(registry, group, version)["components"]["schemas"])
+    return {
+        "swagger": "2.0",
+        "info": {"title": "Kubernetes", "version": KUBE_VERSION["gitVersion"]},
+        "paths": {},
+        "definitions": json.loads(
+            json.dumps(definitions).replace("#/components/schemas/", "#/definitions/")
+        ),
+    }

@@ -1,0 +1,227 @@
+"""The kinds the emulator serves: built-in kinds and the resources that CRDs add.
+
+A `ResourceType` says everything the request path needs to know about one resource (group,
+versions, plural, kind, scope, subresources, printer columns, schema).  The `Registry` is the
+lookup table; `crds.py` adds and removes entries as CRDs come and go.  This module does no I/O
+and holds no objects (see `store.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+
+
+@dataclass
+class ResourceType:
+    group: str
+    versions: list[str]  # served versions, preferred first
+    storage_version: str
+    plural: str
+    singular: str
+    kind: str
+    namespaced: bool
+    short_names: list[str] = field(default_factory=list)
+    categories: list[str] = field(default_factory=list)
+    status_subresource: bool = False
+    scale_subresource: bool = False
+    builtin: bool = True  # built-in kinds accept strategic merge patch; CRs answer 415
+    has_generation: bool = True  # kinds whose metadata.generation the apiserver maintains
+    return_deleted_object: bool = False  # DELETE answers the object, not a Status
+    # CRD-only: per version: openAPIV3Schema, additionalPrinterColumns, subresources
+    schemas: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    printer_columns: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    version_subresources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    selectable_fields: dict[str, list[str]] = field(default_factory=dict)  # version -> jsonPaths
+    crd_name: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The storage key prefix: one per resource, whatever the version asked for."""
+        return f"{self.group}/{self.plural}"
+
+    @property
+    def group_resource(self) -> str:
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    @property
+    def list_kind(self) -> str:
+        return f"{self.kind}List"
+
+    def api_version(self, version: str) -> str:
+        return f"{self.group}/{version}" if self.group else version
+
+    def has_status(self, version: str) -> bool:
+        if self.builtin:
+            return self.status_subresource
+        return "status" in self.version_subresources.get(version, {})
+
+    def has_scale(self, version: str) -> bool:
+        if self.builtin:
+            return self.scale_subresource
+        return "scale" in self.version_subresources.get(version, {})
+
+
+def _builtin(
+    group: str,
+    version: str,
+    plural: str,
+    singular: str,
+    kind: str,
+    *,
+    namespaced: bool = True,
+    short_names: list[str] | None = None,
+    categories: list[str] | None = None,
+    status: bool = False,
+    scale: bool = False,
+    generation: bool = False,
+    return_deleted: bool = False,
+) -> ResourceType:
+    return ResourceType(
+        group=group,
+        versions=[version],
+        storage_version=version,
+        plural=plural,
+        singular=singular,
+        kind=kind,
+        namespaced=namespaced,
+        short_names=short_names or [],
+        categories=categories or [],
+        status_subresource=status,
+        scale_subresource=scale,
+        has_generation=generation,
+        return_deleted_object=return_deleted,
+    )
+
+
+def builtin_resources() -> list[ResourceType]:
+    return [
+        _builtin(
+            "",
+            "v1",
+            "namespaces",
+            "namespace",
+            "Namespace",
+            namespaced=False,
+            short_names=["ns"],
+            status=True,
+            return_deleted=True,
+        ),
+        _builtin("", "v1", "secrets", "secret", "Secret"),
+        _builtin("", "v1", "configmaps", "configmap", "ConfigMap", short_names=["cm"]),
+        _builtin(
+            "",
+            "v1",
+            "pods",
+            "pod",
+            "Pod",
+            short_names=["po"],
+            categories=["all"],
+            status=True,
+            generation=True,
+            return_deleted=True,
+        ),
+        _builtin("", "v1", "events", "event", "Event", short_names=["ev"]),
+        _builtin("coordination.k8s.io", "v1", "leases", "lease", "Lease"),
+        _builtin(
+            "apps",
+            "v1",
+            "deployments",
+            "deployment",
+            "Deployment",
+            short_names=["deploy"],
+            categories=["all"],
+            status=True,
+            scale=True,
+            generation=True,
+        ),
+        _builtin(
+            "apps",
+            "v1",
+            "replicasets",
+            "replicaset",
+            "ReplicaSet",
+            short_names=["rs"],
+            categories=["all"],
+            status=True,
+            scale=True,
+            generation=True,
+        ),
+        _builtin(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            "customresourcedefinition",
+            "CustomResourceDefinition",
+            namespaced=False,
+            short_names=["crd", "crds"],
+            categories=["api-extensions"],
+            status=True,
+            generation=True,
+        ),
+    ]
+
+
+class Registry:
+    """Lookup of served resources by group/version/plural and by group/kind."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, ResourceType] = {}
+        for rt in builtin_resources():
+            self.add(rt)
+
+    def add(self, rt: ResourceType) -> None:
+        self._by_key[rt.key] = rt
+
+    def remove(self, key: str) -> None:
+        self._by_key.pop(key, None)
+
+    def get(self, group: str, version: str, plural: str) -> ResourceType | None:
+        rt = self._by_key.get(f"{group}/{plural}")
+        if rt is None or version not in rt.versions:
+            return None
+        return rt
+
+    def by_key(self, key: str) -> ResourceType | None:
+        return self._by_key.get(key)
+
+    def by_kind(self, group: str, kind: str) -> ResourceType | None:
+        for rt in self._by_key.values():
+            if rt.group == group and rt.kind == kind:
+                return rt
+        return None
+
+    def all(self) -> list[ResourceType]:
+        return list(self._by_key.values())
+
+    def groups(self) -> dict[str, list[str]]:
+        """group -> served versions (preferred first), in a stable order; core group excluded."""
+        out: dict[str, list[str]] = {}
+        for rt in self._by_key.values():
+            if not rt.group:
+                continue
+            versions = out.setdefault(rt.group, [])
+            for v in rt.versions:
+                if v not in versions:
+                    versions.append(v)
+        for group, versions in out.items():
+            out[group] = sorted(versions, key=version_priority_key)
+        return out
+
+    def in_group_version(self, group: str, version: str) -> list[ResourceType]:
+        return [rt for rt in self._by_key.values() if rt.group == group and version in rt.versions]
+
+
+def version_priority_key(version: str) -> tuple[int, int, int, str]:
+    """Kubernetes version priority: GA > beta > alpha, higher numbers first, then others by name."""
+    import re
+
+    m = re.fullmatch(r"v(\d+)(?:(alpha|beta)(\d+))?", version)
+    if not m:
+        return (3, 0, 0, version)
+    major = int(m.group(1))
+    stage = {None: 0, "beta": 1, "alpha": 2}[m.group(2)]
+    minor = int(m.group(3) or 0)
+    return (stage, -major, -minor, version)

@@ -1,0 +1,281 @@
+"""Structural schemas of CRDs: pruning, defaulting and validation of custom resources.
+
+Validation uses `jsonschema` (draft 4, whose boolean exclusiveMinimum/Maximum is what OpenAPI
+v3.0 means) on a translation of the CRD schema (`nullable`, `x-kubernetes-int-or-string`), and
+renders each failure as kube-apiserver's field error: `spec.replicas: Invalid value: "x":
+spec.replicas in body must be of type integer: "string"` with reason and field path.
+
+Not implemented (documented in docs/kubeapi.md): CEL `x-kubernetes-validations`,
+`x-kubernetes-list-type` uniqueness, `format` checks, ratcheting.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import jsonschema
+
+from .errors import Cause
+
+Schema = dict[str, Any]
+
+
+def prune_and_default(value: Any, schema: Schema | None, path: str = "") -> tuple[Any, list[str]]:
+    """Drop fields the schema does not declare, fill defaults; return (value, pruned paths)."""
+    pruned: list[str] = []
+    if schema is None:
+        return value, pruned
+    out = _walk(value, schema, path, pruned, root=True)
+    return out, pruned
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _walk(value: Any, schema: Schema, path: str, pruned: list[str], root: bool = False) -> Any:
+    if isinstance(value, dict):
+        props: dict[str, Schema] = schema.get("properties") or {}
+        addl = schema.get("additionalProperties")
+        preserve = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
+        embedded = bool(schema.get("x-kubernetes-embedded-resource"))
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if root and k in ("apiVersion", "kind", "metadata"):
+                out[k] = v
+                continue
+            if embedded and k in ("apiVersion", "kind", "metadata"):
+                out[k] = v
+                continue
+            if k in props:
+                out[k] = _walk(v, props[k], _join(path, k), pruned)
+            elif isinstance(addl, dict):
+                out[k] = _walk(v, addl, _join(path, k), pruned)
+            elif addl is True or preserve:
+                out[k] = v
+            else:
+                pruned.append(_join(path, k))
+        for k, sub in props.items():
+            if k not in out and "default" in sub and not (root and k == "metadata"):
+                out[k] = _walk(copy.deepcopy(sub["default"]), sub, _join(path, k), [])
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_walk(v, schema["items"], f"{path}[{i}]", pruned) for i, v in enumerate(value)]
+    return value
+
+
+def to_json_schema(schema: Schema) -> Schema:
+    """Translate an OpenAPI v3.0 structural schema into draft-4 JSON Schema."""
+    out: Schema = {}
+    for k, v in schema.items():
+        if k == "properties":
+            out[k] = {name: to_json_schema(s) for name, s in v.items()}
+        elif k in ("items", "additionalProperties") and isinstance(v, dict):
+            out[k] = to_json_schema(v)
+        elif k in ("allOf", "anyOf", "oneOf"):
+            out[k] = [to_json_schema(s) for s in v]
+        elif k == "not":
+            out[k] = to_json_schema(v)
+        elif k in (
+            "type",
+            "enum",
+            "required",
+            "minimum",
+            "maximum",
+            "exclusiveMinimum",
+            "exclusiveMaximum",
+            "minLength",
+            "maxLength",
+            "pattern",
+            "minItems",
+            "maxItems",
+            "uniqueItems",
+            "multipleOf",
+            "minProperties",
+            "maxProperties",
+        ):
+            out[k] = v
+    if schema.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+    if schema.get("nullable"):
+        if "type" in out:
+            out["type"] = [out["type"], "null"]
+        if "enum" in out:
+            out["enum"] = [*out["enum"], None]
+    return out
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, dict):
+        return '"object"'
+    if isinstance(value, list):
+        return '"array"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return json.dumps(value)
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "null"
+
+
+def _field_path(parts: list[Any]) -> str:
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out = _join(out, str(p))
+    return out
+
+
+def validate(value: dict[str, Any], schema: Schema) -> list[Cause]:
+    """Validate a custom resource (without its metadata) against a CRD version schema."""
+    js = to_json_schema(schema)
+    js.get("properties", {}).pop("metadata", None)
+    body = {k: v for k, v in value.items() if k != "metadata"}
+    validator = jsonschema.Draft4Validator(js)
+    causes: list[Cause] = []
+    for err in sorted(validator.iter_errors(body), key=lambda e: list(map(str, e.absolute_path))):
+        causes.extend(_cause(err))
+    return causes
+
+
+def _cause(err: jsonschema.ValidationError) -> list[Cause]:
+    path = _field_path(list(err.absolute_path))
+    inst: Any = err.instance
+    kw = err.validator
+    arg: Any = err.validator_value
+    node: dict[str, Any] = err.schema if isinstance(err.schema, dict) else {}
+    if kw == "required":
+        missing = [r for r in arg if isinstance(inst, dict) and r not in inst]
+        return [Cause("FieldValueRequired", "Required value", _join(path, r)) for r in missing]
+    if kw == "type":
+        want = arg if isinstance(arg, str) else "/".join(a for a in arg if a != "null")
+        return [
+            Cause(
+                "FieldValueTypeInvalid",
+                f"Invalid value: {_render(inst)}: {path or 'body'} in body must be of type {want}: "
+                f'"{_type_name(inst)}"',
+                path,
+            )
+        ]
+    if kw == "enum":
+        supported = ", ".join(_render(v) for v in arg if v is not None)
+        return [
+            Cause(
+                "FieldValueNotSupported",
+                f"Unsupported value: {_render(inst)}: supported values: {supported}",
+                path,
+            )
+        ]
+    if kw == "minimum":
+        rel = "greater than" if node.get("exclusiveMinimum") else "greater than or equal to"
+        return [
+            Cause(
+                "FieldValueInvalid",
+                f"Invalid value: {_render(inst)}: {path} in body should be {rel} {arg}",
+                path,
+            )
+        ]
+    if kw == "maximum":
+        rel = "less than" if node.get("exclusiveMaximum") else "less than or equal to"
+        return [
+            Cause(
+                "FieldValueInvalid",
+                f"Invalid value: {_render(inst)}: {path} in body should be {rel} {arg}",
+                path,
+            )
+        ]
+    if kw == "minLength":
+        return [
+            Cause(
+                "FieldValueInvalid",
+                f"Invalid value: {_render(inst)}: {path} in body should be at least {arg} chars "
+                "long",
+                path,
+            )
+        ]
+    if kw == "maxLength":
+        return [Cause("FieldValueTooLong", f"Too long: may not be more than {arg} bytes", path)]
+    if kw == "pattern":
+        return [
+            Cause(
+                "FieldValueInvalid",
+                f"Invalid value: {_render(inst)}: {path} in body should match '{arg}'",
+                path,
+            )
+        ]
+    if kw == "minItems":
+        return [
+            Cause(
+                "FieldValueInvalid",
+                f"Invalid value: {len(inst)}: {path} in body should have at least {arg} items",
+                path,
+            )
+        ]
+    if kw == "maxItems":
+        return [
+            Cause(
+                "FieldValueTooMany", f"Too many: {len(inst)}: must have at most {arg} items", path
+            )
+        ]
+    if kw == "additionalProperties" and arg is False:
+        return [Cause("FieldValueInvalid", f"Invalid value: {_render(inst)}: {err.message}", path)]
+    return [Cause("FieldValueInvalid", f"Invalid value: {_render(inst)}: {err.message}", path)]
+
+
+def check_structural(schema: Any, path: str) -> list[Cause]:
+    """The structural-schema rules a CRD must pass that clients can trip over most easily."""
+    causes: list[Cause] = []
+    if not isinstance(schema, dict):
+        return [Cause("FieldValueRequired", "Required value: schemas are required", path)]
+    if schema.get("type") != "object":
+        causes.append(
+            Cause(
+                "FieldValueInvalid", 'Invalid value: "": must be object at the root', f"{path}.type"
+            )
+        )
+
+    def walk(node: Any, p: str) -> None:
+        if not isinstance(node, dict):
+            return
+        if (
+            "type" not in node
+            and not node.get("x-kubernetes-int-or-string")
+            and not node.get("x-kubernetes-preserve-unknown-fields")
+            and p != path
+        ):
+            causes.append(
+                Cause(
+                    "FieldValueRequired",
+                    "Required value: must not be empty for specified object fields",
+                    f"{p}.type",
+                )
+            )
+        for name, sub in (node.get("properties") or {}).items():
+            walk(sub, f"{p}.properties[{name}]")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{p}.items")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{p}.additionalProperties")
+
+    walk(schema, path)
+    return causes
