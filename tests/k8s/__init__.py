@@ -1,0 +1,1 @@
+"""Tests of shared.k8s: pure logic, and integration across the Kubernetes API emulator."""
