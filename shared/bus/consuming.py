@@ -261,6 +261,10 @@ class Consumer:
                 num_delivered=meta.num_delivered,
             )
             await self._handle_one(msg, delivery)
+        except nats.errors.Error as exc:
+            # The connection failed under an ack/nak/term: the server redelivers the message
+            # after ack_wait, and the consumer goes on.
+            log.warning("reply to the server failed", error_type=type(exc).__name__)
         finally:
             del self._in_flight[id(msg)]
             self._free += 1
