@@ -12,6 +12,7 @@ never secrets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from typing import Any
 
@@ -101,10 +102,16 @@ def connect_options(settings: NatsSettings) -> dict[str, Any]:
 
 
 async def open_connection(settings: NatsSettings) -> Connection:
-    """Connect (the first connection must succeed within `connect_timeout` per server)."""
+    """Connect; `BusError` naming the last failure if no server answers in `connect_deadline`.
+
+    After the first connection the client reconnects forever; the first one is bounded, so that
+    a wrong URL, CA or credential fails the service with a reason instead of a silent retry loop.
+    """
     holder: dict[str, Connection] = {}
+    last_error: list[str] = []
 
     async def on_error(exc: Exception) -> None:
+        last_error[:] = [f"{type(exc).__name__}: {exc}"]
         log.warning("nats error", error=str(exc), error_type=type(exc).__name__)
 
     async def on_disconnect() -> None:
@@ -115,15 +122,20 @@ async def open_connection(settings: NatsSettings) -> Connection:
         if "c" in holder:
             holder["c"]._on_reconnect()
 
+    nc = Client()
     try:
-        nc = await nats.connect(
-            **connect_options(settings),
-            error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-        )
-    except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
-        raise BusError(f"cannot connect to {', '.join(settings.urls)}: {exc}") from None
+        async with asyncio.timeout(settings.connect_deadline):
+            await nc.connect(
+                **connect_options(settings),
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        with contextlib.suppress(nats.errors.Error):
+            await nc.close()
+        reason = last_error[0] if last_error else f"{type(exc).__name__}: {exc}"
+        raise BusError(f"cannot connect to {', '.join(settings.urls)}: {reason}") from None
     connection = Connection(nc, nc.jetstream(timeout=settings.request_timeout), settings)
     holder["c"] = connection
     return connection

@@ -37,6 +37,12 @@ class NatsSettings(MeshtrustSettings, env_prefix="MESHTRUST_NATS_"):
 
     # --- timing ---
     connect_timeout: float = Field(default=5.0, gt=0, description="Seconds per connect attempt.")
+    connect_deadline: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds the first connection may take before the service fails with the "
+        "reason (later disconnections are retried forever).",
+    )
     reconnect_wait: float = Field(
         default=1.0, gt=0, description="Seconds between reconnect attempts; forever (-1 attempts)."
     )
