@@ -193,11 +193,20 @@ class BounceRequested(Envelope):
     data: BounceRequestedData
     event_type: ClassVar[EventType] = EventType.BOUNCE_REQUESTED
 
+    def dedupe_key(self) -> str:
+        # A bounce may be asked again for one issuance (after a failed one); the bouncer is
+        # exactly-once per issuance itself. Retries of one publish share the event id.
+        return f"{super().dedupe_key()}:{self.id}"
+
 
 class BounceCompleted(Envelope):
     type: Literal[EventType.BOUNCE_COMPLETED] = EventType.BOUNCE_COMPLETED
     data: BounceCompletedData
     event_type: ClassVar[EventType] = EventType.BOUNCE_COMPLETED
+
+    def dedupe_key(self) -> str:
+        # Each answer counts: a failed bounce's answer must not swallow a later success's.
+        return f"{super().dedupe_key()}:{self.id}"
 
 
 class StatusChanged(Envelope):

@@ -152,6 +152,10 @@ def test_dedupe_keys_follow_the_issuance() -> None:
     resend = csr.model_copy(update={"data": csr.data.model_copy(update={"attempt": 2})})  # type: ignore[attr-defined]
     assert resend.dedupe_key() != csr.dedupe_key(), "a timed re-send must not be deduplicated"
     assert _status().dedupe_key() != _status().dedupe_key(), "every status change is its own fact"
+    bounce_request, bounce_answer = events[3], events[4]
+    again = sample_events(issuance="abcdef0123456789")
+    assert bounce_request.dedupe_key() != again[3].dedupe_key(), "a bounce may be asked again"
+    assert bounce_answer.dedupe_key() != again[4].dedupe_key(), "a later answer is not a repeat"
 
 
 def _valid_json() -> dict[str, object]:
