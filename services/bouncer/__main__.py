@@ -1,0 +1,85 @@
+"""`meshtrust-bouncer` / `python -m services.bouncer`: composition only.
+
+Settings from the environment, logging, the bus, the Kubernetes client, the components (the
+`bouncer-<cluster>` consumer and the health endpoints), supervised until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.bouncer.handlers import BounceRequestHandler
+from services.bouncer.reconciler import Bouncer, Deadlines
+from services.bouncer.settings import BouncerSettings
+from shared.bus import Bus, ConsumerSettings
+from shared.events import EventType, subject
+from shared.k8s.config import client_from_settings
+from shared.runtime import configure_logging, get_logger, supervise
+from shared.runtime.health import HealthServer
+
+log = get_logger(__name__)
+
+
+def consumer_settings(settings: BouncerSettings) -> ConsumerSettings:
+    """The durable `bouncer-<cluster>` on this cluster's `bounce.requested` (docs/flow.md)."""
+    return ConsumerSettings(
+        durable=settings.durable,
+        filter_subjects=(subject(settings.cluster, EventType.BOUNCE_REQUESTED),),
+        accept=frozenset({EventType.BOUNCE_REQUESTED}),
+        batch=1,  # one fetch per free slot: bounces are few and heavy
+        max_in_flight=settings.max_in_flight,
+        ack_wait=settings.ack_wait,
+        max_deliver=settings.max_deliver,
+        fetch_timeout=settings.fetch_timeout,
+        retry_initial=settings.retry_initial,
+        retry_max=settings.retry_max,
+        provision=settings.nats.provision,
+    )
+
+
+async def serve(
+    settings: BouncerSettings,
+    *,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+    health: HealthServer | None = None,
+) -> None:
+    """Run the bouncer until `stop` is set (or SIGTERM/SIGINT)."""
+    async with (
+        Bus.connect(settings.nats) as bus,
+        client_from_settings(settings.kube) as kube,
+    ):
+        if settings.nats.provision:
+            await bus.provision()
+        bouncer = Bouncer(
+            kube=kube,
+            deadlines=Deadlines(
+                root_cert_sync=settings.root_cert_sync_timeout,
+                replicas=settings.replicas_timeout,
+                rollout=settings.rollout_timeout,
+                delete=settings.delete_timeout,
+            ),
+        )
+        handler = BounceRequestHandler(
+            bouncer=bouncer, publisher=bus, cluster=settings.cluster, source=settings.source
+        )
+        consumer = bus.consumer(consumer_settings(settings), handler)
+        health = health or HealthServer(settings.health)
+        health.add_check("nats", lambda: bool(bus.connection.nc.is_connected))
+        log.info("bouncer starting", cluster=settings.cluster, durable=settings.durable)
+        await supervise(
+            [consumer, health],
+            grace=settings.shutdown_grace,
+            stop=stop,
+            handle_signals=handle_signals,
+        )
+
+
+def main() -> None:
+    settings = BouncerSettings()  # the cluster comes from the environment
+    configure_logging(settings.logging)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()
