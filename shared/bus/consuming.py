@@ -286,11 +286,10 @@ class Consumer:
             )
             await msg.term()
             return
-        # One binding per message (each costs): every log line below carries all of these.
+        # One binding per message, of what identifies it (each key costs a ContextVar set and
+        # reset): every log line below, the handler's included, carries these.
         with structlog.contextvars.bound_contextvars(
-            subject=msg.subject,
             seq=delivery.stream_sequence,
-            delivered=delivery.num_delivered,
             cluster=event.cluster,
             issuance=event.issuance,
             event=event.type.value,
