@@ -38,6 +38,7 @@ from shared.pki.keys import (
     private_key_to_pem,
 )
 from shared.pki.policy import KeyPolicy, check_csr
+from shared.pki.rootca import create_root_ca
 from shared.pki.signing import IssuedCertificate, sign_intermediate
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "build_csr",
     "check_bundle",
     "check_csr",
+    "create_root_ca",
     "fingerprint",
     "generate_private_key",
     "load_private_key",
