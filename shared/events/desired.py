@@ -76,3 +76,12 @@ class DesiredObject(BaseModel):
     uid: str = Field(min_length=1, max_length=64, description="The declaration's metadata.uid.")
     generation: int = Field(ge=1, description="The declaration's metadata.generation.")
     spec: dict[str, Any]
+    signing_chain_fingerprint: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="IssuedCertificates only: SHA-256 (lower-case hex) of the signing CA's "
+        "chain (its certificates' DER, signing certificate first, root last) as the issuer "
+        "loaded it from signingCertificateSecret. It changes when the signing CA changes; the "
+        "agent re-issues when it differs from the value its current certificate was issued "
+        "under, as it does when the generation changes. None for PodBounceDirectives.",
+    )
