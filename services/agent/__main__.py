@@ -1,0 +1,66 @@
+"""`python -m services.agent` / `meshtrust-agent`: composition only.
+
+Read the settings, configure logging, connect the bus and the Kubernetes client, build the
+components (`components.build_agent`), and `supervise` them until SIGTERM. `serve` is the same
+without the settings and logging steps, for in-process tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+from collections.abc import Callable
+
+from services.agent.components import Agent, build_agent
+from services.agent.reconciler import utc_now
+from services.agent.settings import AgentSettings
+from shared.bus import Bus
+from shared.k8s.backoff import BackoffPolicy
+from shared.k8s.config import client_from_settings
+from shared.k8s.informer import InformerSettings
+from shared.runtime import configure_logging, get_logger, supervise
+
+log = get_logger(__name__)
+
+
+async def serve(
+    settings: AgentSettings,
+    *,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+    now: Callable[[], dt.datetime] = utc_now,
+    rand: Callable[[], float] = random.random,
+    informer_settings: InformerSettings | None = None,
+    controller_backoff: BackoffPolicy | None = None,
+    started: Callable[[Agent], None] | None = None,
+) -> None:
+    """Connect, build and run the agent until `stop` (or a signal); closes what it opened."""
+    async with Bus.connect(settings.nats) as bus, client_from_settings(settings.kube) as kube:
+        if settings.nats.provision:
+            await bus.provision()
+        agent = build_agent(
+            settings,
+            bus=bus,
+            kube=kube,
+            now=now,
+            rand=rand,
+            informer_settings=informer_settings,
+            controller_backoff=controller_backoff,
+        )
+        if started is not None:
+            started(agent)
+        log.info("agent starting", cluster=settings.cluster, namespaces=settings.namespaces)
+        await supervise(
+            agent.components, grace=settings.grace, stop=stop, handle_signals=handle_signals
+        )
+
+
+def main() -> None:
+    settings = AgentSettings()  # the cluster comes from the environment
+    configure_logging(settings.logging)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

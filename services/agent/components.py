@@ -1,0 +1,223 @@
+"""Wiring: the agent's informers, controllers, KV watch, bus consumer and health server, as
+`Component`s for `shared.runtime.supervise`, built from settings and two open clients.
+
+`build_agent` only constructs; nothing runs until `supervise` runs the components. The clock and
+the randomness are parameters so that tests can inject them.
+
+Deliberately not here: opening the connections and reading settings (`__main__.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from services.agent.desired import DesiredState
+from services.agent.handlers import Handlers
+from services.agent.objects import MANAGED_SELECTOR, AgentObjects, owner_of
+from services.agent.policies import Timing
+from services.agent.reconciler import Reconciler, utc_now
+from services.agent.settings import AgentSettings
+from shared.bus import Bus, ConsumerSettings
+from shared.events import DESIRED_BUCKET, DesiredKind, EventType, subject
+from shared.k8s.backoff import BackoffPolicy
+from shared.k8s.client import KubeClient
+from shared.k8s.controller import Controller, ControllerSettings
+from shared.k8s.events import EventRecorder
+from shared.k8s.informer import Informer, InformerEvent, InformerSettings
+from shared.k8s.models import ObjectKey
+from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
+from shared.runtime import Component
+from shared.runtime.health import HealthServer
+
+ACCEPTED = frozenset(
+    {EventType.CERTIFICATE_ISSUED, EventType.CERTIFICATE_DENIED, EventType.BOUNCE_COMPLETED}
+)
+
+
+class Task:
+    """A coroutine that runs until cancelled, as a Component: cancelled when `stop` is set."""
+
+    def __init__(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        self.name = name
+        self._factory = factory
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as group:
+            work = group.create_task(_as_coroutine(self._factory), name=self.name)
+            stopping = group.create_task(stop.wait(), name=f"{self.name}:stop")
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            work.cancel()
+            stopping.cancel()
+
+
+class ControllerComponent:
+    """A `Controller` as a Component: on `stop`, in-flight reconciles finish, then it returns
+    (at once if its informers never synced: there is nothing in flight to wait for)."""
+
+    def __init__(self, controller: Controller, informers: Sequence[Informer]) -> None:
+        self.controller = controller
+        self.name = f"controller:{controller.name}"
+        self._informers = informers
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as group:
+            work = group.create_task(self.controller.run(), name=self.name)
+            stopping = group.create_task(stop.wait(), name=f"{self.name}:stop")
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            self.controller.stop()
+            if not all(informer.has_synced for informer in self._informers):
+                work.cancel()
+
+
+async def _as_coroutine(factory: Callable[[], Awaitable[None]]) -> None:
+    await factory()
+
+
+@dataclass
+class Agent:
+    """Everything the agent runs; `components` in the order they are started."""
+
+    settings: AgentSettings
+    reconciler: Reconciler
+    desired: DesiredState
+    controller: Controller
+    applier: Controller
+    health: HealthServer
+    informers: list[Informer] = field(default_factory=list)
+    components: list[Component] = field(default_factory=list)
+
+    def ready(self) -> bool:
+        return self.desired.synced.is_set() and all(i.has_synced for i in self.informers)
+
+
+def build_agent(
+    settings: AgentSettings,
+    *,
+    bus: Bus,
+    kube: KubeClient,
+    now: Callable[[], dt.datetime] = utc_now,
+    rand: Callable[[], float] = random.random,
+    informer_settings: InformerSettings | None = None,
+    controller_backoff: BackoffPolicy | None = None,
+) -> Agent:
+    """The agent's components for one cluster, on open clients."""
+    cluster = settings.cluster
+    objects = AgentObjects(kube)
+    recorder = EventRecorder(kube, component="meshtrust-agent", instance=settings.instance)
+    timing = Timing(
+        resend_after=settings.resend_after,
+        failure_backoff_initial=settings.failure_backoff_initial,
+        failure_backoff_max=settings.failure_backoff_max,
+        renewal_jitter=settings.renewal_jitter,
+        max_requeue=settings.max_requeue,
+    )
+    scopes: list[str | None] = list(settings.namespaces) or [None]
+
+    def informers_of(resource: Resource, label_selector: str | None = None) -> list[Informer]:
+        return [
+            Informer(
+                kube,
+                resource,
+                namespace=namespace,
+                label_selector=label_selector,
+                settings=informer_settings,
+            )
+            for namespace in scopes
+        ]
+
+    ic_informers = informers_of(ISSUED_CERTIFICATES)
+    pbd_informers = informers_of(POD_BOUNCE_DIRECTIVES)
+    secret_informers = informers_of(SECRETS, label_selector=MANAGED_SELECTOR)
+
+    reconciler = Reconciler(
+        cluster=cluster,
+        source=settings.source,
+        objects=objects,
+        bus=bus,
+        recorder=recorder,
+        timing=timing,
+        now=now,
+        rand=rand,
+    )
+    controller_settings = ControllerSettings(
+        workers=settings.workers, backoff=controller_backoff or BackoffPolicy()
+    )
+    controller = Controller(
+        name="issuedcertificates", reconcile=reconciler.reconcile, settings=controller_settings
+    )
+    for informer in ic_informers:
+        controller.watch(informer)
+    for informer in secret_informers:
+        controller.watch(informer, map_to=_secret_owner)
+
+    desired = DesiredState(
+        cluster=cluster,
+        source=settings.source,
+        objects=objects,
+        bus=bus,
+        recorder=recorder,
+        informers={
+            DesiredKind.ISSUED_CERTIFICATE: ic_informers,
+            DesiredKind.POD_BOUNCE_DIRECTIVE: pbd_informers,
+        },
+        namespaces=settings.namespaces,
+    )
+    applier = Controller(name="desired", reconcile=desired.reconcile, settings=controller_settings)
+    desired.enqueue = applier.queue.add
+    for informer in ic_informers:
+        applier.watch(informer, map_to=desired.mapper(DesiredKind.ISSUED_CERTIFICATE))
+    for informer in pbd_informers:
+        applier.watch(informer, map_to=desired.mapper(DesiredKind.POD_BOUNCE_DIRECTIVE))
+
+    handlers = Handlers(
+        objects=objects, informers=ic_informers, requeue=controller.queue.add, now=now
+    )
+    consumer = bus.consumer(
+        ConsumerSettings(
+            durable=settings.durable,
+            filter_subjects=tuple(subject(cluster, kind) for kind in sorted(ACCEPTED)),
+            accept=ACCEPTED,
+            batch=settings.max_in_flight,
+            max_in_flight=settings.max_in_flight,
+            fetch_timeout=settings.fetch_timeout,
+        ),
+        handlers,
+    )
+
+    async def watch_desired() -> None:
+        bucket = await bus.bucket(DESIRED_BUCKET)
+        await desired.watch(bucket)
+
+    informers = [*ic_informers, *pbd_informers, *secret_informers]
+    health = HealthServer(settings.health)
+    agent = Agent(
+        settings=settings,
+        reconciler=reconciler,
+        desired=desired,
+        controller=controller,
+        applier=applier,
+        health=health,
+        informers=informers,
+    )
+    health.add_check("kubernetes-caches", lambda: all(i.has_synced for i in informers))
+    health.add_check("desired-state", desired.synced.is_set)
+    health.add_check("nats", lambda: bool(bus.connection.nc.is_connected))
+    agent.components = [
+        health,
+        *(Task(f"informer:{i.resource.plural}:{n}", i.run) for n, i in enumerate(informers)),
+        Task("desired-state-watch", watch_desired),
+        ControllerComponent(controller, [*ic_informers, *secret_informers]),
+        ControllerComponent(applier, [*ic_informers, *pbd_informers]),
+        consumer,
+    ]
+    return agent
+
+
+def _secret_owner(event: InformerEvent) -> Iterable[ObjectKey]:
+    owner = owner_of(event.object)
+    return [owner] if owner is not None else []

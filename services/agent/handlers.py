@@ -1,0 +1,248 @@
+"""Bus handlers: the issuer's and the bouncer's answers, written where the reconciler finds them.
+
+- `certificate.issued` for the current issuance of an IssuedCertificate in REQUESTED: the
+  bundle (our key from the key Secret, the certificate, the chain, the root) is checked with
+  `shared.pki.check_bundle` (key and certificate, chain to the root, validity now, declared hosts
+  and org), the certificate's key is compared with the CSR's, and the four files are written to
+  the issued Secret in one request. A bundle that fails the check is not written; the verdict
+  `rejected` is left for the reconciler, which goes FAILED.
+- `certificate.denied` for the current issuance: the verdict `denied` (the issuer's reason and
+  message) is left on the IssuedCertificate.
+- `bounce.completed` for the current issuance in ISSUED: the verdict `bounced` (with the
+  bouncer's error, if any).
+
+Then the IssuedCertificate's key is queued for the reconciler, which makes the transition. An
+answer for another issuance (stale, or a duplicate after the transition) is acknowledged and
+ignored. Every handler is idempotent (a redelivery finds the work done and does nothing) and
+returns only after its Kubernetes write, so the bus acks only then. Kubernetes failures raise
+`TransientError` (nak with backoff); malformed messages never get here (the consumer terminates
+them).
+
+Deliberately not here: state transitions, Events, status.changed (all the reconciler's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pydantic import ValidationError
+
+from services.agent.objects import (
+    ISSUANCE_ID,
+    AgentObjects,
+    annotations_of,
+    key_secret_name,
+    read_key_secret,
+)
+from services.agent.policies import Verdict
+from shared.bus import Delivery
+from shared.events import BounceCompleted, CertificateDenied, CertificateIssued, Event
+from shared.k8s.errors import KubeError, NotFound
+from shared.k8s.informer import Informer
+from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, ObjectKey, State
+from shared.k8s.resources import ISSUED_CERTIFICATES
+from shared.pki import Bundle, BundleInvalid, PkiError, check_bundle, fingerprint
+from shared.runtime import TransientError
+from shared.runtime.logging import get_logger
+
+log = get_logger(__name__)
+
+Obj = dict[str, Any]
+
+
+class Handlers:
+    """The agent's one bus handler (`__call__`), dispatching by event type."""
+
+    def __init__(
+        self,
+        *,
+        objects: AgentObjects,
+        informers: Sequence[Informer],
+        requeue: Callable[[ObjectKey], None],
+        now: Callable[[], dt.datetime],
+        sync_timeout: float = 30.0,
+    ) -> None:
+        self._objects = objects
+        self._informers = informers
+        self._requeue = requeue
+        self._now = now
+        self._sync_timeout = sync_timeout
+
+    async def __call__(self, event: Event, delivery: Delivery) -> None:
+        try:
+            if isinstance(event, CertificateIssued):
+                await self.on_issued(event)
+            elif isinstance(event, CertificateDenied):
+                await self.on_denied(event)
+            elif isinstance(event, BounceCompleted):
+                await self.on_bounce_completed(event)
+            else:  # the consumer accepts only the three types above
+                log.warning("unexpected event type ignored", type=event.type.value)
+        except KubeError as exc:
+            raise TransientError(f"Kubernetes: {exc!r}", retry_after=exc.retry_after) from None
+
+    # -- certificate.issued --------------------------------------------------------------------
+
+    async def on_issued(self, event: CertificateIssued) -> None:
+        found = await self._current(event.data.name, event.issuance)
+        if found is None:
+            log.info("certificate.issued for no current issuance; ignored", name=event.data.name)
+            return
+        key, ic, status = found
+        if status.state is not State.REQUESTED:
+            log.info("duplicate certificate.issued ignored", key=str(key), state=status.state)
+            return
+        try:
+            spec = IssuedCertificateSpec.model_validate(ic.get("spec") or {})
+        except ValidationError:
+            return  # the reconciler reports the invalid spec
+        ref = spec.issued_certificate_secret
+        existing = await self._objects.get_secret(ref.namespace, ref.name)
+        if existing is not None and annotations_of(existing).get(ISSUANCE_ID) == event.issuance:
+            log.info("bundle of this issuance already written", key=str(key))
+            self._requeue(key)
+            return
+        key_secret = read_key_secret(
+            await self._objects.get_secret(key.namespace, key_secret_name(key.name))
+        )
+        if key_secret is None or key_secret.material.issuance != event.issuance:
+            log.info("no key for this issuance; ignored (the reconciler starts over)", key=str(key))
+            self._requeue(key)
+            return
+        data = event.data
+        certificate = data.certificate_pem.encode()
+        bundle = Bundle(
+            ca_cert_pem=certificate,
+            ca_key_pem=key_secret.key_pem,
+            cert_chain_pem=_join(certificate, data.ca_chain_pem.encode()),
+            root_cert_pem=data.root_cert_pem.encode(),
+        )
+        problem = _check(bundle, key_secret.csr_pem, spec, data.serial_number, self._now())
+        if problem is not None:
+            reason, message = problem
+            log.warning("issued certificate refused", key=str(key), reason=reason, error=message)
+            await self._objects.set_verdict(
+                key,
+                Verdict(issuance=event.issuance, kind="rejected", reason=reason, message=message),
+            )
+        else:
+            await self._objects.write_issued_secret(
+                namespace=ref.namespace,
+                name=ref.name,
+                bundle=bundle,
+                issuance=event.issuance,
+                serial=data.serial_number,
+                owner=key,
+                signing_chain=key_secret.material.signing_chain,
+            )
+            log.info("issued Secret written", key=str(key), serial=data.serial_number)
+        self._requeue(key)
+
+    # -- certificate.denied --------------------------------------------------------------------
+
+    async def on_denied(self, event: CertificateDenied) -> None:
+        found = await self._current(event.data.name, event.issuance)
+        if found is None:
+            log.info("certificate.denied for no current issuance; ignored", name=event.data.name)
+            return
+        key, _ic, status = found
+        if status.state is not State.REQUESTED:
+            log.info("certificate.denied after the fact ignored", key=str(key))
+            return
+        verdict = Verdict(
+            issuance=event.issuance,
+            kind="denied",
+            reason=event.data.reason,
+            message=f"{event.data.reason}: {event.data.message}",
+        )
+        await self._objects.set_verdict(key, verdict)
+        self._requeue(key)
+
+    # -- bounce.completed ----------------------------------------------------------------------
+
+    async def on_bounce_completed(self, event: BounceCompleted) -> None:
+        ref = event.data.issued_certificate
+        key = ObjectKey(ref.namespace, ref.name)
+        ic = await self._objects.get(ISSUED_CERTIFICATES, key.namespace, key.name)
+        if ic is None:
+            return
+        status = _status(ic)
+        if status.issuance_id != event.issuance or status.state is not State.ISSUED:
+            log.info("bounce.completed for no current issuance; ignored", key=str(key))
+            return
+        verdict = Verdict(issuance=event.issuance, kind="bounced", message=event.data.error or "")
+        await self._objects.set_verdict(key, verdict)
+        self._requeue(key)
+
+    # -- finding the IssuedCertificate ---------------------------------------------------------
+
+    async def _current(
+        self, name: str, issuance: str
+    ) -> tuple[ObjectKey, Obj, IssuedCertificateStatus] | None:
+        """The IssuedCertificate named `name` whose current issuance is `issuance` (read fresh).
+
+        Events name the object but not its namespace (names are unique per cluster: they are the
+        declaration's); the informers' caches say where objects of that name are.
+        """
+        try:
+            async with asyncio.timeout(self._sync_timeout):
+                for informer in self._informers:
+                    await informer.wait_synced()
+        except TimeoutError:
+            raise TransientError("the IssuedCertificate cache is not synced yet") from None
+        candidates = sorted(
+            {key for informer in self._informers for key in informer.keys() if key.name == name}  # noqa: SIM118
+        )
+        for key in candidates:
+            try:
+                ic = await self._objects.kube.get(
+                    ISSUED_CERTIFICATES, key.name, namespace=key.namespace
+                )
+            except NotFound:
+                continue
+            status = _status(ic)
+            if status.issuance_id == issuance:
+                return key, ic, status
+        return None
+
+
+def _status(ic: Obj) -> IssuedCertificateStatus:
+    try:
+        return IssuedCertificateStatus.model_validate(ic.get("status") or {})
+    except ValidationError:
+        return IssuedCertificateStatus()
+
+
+def _join(certificate: bytes, chain: bytes) -> bytes:
+    head = certificate if certificate.endswith(b"\n") else certificate + b"\n"
+    return head + chain
+
+
+def _check(
+    bundle: Bundle, csr_pem: bytes, spec: IssuedCertificateSpec, serial: str, now: dt.datetime
+) -> tuple[str, str] | None:
+    """(reason, message) when the bundle must not be written, else None."""
+    try:
+        info = check_bundle(bundle, hosts=spec.hosts, org=spec.org, now=now)
+    except BundleInvalid as exc:
+        return exc.reason, exc.message
+    except PkiError as exc:
+        return exc.reason, exc.message
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError:
+        return "CsrUnreadable", "the CSR stored in the key Secret cannot be read"
+    public = csr.public_key()
+    if (
+        not isinstance(public, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
+        or fingerprint(public) != info.public_key_fingerprint
+    ):
+        return "KeyMismatch", "the certificate is not for the key of this issuance's CSR"
+    if info.serial != int(serial, 16):
+        return "SerialMismatch", f"the event says serial {serial}, the certificate {info.serial:x}"
+    return None

@@ -1,0 +1,431 @@
+"""Pure decisions of the agent's state machine: (observed state, now) -> what to do next.
+
+The reconciler gathers what is (the IssuedCertificate, its key Secret, its issued Secret, the
+verdict a bus handler left for the current issuance) into an `Observed`, and `decide` returns one
+`Decision`. Nothing here does I/O, reads a clock or draws randomness: `now` and `rand` are
+arguments, so every rule is a row of a table test.
+
+Re-issuance of a certificate that is in place (ISSUED or FINISHED) is decided by a chain of
+small policies, as cert-manager's readiness/issuance policy chain: each one is
+`policy(observed, now) -> (reason, message, reissue)`; the first that asks for re-issuance wins,
+and its reason and message become the Event's and the log line's.
+
+Deliberately not here: how a key is made or a Secret written (the reconciler's I/O layer), and
+whether a certificate passes the bundle check (the reconciler runs `shared.pki.check_bundle`
+while gathering and hands the verdict in as `IssuedView.problem`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, State
+from shared.pki import BundleInfo, InvalidHost, InvalidSubject, parse_hosts
+from shared.pki.names import subject_for
+
+# --- what the reconciler observed -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyMaterial:
+    """What the key Secret says about its issuance. The key itself is never part of a decision
+    (and so never in a repr or a log line)."""
+
+    issuance: str
+    generation: int | None
+    """The IssuedCertificate generation the key and CSR were made for."""
+    attempt: int
+    """The last csr.requested attempt sent for it."""
+    requested_at: dt.datetime | None
+    """When that attempt was sent (None: never, e.g. after a crash before the first send)."""
+    signing_chain: str | None = None
+    """The desired signing-chain fingerprint the issuance was started under."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IssuedView:
+    """The issued Secret as found: whose issuance it holds and whether it is fit for use."""
+
+    issuance: str | None
+    """`meshtrust.io/issuance-id` of the Secret (None: not written by us, or edited away)."""
+    info: BundleInfo | None
+    """Facts of the bundle when it passed the check, else None."""
+    problem: str | None
+    """Why it is not fit (the bundle check's reason and message), else None."""
+    signing_chain: str | None = None
+    """The desired signing-chain fingerprint its issuance was started under."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    """What a bus handler left on the IssuedCertificate for one issuance.
+
+    `kind` is `denied` (the issuer refused), `rejected` (the issuer's certificate failed our
+    bundle check) or `bounced` (the bouncer finished; `message` is its error, empty on success).
+    """
+
+    issuance: str
+    kind: Literal["denied", "rejected", "bounced"]
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Observed:
+    """Everything `decide` looks at for one IssuedCertificate."""
+
+    generation: int
+    status: IssuedCertificateStatus
+    spec: IssuedCertificateSpec | None
+    spec_error: str | None
+    """Set when the object is invalid; names the field (`spec.hosts[0]: empty`)."""
+    key: KeyMaterial | None
+    issued: IssuedView | None
+    """None when the issued Secret does not exist."""
+    verdict: Verdict | None = None
+    signing_chain: str | None = None
+    """The desired signing-chain fingerprint (`DesiredObject.signing_chain_fingerprint`, stamped
+    on the IssuedCertificate by the applier); None for objects not from desired state."""
+    sent: bool = False
+    """Whether this process already sent the current step's message (csr.requested of the
+    key's attempt in REQUESTED, bounce.requested in ISSUED). False after a restart."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timing:
+    """The state machine's clocks, in seconds (from `AgentSettings`)."""
+
+    resend_after: float = 60.0
+    failure_backoff_initial: float = 10.0
+    failure_backoff_max: float = 600.0
+    renewal_jitter: float = 0.05
+    max_requeue: float = 3600.0
+
+
+# --- decisions --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """Start an issuance: a fresh key (or `adopt` the key Secret of an interrupted start),
+    the key Secret, the CSR, csr.requested, REQUESTED."""
+
+    reason: str
+    message: str
+    adopt: KeyMaterial | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send the current issuance's CSR again: attempt `attempt` (the same attempt after a
+    restart, deduplicated by the bus; the next one after `resend_after`)."""
+
+    attempt: int
+    wait: float
+    """Seconds until the next re-send is due, for the requeue."""
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    """The issued Secret holds the current issuance's valid bundle: delete the key Secret, go
+    ISSUED, then bounce or FINISHED."""
+
+    info: BundleInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Bounce:
+    """(Re-)send bounce.requested for the current issuance (after a restart in ISSUED)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The bouncer is done: FINISHED."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """Go FAILED with `error`; `retry` False when only a spec change can help."""
+
+    reason: str
+    error: str
+    retry: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Nothing to do now; look again after `seconds` (None: only when something changes)."""
+
+    seconds: float | None = None
+
+
+Decision = Issue | Send | Complete | Bounce | Finish | Fail | Wait
+
+
+# --- spec validation --------------------------------------------------------------------------
+
+
+def validate_spec(raw: Mapping[str, Any] | None, *, name: str) -> tuple[Any, str | None]:
+    """(spec model, None) for a usable spec, else (None, an error naming the field).
+
+    The model's own validation comes first (missing `issuedCertificateSecret`, empty `hosts`,
+    an unsupported `keySize`...), then what only the PKI can tell: each host is a SAN we can
+    issue, and `org` and the object's name fit in an X.509 subject.
+    """
+    try:
+        spec = IssuedCertificateSpec.model_validate(raw if raw is not None else {})
+    except ValidationError as exc:
+        return None, _describe(exc)
+    try:
+        parse_hosts(spec.hosts)
+    except InvalidHost as exc:
+        return None, f"spec.{exc.message}"
+    try:
+        subject_for(org=spec.org, name=name)
+    except InvalidSubject as exc:
+        return None, f"spec.org or metadata.name: {exc.message}"
+    return spec, None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False)[:3]:
+        loc = [str(p) for p in error["loc"] if p not in ("function-after", "function-before")]
+        path = "spec"
+        for part in loc:
+            path += f"[{part}]" if part.isdigit() else f".{part}"
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{path}: {message}")
+    return "; ".join(parts) or "spec: invalid"
+
+
+# --- the re-issuance policy chain -------------------------------------------------------------
+
+Policy = Callable[[Observed, dt.datetime], tuple[str, str, bool]]
+
+
+def spec_changed(o: Observed, now: dt.datetime) -> tuple[str, str, bool]:
+    if o.status.observed_generation != o.generation:
+        return (
+            "SpecChanged",
+            f"generation {o.generation} differs from the observed generation "
+            f"{o.status.observed_generation}",
+            True,
+        )
+    return "", "", False
+
+
+def secret_missing(o: Observed, now: dt.datetime) -> tuple[str, str, bool]:
+    if o.issued is None:
+        return "SecretMissing", "the issued Secret does not exist", True
+    return "", "", False
+
+
+def secret_unfit(o: Observed, now: dt.datetime) -> tuple[str, str, bool]:
+    if o.issued is not None and o.issued.problem is not None:
+        return "SecretInvalid", f"the issued Secret is not fit for use: {o.issued.problem}", True
+    return "", "", False
+
+
+def secret_not_ours(o: Observed, now: dt.datetime) -> tuple[str, str, bool]:
+    issued = o.issued
+    if issued is None or issued.info is None:
+        return "", "", False
+    if issued.issuance != o.status.issuance_id:
+        return (
+            "SecretMismatch",
+            "the issued Secret does not hold the current issuance's certificate",
+            True,
+        )
+    if o.status.serial_number is not None and o.status.serial_number != _hex(issued.info.serial):
+        return (
+            "SecretMismatch",
+            f"the issued Secret holds serial {_hex(issued.info.serial)}, not the issued "
+            f"{o.status.serial_number}",
+            True,
+        )
+    return "", "", False
+
+
+def signing_ca_changed(o: Observed, now: dt.datetime) -> tuple[str, str, bool]:
+    issued = o.issued
+    if o.signing_chain is None or issued is None or issued.info is None:
+        return "", "", False
+    if issued.signing_chain != o.signing_chain:
+        return (
+            "SigningCAChanged",
+            "the issuer's signing CA changed since the certificate was issued",
+            True,
+        )
+    return "", "", False
+
+
+def renewal_due(o: Observed, now: dt.datetime) -> tuple[str, str, bool]:
+    renewal = o.status.renewal_time
+    if renewal is not None and now >= renewal:
+        return "RenewalDue", f"renewal time {renewal.isoformat()} has come", True
+    return "", "", False
+
+
+REISSUE_POLICIES: Sequence[Policy] = (
+    spec_changed,
+    secret_missing,
+    secret_unfit,
+    secret_not_ours,
+    signing_ca_changed,
+    renewal_due,
+)
+"""Checked in this order for ISSUED and FINISHED; the first that says reissue wins."""
+
+
+def needs_reissue(o: Observed, now: dt.datetime) -> tuple[str, str, bool]:
+    for policy in REISSUE_POLICIES:
+        reason, message, reissue = policy(o, now)
+        if reissue:
+            return reason, message, True
+    return "", "", False
+
+
+# --- the state machine ------------------------------------------------------------------------
+
+
+def decide(o: Observed, *, now: dt.datetime, timing: Timing) -> Decision:
+    """The next step for one IssuedCertificate (see docs/agent.md for the table)."""
+    state = o.status.state
+    current_generation = o.status.observed_generation == o.generation
+    if o.spec_error is not None:
+        if state is State.FAILED and current_generation and o.status.error == o.spec_error:
+            return Wait()
+        return Fail("InvalidSpec", o.spec_error, retry=False)
+    if state is State.PENDING:
+        return _issue(o, "Pending", "a new IssuedCertificate")
+    if state is State.FAILED:
+        if not current_generation:
+            return _issue(o, "SpecChanged", "the spec changed after a failure")
+        retry_at = o.status.renewal_time
+        if retry_at is None:
+            return Wait()  # not retried: only a spec change helps (e.g. it was invalid)
+        if now >= retry_at:
+            return _issue(o, "Retry", f"retrying after {o.status.failed_attempts} failure(s)")
+        return Wait(_seconds(retry_at - now))
+    if state is State.REQUESTED:
+        return _requested(o, now=now, timing=timing)
+    # ISSUED or FINISHED: the bundle is in place; is it still the right one?
+    reason, message, reissue = needs_reissue(o, now)
+    if reissue:
+        return _issue(o, reason, message)
+    if state is State.ISSUED:
+        verdict = o.verdict
+        if verdict is not None and verdict.kind == "bounced":
+            if verdict.message:
+                return Fail("BounceFailed", f"pod bounce failed: {verdict.message}")
+            return Finish()
+        if o.spec is not None and o.spec.pod_bounce_directive is None:
+            return Finish()  # the directive was removed while bouncing: nothing to wait for
+        if not o.sent:
+            return Bounce()
+        return Wait()
+    return Wait(_until_renewal(o, now=now, timing=timing))
+
+
+def _requested(o: Observed, *, now: dt.datetime, timing: Timing) -> Decision:
+    issuance = o.status.issuance_id
+    if o.status.observed_generation != o.generation:
+        return _issue(o, "SpecChanged", "the spec changed while the CSR was out")
+    key = o.key
+    if (
+        o.signing_chain is not None
+        and key is not None
+        and key.issuance == issuance
+        and key.signing_chain != o.signing_chain
+    ):
+        return _issue(o, "SigningCAChanged", "the issuer's signing CA changed meanwhile")
+    issued = o.issued
+    if issued is not None and issued.issuance == issuance and issued.info is not None:
+        return Complete(issued.info)
+    verdict = o.verdict
+    if verdict is not None and verdict.kind == "denied":
+        return Fail(verdict.reason or "Denied", f"the issuer denied the CSR: {verdict.message}")
+    if verdict is not None and verdict.kind == "rejected":
+        return Fail(
+            verdict.reason or "Rejected",
+            f"the issuer's certificate failed the bundle check: {verdict.message}",
+        )
+    if key is None or key.issuance != issuance:
+        # Nobody else writes the key Secret: it was deleted (or replaced) under us, and the key
+        # of this issuance is gone. A certificate for it could never be used.
+        return _issue(o, "KeyLost", "the key Secret of the requested issuance is gone")
+    if key.requested_at is None:
+        return Send(attempt=key.attempt, wait=timing.resend_after)
+    elapsed = (now - key.requested_at).total_seconds()
+    if elapsed >= timing.resend_after:
+        return Send(attempt=key.attempt + 1, wait=timing.resend_after)
+    if not o.sent:
+        return Send(attempt=key.attempt, wait=timing.resend_after - elapsed)
+    return Wait(max(0.0, timing.resend_after - elapsed))
+
+
+def _issue(o: Observed, reason: str, message: str) -> Issue:
+    """Adopt a key Secret left by an interrupted start of an issuance for this generation;
+    never one of an issuance already recorded in status (that one is spent or failed)."""
+    key = o.key
+    if (
+        key is not None
+        and key.issuance != o.status.issuance_id
+        and key.generation == o.generation
+        and key.signing_chain == o.signing_chain
+    ):
+        return Issue(reason, message, adopt=key)
+    return Issue(reason, message)
+
+
+def _until_renewal(o: Observed, *, now: dt.datetime, timing: Timing) -> float | None:
+    renewal = o.status.renewal_time
+    if renewal is None:
+        return timing.max_requeue
+    return min(timing.max_requeue, _seconds(renewal - now))
+
+
+def _seconds(delta: dt.timedelta) -> float:
+    return max(0.0, delta.total_seconds())
+
+
+def _hex(serial: int) -> str:
+    return f"{serial:x}"
+
+
+# --- numbers the transitions record -----------------------------------------------------------
+
+
+def renewal_time(
+    *,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    declared: dt.timedelta,
+    ratio: float,
+    jitter: float,
+    rand: float,
+) -> dt.datetime:
+    """notAfter - ratio x lifetime, earlier by up to `jitter` of that window (`rand` in [0, 1)).
+
+    The lifetime is the declared one (`certOptions.ttl`/`ttlDays`) unless the certificate is
+    shorter (the issuer clamps notAfter to its own chain): the issuer backdates notBefore for
+    clock skew (5 minutes), which would otherwise count as lifetime and, for a short ttl, put
+    the renewal time before the certificate was even issued. Never before notBefore.
+    """
+    window = min(declared, not_after - not_before) * ratio
+    at = not_after - window - window * (jitter * rand)
+    return max(at, not_before).replace(microsecond=0)
+
+
+def retry_delay(failed_attempts: int, *, timing: Timing, rand: float) -> float:
+    """Seconds before the `failed_attempts`-th failure (1 = first) is retried: capped
+    exponential backoff, +-20 % jitter, never above the cap."""
+    base = timing.failure_backoff_initial * 2.0 ** max(0, failed_attempts - 1)
+    capped = min(timing.failure_backoff_max, base)
+    return min(timing.failure_backoff_max, capped * (0.8 + 0.4 * rand))

@@ -1,0 +1,462 @@
+"""The agent's decisions as tables: (observed state, now) -> decision, one sentence per row."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from services.agent import policies
+from services.agent.policies import (
+    Bounce,
+    Complete,
+    Decision,
+    Fail,
+    Finish,
+    Issue,
+    IssuedView,
+    KeyMaterial,
+    Observed,
+    Send,
+    Timing,
+    Verdict,
+    Wait,
+)
+from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, State
+from shared.pki import BundleInfo
+
+NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+TIMING = Timing(resend_after=60, failure_backoff_initial=10, failure_backoff_max=600)
+SPEC = IssuedCertificateSpec.model_validate(
+    {
+        "hosts": ["spiffe://cluster.local/ns/istio-system/sa/citadel"],
+        "org": "meshtrust",
+        "signingCertificateSecret": {"name": "root", "namespace": "east"},
+        "issuedCertificateSecret": {"name": "cacerts", "namespace": "istio-system"},
+    }
+)
+BOUNCING = SPEC.model_copy(
+    update={
+        "pod_bounce_directive": SPEC.issued_certificate_secret.model_copy(update={"name": "istiod"})
+    }
+)
+INFO = BundleInfo(
+    serial=0xABC,
+    not_before=NOW - dt.timedelta(days=1),
+    not_after=NOW + dt.timedelta(days=364),
+    fingerprint="f",
+    public_key_fingerprint="p",
+)
+GOOD = IssuedView(issuance="i-current", info=INFO, problem=None)
+
+
+def status(state: State, **values: Any) -> IssuedCertificateStatus:
+    base: dict[str, Any] = {
+        "state": state,
+        "observed_generation": 1,
+        "issuance_id": "i-current",
+        "serial_number": "abc",
+        "not_before": INFO.not_before,
+        "not_after": INFO.not_after,
+        "renewal_time": NOW + dt.timedelta(days=200),
+    }
+    base.update(values)
+    return IssuedCertificateStatus(**base)
+
+
+def key(issuance: str = "i-current", **values: Any) -> KeyMaterial:
+    base: dict[str, Any] = {
+        "issuance": issuance,
+        "generation": 1,
+        "attempt": 1,
+        "requested_at": NOW - dt.timedelta(seconds=10),
+    }
+    base.update(values)
+    return KeyMaterial(**base)
+
+
+def observed(st: IssuedCertificateStatus, **values: Any) -> Observed:
+    base: dict[str, Any] = {
+        "generation": 1,
+        "status": st,
+        "spec": SPEC,
+        "spec_error": None,
+        "key": None,
+        "issued": GOOD,
+        "verdict": None,
+        "sent": True,
+    }
+    base.update(values)
+    return Observed(**base)
+
+
+def requested(**values: Any) -> Observed:
+    return observed(status(State.REQUESTED), **{"key": key(), "issued": None, **values})
+
+
+CASES: list[tuple[str, Observed, Decision]] = [
+    (
+        "a new IssuedCertificate is issued",
+        observed(IssuedCertificateStatus(), issued=None),
+        Issue("Pending", "a new IssuedCertificate"),
+    ),
+    (
+        "an invalid spec fails naming the field and is not retried",
+        observed(IssuedCertificateStatus(), spec=None, spec_error="spec.hosts[0]: empty"),
+        Fail("InvalidSpec", "spec.hosts[0]: empty", retry=False),
+    ),
+    (
+        "an invalid spec already reported waits for a change",
+        observed(
+            status(State.FAILED, error="spec.hosts[0]: empty"),
+            spec=None,
+            spec_error="spec.hosts[0]: empty",
+        ),
+        Wait(),
+    ),
+    (
+        "a finished certificate in place waits until its renewal time",
+        observed(status(State.FINISHED)),
+        Wait(TIMING.max_requeue),
+    ),
+    (
+        "a finished certificate waits exactly until a near renewal time",
+        observed(status(State.FINISHED, renewal_time=NOW + dt.timedelta(seconds=30))),
+        Wait(30.0),
+    ),
+    (
+        "trigger issuance when the generation changed",
+        observed(status(State.FINISHED), generation=2),
+        Issue("SpecChanged", "generation 2 differs from the observed generation 1"),
+    ),
+    (
+        "trigger issuance when the issued Secret is missing",
+        observed(status(State.FINISHED), issued=None),
+        Issue("SecretMissing", "the issued Secret does not exist"),
+    ),
+    (
+        "trigger issuance when the issued Secret fails the bundle check",
+        observed(
+            status(State.FINISHED),
+            issued=IssuedView(issuance="i-current", info=None, problem="KeyMismatch: no"),
+        ),
+        Issue("SecretInvalid", "the issued Secret is not fit for use: KeyMismatch: no"),
+    ),
+    (
+        "trigger issuance when the issued Secret holds another issuance",
+        observed(
+            status(State.FINISHED), issued=IssuedView(issuance="i-old", info=INFO, problem=None)
+        ),
+        Issue(
+            "SecretMismatch", "the issued Secret does not hold the current issuance's certificate"
+        ),
+    ),
+    (
+        "trigger issuance when the issued Secret holds another serial",
+        observed(status(State.FINISHED, serial_number="def")),
+        Issue("SecretMismatch", "the issued Secret holds serial abc, not the issued def"),
+    ),
+    (
+        "trigger issuance when the renewal time has come",
+        observed(status(State.FINISHED, renewal_time=NOW)),
+        Issue("RenewalDue", f"renewal time {NOW.isoformat()} has come"),
+    ),
+    (
+        "trigger issuance when the issuer's signing CA changed",
+        observed(
+            status(State.FINISHED),
+            signing_chain="b" * 64,
+            issued=IssuedView(
+                issuance="i-current", info=INFO, problem=None, signing_chain="a" * 64
+            ),
+        ),
+        Issue(
+            "SigningCAChanged", "the issuer's signing CA changed since the certificate was issued"
+        ),
+    ),
+    (
+        "a certificate issued under the current signing CA is kept",
+        observed(
+            status(State.FINISHED),
+            signing_chain="a" * 64,
+            issued=IssuedView(
+                issuance="i-current", info=INFO, problem=None, signing_chain="a" * 64
+            ),
+        ),
+        Wait(TIMING.max_requeue),
+    ),
+    (
+        "an object without a desired signing CA is never re-issued for it",
+        observed(
+            status(State.FINISHED),
+            issued=IssuedView(
+                issuance="i-current", info=INFO, problem=None, signing_chain="a" * 64
+            ),
+        ),
+        Wait(TIMING.max_requeue),
+    ),
+    (
+        "a signing CA change while requested starts a new issuance",
+        requested(signing_chain="b" * 64, key=key(signing_chain="a" * 64)),
+        Issue("SigningCAChanged", "the issuer's signing CA changed meanwhile"),
+    ),
+    (
+        "a requested issuance waits for the issuer until the re-send is due",
+        requested(),
+        Wait(50.0),
+    ),
+    (
+        "a requested issuance whose answer is late is sent again as the next attempt",
+        requested(key=key(requested_at=NOW - dt.timedelta(seconds=61))),
+        Send(attempt=2, wait=60.0),
+    ),
+    (
+        "after a restart the same attempt of the same CSR is sent again",
+        requested(sent=False),
+        Send(attempt=1, wait=50.0),
+    ),
+    (
+        "a key Secret never sent (crash before the publish) is sent",
+        requested(key=key(requested_at=None)),
+        Send(attempt=1, wait=60.0),
+    ),
+    (
+        "the issued bundle of the current issuance completes it",
+        requested(issued=GOOD),
+        Complete(INFO),
+    ),
+    (
+        "a bundle of another issuance does not complete the current one",
+        requested(issued=IssuedView(issuance="i-old", info=INFO, problem=None)),
+        Wait(50.0),
+    ),
+    (
+        "a denial of the current issuance fails with the issuer's reason",
+        requested(
+            verdict=Verdict(
+                issuance="i-current",
+                kind="denied",
+                reason="HostsMismatch",
+                message="HostsMismatch: extra host",
+            )
+        ),
+        Fail("HostsMismatch", "the issuer denied the CSR: HostsMismatch: extra host"),
+    ),
+    (
+        "a certificate that failed the bundle check fails the issuance",
+        requested(
+            verdict=Verdict(
+                issuance="i-current", kind="rejected", reason="Expired", message="expired"
+            )
+        ),
+        Fail("Expired", "the issuer's certificate failed the bundle check: expired"),
+    ),
+    (
+        "a lost key Secret starts a new issuance",
+        requested(key=None),
+        Issue("KeyLost", "the key Secret of the requested issuance is gone"),
+    ),
+    (
+        "a spec change while requested starts a new issuance",
+        requested(generation=2),
+        Issue("SpecChanged", "the spec changed while the CSR was out"),
+    ),
+    (
+        "a key Secret left by an interrupted start of this generation is adopted",
+        observed(IssuedCertificateStatus(), issued=None, key=key("i-new", requested_at=None)),
+        Issue("Pending", "a new IssuedCertificate", adopt=key("i-new", requested_at=None)),
+    ),
+    (
+        "a key Secret of an older generation is never adopted",
+        observed(status(State.FINISHED), generation=2, key=key("i-new", generation=1)),
+        Issue("SpecChanged", "generation 2 differs from the observed generation 1"),
+    ),
+    (
+        "the key Secret of the failed issuance is never adopted",
+        observed(
+            status(State.FAILED, renewal_time=NOW - dt.timedelta(seconds=1), failed_attempts=1),
+            key=key("i-current"),
+        ),
+        Issue("Retry", "retrying after 1 failure(s)"),
+    ),
+    (
+        "a failure waits for its retry time",
+        observed(status(State.FAILED, renewal_time=NOW + dt.timedelta(seconds=20))),
+        Wait(20.0),
+    ),
+    (
+        "a failure is retried at once on a spec change",
+        observed(status(State.FAILED, renewal_time=NOW + dt.timedelta(seconds=20)), generation=2),
+        Issue("SpecChanged", "the spec changed after a failure"),
+    ),
+    (
+        "an issued certificate with a directive asks for a bounce after a restart",
+        observed(status(State.ISSUED), spec=BOUNCING, sent=False),
+        Bounce(),
+    ),
+    (
+        "an issued certificate waits for the bouncer",
+        observed(status(State.ISSUED), spec=BOUNCING),
+        Wait(),
+    ),
+    (
+        "a completed bounce finishes",
+        observed(
+            status(State.ISSUED),
+            spec=BOUNCING,
+            verdict=Verdict(issuance="i-current", kind="bounced"),
+        ),
+        Finish(),
+    ),
+    (
+        "a failed bounce fails with the bouncer's error",
+        observed(
+            status(State.ISSUED),
+            spec=BOUNCING,
+            verdict=Verdict(issuance="i-current", kind="bounced", message="pods not ready"),
+        ),
+        Fail("BounceFailed", "pod bounce failed: pods not ready"),
+    ),
+    (
+        "an issued certificate without a directive finishes",
+        observed(status(State.ISSUED)),
+        Finish(),
+    ),
+]
+
+
+@pytest.mark.parametrize(("o", "expected"), [pytest.param(o, d, id=i) for i, o, d in CASES])
+def test_decide(o: Observed, expected: Decision) -> None:
+    assert policies.decide(o, now=NOW, timing=TIMING) == expected
+
+
+VALID = SPEC.to_wire()
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        pytest.param(
+            {**VALID, "issuedCertificateSecret": None},
+            "spec.issuedCertificateSecret",
+            id="no issuedCertificateSecret names the field",
+        ),
+        pytest.param(
+            {k: v for k, v in VALID.items() if k != "issuedCertificateSecret"},
+            "spec.issuedCertificateSecret",
+            id="a missing issuedCertificateSecret names the field",
+        ),
+        pytest.param({**VALID, "hosts": []}, "spec.hosts", id="empty hosts name the field"),
+        pytest.param(
+            {**VALID, "hosts": ["a b"]}, "spec.hosts[0]", id="a malformed host is named by index"
+        ),
+        pytest.param(
+            {**VALID, "hosts": ["ok.example", ""]},
+            "spec.hosts[1]",
+            id="an empty host is named by index",
+        ),
+        pytest.param(
+            {**VALID, "certOptions": {"keyAlgorithm": "RSA", "keySize": 256}},
+            "spec.certOptions",
+            id="an unsupported key size names certOptions",
+        ),
+        pytest.param(
+            {**VALID, "certOptions": {"ttl": "soon"}},
+            "spec.certOptions.ttl",
+            id="a malformed ttl names the field",
+        ),
+        pytest.param({**VALID, "org": "o" * 65}, "spec.org", id="an over-long org names the field"),
+    ],
+)
+def test_invalid_specs_are_refused_naming_the_field(raw: dict[str, Any], field: str) -> None:
+    spec, error = policies.validate_spec(raw, name="istio-ca")
+    assert spec is None
+    assert error is not None
+    assert error.startswith(field), error
+
+
+def test_a_valid_spec_is_accepted() -> None:
+    spec, error = policies.validate_spec(VALID, name="istio-ca")
+    assert error is None
+    assert spec == SPEC
+
+
+@pytest.mark.parametrize(
+    ("failures", "rand", "expected"),
+    [
+        pytest.param(1, 0.5, 10.0, id="the first failure waits the initial delay"),
+        pytest.param(2, 0.5, 20.0, id="the delay doubles per failure"),
+        pytest.param(4, 0.5, 80.0, id="and doubles again"),
+        pytest.param(20, 0.5, 600.0, id="it is capped"),
+        pytest.param(20, 0.99, 600.0, id="jitter never goes over the cap"),
+        pytest.param(1, 0.0, 8.0, id="jitter may shorten it by 20 percent"),
+        pytest.param(1, 1.0, 12.0, id="or lengthen it by 20 percent"),
+    ],
+)
+def test_retry_delay(failures: int, rand: float, expected: float) -> None:
+    assert policies.retry_delay(failures, timing=TIMING, rand=rand) == pytest.approx(expected)
+
+
+H = dt.timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("not_before", "not_after", "declared", "ratio", "rand", "expected"),
+    [
+        pytest.param(
+            NOW,
+            NOW + 3 * H,
+            3 * H,
+            1 / 3,
+            0.0,
+            NOW + 2 * H,
+            id="renewal starts with a third of the lifetime left",
+        ),
+        pytest.param(NOW, NOW + 4 * H, 4 * H, 0.5, 0.0, NOW + 2 * H, id="or at the ratio given"),
+        pytest.param(
+            NOW,
+            NOW + 4 * H,
+            4 * H,
+            0.5,
+            1.0,
+            NOW + 2 * H - 0.05 * 2 * H,
+            id="jitter starts it up to 5 percent of the window earlier",
+        ),
+        pytest.param(
+            NOW - dt.timedelta(minutes=5),
+            NOW + dt.timedelta(seconds=60),
+            dt.timedelta(seconds=60),
+            0.5,
+            0.0,
+            NOW + dt.timedelta(seconds=30),
+            id="the issuer's backdating does not count as lifetime",
+        ),
+        pytest.param(
+            NOW,
+            NOW + H,
+            10 * H,
+            0.5,
+            0.0,
+            NOW + 0.5 * H,
+            id="a certificate clamped by its signer renews by its own lifetime",
+        ),
+    ],
+)
+def test_renewal_time(
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    declared: dt.timedelta,
+    ratio: float,
+    rand: float,
+    expected: dt.datetime,
+) -> None:
+    at = policies.renewal_time(
+        not_before=not_before,
+        not_after=not_after,
+        declared=declared,
+        ratio=ratio,
+        jitter=0.05,
+        rand=rand,
+    )
+    assert at == expected.replace(microsecond=0)
