@@ -59,6 +59,7 @@ def permissions(user: ClusterUser) -> dict[str, object]:
         f"{api}.INFO",
         # its own durable consumer on the event stream
         f"{api}.STREAM.INFO.{STREAM}",
+        f"{api}.STREAM.INFO.{KV_STREAM}",  # Bus.provision checks the buckets exist
         f"{api}.STREAM.MSG.GET.{STREAM}",
         f"{api}.CONSUMER.CREATE.{STREAM}.{durable}",
         f"{api}.CONSUMER.CREATE.{STREAM}.{durable}.>",
@@ -78,7 +79,6 @@ def permissions(user: ClusterUser) -> dict[str, object]:
         # its cluster's desired state: an ephemeral pull consumer on the KV stream whose
         # filter (part of the create subject) is its cluster's keys (shared.bus.kv)
         publish += [
-            f"{api}.STREAM.INFO.{KV_STREAM}",
             f"{api}.CONSUMER.CREATE.{KV_STREAM}.*.$KV.{DESIRED_BUCKET}.{user.cluster}.>",
             f"{api}.CONSUMER.INFO.{KV_STREAM}.*",
             f"{api}.CONSUMER.MSG.NEXT.{KV_STREAM}.*",

@@ -63,6 +63,7 @@ def records_stream_config(settings: NatsSettings, *, ttl: float = DEFAULT_TTL) -
         storage=StorageType.FILE,
         num_replicas=settings.kv_replicas,
         max_age=ttl,
+        duplicate_window=settings.duplicate_window,
     )
 
 

@@ -56,7 +56,13 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         log.info("stream created", stream=config.name)
         return
     current = info.config
-    drift = [f for f in _OWNED if _norm(getattr(current, f)) != _norm(getattr(config, f))]
+    # Only fields we set count: None (or nats-py's 0) leaves the server's default: no drift.
+    drift = [
+        f
+        for f in _OWNED
+        if getattr(config, f) is not None
+        and _norm(getattr(current, f)) != _norm(getattr(config, f))
+    ]
     if current.storage != config.storage or current.retention != config.retention:
         raise RuntimeError(
             f"stream {config.name} exists with storage={current.storage} "

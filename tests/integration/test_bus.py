@@ -281,3 +281,20 @@ async def test_provisioning_is_idempotent_and_repairs_drift(nats_settings: NatsS
 def test_subjects_used_by_the_tests_are_ours() -> None:
     assert subject("east", EventType.CSR_REQUESTED) == "meshtrust.v1.east.csr.requested"
     assert encode(sample_events()[0]).startswith(b"{")
+
+
+async def test_a_second_provisioning_with_the_same_settings_changes_nothing(
+    nats_settings: NatsSettings,
+) -> None:
+    """A restricted user (an agent) provisions after the issuer: it must find no drift."""
+    async with Bus.connect(nats_settings) as bus:
+        await bus.provision()
+        before = {
+            name: (await bus.connection.js.stream_info(name)).config
+            for name in ("MESHTRUST", "MESHTRUST_CONSUMED", "KV_meshtrust-desired")
+        }
+        with capture_logs() as logs:
+            await bus.provision()
+        after = {name: (await bus.connection.js.stream_info(name)).config for name in before}
+    assert [e for e in logs if e["event"] in {"stream updated", "stream created"}] == []
+    assert after == before
