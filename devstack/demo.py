@@ -1,0 +1,214 @@
+"""`meshtrust demo`: the main job end to end on the local stack.
+
+Brings the stack up (`devstack.stack`), declares an IssuedCertificate and a PodBounceDirective
+for every remote cluster in `mgmt` (`deploy/examples/declarations.yaml`, applied with kubectl),
+follows each remote IssuedCertificate until FINISHED (or FAILED), then checks what a platform
+team would: every cluster's `cacerts` chains to the shared root (`openssl verify`), the bundle
+passes `shared.pki.check_bundle`, and the istiod-like pods were replaced. Prints a summary
+table, and stops the stack unless `keep`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import functools
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from devstack.stack import MGMT, REPO, ROOT_CA_SECRET, Stack
+from shared.k8s.client import KubeClient
+from shared.k8s.errors import NotFound
+from shared.k8s.resources import ISSUED_CERTIFICATES, PODS, SECRETS
+from shared.pki import Bundle, check_bundle
+
+IC_NAME = "istio-cacerts"
+IC_NAMESPACE = "istio-system"
+HOSTS = ["spiffe://cluster.local/ns/istio-system/sa/citadel"]
+ORG = "meshtrust"
+
+
+@dataclass
+class Progress:
+    cluster: str
+    state: str = "-"
+    error: str = ""
+    serial: str = ""
+    not_after: str = ""
+    issued_after: float | None = None
+    finished_after: float | None = None
+    chain_ok: bool = False
+    bundle_ok: bool = False
+    pods_replaced: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.state in {"FINISHED", "FAILED"}
+
+    @property
+    def verified(self) -> bool:
+        return self.state == "FINISHED" and self.chain_ok and self.bundle_ok and self.pods_replaced
+
+
+def declarations(cluster: str, *, key_algorithm: str, ttl: str | None) -> str:
+    text = (REPO / "deploy" / "examples" / "declarations.yaml").read_text()
+    text = text.replace("CLUSTER", cluster)
+    if key_algorithm.upper() == "RSA":
+        text = text.replace("keyAlgorithm: ECDSA", "keyAlgorithm: RSA")
+        text = text.replace("keySize: 256", "keySize: 4096")
+    if ttl:
+        text = text.replace("ttlDays: 365", f"ttl: {ttl}")
+    return text
+
+
+async def _pods(client: KubeClient) -> set[str]:
+    listed = await client.list(PODS, namespace=IC_NAMESPACE, label_selector={"app": "istiod"})
+    return {p["metadata"]["name"] for p in listed.items}
+
+
+async def follow(
+    stack: Stack,
+    progress: dict[str, Progress],
+    *,
+    declared: dict[str, str],
+    within: float,
+    out: TextIO,
+) -> None:
+    """Declare, then poll every remote IssuedCertificate (50 ms) until done or `within` s."""
+    clients = {c: KubeClient.from_kubeconfig(stack.kubeconfig(c)) for c in progress}
+    started = time.monotonic()
+    try:
+        for client in clients.values():
+            await client.__aenter__()
+        before = {c: await _pods(clients[c]) for c in progress}
+        for cluster in progress:
+            await asyncio.to_thread(
+                stack.kubectl, MGMT, "apply", "-f", "-", stdin=declared[cluster]
+            )
+        while not all(p.done for p in progress.values()):
+            if time.monotonic() - started > within:
+                break
+            for cluster, p in progress.items():
+                try:
+                    obj = await clients[cluster].get(
+                        ISSUED_CERTIFICATES, IC_NAME, namespace=IC_NAMESPACE
+                    )
+                except NotFound:
+                    continue
+                status = obj.get("status") or {}
+                state = status.get("state", "PENDING")
+                elapsed = time.monotonic() - started
+                if state != p.state:
+                    print(f"  {elapsed:6.2f}s  {cluster:<8} {state}", file=out, flush=True)
+                p.state = state
+                p.error = status.get("error") or ""
+                p.serial = status.get("serialNumber") or ""
+                p.not_after = status.get("notAfter") or ""
+                if state in {"ISSUED", "FINISHED"} and p.issued_after is None:
+                    p.issued_after = elapsed
+                if state == "FINISHED" and p.finished_after is None:
+                    p.finished_after = elapsed
+            await asyncio.sleep(0.05)
+        root = await _root(stack)
+        for cluster, p in progress.items():
+            if p.state == "FINISHED":
+                await _verify(clients[cluster], p, root=root)
+                p.pods_replaced = not (await _pods(clients[cluster]) & before[cluster])
+    finally:
+        for client in clients.values():
+            await client.__aexit__(None, None, None)
+
+
+async def _root(stack: Stack) -> bytes:
+    namespace, name = ROOT_CA_SECRET
+    async with KubeClient.from_kubeconfig(stack.kubeconfig(MGMT)) as client:
+        secret = await client.get(SECRETS, name, namespace=namespace)
+    return base64.b64decode(secret["data"]["root-cert.pem"])
+
+
+async def _verify(client: KubeClient, p: Progress, *, root: bytes) -> None:
+    secret = await client.get(SECRETS, "cacerts", namespace=IC_NAMESPACE)
+    data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+    bundle = Bundle.from_secret_data(data)
+    check_bundle(bundle, hosts=HOSTS, org=ORG, now=dt.datetime.now(dt.UTC))
+    p.bundle_ok = data["root-cert.pem"].strip() == root.strip()
+    p.chain_ok = await asyncio.to_thread(_openssl_verify, root, data)
+
+
+def _openssl_verify(root: bytes, data: dict[str, bytes]) -> bool:
+    """`openssl verify` of the cluster's bundle against the shared root: an independent check."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        (directory / "root.pem").write_bytes(root)  # the shared root, from mgmt
+        (directory / "chain.pem").write_bytes(data["cert-chain.pem"])
+        (directory / "cert.pem").write_bytes(data["ca-cert.pem"])
+        result = subprocess.run(
+            [openssl, "verify", "-CAfile", str(directory / "root.pem"), "-untrusted",
+             str(directory / "chain.pem"), str(directory / "cert.pem")],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+    return result.returncode == 0
+
+
+def summary(progress: dict[str, Progress]) -> str:
+    rows = [
+        ("cluster", "state", "serial", "notAfter", "to ISSUED", "to FINISHED", "cacerts", "pods")
+    ]
+    rows.extend(
+        (
+            p.cluster,
+            p.state if not p.error else f"{p.state}: {p.error[:60]}",
+            p.serial[:16] + ("…" if len(p.serial) > 16 else ""),
+            p.not_after,
+            f"{p.issued_after:.2f}s" if p.issued_after is not None else "-",
+            f"{p.finished_after:.2f}s" if p.finished_after is not None else "-",
+            "chains to root" if p.chain_ok and p.bundle_ok else "NOT VERIFIED",
+            "replaced" if p.pods_replaced else "not replaced",
+        )
+        for p in progress.values()
+    )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def run(
+    *,
+    root: Path,
+    clusters: int = 2,
+    key_algorithm: str = "ECDSA",
+    ttl: str | None = None,
+    keep: bool = False,
+    timeout: float = 120.0,
+    out: TextIO = sys.stdout,
+) -> int:
+    """The demo; 0 when every cluster is FINISHED with a verified bundle and replaced pods."""
+    remotes = ["east", "west"][:clusters] if clusters <= 2 else [f"c{i}" for i in range(clusters)]
+    stack = Stack(root, remotes=remotes)
+    say = functools.partial(print, file=out, flush=True)
+    say(f"starting the local stack in {root}: nats-server, clusters mgmt + {', '.join(remotes)}")
+    started = time.monotonic()
+    stack.up()
+    say(f"stack up in {time.monotonic() - started:.1f}s; declaring IssuedCertificates in mgmt")
+    progress = {c: Progress(c) for c in remotes}
+    declared = {c: declarations(c, key_algorithm=key_algorithm, ttl=ttl) for c in remotes}
+    try:
+        asyncio.run(follow(stack, progress, declared=declared, within=timeout, out=out))
+        say("\n" + summary(progress) + "\n")
+        say(f"look around: kubectl --kubeconfig {stack.kubeconfig(remotes[0])} get ic -A")
+        say(f"             kubectl --kubeconfig {stack.kubeconfig(MGMT)} get ic -A")
+        return 0 if all(p.verified for p in progress.values()) else 1
+    finally:
+        if keep:
+            say("the stack keeps running; stop it with: meshtrust devstack down")
+        else:
+            stack.down()

@@ -1,0 +1,430 @@
+"""The local stack: nats-server, emulated clusters and the services, as separate OS processes.
+
+`up()` starts, in order:
+
+1. nats-server with JetStream (store under `.devstack/nats/`), one user per service with
+   per-cluster permissions (`devstack.natsconfig`), passwords made now and kept in
+   `.devstack/nats/passwords.json` (mode 600);
+2. one `meshtrust-kubeapi` process serving `mgmt` and every remote cluster on its own port,
+   kubeconfigs written to `.devstack/<cluster>.kubeconfig`, state kept in `.devstack/kube/`;
+3. `kubectl apply` of `deploy/crds/` to every cluster, a root CA Secret in `mgmt`
+   (`meshtrust-system/root-ca`, made now by `shared.pki.create_root_ca`), and the stand-in
+   workloads of `deploy/examples/workloads.yaml` in every remote cluster;
+4. the services through their production entry points and environment settings: the issuer
+   (waited for until ready, since it provisions the streams), then an agent and a bouncer per
+   remote cluster, each with its own NATS user and inbox prefix.
+
+Everything is recorded in `.devstack/stack.json` (NATS URL, pids, clusters and their
+kubeconfigs), which `down()` reads to stop it all, services first. Logs are in
+`.devstack/logs/`. Nothing here is imported by shared/ or services/.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from devstack.natsconfig import ClusterUser, render, user_names
+from devstack.natsserver import NatsServer
+from devstack.ports import free_port
+from shared.events import check_cluster_name
+from shared.pki import KeyAlgorithm, KeySpec, create_root_ca
+
+REPO = Path(__file__).resolve().parents[1]
+MGMT = "mgmt"
+BIN = Path(sys.executable).parent
+ROOT_CA_SECRET = ("meshtrust-system", "root-ca")
+
+
+class StackError(RuntimeError):
+    """The stack could not be brought up; the message says which step and why."""
+
+
+@dataclass
+class Process:
+    name: str
+    pid: int
+    log: str
+    health: str | None = None
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to start one service process again (kept in memory: its env holds a password)."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    log: Path
+    health: str
+
+
+@dataclass
+class StackInfo:
+    root: str
+    nats_url: str
+    clusters: dict[str, dict[str, str]]
+    processes: list[Process] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        data = {
+            "root": self.root,
+            "nats_url": self.nats_url,
+            "clusters": self.clusters,
+            "pids": {p.name: p.pid for p in self.processes},
+            "processes": [p.__dict__ for p in self.processes],
+        }
+        return json.dumps(data, indent=2) + "\n"
+
+    @classmethod
+    def load(cls, path: Path) -> StackInfo:
+        data = json.loads(path.read_text())
+        return cls(
+            root=data["root"],
+            nats_url=data["nats_url"],
+            clusters=data["clusters"],
+            processes=[Process(**p) for p in data["processes"]],
+        )
+
+
+class Stack:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        remotes: list[str],
+        pod_ready_delay: float = 0.5,
+        root_key: KeySpec | None = None,
+        env: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        """`env` adds environment variables per process name (`issuer`, `agent-east`, ...) or
+        per service (`agent`, `bouncer`), e.g. shorter timeouts for tests."""
+        self.root = root.resolve()
+        self.remotes = [check_cluster_name(c) for c in remotes]
+        self.pod_ready_delay = pod_ready_delay
+        self.root_key = root_key or KeySpec(algorithm=KeyAlgorithm.ECDSA, size=384)
+        self.logs = self.root / "logs"
+        self.info: StackInfo | None = None
+        self._launches: dict[str, Launch] = {}
+        # Our children, kept so that they are reaped (and no Popen is collected while running).
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._extra_env = {k: dict(v) for k, v in (env or {}).items()}
+        self._nats: NatsServer | None = None
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "stack.json"
+
+    def kubeconfig(self, cluster: str) -> Path:
+        return self.root / f"{cluster}.kubeconfig"
+
+    # --- up -------------------------------------------------------------------------------
+
+    def up(self) -> StackInfo:
+        if self.state_file.exists() and any(
+            _alive(p.pid) for p in StackInfo.load(self.state_file).processes
+        ):
+            raise StackError(f"a stack is running already ({self.state_file}); stop it first")
+        self.logs.mkdir(parents=True, exist_ok=True)
+        processes: list[Process] = []
+        try:
+            nats_url, passwords, nats_pid = self._start_nats()
+            processes.append(Process("nats-server", nats_pid, str(self.logs / "nats.log")))
+            self.info = StackInfo(
+                root=str(self.root),
+                nats_url=nats_url,
+                clusters={
+                    c: {"kubeconfig": str(self.kubeconfig(c))} for c in [MGMT, *self.remotes]
+                },
+                processes=processes,
+            )
+            self._save()
+            processes.append(self._start_kubeapi())
+            self._save()
+            self._seed()
+            processes.append(self._start_service("issuer", None, passwords, nats_url))
+            self._save()
+            self._wait_ready(processes[-1])
+            for cluster in self.remotes:
+                for service in ("agent", "bouncer"):
+                    processes.append(self._start_service(service, cluster, passwords, nats_url))
+                    self._save()
+            for process in processes[3:]:
+                self._wait_ready(process)
+        except BaseException:
+            self.down()
+            raise
+        return self.info
+
+    def _save(self) -> None:
+        assert self.info is not None
+        self.state_file.write_text(self.info.to_json())
+
+    def _start_nats(self) -> tuple[str, dict[str, str], int]:
+        nats_dir = self.root / "nats"
+        nats_dir.mkdir(parents=True, exist_ok=True)
+        passwords_file = nats_dir / "passwords.json"
+        passwords = json.loads(passwords_file.read_text()) if passwords_file.exists() else {}
+        passwords.update(
+            {n: secrets.token_urlsafe(24) for n in user_names(self.remotes) if n not in passwords}
+        )
+        passwords_file.touch(mode=0o600)
+        passwords_file.write_text(json.dumps(passwords, indent=2))
+        server = NatsServer(
+            store_dir=nats_dir / "jetstream",
+            config_file=nats_dir / "nats.conf",
+            log_file=self.logs / "nats.log",
+        )
+        (nats_dir / "nats.conf").write_text(
+            render(clusters=self.remotes, passwords=passwords, port=server.port)
+        )
+        server.start()
+        assert server.pid is not None
+        self._nats = server
+        return server.url, passwords, server.pid
+
+    def _start_kubeapi(self) -> Process:
+        kube_dir = self.root / "kube"
+        kube_dir.mkdir(parents=True, exist_ok=True)
+        ready = self.logs / "kubeapi.out"
+        ready.write_text("")
+        clusters = [MGMT, *self.remotes]
+        command = [str(BIN / "meshtrust-kubeapi"), "--pod-ready-delay", str(self.pod_ready_delay)]
+        command += ["--state", str(kube_dir / "state.json")]
+        for cluster in clusters:
+            command += ["--cluster", f"{cluster}=127.0.0.1:0:{self.kubeconfig(cluster)}"]
+        log = self.logs / "kubeapi.log"
+        with ready.open("wb") as out, log.open("ab") as err:
+            process = subprocess.Popen(command, stdout=out, stderr=err, start_new_session=True)
+        self._children["kubeapi"] = process
+        _wait_for(
+            lambda: len(ready.read_text().splitlines()) >= len(clusters) or _exited(process),
+            within=30,
+            what="the emulated clusters to serve",
+        )
+        if process.poll() is not None:
+            raise StackError(f"meshtrust-kubeapi exited: see {log}")
+        assert self.info is not None
+        for line in ready.read_text().splitlines():
+            name, url = line.split()
+            self.info.clusters[name]["url"] = url
+        return Process("kubeapi", process.pid, str(log))
+
+    def kubectl(self, cluster: str, *args: str, stdin: str | None = None) -> str:
+        command = [str(BIN / "kubectl"), "--kubeconfig", str(self.kubeconfig(cluster)), *args]
+        result = subprocess.run(
+            command, input=stdin, capture_output=True, text=True, timeout=120, check=False
+        )
+        if result.returncode != 0:
+            raise StackError(f"kubectl {' '.join(args)} on {cluster}: {result.stderr.strip()}")
+        return result.stdout
+
+    def _seed(self) -> None:
+        for cluster in [MGMT, *self.remotes]:
+            self.kubectl(cluster, "apply", "-f", str(REPO / "deploy" / "crds"))
+            self.kubectl(
+                cluster, "wait", "--for=condition=Established", "--timeout=60s",
+                "crd/issuedcertificates.certificates.smh.solo.io",
+                "crd/podbouncedirectives.certificates.smh.solo.io",
+            )  # fmt: skip
+        namespace, name = ROOT_CA_SECRET
+        data = create_root_ca(
+            org="meshtrust demo",
+            common_name="meshtrust demo root CA",
+            ttl=dt.timedelta(days=3650),
+            now=dt.datetime.now(dt.UTC),
+            spec=self.root_key,
+        )
+        documents = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name, "namespace": namespace},
+                "type": "Opaque",
+                "stringData": {k: v.decode() for k, v in data.items()},
+            },
+        ]
+        # Through stdin: the root key is written to no file.
+        self.kubectl(MGMT, "apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
+        for cluster in self.remotes:
+            self.kubectl(
+                cluster, "apply", "-f", str(REPO / "deploy" / "examples" / "workloads.yaml")
+            )
+
+    def _start_service(
+        self, service: str, cluster: str | None, passwords: dict[str, str], nats_url: str
+    ) -> Process:
+        name = service if cluster is None else f"{service}-{cluster}"
+        port = free_port()
+        env = {
+            **os.environ,
+            "MESHTRUST_NATS_URLS": nats_url,
+            "MESHTRUST_NATS_USER": name,
+            "MESHTRUST_NATS_PASSWORD": passwords[name],
+            "MESHTRUST_KUBE_KUBECONFIG": str(self.kubeconfig(cluster or MGMT)),
+            "MESHTRUST_HEALTH_HOST": "127.0.0.1",
+            "MESHTRUST_HEALTH_PORT": str(port),
+            "MESHTRUST_LOG_FORMAT": "json",
+        }
+        if cluster is not None:
+            env["MESHTRUST_NATS_INBOX_PREFIX"] = ClusterUser(service, cluster).inbox_prefix
+            env[f"MESHTRUST_{service.upper()}_CLUSTER"] = cluster
+            env[f"MESHTRUST_{service.upper()}_INSTANCE"] = f"{name}-0"
+        else:
+            env["MESHTRUST_ISSUER_INSTANCE"] = "issuer-0"
+        env.update(self._extra_env.get(service, {}))
+        env.update(self._extra_env.get(name, {}))
+        launch = Launch(
+            name=name,
+            command=[str(BIN / f"meshtrust-{service}")],
+            env=env,
+            log=self.logs / f"{name}.log",
+            health=f"http://127.0.0.1:{port}/readyz",
+        )
+        self._launches[name] = launch
+        return self._launch(launch)
+
+    def _launch(self, launch: Launch) -> Process:
+        with launch.log.open("ab") as out:
+            process = subprocess.Popen(
+                launch.command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=launch.env,
+                start_new_session=True,
+            )
+        self._children[launch.name] = process
+        return Process(launch.name, process.pid, str(launch.log), health=launch.health)
+
+    # --- one process at a time (tests: crash and restart) ---------------------------------
+
+    def process(self, name: str) -> Process:
+        assert self.info is not None, "up() first"
+        for process in self.info.processes:
+            if process.name == name:
+                return process
+        raise KeyError(name)
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Send `sig` (default SIGKILL: no goodbye) to one process and wait until it is gone."""
+        if name == "nats-server":
+            assert self._nats is not None
+            if sig == signal.SIGKILL:
+                self._nats.kill()
+            else:
+                self._nats.stop()
+            return
+        process = self.process(name)
+        if _alive(process.pid):
+            os.kill(process.pid, sig)
+            _wait_for(lambda: not _alive(process.pid), within=30, what=f"{name} to exit")
+        child = self._children.pop(name, None)
+        if child is not None:
+            child.wait()
+
+    def start(self, name: str, *, wait_ready: bool = True) -> Process:
+        """Start one process again as `up()` did: nats-server on the same port and store."""
+        assert self.info is not None, "up() first"
+        if name == "nats-server":
+            assert self._nats is not None
+            self._nats.start()
+            assert self._nats.pid is not None
+            fresh = Process(name, self._nats.pid, str(self._nats.log_file))
+        else:
+            fresh = self._launch(self._launches[name])
+        self.info.processes = [fresh if p.name == name else p for p in self.info.processes]
+        self._save()
+        if wait_ready and fresh.health is not None:
+            self._wait_ready(fresh)
+        return fresh
+
+    def passwords(self) -> dict[str, str]:
+        """The NATS users' passwords (tests connect as a given cluster's user)."""
+        data: dict[str, str] = json.loads((self.root / "nats" / "passwords.json").read_text())
+        return data
+
+    def _wait_ready(self, process: Process) -> None:
+        assert process.health is not None
+
+        def ready() -> bool:
+            if not _alive(process.pid):
+                raise StackError(f"{process.name} exited: see {process.log}")
+            try:
+                with urllib.request.urlopen(process.health, timeout=1) as answer:  # noqa: S310
+                    return bool(answer.status == 200)
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                return False
+
+        _wait_for(ready, within=60, what=f"{process.name} to be ready")
+
+    # --- down -----------------------------------------------------------------------------
+
+    def down(self, *, timeout: float = 15.0) -> list[str]:
+        """Stop what stack.json names, services first; returns the names stopped."""
+        if not self.state_file.exists():
+            return []
+        info = StackInfo.load(self.state_file)
+        stopped = []
+        for process in reversed(info.processes):  # services, then kubeapi, then nats
+            if _alive(process.pid):
+                os.kill(process.pid, signal.SIGTERM)
+                try:
+                    _wait_for(lambda p=process: not _alive(p.pid), within=timeout, what="")
+                except StackError:
+                    os.kill(process.pid, signal.SIGKILL)
+                stopped.append(process.name)
+        for child in self._children.values():
+            child.wait()
+        self._children.clear()
+        if self._nats is not None:
+            self._nats.stop()
+        self.state_file.unlink()
+        return stopped
+
+
+def status(root: Path) -> dict[str, bool]:
+    """Which processes of a recorded stack are alive."""
+    path = root / "stack.json"
+    if not path.exists():
+        return {}
+    return {p.name: _alive(p.pid) for p in StackInfo.load(path).processes}
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie child of ours counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _exited(process: subprocess.Popen[bytes]) -> bool:
+    return process.poll() is not None
+
+
+def _wait_for(check: object, *, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise StackError(f"timed out after {within:.0f} s waiting for {what}")

@@ -1,0 +1,41 @@
+"""The local stack as separate OS processes: up, status, one process killed and restarted, down."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from devstack.stack import Stack, StackInfo, status
+
+
+def test_the_stack_comes_up_survives_a_killed_agent_and_goes_down(tmp_path: Path) -> None:
+    root = tmp_path / "devstack"
+    stack = Stack(root, remotes=["east"], pod_ready_delay=0.05)
+    try:
+        info = stack.up()
+        recorded = StackInfo.load(root / "stack.json")
+        assert set(recorded.clusters) == {"mgmt", "east"}
+        assert all(Path(c["kubeconfig"]).exists() for c in recorded.clusters.values())
+        assert recorded.nats_url == info.nats_url
+        assert status(root) == {
+            "nats-server": True,
+            "kubeapi": True,
+            "issuer": True,
+            "agent-east": True,
+            "bouncer-east": True,
+        }
+        # The real kubectl sees the CRDs and the root CA Secret the stack seeded.
+        assert "issuedcertificates" in stack.kubectl("mgmt", "api-resources", "-o", "name")
+        assert "root-ca" in stack.kubectl("mgmt", "get", "secrets", "-n", "meshtrust-system")
+        assert "istiod" in stack.kubectl("east", "get", "deployments", "-n", "istio-system")
+
+        old = stack.process("agent-east").pid
+        stack.kill("agent-east", signal.SIGKILL)
+        assert status(root)["agent-east"] is False
+        fresh = stack.start("agent-east")
+        assert fresh.pid != old
+        assert status(root)["agent-east"] is True
+    finally:
+        stopped = stack.down()
+    assert "agent-east" in stopped
+    assert status(root) == {}
