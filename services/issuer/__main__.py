@@ -1,0 +1,165 @@
+"""`meshtrust-issuer` / `python -m services.issuer`: composition only.
+
+`serve(settings)` connects to NATS and the management cluster's API, provisions what the issuer
+owns (the stream and desired-state bucket, `meshtrust-issued`, the ledger), builds the
+components and supervises them until SIGTERM (or `stop`). Tests run it in-process, one call per
+replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from datetime import UTC, datetime
+
+from services.issuer.components import ControllerComponent, InformerComponent, PeriodicComponent
+from services.issuer.handlers import CsrHandler, StatusHandler
+from services.issuer.issued import ISSUED_BUCKET, ISSUED_DESCRIPTION
+from services.issuer.ledger import open_ledger
+from services.issuer.reconciler import Declarations
+from services.issuer.settings import IssuerSettings
+from services.issuer.signer import SigningCAs
+from shared.bus import Bucket, Bus, BusError, ConsumerSettings
+from shared.bus.ledger import Ledger
+from shared.events import DESIRED_BUCKET, EventType, any_cluster
+from shared.k8s import EventRecorder, KubeClient, KubeError
+from shared.k8s.config import client_from_settings
+from shared.runtime import Component, configure_logging, get_logger, supervise
+from shared.runtime.health import HealthServer
+
+log = get_logger(__name__)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def compose(
+    settings: IssuerSettings,
+    *,
+    bus: Bus,
+    kube: KubeClient,
+    desired: Bucket,
+    issued: Bucket,
+    ledger: Ledger,
+    executor: Executor,
+    clock: Callable[[], datetime] = _utcnow,
+) -> list[Component]:
+    """Every component of one issuer replica, wired together."""
+    recorder = EventRecorder(kube, component="meshtrust-issuer", instance=settings.instance)
+    signing_cas = SigningCAs()
+    declarations = Declarations(
+        settings=settings,
+        kube=kube,
+        desired=desired,
+        signing_cas=signing_cas,
+        executor=executor,
+        recorder=recorder,
+        clock=clock,
+    )
+    csr_consumer = bus.consumer(
+        ConsumerSettings(
+            durable=settings.csr_durable,
+            filter_subjects=(any_cluster(EventType.CSR_REQUESTED),),
+            accept=frozenset({EventType.CSR_REQUESTED}),
+            batch=settings.csr_batch,
+            max_in_flight=settings.csr_in_flight,
+            fetch_timeout=settings.fetch_timeout,
+            ack_wait=settings.ack_wait,
+        ),
+        CsrHandler(
+            settings=settings,
+            bus=bus,
+            kube=kube,
+            issued=issued,
+            ledger=ledger,
+            executor=executor,
+            signing_cas=signing_cas,
+            clock=clock,
+        ),
+    )
+    status_consumer = bus.consumer(
+        ConsumerSettings(
+            durable=settings.status_durable,
+            filter_subjects=(any_cluster(EventType.STATUS_CHANGED),),
+            accept=frozenset({EventType.STATUS_CHANGED}),
+            batch=settings.status_in_flight,
+            max_in_flight=settings.status_in_flight,
+            fetch_timeout=settings.fetch_timeout,
+        ),
+        StatusHandler(settings=settings, kube=kube, recorder=recorder),
+    )
+    health = HealthServer(settings.health)
+    health.add_check("informers-synced", declarations.synced)
+    return [
+        health,
+        InformerComponent("informer:issuedcertificates", declarations.certificates),
+        InformerComponent("informer:podbouncedirectives", declarations.directives),
+        InformerComponent("informer:secrets", declarations.secrets),
+        ControllerComponent(declarations.certificate_controller, declarations.informers),
+        ControllerComponent(declarations.directive_controller, declarations.informers),
+        PeriodicComponent(
+            "desired-state-sweep",
+            declarations.sweep,
+            interval=settings.sweep_interval,
+            ready=declarations.wait_synced,
+        ),
+        csr_consumer,
+        status_consumer,
+    ]
+
+
+async def serve(
+    settings: IssuerSettings,
+    *,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+    clock: Callable[[], datetime] = _utcnow,
+) -> None:
+    """Run one issuer replica until `stop` is set (or SIGTERM/SIGINT)."""
+    async with Bus.connect(settings.nats) as bus, client_from_settings(settings.kube) as kube:
+        ledger = open_ledger(bus)
+        if settings.nats.provision:
+            await bus.provision()
+            await ledger.ensure()
+        else:
+            await ledger.check()
+        desired = await bus.bucket(DESIRED_BUCKET)
+        issued = await bus.bucket(ISSUED_BUCKET, description=ISSUED_DESCRIPTION, history=1)
+        with ThreadPoolExecutor(
+            max_workers=settings.signing_threads, thread_name_prefix="issuer-sign"
+        ) as executor:
+            components = compose(
+                settings,
+                bus=bus,
+                kube=kube,
+                desired=desired,
+                issued=issued,
+                ledger=ledger,
+                executor=executor,
+                clock=clock,
+            )
+            log.info("issuer starting", instance=settings.instance)
+            await supervise(
+                components, grace=settings.grace, stop=stop, handle_signals=handle_signals
+            )
+    log.info("issuer stopped", instance=settings.instance)
+
+
+def main() -> int:
+    """Exit 0 after a clean stop; 1, with the reason logged, when the bus, the API or the
+    ledger cannot be reached or used at start (the supervisor restarts us)."""
+    settings = IssuerSettings()
+    configure_logging(settings.logging)
+    try:
+        asyncio.run(serve(settings))
+    except (BusError, KubeError) as exc:
+        log.error("issuer cannot start", error=str(exc), error_type=type(exc).__name__)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

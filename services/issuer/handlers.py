@@ -1,0 +1,357 @@
+"""Bus handlers: `csr.requested` (authorise, sign, answer) and `status.changed` (mirror).
+
+Both are called by `shared.bus` consumers, which ack when the handler returns, nak on
+`TransientError`, and terminate on `PermanentError` (invalid messages never get here: the codec
+terminates them). Both are idempotent, as redeliveries require.
+
+`CsrHandler`, for one request:
+
+1. If `meshtrust-issued` has an entry for (cluster, issuance): the same question was answered
+   already; send that certificate again (same serial), or deny `IssuanceReused` if the entry is
+   for another CSR. No new signature.
+2. Read the declaration `<cluster>/<name>` and its signing Secret *live* from the API (not from a
+   cache that may lag behind a generation bump), and decide with `policies.authorise`.
+3. Sign in the signing executor (CPU-bound), append to the ledger, record the answer with
+   create-if-absent (a replica that loses the race sends the winner's certificate), publish
+   `certificate.issued`. Denials publish `certificate.denied`; they are not recorded, so a
+   request denied for a missing declaration succeeds once the declaration exists.
+
+Kubernetes and bus failures are transient (nak with backoff). Nothing here logs or raises
+anything from the CSR but names and fingerprints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from services.issuer.issued import IssuedRecord, csr_digest, issued_key, serial_hex
+from services.issuer.ledger import LedgerEntry, record_signature
+from services.issuer.mirror import mirrored_status
+from services.issuer.policies import CsrInput, Verdict, authorise
+from services.issuer.settings import IssuerSettings
+from services.issuer.signer import SigningCAs, sign
+from shared.bus import Bucket, Bus, Delivery, PublishError, RevisionMismatch
+from shared.bus.ledger import Ledger
+from shared.events import (
+    CertificateDenied,
+    CertificateDeniedData,
+    CertificateIssued,
+    CsrRequested,
+    Event,
+    StatusChanged,
+)
+from shared.k8s import EventRecorder, KubeClient, KubeError, NotFound, update_model_status
+from shared.k8s.models import IssuedCertificate
+from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS, Resource
+from shared.pki import IssuedCertificate as Signed
+from shared.pki import SigningCA
+from shared.runtime import PermanentError, TransientError, get_logger
+
+log = get_logger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def is_cluster_namespace(namespace: str, settings: IssuerSettings) -> bool:
+    return namespace not in settings.excluded_namespaces
+
+
+async def _get_or_none(
+    kube: KubeClient, resource: Resource, name: str, namespace: str
+) -> dict[str, Any] | None:
+    try:
+        return await kube.get(resource, name, namespace=namespace)
+    except NotFound:
+        return None
+    except KubeError as exc:
+        raise TransientError(f"reading {resource.kind} {namespace}/{name}: {exc}") from None
+
+
+class _Unreadable(Exception):
+    """The declaration exists but does not fit the model (say so, rather than 'no such')."""
+
+
+class CsrHandler:
+    """Handles `csr.requested` from every cluster (consumer `issuer`)."""
+
+    def __init__(
+        self,
+        *,
+        settings: IssuerSettings,
+        bus: Bus,
+        kube: KubeClient,
+        issued: Bucket,
+        ledger: Ledger,
+        executor: Executor,
+        signing_cas: SigningCAs,
+        clock: Clock = _utcnow,
+    ) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._kube = kube
+        self._issued = issued
+        self._ledger = ledger
+        self._executor = executor
+        self._cas = signing_cas
+        self._clock = clock
+        self._policy = settings.key_policy()
+
+    async def __call__(self, event: Event, delivery: Delivery) -> None:
+        if not isinstance(event, CsrRequested):
+            raise PermanentError("UnexpectedType", f"the issuer does not handle {event.type}")
+        key = issued_key(event.cluster, event.issuance)
+        entry = await self._issued.get(key)
+        if entry is not None:
+            await self._answer_again(event, IssuedRecord.model_validate_json(entry.value))
+            return
+        try:
+            declaration, secret = await self._read_state(event)
+        except _Unreadable as exc:
+            await self._deny(event, Verdict("InvalidDeclaration", str(exc), denied=True), None)
+            return
+        outcome = await asyncio.get_running_loop().run_in_executor(
+            self._executor,
+            functools.partial(self._decide, event, declaration, secret, self._clock()),
+        )
+        if isinstance(outcome, Verdict):
+            await self._deny(event, outcome, declaration)
+            return
+        assert declaration is not None
+        await self._deliver(event, declaration, outcome)
+
+    # -- gathering ----------------------------------------------------------------------------
+
+    async def _read_state(
+        self, event: CsrRequested
+    ) -> tuple[IssuedCertificate | None, dict[str, Any] | None]:
+        cluster, name = event.cluster, event.data.name
+        if not is_cluster_namespace(cluster, self._settings):
+            return None, None
+        raw = await _get_or_none(self._kube, ISSUED_CERTIFICATES, name, cluster)
+        if raw is None:
+            return None, None
+        try:
+            declaration = IssuedCertificate.from_object(raw)
+        except ValidationError:
+            # The CRD admitted it but our model does not: the reconciler marks it FAILED.
+            raise _Unreadable(
+                f"IssuedCertificate {cluster}/{name} cannot be read by the issuer; see its status"
+            ) from None
+        ref = declaration.spec.signing_certificate_secret
+        secret = await _get_or_none(self._kube, SECRETS, ref.name, ref.namespace)
+        return declaration, secret
+
+    def _decide(
+        self,
+        event: CsrRequested,
+        declaration: IssuedCertificate | None,
+        secret: Mapping[str, Any] | None,
+        now: datetime,
+    ) -> Verdict | Signed:
+        """Authorise and sign (runs in the signing executor)."""
+        signing = None
+        if declaration is not None:
+            ref = declaration.spec.signing_certificate_secret
+            signing, _ = self._cas.load(secret, namespace=ref.namespace, name=ref.name, now=now)
+        verdict = authorise(
+            CsrInput(
+                cluster=event.cluster,
+                request=event.data,
+                declaration=declaration,
+                signing=signing,
+                policy=self._policy,
+            )
+        )
+        if verdict.denied:
+            return verdict
+        # The chain allowed it, so both are there and the CA loaded.
+        assert declaration is not None
+        assert isinstance(signing, SigningCA)
+        return sign(
+            event.data.csr_pem,
+            signing,
+            declaration,
+            max_ttl=self._settings.max_ttl,
+            path_len=self._settings.path_len,
+            backdate=self._settings.backdate,
+            now=now,
+        )
+
+    # -- answering ----------------------------------------------------------------------------
+
+    async def _deliver(
+        self, event: CsrRequested, declaration: IssuedCertificate, signed: Signed
+    ) -> None:
+        now = self._clock().replace(microsecond=0)
+        serial = serial_hex(signed.serial)
+        record = IssuedRecord(
+            cluster=event.cluster,
+            name=event.data.name,
+            issuance=event.issuance,
+            declaration_uid=event.data.declaration_uid,
+            declaration_generation=event.data.declaration_generation,
+            csr_sha256=csr_digest(event.data.csr_pem),
+            serial_number=serial,
+            certificate_pem=signed.certificate_pem.decode(),
+            ca_chain_pem=signed.chain_pem[len(signed.certificate_pem) :].decode(),
+            root_cert_pem=signed.root_pem.decode(),
+            not_before=signed.not_before,
+            not_after=signed.not_after,
+            signing_ca_fingerprint=signed.signing_ca_fingerprint,
+            signed_by=self._settings.instance,
+            signed_at=now,
+        )
+        entry = LedgerEntry(
+            serial_number=serial,
+            cluster=event.cluster,
+            namespace=event.cluster,
+            name=event.data.name,
+            declaration_uid=event.data.declaration_uid,
+            declaration_generation=event.data.declaration_generation,
+            issuance=event.issuance,
+            hosts=declaration.spec.hosts,
+            org=declaration.spec.org,
+            not_before=signed.not_before,
+            not_after=signed.not_after,
+            csr_public_key_fingerprint=signed.public_key_fingerprint,
+            certificate_fingerprint=signed.fingerprint,
+            signing_ca_fingerprint=signed.signing_ca_fingerprint,
+            signed_by=self._settings.instance,
+            signed_at=now,
+        )
+        try:
+            await record_signature(self._ledger, entry)
+        except PublishError as exc:
+            raise TransientError(f"ledger append failed: {exc}") from None
+        key = issued_key(event.cluster, event.issuance)
+        try:
+            await self._issued.create(key, record.model_dump_json().encode())
+        except RevisionMismatch:
+            # Another replica answered this issuance meanwhile: send its certificate, so that
+            # one issuance has one serial. Ours is in the ledger, and was never sent.
+            existing = await self._issued.get(key)
+            if existing is None:
+                raise TransientError("issued record vanished while racing") from None
+            log.info("another replica signed this issuance first", discarded_serial=serial)
+            await self._answer_again(event, IssuedRecord.model_validate_json(existing.value))
+            return
+        log.info(
+            "certificate signed",
+            name=event.data.name,
+            generation=event.data.declaration_generation,
+            serial=serial,
+            not_after=signed.not_after.isoformat(),
+            signing_ca=signed.signing_ca_fingerprint[:16],
+        )
+        await self._publish_issued(event, record)
+
+    async def _answer_again(self, event: CsrRequested, record: IssuedRecord) -> None:
+        if not record.answers(
+            cluster=event.cluster, name=event.data.name, csr_pem=event.data.csr_pem
+        ):
+            await self._deny(
+                event,
+                Verdict(
+                    "IssuanceReused",
+                    f"issuance {event.issuance} was already answered for another CSR; a new key "
+                    "needs a new issuance id",
+                    denied=True,
+                ),
+                None,
+            )
+            return
+        log.info(
+            "issuance answered before; sending the same certificate", serial=record.serial_number
+        )
+        await self._publish_issued(event, record)
+
+    async def _publish_issued(self, event: CsrRequested, record: IssuedRecord) -> None:
+        answer = CertificateIssued(
+            source=self._settings.source,
+            cluster=event.cluster,
+            issuance=event.issuance,
+            trace=event.trace,
+            data=record.event_data(attempt=event.data.attempt),
+        )
+        try:
+            await self._bus.publish(answer)
+        except PublishError as exc:
+            raise TransientError(str(exc)) from None
+
+    async def _deny(
+        self, event: CsrRequested, verdict: Verdict, declaration: IssuedCertificate | None
+    ) -> None:
+        log.info(
+            "certificate denied", name=event.data.name, reason=verdict.reason, why=verdict.message
+        )
+        answer = CertificateDenied(
+            source=self._settings.source,
+            cluster=event.cluster,
+            issuance=event.issuance,
+            trace=event.trace,
+            data=CertificateDeniedData(
+                name=event.data.name,
+                declaration_generation=(
+                    declaration.metadata.generation if declaration is not None else None
+                ),
+                attempt=event.data.attempt,
+                reason=verdict.reason,
+                message=verdict.message[:4096],
+            ),
+        )
+        try:
+            await self._bus.publish(answer)
+        except PublishError as exc:
+            raise TransientError(str(exc)) from None
+
+
+class StatusHandler:
+    """Mirrors `status.changed` onto the management IssuedCertificate (consumer
+    `issuer-status`); acks only after the status write succeeded."""
+
+    def __init__(
+        self, *, settings: IssuerSettings, kube: KubeClient, recorder: EventRecorder
+    ) -> None:
+        self._settings = settings
+        self._kube = kube
+        self._recorder = recorder
+
+    async def __call__(self, event: Event, delivery: Delivery) -> None:
+        if not isinstance(event, StatusChanged):
+            raise PermanentError(
+                "UnexpectedType", f"the status mirror does not handle {event.type}"
+            )
+        cluster, change = event.cluster, event.data
+        if not is_cluster_namespace(cluster, self._settings):
+            log.info("status of an unregistered cluster ignored", name=change.name)
+            return
+        try:
+            _, write = await update_model_status(
+                self._kube,
+                IssuedCertificate,
+                change.name,
+                namespace=cluster,
+                mutate=lambda ic: mirrored_status(ic.status, change, issuance=event.issuance),
+                recorder=self._recorder,
+            )
+        except NotFound:
+            log.info("status for a declaration that is gone; nothing to mirror", name=change.name)
+            return
+        except ValidationError:
+            log.warning("declaration unreadable; status not mirrored", name=change.name)
+            return
+        except KubeError as exc:
+            raise TransientError(f"mirroring status of {cluster}/{change.name}: {exc}") from None
+        if write.changed:
+            log.info("status mirrored", name=change.name, state=change.state.value)

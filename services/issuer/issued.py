@@ -1,0 +1,74 @@
+"""What the issuer signed, by issuance: the KV bucket `meshtrust-issued`.
+
+One entry per issuance (`<cluster>.<issuance id>`), written once with create-if-absent, never
+updated. A CSR asked again (a redelivery, an agent's re-send after a timeout, another replica
+racing for the same issuance) finds the entry and gets the same certificate back instead of a new
+serial. The entry also remembers which CSR it answered (SHA-256 of the PEM), so an issuance id
+reused for a different CSR is refused rather than answered with someone else's certificate.
+
+Only public data is stored: certificates and fingerprints, never a key.
+Deliberately not here: expiry of old entries (they are small; a later sweep may drop entries
+whose certificate has expired).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+from shared.events import CertificateIssuedData
+
+ISSUED_BUCKET = "meshtrust-issued"
+ISSUED_DESCRIPTION = "every certificate the issuer signed, by issuance, for idempotent answers"
+
+
+def issued_key(cluster: str, issuance: str) -> str:
+    return f"{cluster}.{issuance}"
+
+
+def csr_digest(csr_pem: str) -> str:
+    return hashlib.sha256(csr_pem.encode()).hexdigest()
+
+
+class IssuedRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    cluster: str
+    name: str
+    issuance: str
+    declaration_uid: str
+    declaration_generation: int
+    csr_sha256: str
+    serial_number: str
+    certificate_pem: str
+    ca_chain_pem: str
+    root_cert_pem: str
+    not_before: AwareDatetime
+    not_after: AwareDatetime
+    signing_ca_fingerprint: str
+    signed_by: str
+    signed_at: AwareDatetime
+
+    def answers(self, *, cluster: str, name: str, csr_pem: str) -> bool:
+        """Whether this record is the answer to that request (same cluster, object and CSR)."""
+        return (self.cluster, self.name, self.csr_sha256) == (cluster, name, csr_digest(csr_pem))
+
+    def event_data(self, *, attempt: int) -> CertificateIssuedData:
+        return CertificateIssuedData(
+            name=self.name,
+            declaration_generation=self.declaration_generation,
+            attempt=attempt,
+            serial_number=self.serial_number,
+            certificate_pem=self.certificate_pem,
+            ca_chain_pem=self.ca_chain_pem,
+            root_cert_pem=self.root_cert_pem,
+            not_before=self.not_before,
+            not_after=self.not_after,
+        )
+
+
+def serial_hex(serial: int) -> str:
+    return format(serial, "x")

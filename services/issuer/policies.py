@@ -1,0 +1,229 @@
+"""The issuer's decisions as a chain of small pure policies, cert-manager style.
+
+Each policy is `func(input) -> Verdict(reason, message, denied)`; a chain runs its policies in
+order and the first denial wins. Two chains:
+
+- `DECLARATION_CHAIN` decides whether a declaration may be published to its cluster at all: the
+  signing Secret must exist and hold a usable CA, and hosts and org must fit in a certificate.
+  A denial here is written to the management object as FAILED with the message as its error.
+- `CSR_CHAIN` authorises one `csr.requested` against the declaration the issuer owns for the
+  cluster in the subject: the declaration exists (in *that* cluster's namespace), is the same
+  object and generation the agent answers, is not being deleted, its signing CA is usable, and
+  the CSR passes the PKI core's check (hosts and org exactly as declared, proof of possession,
+  key policy). A denial here becomes `certificate.denied` with the reason.
+
+Everything here is synchronous and pure (no I/O, no clock): the handlers gather the inputs, the
+policies decide. Messages are for operators and never quote the CSR or any key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from shared.events import CsrRequestedData
+from shared.k8s.models import IssuedCertificate
+from shared.pki import CsrRejected, InvalidHost, InvalidSubject, KeyPolicy, SigningCA, check_csr
+from shared.pki.names import parse_hosts, subject_for
+
+__all__ = [
+    "CSR_CHAIN",
+    "DECLARATION_CHAIN",
+    "CsrInput",
+    "DeclarationInput",
+    "SigningProblem",
+    "Verdict",
+    "authorise",
+    "check_declaration",
+    "run_chain",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one policy (or a whole chain) decided. `reason` is a stable CamelCase code."""
+
+    reason: str
+    message: str
+    denied: bool
+
+
+ALLOWED = Verdict("Allowed", "", denied=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SigningProblem:
+    """Why a declaration's signing CA cannot be used right now."""
+
+    reason: str
+    """`SigningSecretMissing` or `SigningSecretInvalid`."""
+    message: str
+
+
+SigningState = SigningCA | SigningProblem
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeclarationInput:
+    declaration: IssuedCertificate
+    signing: SigningState
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CsrInput:
+    cluster: str
+    """From the subject (per-cluster NATS permissions make it the sender's cluster)."""
+    request: CsrRequestedData
+    declaration: IssuedCertificate | None
+    """The IssuedCertificate `request.name` in namespace `cluster`, read live; None if absent."""
+    signing: SigningState | None
+    """None when there is no declaration to take a signing Secret from."""
+    policy: KeyPolicy
+
+
+T = TypeVar("T")
+
+
+def run_chain(chain: Sequence[Callable[[T], Verdict]], value: T) -> Verdict:
+    """The first denial of `chain`, or ALLOWED."""
+    for policy in chain:
+        verdict = policy(value)
+        if verdict.denied:
+            return verdict
+    return ALLOWED
+
+
+def _deny(reason: str, message: str) -> Verdict:
+    return Verdict(reason, message, denied=True)
+
+
+# --- declarations ------------------------------------------------------------------------------
+
+
+def signing_ca_usable(value: DeclarationInput) -> Verdict:
+    """A declaration whose signing Secret is missing or invalid cannot be served."""
+    if isinstance(value.signing, SigningProblem):
+        return _deny(value.signing.reason, value.signing.message)
+    return ALLOWED
+
+
+def names_fit_a_certificate(value: DeclarationInput) -> Verdict:
+    """hosts must be valid SANs and org/name must fit an X.509 subject."""
+    spec = value.declaration.spec
+    try:
+        parse_hosts(spec.hosts)
+        subject_for(org=spec.org, name=value.declaration.metadata.name)
+    except (InvalidHost, InvalidSubject) as exc:
+        return _deny("InvalidDeclaration", f"spec cannot be issued: {exc.message}")
+    return ALLOWED
+
+
+DECLARATION_CHAIN: tuple[Callable[[DeclarationInput], Verdict], ...] = (
+    signing_ca_usable,
+    names_fit_a_certificate,
+)
+
+
+def check_declaration(value: DeclarationInput) -> Verdict:
+    return run_chain(DECLARATION_CHAIN, value)
+
+
+# --- CSRs --------------------------------------------------------------------------------------
+
+
+def declaration_exists(value: CsrInput) -> Verdict:
+    if value.declaration is None:
+        return _deny(
+            "NoDeclaration",
+            f"cluster {value.cluster!r} has no IssuedCertificate {value.request.name!r}: the "
+            f"management cluster declares none of that name in namespace {value.cluster!r}",
+        )
+    return ALLOWED
+
+
+def same_declaration(value: CsrInput) -> Verdict:
+    """The uid guards against a declaration deleted and re-created under the same name."""
+    assert value.declaration is not None
+    uid = value.declaration.metadata.uid
+    if uid != value.request.declaration_uid:
+        return _deny(
+            "DeclarationReplaced",
+            f"IssuedCertificate {value.cluster}/{value.request.name} was re-created (uid {uid}); "
+            f"the CSR answers uid {value.request.declaration_uid}",
+        )
+    return ALLOWED
+
+
+def not_being_deleted(value: CsrInput) -> Verdict:
+    assert value.declaration is not None
+    if value.declaration.metadata.deletion_timestamp is not None:
+        return _deny(
+            "DeclarationDeleted",
+            f"IssuedCertificate {value.cluster}/{value.request.name} is being deleted",
+        )
+    return ALLOWED
+
+
+def generation_is_current(value: CsrInput) -> Verdict:
+    assert value.declaration is not None
+    current = value.declaration.metadata.generation or 1
+    asked = value.request.declaration_generation
+    if asked < current:
+        return _deny(
+            "SupersededGeneration",
+            f"the CSR answers generation {asked} of {value.cluster}/{value.request.name}; the "
+            f"declaration is at generation {current}",
+        )
+    if asked > current:
+        return _deny(
+            "UnknownGeneration",
+            f"the CSR answers generation {asked} of {value.cluster}/{value.request.name}, which "
+            f"the management cluster has not declared (it is at {current})",
+        )
+    return ALLOWED
+
+
+def signing_ca_ready(value: CsrInput) -> Verdict:
+    if isinstance(value.signing, SigningProblem):
+        return _deny(value.signing.reason, value.signing.message)
+    if value.signing is None:  # pragma: no cover - declaration_exists denies first
+        return _deny("SigningSecretMissing", "no signing Secret")
+    return ALLOWED
+
+
+def declaration_fits(value: CsrInput) -> Verdict:
+    assert value.declaration is not None
+    assert value.signing is not None
+    return names_fit_a_certificate(
+        DeclarationInput(declaration=value.declaration, signing=value.signing)
+    )
+
+
+def csr_matches_declaration(value: CsrInput) -> Verdict:
+    """The PKI core's check: hosts and org exactly, proof of possession, key policy."""
+    assert value.declaration is not None
+    spec = value.declaration.spec
+    try:
+        check_csr(
+            value.request.csr_pem.encode(), hosts=spec.hosts, org=spec.org, policy=value.policy
+        )
+    except CsrRejected as exc:
+        return _deny(exc.reason, exc.message)
+    return ALLOWED
+
+
+CSR_CHAIN: tuple[Callable[[CsrInput], Verdict], ...] = (
+    declaration_exists,
+    same_declaration,
+    not_being_deleted,
+    generation_is_current,
+    signing_ca_ready,
+    declaration_fits,
+    csr_matches_declaration,
+)
+
+
+def authorise(value: CsrInput) -> Verdict:
+    """Run `CSR_CHAIN`: ALLOWED, or the first denial."""
+    return run_chain(CSR_CHAIN, value)

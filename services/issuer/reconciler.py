@@ -1,0 +1,393 @@
+"""Declarations -> desired state: the management cluster's objects, published per cluster.
+
+Two level-based controllers over three informers (IssuedCertificates, PodBounceDirectives,
+signing Secrets). `reconcile_certificate(key)` and `reconcile_directive(key)` get a key, read
+the current state, decide, and write at most once:
+
+- An IssuedCertificate `<cluster>/<name>` is published to `meshtrust-desired` under
+  `<cluster>.issuedcertificates.<name>`: uid, generation, spec as declared, the namespace of its
+  `issuedCertificateSecret` (where the agent applies it) and the fingerprint of its signing
+  chain. A change of the signing Secret's CA changes that fingerprint, and so the value: the
+  agent re-issues (docs/issuer.md). If the signing Secret is missing or invalid, or the spec
+  cannot be issued, the declaration gets FAILED with an `issuer: ...` error and nothing is
+  published (a value published before stays: a broken Secret must not tear down the clusters'
+  certificates); once fixed, the error is cleared (PENDING) and publishing resumes.
+- A PodBounceDirective `<cluster>/<name>` is published under
+  `<cluster>.podbouncedirectives.<name>` with the namespace of the `podBounceDirective` reference
+  of the IssuedCertificate(s) of that cluster that name it; unreferenced, it is not published.
+- A declaration that is gone has its key deleted. A sweep of the bucket at start and every
+  `sweep_interval` enqueues every key's declaration, so keys of declarations deleted while no
+  issuer ran go too.
+
+Concurrency (two replicas may run): writes are compare-and-swap on the key's revision, a value
+is never replaced by one of an older generation of the same object, and before any write or
+delete the declaration is read again from the API, so a replica whose cache lags can neither
+resurrect a deleted declaration nor roll one back.
+
+Deliberately not here: anything about CSRs (handlers.py) or the agents' status (mirror.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from services.issuer.mirror import ISSUER_ERROR_PREFIX, cleared_status, issuer_failed
+from services.issuer.policies import DeclarationInput, Verdict, check_declaration
+from services.issuer.settings import IssuerSettings
+from services.issuer.signer import SigningCAs
+from shared.bus import Bucket, RevisionMismatch
+from shared.events import DesiredKind, DesiredObject, InvalidName, desired_key, parse_desired_key
+from shared.k8s import (
+    Controller,
+    ControllerSettings,
+    Done,
+    EventRecorder,
+    Informer,
+    InformerEvent,
+    KubeClient,
+    NotFound,
+    ObjectKey,
+    RequeueAfter,
+    update_model_status,
+    update_status,
+)
+from shared.k8s.controller import ReconcileResult
+from shared.k8s.models import IssuedCertificate, IssuedCertificateStatus, State
+from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
+from shared.runtime import get_logger
+
+log = get_logger(__name__)
+
+Obj = dict[str, Any]
+_CAS_ATTEMPTS = 5
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _live(kube: KubeClient, resource: Resource, key: ObjectKey) -> Obj | None:
+    """The object as the API has it now (None if gone); other API errors propagate."""
+    try:
+        return await kube.get(resource, key.name, namespace=key.namespace)
+    except NotFound:
+        return None
+
+
+def _identity(obj: Obj | None) -> tuple[str, int] | None:
+    if obj is None:
+        return None
+    meta = obj.get("metadata") or {}
+    return str(meta.get("uid") or ""), int(meta.get("generation") or 1)
+
+
+def _ref(obj: Obj, field: str) -> tuple[str, str] | None:
+    ref = (obj.get("spec") or {}).get(field)
+    if not isinstance(ref, dict):
+        return None
+    return str(ref.get("namespace") or ""), str(ref.get("name") or "")
+
+
+class Declarations:
+    """The desired-state publisher: informers, two controllers, the sweep."""
+
+    def __init__(
+        self,
+        *,
+        settings: IssuerSettings,
+        kube: KubeClient,
+        desired: Bucket,
+        signing_cas: SigningCAs,
+        executor: Executor,
+        recorder: EventRecorder,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._settings = settings
+        self._kube = kube
+        self._desired = desired
+        self._cas = signing_cas
+        self._executor = executor
+        self._recorder = recorder
+        self._clock = clock
+        self.certificates = Informer(kube, ISSUED_CERTIFICATES)
+        self.directives = Informer(kube, POD_BOUNCE_DIRECTIVES)
+        self.secrets = Informer(kube, SECRETS, namespace=settings.signing_namespace)
+        workers = ControllerSettings(workers=settings.workers)
+        self.certificate_controller = Controller(
+            name="issuer-certificates", reconcile=self.reconcile_certificate, settings=workers
+        )
+        self.certificate_controller.watch(self.certificates)
+        self.certificate_controller.watch(self.secrets, map_to=self._certificates_signed_by)
+        self.directive_controller = Controller(
+            name="issuer-directives", reconcile=self.reconcile_directive, settings=workers
+        )
+        self.directive_controller.watch(self.directives)
+        self.directive_controller.watch(self.certificates, map_to=self._directives_named_by)
+
+    @property
+    def informers(self) -> list[Informer]:
+        return [self.certificates, self.directives, self.secrets]
+
+    def synced(self) -> bool:
+        return all(informer.has_synced for informer in self.informers)
+
+    async def wait_synced(self) -> None:
+        for informer in self.informers:
+            await informer.wait_synced()
+
+    def is_cluster(self, namespace: str) -> bool:
+        return bool(namespace) and namespace not in self._settings.excluded_namespaces
+
+    # -- mapping events to keys -----------------------------------------------------------------
+
+    def _certificates_signed_by(self, event: InformerEvent) -> Iterable[ObjectKey]:
+        secret = (event.key.namespace, event.key.name)
+        return [
+            ObjectKey.of(obj)
+            for obj in self.certificates.items()
+            if _ref(obj, "signingCertificateSecret") == secret
+        ]
+
+    def _directives_named_by(self, event: InformerEvent) -> Iterable[ObjectKey]:
+        keys = set()
+        for obj in (event.object, event.old):
+            if obj is not None and (ref := _ref(obj, "podBounceDirective")) is not None:
+                keys.add(ObjectKey(event.key.namespace, ref[1]))
+        return keys
+
+    # -- IssuedCertificates ---------------------------------------------------------------------
+
+    async def reconcile_certificate(self, key: ObjectKey) -> ReconcileResult:
+        if not self.is_cluster(key.namespace):
+            return Done()
+        kv_key = desired_key(key.namespace, DesiredKind.ISSUED_CERTIFICATE, key.name)
+        raw = self.certificates.get(key)
+        if raw is None:
+            return await self._remove(kv_key, key, ISSUED_CERTIFICATES)
+        try:
+            declaration = IssuedCertificate.from_object(raw)
+        except ValidationError as exc:
+            fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors()[:5])
+            await self._fail_raw(key, f"the declaration cannot be read (fields: {fields})")
+            return Done()
+        ref = declaration.spec.signing_certificate_secret
+        secret = await _live(self._kube, SECRETS, ObjectKey(ref.namespace, ref.name))
+        signing, chain_fingerprint = await asyncio.get_running_loop().run_in_executor(
+            self._executor,
+            functools.partial(
+                self._cas.load, secret, namespace=ref.namespace, name=ref.name, now=self._clock()
+            ),
+        )
+        verdict = check_declaration(DeclarationInput(declaration=declaration, signing=signing))
+        desired: DesiredObject | None = None
+        if not verdict.denied:
+            try:
+                desired = DesiredObject(
+                    cluster=key.namespace,
+                    kind=DesiredKind.ISSUED_CERTIFICATE,
+                    name=key.name,
+                    namespace=declaration.spec.issued_certificate_secret.namespace,
+                    uid=declaration.metadata.uid or "",
+                    generation=declaration.metadata.generation or 1,
+                    spec=raw.get("spec") or {},
+                    signing_chain_fingerprint=chain_fingerprint,
+                )
+            except ValidationError:
+                verdict = Verdict(
+                    "InvalidDeclaration",
+                    "spec.issuedCertificateSecret.namespace is not a namespace name",
+                    denied=True,
+                )
+        if desired is None:
+            await self._fail(declaration, verdict.message)
+            return Done()
+        if issuer_failed(declaration.status):
+            await self._clear_failure(declaration)
+        return await self._publish(kv_key, desired, key, ISSUED_CERTIFICATES)
+
+    async def _fail(self, declaration: IssuedCertificate, message: str) -> None:
+        error = ISSUER_ERROR_PREFIX + message
+        log.warning("declaration not published", key=str(declaration.key), error=error)
+
+        def failed(ic: IssuedCertificate) -> IssuedCertificateStatus:
+            return ic.status.model_copy(
+                update={
+                    "state": State.FAILED,
+                    "error": error,
+                    "observed_generation": ic.metadata.generation or 0,
+                }
+            )
+
+        with contextlib.suppress(NotFound):
+            await update_model_status(
+                self._kube,
+                IssuedCertificate,
+                declaration.metadata.name,
+                namespace=declaration.metadata.namespace or "",
+                mutate=failed,
+                current=declaration,
+                recorder=self._recorder,
+            )
+
+    async def _fail_raw(self, key: ObjectKey, message: str) -> None:
+        error = ISSUER_ERROR_PREFIX + message
+        log.warning("declaration not published", key=str(key), error=error)
+
+        def failed(obj: Obj) -> Obj:
+            status = dict(obj.get("status") or {})
+            status.update(state=State.FAILED.value, error=error)
+            return status
+
+        with contextlib.suppress(NotFound):
+            await update_status(
+                self._kube, ISSUED_CERTIFICATES, key.name, namespace=key.namespace, mutate=failed
+            )
+
+    async def _clear_failure(self, declaration: IssuedCertificate) -> None:
+        now = self._clock()
+
+        def cleared(ic: IssuedCertificate) -> IssuedCertificateStatus:
+            return cleared_status(ic.status, now=now)
+
+        with contextlib.suppress(NotFound):
+            await update_model_status(
+                self._kube,
+                IssuedCertificate,
+                declaration.metadata.name,
+                namespace=declaration.metadata.namespace or "",
+                mutate=cleared,
+                current=declaration,
+                recorder=self._recorder,
+            )
+
+    # -- PodBounceDirectives --------------------------------------------------------------------
+
+    async def reconcile_directive(self, key: ObjectKey) -> ReconcileResult:
+        if not self.is_cluster(key.namespace):
+            return Done()
+        kv_key = desired_key(key.namespace, DesiredKind.POD_BOUNCE_DIRECTIVE, key.name)
+        raw = self.directives.get(key)
+        if raw is None:
+            return await self._remove(kv_key, key, POD_BOUNCE_DIRECTIVES)
+        namespaces = sorted(
+            {
+                ref[0]
+                for obj in self.certificates.items()
+                if ObjectKey.of(obj).namespace == key.namespace
+                and (ref := _ref(obj, "podBounceDirective")) is not None
+                and ref[1] == key.name
+            }
+        )
+        if not namespaces:
+            # No IssuedCertificate of the cluster names it: nowhere to apply it remotely.
+            return await self._remove(kv_key, key, POD_BOUNCE_DIRECTIVES, live_check=False)
+        if len(namespaces) > 1:
+            await self._recorder.record(
+                raw,
+                type="Warning",
+                reason="AmbiguousNamespace",
+                message=f"IssuedCertificates of cluster {key.namespace} name this directive in "
+                f"namespaces {', '.join(namespaces)}; one directive applies in one namespace",
+            )
+            return Done()
+        meta = raw.get("metadata") or {}
+        try:
+            desired = DesiredObject(
+                cluster=key.namespace,
+                kind=DesiredKind.POD_BOUNCE_DIRECTIVE,
+                name=key.name,
+                namespace=namespaces[0],
+                uid=str(meta.get("uid") or ""),
+                generation=int(meta.get("generation") or 1),
+                spec=raw.get("spec") or {},
+            )
+        except ValidationError:
+            log.warning("directive not published: bad podBounceDirective namespace", key=str(key))
+            return Done()
+        return await self._publish(kv_key, desired, key, POD_BOUNCE_DIRECTIVES)
+
+    # -- writing the bucket ---------------------------------------------------------------------
+
+    async def _publish(
+        self, kv_key: str, desired: DesiredObject, key: ObjectKey, resource: Resource
+    ) -> ReconcileResult:
+        value = desired.model_dump_json().encode()
+        for _ in range(_CAS_ATTEMPTS):
+            entry = await self._desired.get(kv_key)
+            if entry is not None:
+                existing = _parse(entry.value)
+                if existing == desired:
+                    return Done()
+                if (
+                    existing is not None
+                    and existing.uid == desired.uid
+                    and existing.generation > desired.generation
+                ):
+                    return Done()  # another replica saw a newer generation; our cache lags
+            if _identity(await _live(self._kube, resource, key)) != (
+                desired.uid,
+                desired.generation,
+            ):
+                return Done()  # the cache lags the API; its next event brings us back
+            try:
+                if entry is None:
+                    await self._desired.create(kv_key, value)
+                else:
+                    await self._desired.update(kv_key, value, last=entry.revision)
+            except RevisionMismatch:
+                continue
+            log.info(
+                "desired state published",
+                key=kv_key,
+                generation=desired.generation,
+                remote_namespace=desired.namespace,
+            )
+            return Done()
+        return RequeueAfter(0.5)
+
+    async def _remove(
+        self, kv_key: str, key: ObjectKey, resource: Resource, *, live_check: bool = True
+    ) -> ReconcileResult:
+        if await self._desired.get(kv_key) is None:
+            return Done()
+        if live_check and await _live(self._kube, resource, key) is not None:
+            return Done()  # the cache lags: the object is back (or never went)
+        await self._desired.delete(kv_key)
+        log.info("desired state deleted", key=kv_key)
+        return Done()
+
+    # -- the sweep ------------------------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """Enqueue the declaration of every key in the bucket (the reconcile deletes orphans)."""
+        try:
+            keys = await self._desired.keys()
+        except Exception:  # the bus may be reconnecting: the next sweep tries again
+            log.warning("desired-state sweep failed", exc_info=True)
+            return
+        for kv_key in keys:
+            try:
+                cluster, kind, name = parse_desired_key(kv_key)
+            except InvalidName:
+                continue
+            controller = (
+                self.certificate_controller
+                if kind is DesiredKind.ISSUED_CERTIFICATE
+                else self.directive_controller
+            )
+            controller.queue.add(ObjectKey(cluster, name))
+
+
+def _parse(value: bytes) -> DesiredObject | None:
+    try:
+        return DesiredObject.model_validate_json(value)
+    except ValidationError:
+        return None

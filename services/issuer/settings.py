@@ -1,0 +1,156 @@
+"""The issuer's settings (`MESHTRUST_ISSUER_*`), read once from the environment and frozen.
+
+Groups shared with the other services keep their own prefixes and are composed as fields:
+`MESHTRUST_NATS_*`, `MESHTRUST_KUBE_*`, `MESHTRUST_HEALTH_*`, `MESHTRUST_LOG_*`. Every field says
+its unit and why its default.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from datetime import timedelta
+from typing import Annotated, Self
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from shared.bus import NatsSettings
+from shared.k8s.config import KubeSettings
+from shared.k8s.durations import parse_duration
+from shared.pki import KeyPolicy
+from shared.runtime import LoggingSettings, MeshtrustSettings
+from shared.runtime.health import HealthSettings
+
+
+def _hostname() -> str:
+    # The pod name in Kubernetes, made to fit the envelope's `source` pattern.
+    name = re.sub(r"[^a-z0-9.-]", "-", socket.gethostname().lower())[:253]
+    return name or "issuer"
+
+
+DEFAULT_EXCLUDED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
+    instance: str = Field(
+        default_factory=_hostname,
+        pattern=r"^[a-z0-9.-]{1,253}$",
+        description="This replica's name (the pod name in Kubernetes): events carry "
+        "source 'issuer/<instance>' and the ledger names who signed.",
+    )
+
+    # --- what is signed ---
+    max_ttl: timedelta = Field(
+        default=timedelta(days=730),
+        gt=timedelta(0),
+        description="Longest lifetime of an issued intermediate, whatever certOptions asks "
+        "(a Go duration such as '17520h' in the environment, as certOptions.ttl; plain "
+        "seconds or ISO 8601 work too). Two years: an intermediate that a remote cluster "
+        "holds longer should be renewed, not trusted blindly.",
+    )
+    backdate: timedelta = Field(
+        default=timedelta(minutes=5),
+        ge=timedelta(0),
+        description="notBefore is this much before signing, for clock skew between clusters "
+        "(a duration, as max_ttl).",
+    )
+    path_len: int = Field(
+        default=0,
+        ge=0,
+        description="pathLenConstraint of issued intermediates: 0, they sign workloads only.",
+    )
+    rsa_min_bits: int = Field(default=2048, ge=2048, description="Smallest RSA CSR key, bits.")
+    rsa_max_bits: int = Field(default=8192, ge=2048, description="Largest RSA CSR key, bits.")
+    ecdsa_curves: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("secp256r1", "secp384r1"),
+        description="Allowed CSR curves, comma-separated (P-256, P-384: what Istio supports).",
+    )
+
+    # --- which declarations ---
+    excluded_namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_EXCLUDED_NAMESPACES,
+        description="Namespaces that are not cluster registrations, comma-separated (add the "
+        "issuer's own namespace, where the signing Secrets usually live).",
+    )
+    signing_namespace: str | None = Field(
+        default=None,
+        description="Watch signing Secrets only in this namespace; unset watches all namespaces.",
+    )
+    sweep_interval: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds between sweeps of the desired-state bucket for keys whose "
+        "declaration is gone (deletions missed while no issuer ran).",
+    )
+
+    # --- bus consumers ---
+    csr_durable: str = Field(default="issuer", description="Durable consumer of csr.requested.")
+    status_durable: str = Field(
+        default="issuer-status", description="Durable consumer of status.changed."
+    )
+    csr_in_flight: int = Field(
+        default=16,
+        ge=1,
+        description="CSRs handled at once per replica: signing is CPU-bound, so a few more "
+        "than the signing threads keep them busy while others wait on the API and the bus.",
+    )
+    csr_batch: int = Field(default=8, ge=1, description="CSRs fetched per pull request.")
+    status_in_flight: int = Field(default=32, ge=1, description="Status reports handled at once.")
+    fetch_timeout: float = Field(
+        default=1.0, gt=0, description="Seconds a pull waits when idle; also how fast stop is seen."
+    )
+    ack_wait: float = Field(
+        default=30.0, gt=0, description="Seconds before an unacknowledged CSR is redelivered."
+    )
+    signing_threads: int = Field(
+        default=2, ge=1, description="Threads that sign (one per core keeps the loop free)."
+    )
+    grace: float = Field(
+        default=20.0, gt=0, description="Seconds in-flight work may take after SIGTERM."
+    )
+    workers: int = Field(default=2, ge=1, description="Concurrent reconciles (of distinct keys).")
+
+    # --- groups ---
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    kube: KubeSettings = Field(default_factory=KubeSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @field_validator("ecdsa_curves", "excluded_namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("max_ttl", "backdate", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.replace(".", "", 1).isdigit():
+                return float(text)  # seconds
+            try:
+                return parse_duration(text)
+            except ValueError:
+                return value  # ISO 8601, or an error pydantic reports
+        return value
+
+    @model_validator(mode="after")
+    def _policy_is_possible(self) -> Self:
+        self.key_policy()  # raises ValueError, which pydantic reports against the settings
+        return self
+
+    @property
+    def source(self) -> str:
+        """The envelope's `source` of everything this replica publishes."""
+        return f"issuer/{self.instance}"
+
+    def key_policy(self) -> KeyPolicy:
+        """The CSR key policy (raises ValueError for an impossible combination)."""
+        return KeyPolicy(
+            rsa_min_bits=self.rsa_min_bits,
+            rsa_max_bits=self.rsa_max_bits,
+            ecdsa_curves=frozenset(self.ecdsa_curves),
+        )
