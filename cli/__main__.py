@@ -1,9 +1,10 @@
 """`meshtrust` (also `python -m cli`): the operator's command line.
 
-Subcommands register themselves in `COMMANDS` (name -> (help, add_arguments, run)); `ledger`
-lists the issuance ledger. Later subcommands (demo, devstack, status, audit, nats-config) add an
-entry and a module each. The CLI imports `shared` only, never a service: it reads what the
-services publish in its published formats.
+Subcommands register in `COMMANDS` (name -> (help, add_arguments, run)), a module each: `demo`
+and `devstack` (the local stack), `status` (every IssuedCertificate of the management cluster),
+`audit` (the event stream), `ledger` (every signature), `nats-config` (per-cluster NATS users).
+The CLI imports `shared` and `devstack`, never a service: it reads what the services publish in
+their published formats.
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from cli import ledger
+from cli import audit, demo, ledger, natsconfig, stack, status
 from shared.runtime import LoggingSettings, configure_logging
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 COMMANDS: dict[str, Command] = {
+    "demo": (demo.HELP, demo.add_arguments, demo.run),
+    "devstack": (stack.HELP, stack.add_arguments, stack.run),
+    "status": (status.HELP, status.add_arguments, status.run),
+    "audit": (audit.HELP, audit.add_arguments, audit.run),
     "ledger": (ledger.HELP, ledger.add_arguments, ledger.run),
+    "nats-config": (natsconfig.HELP, natsconfig.add_arguments, natsconfig.run),
 }
 
 

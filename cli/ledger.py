@@ -1,7 +1,8 @@
 """`meshtrust ledger`: list every signature of the central CA, from the ledger stream.
 
 Reads `MESHTRUST_LEDGER` (the issuer's append-only stream) with the NATS settings of the
-environment (`MESHTRUST_NATS_*`; `--nats-url` overrides the servers). Prints a table, or one JSON
+environment (`MESHTRUST_NATS_*`), or those of a recorded local stack (`cli.connect`);
+`--nats-url` overrides the servers. Prints a table, or one JSON
 object per line with `--json`. Never provisions anything: a missing ledger is an error.
 The entry format is the issuer's `LedgerEntry` (schema_version 1), read here as plain JSON.
 """
@@ -14,7 +15,8 @@ import json
 import sys
 from typing import Any, TextIO
 
-from shared.bus import Bus, BusError, NatsSettings
+from cli.connect import reader_settings
+from shared.bus import Bus, BusError
 from shared.bus.ledger import Ledger, LedgerError
 
 HELP = "list the issuance ledger (every certificate the issuer signed)"
@@ -53,9 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
-    settings = NatsSettings(provision=False)
-    if args.nats_url:
-        settings = settings.model_copy(update={"urls": tuple(args.nats_url)})
+    settings = reader_settings(args.nats_url)
     rows: list[dict[str, Any]] = []
     async with Bus.connect(settings) as bus:
         ledger = Ledger(

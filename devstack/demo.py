@@ -184,7 +184,7 @@ def summary(progress: dict[str, Progress]) -> str:
 def run(
     *,
     root: Path,
-    clusters: int = 2,
+    remotes: list[str],
     key_algorithm: str = "ECDSA",
     ttl: str | None = None,
     keep: bool = False,
@@ -192,7 +192,6 @@ def run(
     out: TextIO = sys.stdout,
 ) -> int:
     """The demo; 0 when every cluster is FINISHED with a verified bundle and replaced pods."""
-    remotes = ["east", "west"][:clusters] if clusters <= 2 else [f"c{i}" for i in range(clusters)]
     stack = Stack(root, remotes=remotes)
     say = functools.partial(print, file=out, flush=True)
     say(f"starting the local stack in {root}: nats-server, clusters mgmt + {', '.join(remotes)}")
@@ -204,8 +203,10 @@ def run(
     try:
         asyncio.run(follow(stack, progress, declared=declared, within=timeout, out=out))
         say("\n" + summary(progress) + "\n")
-        say(f"look around: kubectl --kubeconfig {stack.kubeconfig(remotes[0])} get ic -A")
-        say(f"             kubectl --kubeconfig {stack.kubeconfig(MGMT)} get ic -A")
+        how = "look around" if keep else "with --keep (make demo DEMO_ARGS=--keep), look around"
+        say(f"{how}: kubectl --kubeconfig {stack.kubeconfig(remotes[0])} get ic -A")
+        say(f"  {' ' * len(how)}kubectl --kubeconfig {stack.kubeconfig(MGMT)} get ic -A")
+        say("  and: meshtrust status, meshtrust audit, meshtrust ledger")
         return 0 if all(p.verified for p in progress.values()) else 1
     finally:
         if keep:

@@ -22,8 +22,12 @@ from shared.events import DESIRED_BUCKET, check_cluster_name
 
 STREAM = "MESHTRUST"
 RECORDS = "MESHTRUST_CONSUMED"
+LEDGER = "MESHTRUST_LEDGER"
 KV_STREAM = f"KV_{DESIRED_BUCKET}"
 ISSUER_USER = "issuer"
+AUDITOR_USER = "auditor"
+"""Reads the event stream and the ledger, nothing else (`meshtrust audit`, `meshtrust ledger`)."""
+AUDITOR_INBOX = "_INBOX_auditor"
 
 
 @dataclass(frozen=True)
@@ -90,23 +94,51 @@ def permissions(user: ClusterUser) -> dict[str, object]:
     }
 
 
+def auditor_permissions() -> dict[str, object]:
+    """Read-only: ephemeral consumers on the event stream and the ledger, nothing published."""
+    api = "$JS.API"
+    publish = [f"{api}.INFO"]
+    for stream in (STREAM, LEDGER):
+        publish += [
+            f"{api}.STREAM.INFO.{stream}",
+            f"{api}.CONSUMER.CREATE.{stream}",
+            f"{api}.CONSUMER.CREATE.{stream}.>",
+            f"{api}.CONSUMER.INFO.{stream}.*",
+            f"{api}.CONSUMER.MSG.NEXT.{stream}.*",
+            f"{api}.CONSUMER.DELETE.{stream}.*",
+        ]
+    return {"publish": {"allow": publish}, "subscribe": {"allow": [f"{AUDITOR_INBOX}.>"]}}
+
+
 def render(
     *,
     clusters: Iterable[str],
-    passwords: Mapping[str, str],
+    passwords: Mapping[str, str] | None = None,
+    nkeys: Mapping[str, str] | None = None,
     host: str = "127.0.0.1",
     port: int = 4222,
     store_dir: str | None = None,
 ) -> str:
-    """The nats-server configuration (JSON) for `clusters`; `passwords` maps user -> password."""
-    cluster_users = users_for(clusters)
+    """The nats-server configuration (JSON) for `clusters`.
+
+    Each user authenticates either with a password (`passwords`: user -> password; the local
+    stack) or with an nkey (`nkeys`: user -> public key, `U...`; production: the config then
+    holds no secret, and each service gets only its own seed file).
+    """
+    if (passwords is None) == (nkeys is None):
+        raise ValueError("give either passwords or nkeys")
+
+    def credential(user: str) -> dict[str, object]:
+        if nkeys is not None:
+            return {"nkey": nkeys[user]}
+        assert passwords is not None
+        return {"user": user, "password": passwords[user]}
+
     users: list[dict[str, object]] = [
-        {"user": ISSUER_USER, "password": passwords[ISSUER_USER]},
+        credential(ISSUER_USER),
+        {**credential(AUDITOR_USER), "permissions": auditor_permissions()},
     ]
-    users += [
-        {"user": u.name, "password": passwords[u.name], "permissions": permissions(u)}
-        for u in cluster_users
-    ]
+    users += [{**credential(u.name), "permissions": permissions(u)} for u in users_for(clusters)]
     config: dict[str, object] = {
         "host": host,
         "port": port,
@@ -117,4 +149,4 @@ def render(
 
 
 def user_names(clusters: Iterable[str]) -> list[str]:
-    return [ISSUER_USER, *(u.name for u in users_for(clusters))]
+    return [ISSUER_USER, AUDITOR_USER, *(u.name for u in users_for(clusters))]
