@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 
 import nats.errors
@@ -23,6 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from shared.bus.connection import Connection
+from shared.runtime.errors import TransientError
 from shared.runtime.logging import get_logger
 
 log = get_logger(__name__)
@@ -60,7 +61,21 @@ class RevisionMismatch(Exception):
     """A compare-and-swap lost: the key changed (or appeared) since the revision given."""
 
 
+@contextlib.contextmanager
+def _transient(bucket: str, key: str, action: str) -> Iterator[None]:
+    """NATS failing under a KV call is a transient error: the caller naks and comes back."""
+    try:
+        yield
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise TransientError(f"cannot {action} {bucket}/{key}: {type(exc).__name__}") from None
+
+
 class Bucket:
+    """A KV bucket. Errors: `RevisionMismatch` for a lost compare-and-swap, `TransientError`
+    when NATS cannot be reached or answers with an error (the bus naks and retries). A write
+    that raised `TransientError` may still land later (the client buffers it through a
+    reconnect): its outcome is unknown, and callers look again rather than assume."""
+
     def __init__(self, connection: Connection, kv: KeyValue, name: str) -> None:
         self._connection = connection
         self._kv = kv
@@ -71,11 +86,14 @@ class Bucket:
             entry = await self._kv.get(key)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise TransientError(f"cannot read {self.name}/{key}: {type(exc).__name__}") from None
         # nats-py gives an empty value as None; a deleted key raised above.
         return KvEntry(key=key, value=entry.value or b"", revision=entry.revision or 0)
 
     async def put(self, key: str, value: bytes) -> int:
-        return await self._kv.put(key, value)
+        with _transient(self.name, key, "write"):
+            return await self._kv.put(key, value)
 
     async def create(self, key: str, value: bytes) -> int:
         """Write only if the key does not exist; `RevisionMismatch` otherwise."""
@@ -83,6 +101,8 @@ class Bucket:
             return await self._kv.create(key, value)
         except nats.js.errors.KeyWrongLastSequenceError:
             raise RevisionMismatch(f"{self.name}/{key} exists already") from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise TransientError(f"cannot create {self.name}/{key}: {type(exc).__name__}") from None
 
     async def update(self, key: str, value: bytes, *, last: int) -> int:
         """Write only if the key's revision is still `last`; `RevisionMismatch` otherwise."""
@@ -90,9 +110,12 @@ class Bucket:
             return await self._kv.update(key, value, last=last)
         except nats.js.errors.KeyWrongLastSequenceError:
             raise RevisionMismatch(f"{self.name}/{key} changed since revision {last}") from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise TransientError(f"cannot update {self.name}/{key}: {type(exc).__name__}") from None
 
     async def delete(self, key: str) -> None:
-        await self._kv.delete(key)
+        with _transient(self.name, key, "delete"):
+            await self._kv.delete(key)
 
     async def keys(self, pattern: str = ">") -> list[str]:
         cursor = await self._open_cursor(pattern)
