@@ -69,7 +69,7 @@ async def serve(
         log.info("bouncer starting", cluster=settings.cluster, durable=settings.durable)
         await supervise(
             [consumer, health],
-            grace=settings.shutdown_grace,
+            grace=settings.grace,
             stop=stop,
             handle_signals=handle_signals,
         )

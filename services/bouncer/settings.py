@@ -85,7 +85,7 @@ class BouncerSettings(MeshtrustSettings, env_prefix="MESHTRUST_BOUNCER_"):
         default=1.0, gt=0, description="Seconds before redelivering after a transient failure."
     )
     retry_max: float = Field(default=60.0, gt=0, description="Cap of that backoff, in seconds.")
-    shutdown_grace: float = Field(
+    grace: float = Field(
         default=20.0,
         gt=0,
         description="Seconds a stopping bouncer lets a running bounce go on before cancelling "
