@@ -22,9 +22,6 @@ from datetime import datetime
 import nats.errors
 import nats.js.errors
 from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
     DiscardPolicy,
     RetentionPolicy,
     StorageType,
@@ -33,6 +30,7 @@ from nats.js.api import (
 
 from shared.bus.connection import BusError, Connection
 from shared.bus.publishing import MSG_ID, RETRIABLE, PublishError
+from shared.bus.reading import StreamNotFound, read_stream
 from shared.runtime.logging import get_logger
 from shared.runtime.retry import RetryPolicy, retry
 
@@ -147,43 +145,21 @@ class Ledger:
     async def read(
         self, *, start: int = 1, subject: str | None = None, batch: int = 256
     ) -> AsyncIterator[LedgerEntry]:
-        """Every entry from sequence `start` (optionally of one subject filter), in order.
-
-        Reads through an ephemeral, unacknowledged consumer and stops at the end of what was
-        stored when the read began.
-        """
-        js = self._connection.js
-        settings = self._connection.settings
-        config = ConsumerConfig(
-            ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
-            opt_start_seq=start if start > 1 else None,
-            inactive_threshold=30.0,
-        )
+        """Every entry from sequence `start` (optionally of one subject filter), in order,
+        up to the end of what was stored when the read began."""
         try:
-            sub = await js.pull_subscribe(
-                subject or self._subjects[0], stream=self.stream, config=config
-            )
-        except nats.js.errors.NotFoundError:
+            async for stored in read_stream(
+                self._connection,
+                self.stream,
+                subject=subject or self._subjects[0],
+                start=start,
+                batch=batch,
+            ):
+                yield LedgerEntry(
+                    sequence=stored.sequence,
+                    subject=stored.subject,
+                    time=stored.time,
+                    data=stored.data,
+                )
+        except StreamNotFound:
             raise LedgerError(f"ledger stream {self.stream} does not exist") from None
-        try:
-            remaining = (await sub.consumer_info()).num_pending or 0
-            while remaining > 0:
-                try:
-                    msgs = await sub.fetch(min(remaining, batch), timeout=settings.request_timeout)
-                except TimeoutError:
-                    break
-                for msg in msgs:
-                    meta = msg.metadata
-                    yield LedgerEntry(
-                        sequence=meta.sequence.stream,
-                        subject=msg.subject,
-                        time=meta.timestamp,
-                        data=msg.data,
-                    )
-                remaining -= len(msgs)
-        finally:
-            try:
-                await sub.unsubscribe()
-            except nats.errors.Error as exc:
-                log.debug("unsubscribe failed", error_type=type(exc).__name__)

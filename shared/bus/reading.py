@@ -20,6 +20,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from shared.bus.connection import BusError, Connection
 
 
+class StreamNotFound(BusError):
+    """The stream to read does not exist."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
     sequence: int
@@ -48,7 +52,7 @@ async def read_stream(
     try:
         sub = await connection.js.pull_subscribe(subject, stream=stream, config=config)
     except nats.js.errors.NotFoundError:
-        raise BusError(f"stream {stream} does not exist") from None
+        raise StreamNotFound(f"stream {stream} does not exist") from None
     try:
         remaining = (await sub.consumer_info()).num_pending or 0
         while follow or remaining > 0:

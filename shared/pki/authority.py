@@ -40,7 +40,7 @@ from shared.pki.fingerprints import fingerprint
 from shared.pki.keys import PrivateKey, load_private_key, public_key_der, signature_hash
 from shared.pki.pem import certificates_to_pem, describe_certificate, load_certificates, spki_of
 
-__all__ = ["ISTIO_FIELDS", "TLS_FIELDS", "SigningCA", "load_signing_ca"]
+__all__ = ["CA_KEY_USAGE", "ISTIO_FIELDS", "TLS_FIELDS", "SigningCA", "load_signing_ca"]
 
 ISTIO_FIELDS = ("ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem")
 TLS_FIELDS = ("tls.crt", "tls.key", "ca.crt")
@@ -48,7 +48,7 @@ TLS_FIELDS = ("tls.crt", "tls.key", "ca.crt")
 _SIGNER_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 _MIN_SIGNER_RSA_BITS = 2048
 
-_ISSUED_KEY_USAGE = x509.KeyUsage(
+CA_KEY_USAGE = x509.KeyUsage(
     digital_signature=True,
     content_commitment=False,
     key_encipherment=False,
@@ -153,7 +153,7 @@ class SigningCA:
                 x509.CertificateBuilder()
                 .issuer_name(self.cert.subject)
                 .add_extension(x509.BasicConstraints(ca=True, path_length=path_len), critical=True)
-                .add_extension(_ISSUED_KEY_USAGE, critical=True)
+                .add_extension(CA_KEY_USAGE, critical=True)
                 .add_extension(self.authority_key_identifier, critical=False)
             )
             self._builders[path_len] = builder

@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from shared.pki.authority import CA_KEY_USAGE
 from shared.pki.keys import (
     KeySpec,
     generate_private_key,
@@ -25,18 +26,6 @@ from shared.pki.keys import (
 )
 
 __all__ = ["create_root_ca"]
-
-_ROOT_KEY_USAGE = x509.KeyUsage(
-    digital_signature=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=True,
-    crl_sign=True,
-    encipher_only=False,
-    decipher_only=False,
-)
 
 
 def create_root_ca(
@@ -69,7 +58,7 @@ def create_root_ca(
         .not_valid_before((now - dt.timedelta(minutes=5)).replace(microsecond=0))
         .not_valid_after((now + ttl).replace(microsecond=0))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(_ROOT_KEY_USAGE, critical=True)
+        .add_extension(CA_KEY_USAGE, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .sign(key, signature_hash(key))
     )
