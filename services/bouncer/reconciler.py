@@ -60,6 +60,7 @@ from shared.k8s.models import (
 from shared.k8s.resources import CONFIG_MAPS, DEPLOYMENTS, PODS, SECRETS, Resource
 from shared.k8s.status import update_model_status
 from shared.runtime import RetryPolicy, TransientError, get_logger, retry
+from shared.runtime.locks import KeyedLocks
 
 log = get_logger(__name__)
 
@@ -113,7 +114,7 @@ class Bouncer:
     """A status write that meets a Transient error is retried for 30 s: after pods were
     deleted, giving up on the record would make a redelivery delete their replacements."""
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    _locks: dict[ObjectKey, asyncio.Lock] = field(default_factory=dict, init=False, repr=False)
+    _locks: KeyedLocks[ObjectKey] = field(default_factory=KeyedLocks, init=False, repr=False)
 
     async def bounce(
         self, *, directive: ObjectRef, issued_certificate: ObjectRef, issuance: str
@@ -124,8 +125,7 @@ class Bouncer:
         the API server is unwell (the caller redelivers; the record makes that resume).
         """
         key = ObjectKey(directive.namespace, directive.name)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        async with self._locks.hold(key):
             run = _Run(
                 self,
                 key=key,

@@ -23,6 +23,7 @@ anything from the CSR but names and fingerprints.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
@@ -37,7 +38,7 @@ from services.issuer.mirror import mirrored_status
 from services.issuer.policies import CsrInput, Verdict, authorise
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, sign
-from shared.bus import Bucket, Bus, Delivery, PublishError, RevisionMismatch
+from shared.bus import Bucket, Bus, Delivery, KvEntry, PublishError, RevisionMismatch
 from shared.bus.ledger import Ledger
 from shared.events import (
     CertificateDenied,
@@ -53,6 +54,7 @@ from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS, Resource
 from shared.pki import IssuedCertificate as Signed
 from shared.pki import SigningCA
 from shared.runtime import PermanentError, TransientError, get_logger
+from shared.runtime.locks import KeyedLocks
 
 log = get_logger(__name__)
 
@@ -101,6 +103,7 @@ class CsrHandler:
         self._bus = bus
         self._kube = kube
         self._issued = issued
+        self._issuances: KeyedLocks[str] = KeyedLocks()
         self._ledger = ledger
         self._executor = executor
         self._cas = signing_cas
@@ -111,9 +114,15 @@ class CsrHandler:
         if not isinstance(event, CsrRequested):
             raise PermanentError("UnexpectedType", f"the issuer does not handle {event.type}")
         key = issued_key(event.cluster, event.issuance)
+        # Copies of one issuance (a redelivery, the agent's re-send) handled at once in this
+        # process wait for each other: the first signs, the others answer from its record.
+        async with self._issuances.hold(key):
+            await self._handle(event, key)
+
+    async def _handle(self, event: CsrRequested, key: str) -> None:
         entry = await self._issued.get(key)
         if entry is not None:
-            await self._answer_again(event, IssuedRecord.model_validate_json(entry.value))
+            await self._answer_again(event, IssuedRecord.model_validate_json(entry.value), entry)
             return
         try:
             declaration, secret = await self._read_state(event)
@@ -230,22 +239,23 @@ class CsrHandler:
             signed_by=self._settings.instance,
             signed_at=now,
         )
-        try:
-            await record_signature(self._ledger, entry)
-        except PublishError as exc:
-            raise TransientError(f"ledger append failed: {exc}") from None
+        record = record.model_copy(update={"ledger_entry": entry.model_dump_json()})
         key = issued_key(event.cluster, event.issuance)
         try:
-            await self._issued.create(key, record.model_dump_json().encode())
+            # The record claims the issuance: of two replicas signing it at once, only the one
+            # whose record is stored sends its certificate and appends it to the ledger; the
+            # other's certificate never leaves the process.
+            revision = await self._issued.create(key, record.model_dump_json().encode())
         except RevisionMismatch:
-            # Another replica answered this issuance meanwhile: send its certificate, so that
-            # one issuance has one serial. Ours is in the ledger, and was never sent.
             existing = await self._issued.get(key)
             if existing is None:
                 raise TransientError("issued record vanished while racing") from None
             log.info("another replica signed this issuance first", discarded_serial=serial)
-            await self._answer_again(event, IssuedRecord.model_validate_json(existing.value))
+            await self._answer_again(
+                event, IssuedRecord.model_validate_json(existing.value), existing
+            )
             return
+        await self._ensure_ledgered(key, record, revision)
         log.info(
             "certificate signed",
             name=event.data.name,
@@ -256,7 +266,27 @@ class CsrHandler:
         )
         await self._publish_issued(event, record)
 
-    async def _answer_again(self, event: CsrRequested, record: IssuedRecord) -> None:
+    async def _ensure_ledgered(self, key: str, record: IssuedRecord, revision: int) -> None:
+        """Append the record's ledger entry if still owed, then note its sequence in the record.
+
+        Owed only between the record's creation and this call (a crash there leaves it owed for
+        the next copy of the request). The append is idempotent within the stream's duplicate
+        window (`Nats-Msg-Id` <issuance>:<serial>): one serial, one ledger entry."""
+        if record.ledger_sequence is not None or record.ledger_entry is None:
+            return
+        try:
+            sequence = await record_signature(
+                self._ledger, LedgerEntry.model_validate_json(record.ledger_entry)
+            )
+        except PublishError as exc:
+            raise TransientError(f"ledger append failed: {exc}") from None
+        done = record.model_copy(update={"ledger_sequence": sequence})
+        with contextlib.suppress(RevisionMismatch):  # someone noted it already
+            await self._issued.update(key, done.model_dump_json().encode(), last=revision)
+
+    async def _answer_again(
+        self, event: CsrRequested, record: IssuedRecord, entry: KvEntry
+    ) -> None:
         if not record.answers(
             cluster=event.cluster, name=event.data.name, csr_pem=event.data.csr_pem
         ):
@@ -271,6 +301,7 @@ class CsrHandler:
                 None,
             )
             return
+        await self._ensure_ledgered(entry.key, record, entry.revision)
         log.info(
             "issuance answered before; sending the same certificate", serial=record.serial_number
         )

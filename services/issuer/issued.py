@@ -51,6 +51,10 @@ class IssuedRecord(BaseModel):
     signing_ca_fingerprint: str
     signed_by: str
     signed_at: AwareDatetime
+    ledger_entry: str | None = None
+    """The ledger entry of this signature (JSON), appended after this record is stored."""
+    ledger_sequence: int | None = None
+    """Its sequence in the ledger once appended; None means the append is still owed."""
 
     def answers(self, *, cluster: str, name: str, csr_pem: str) -> bool:
         """Whether this record is the answer to that request (same cluster, object and CSR)."""
