@@ -82,6 +82,12 @@ class ClientSettings:
     user_agent: str = "meshtrust"
     """Sent on every request, so the apiserver's audit log names us."""
 
+    trust_env: bool = False
+    """Take proxies from HTTP(S)_PROXY / NO_PROXY and credentials from ~/.netrc, as
+    kubernetes-asyncio does by default. Off by default: with it, aiohttp makes two thread hops
+    per request (measured: ~1 ms of CPU per request instead of ~0.3 ms), and a kubeconfig's
+    `proxy-url` still applies either way."""
+
 
 @dataclass(frozen=True, slots=True)
 class ObjectList:
@@ -309,6 +315,8 @@ class KubeClient:
             ) from exc
         api = ApiClient(configuration=configuration)
         api.user_agent = self._settings.user_agent
+        if not self._settings.trust_env:
+            _without_env_lookups(api)
         self._api = api
         return self
 
@@ -616,3 +624,19 @@ class KubeClient:
         """Create an IssuedCertificate or PodBounceDirective from its model."""
         raw = await self.create(_MODEL_RESOURCES[type(obj)], obj.to_object())
         return type(obj).from_object(raw)
+
+
+def _without_env_lookups(api: ApiClient) -> None:
+    """Give the library's REST client a session that does not consult the environment.
+
+    kubernetes-asyncio builds its aiohttp session with `trust_env=True`; the connector (TLS
+    context, pool size) is kept, only the session around it is replaced."""
+    rest = api.rest_client
+    old = rest.pool_manager
+    connector = old.connector
+    old.detach()  # leaves the connector open for the new session
+    # 2 MiB read buffer, as the library sets it: watch events of large objects exceed aiohttp's
+    # default (etcd allows 1.5 MiB requests).
+    rest.pool_manager = aiohttp.ClientSession(
+        connector=connector, trust_env=False, read_bufsize=2**21
+    )

@@ -38,3 +38,21 @@ async def test_without_a_kubeconfig_the_in_cluster_configuration_is_used(
     with pytest.raises(KubeError, match="in-cluster"):
         async with client_from_settings(settings):
             pass
+
+
+@pytest.mark.parametrize("trust_env", [False, True], ids=["proxy env ignored", "proxy env used"])
+async def test_proxy_environment_is_used_only_when_asked(
+    kubeapi: KubeAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trust_env: bool
+) -> None:
+    # A proxy nobody listens on: a client that uses it cannot reach the API server.
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.setenv("MESHTRUST_KUBE_KUBECONFIG", str(kubeapi.write_kubeconfig(tmp_path / "k")))
+    monkeypatch.setenv("MESHTRUST_KUBE_TRUST_ENV", str(trust_env).lower())
+    monkeypatch.setenv("MESHTRUST_KUBE_REQUEST_TIMEOUT", "3")
+    async with client_from_settings(KubeSettings()) as client:
+        if trust_env:
+            with pytest.raises(KubeError):
+                await client.list(NAMESPACES)
+        else:
+            assert (await client.list(NAMESPACES)).items
