@@ -46,7 +46,7 @@ from shared.k8s.errors import KubeError, NotFound
 from shared.k8s.informer import Informer
 from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, ObjectKey, State
 from shared.k8s.resources import ISSUED_CERTIFICATES
-from shared.pki import Bundle, BundleInvalid, PkiError, check_bundle, fingerprint
+from shared.pki import Bundle, BundleInfo, PkiError, fingerprint
 from shared.runtime import TransientError
 from shared.runtime.logging import get_logger
 
@@ -122,7 +122,14 @@ class Handlers:
             cert_chain_pem=_join(certificate, data.ca_chain_pem.encode()),
             root_cert_pem=data.root_cert_pem.encode(),
         )
-        problem = _check(bundle, key_secret.csr_pem, spec, data.serial_number, self._now())
+        try:
+            info = await self._objects.bundles.check(
+                bundle, hosts=spec.hosts, org=spec.org, now=self._now()
+            )
+        except PkiError as exc:  # BundleInvalid included
+            problem: tuple[str, str] | None = (exc.reason, exc.message)
+        else:
+            problem = _check(info, key_secret.csr_pem, data.serial_number)
         if problem is not None:
             reason, message = problem
             log.warning("issued certificate refused", key=str(key), reason=reason, error=message)
@@ -223,16 +230,9 @@ def _join(certificate: bytes, chain: bytes) -> bytes:
     return head + chain
 
 
-def _check(
-    bundle: Bundle, csr_pem: bytes, spec: IssuedCertificateSpec, serial: str, now: dt.datetime
-) -> tuple[str, str] | None:
-    """(reason, message) when the bundle must not be written, else None."""
-    try:
-        info = check_bundle(bundle, hosts=spec.hosts, org=spec.org, now=now)
-    except BundleInvalid as exc:
-        return exc.reason, exc.message
-    except PkiError as exc:
-        return exc.reason, exc.message
+def _check(info: BundleInfo, csr_pem: bytes, serial: str) -> tuple[str, str] | None:
+    """(reason, message) when a bundle that passed the bundle check must still not be written:
+    it is not for this issuance's key, or not the certificate the event describes."""
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.agent.bundles import BundleChecks
 from services.agent.policies import KeyMaterial, Verdict
 from shared.k8s.client import KubeClient
 from shared.k8s.errors import AlreadyExists, NotFound
@@ -171,6 +172,8 @@ class AgentObjects:
 
     def __init__(self, kube: KubeClient) -> None:
         self.kube = kube
+        self.bundles = BundleChecks()
+        """The bundle check, shared by the handler and the reconciler (checked once per bundle)."""
 
     async def get(self, resource: Any, namespace: str, name: str) -> Obj | None:
         try:

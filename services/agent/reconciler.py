@@ -81,7 +81,6 @@ from shared.pki import (
     KeySpec,
     PkiError,
     build_csr,
-    check_bundle,
     generate_private_key,
     private_key_to_pem,
 )
@@ -191,7 +190,9 @@ class Reconciler:
         chain = notes.get(SIGNING_CHAIN)
         try:
             bundle = Bundle.from_secret_data(secret_bytes(secret))
-            info = check_bundle(bundle, hosts=spec.hosts, org=spec.org, now=now)
+            info = await self._objects.bundles.check(
+                bundle, hosts=spec.hosts, org=spec.org, now=now
+            )
         except BundleInvalid as exc:
             return IssuedView(issuance=issuance, info=None, problem=str(exc), signing_chain=chain)
         except PkiError as exc:  # the declared hosts or org themselves (validated before)
