@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.agent.desired import DesiredState
 from services.agent.handlers import Handlers
@@ -27,6 +28,7 @@ from shared.k8s.backoff import BackoffPolicy
 from shared.k8s.client import KubeClient
 from shared.k8s.controller import Controller, ControllerSettings
 from shared.k8s.events import EventRecorder
+from shared.k8s.informer import EventType as ChangeType
 from shared.k8s.informer import Informer, InformerEvent, InformerSettings
 from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
@@ -151,7 +153,7 @@ def build_agent(
         name="issuedcertificates", reconcile=reconciler.reconcile, settings=controller_settings
     )
     for informer in ic_informers:
-        controller.watch(informer)
+        controller.watch(informer, map_to=_unless_status_only)
     for informer in secret_informers:
         controller.watch(informer, map_to=_secret_owner)
 
@@ -216,6 +218,30 @@ def build_agent(
         consumer,
     ]
     return agent
+
+
+def _unless_status_only(event: InformerEvent) -> Iterable[ObjectKey]:
+    """The IssuedCertificate's key, except for a change of nothing but its status.
+
+    The reconciler writes status once per pass and decides from what it reads, never from the
+    event; its own status write waking it again cost a full pass (three API reads, and the
+    bundle check) per transition. A spec, label or annotation change (the handlers' verdicts
+    are annotations) and every add or delete still count."""
+    status_only = (
+        event.type is ChangeType.MODIFIED
+        and event.old is not None
+        and _without_status(event.old) == _without_status(event.object)
+    )
+    return [] if status_only else [event.key]
+
+
+def _without_status(obj: Mapping[str, Any]) -> dict[str, Any]:
+    meta = {
+        k: v
+        for k, v in (obj.get("metadata") or {}).items()
+        if k not in {"resourceVersion", "managedFields"}
+    }
+    return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
 
 
 def _secret_owner(event: InformerEvent) -> Iterable[ObjectKey]:
