@@ -15,7 +15,8 @@ import nats.errors
 import nats.js.errors
 
 from shared.bus.connection import Connection
-from shared.events import Envelope, encode, subject
+from shared.events import Envelope, encode
+from shared.events.subjects import PREFIX
 from shared.runtime.logging import get_logger
 from shared.runtime.retry import RetryPolicy, retry
 
@@ -64,7 +65,8 @@ class Publisher:
 
     async def publish(self, event: Envelope) -> Published:
         """Store `event` in the stream; raises `PublishError` when that cannot be done in time."""
-        target = subject(event.cluster, event.event_type)
+        # The envelope's cluster is a validated DNS label: no need to check it again here.
+        target = f"{PREFIX}.{event.cluster}.{event.event_type.value}"
         payload = encode(event)
         headers = {MSG_ID: event.dedupe_key()}
         js = self._connection.js
