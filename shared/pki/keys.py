@@ -95,7 +95,7 @@ def generate_private_key(spec: KeySpec | None = None) -> PrivateKey:
 
 
 def private_key_to_pem(key: PrivateKey) -> bytes:
-    """PKCS#8, unencrypted PEM (``-----BEGIN PRIVATE KEY-----``), as Istio reads ``ca-key.pem``."""
+    """PKCS#8, unencrypted PEM (the ``BEGIN PRIVATE KEY`` header), as Istio reads ``ca-key.pem``."""
     return key.private_bytes(
         encoding=serialization.Encoding.PEM,
         format=serialization.PrivateFormat.PKCS8,
