@@ -193,9 +193,9 @@ class AgentObjects:
         key_pem: bytes,
         csr_pem: bytes,
         signing_chain: str | None,
-    ) -> None:
+    ) -> Obj:
         """Create (or replace) the key Secret of a new issuance, owned by the IssuedCertificate
-        so that it goes when the IssuedCertificate goes."""
+        so that it goes when the IssuedCertificate goes. Returns the Secret as stored."""
         meta = ic.get("metadata") or {}
         namespace, name = str(meta["namespace"]), str(meta["name"])
         body: Obj = {
@@ -224,7 +224,7 @@ class AgentObjects:
             },
             "data": _b64({KEY_FIELD: key_pem, CSR_FIELD: csr_pem}),
         }
-        await self._create_or_replace(body)
+        return await self._create_or_replace(body)
 
     async def mark_sent(self, key: KeySecret, *, attempt: int, at: dt.datetime) -> None:
         """Record on the key Secret which attempt was sent, and when (for the re-send timer)."""
@@ -308,11 +308,14 @@ class AgentObjects:
             namespace=ic_key.namespace,
         )
 
-    async def _create_or_replace(self, body: Obj) -> None:
+    async def _create_or_replace(self, body: Obj) -> Obj:
+        """The Secret as the API server stored it."""
         try:
-            await self.kube.create(SECRETS, body)
+            return await self.kube.create(SECRETS, body)
         except AlreadyExists:
             meta = body["metadata"]
             current = await self.kube.get(SECRETS, meta["name"], namespace=meta["namespace"])
             rv = (current.get("metadata") or {}).get("resourceVersion")
-            await self.kube.replace(SECRETS, {**body, "metadata": {**meta, "resourceVersion": rv}})
+            return await self.kube.replace(
+                SECRETS, {**body, "metadata": {**meta, "resourceVersion": rv}}
+            )

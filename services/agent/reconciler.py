@@ -24,7 +24,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -311,7 +311,7 @@ class Reconciler:
             # CPU-bound (RSA-4096 takes up to ~1.3 s): off the event loop.
             private_key = await asyncio.to_thread(generate_private_key, key_spec)
             csr_pem = build_csr(private_key, org=spec.org, name=key.name, hosts=spec.hosts)
-            await self._objects.write_key_secret(
+            stored = await self._objects.write_key_secret(
                 raw,
                 issuance=issuance,
                 generation=o.generation,
@@ -320,6 +320,7 @@ class Reconciler:
                 signing_chain=o.signing_chain,
             )
             del private_key
+            key_secret = read_key_secret(stored)
         new = o.status.model_copy(
             update={
                 "state": State.REQUESTED,
@@ -328,13 +329,18 @@ class Reconciler:
                 "issuance_id": issuance,
             }
         )
-        written = await self._transition(key, raw, o.status, new, decision.reason, decision.message)
-        fresh = read_key_secret(
-            await self._objects.get_secret(key.namespace, key_secret_name(key.name))
+        if key_secret is None or key_secret.material.issuance != issuance:
+            return RequeueAfter(0)  # not the key Secret we meant: the next pass looks again
+        material = key_secret
+
+        async def send(written: Obj) -> None:
+            # The CSR goes out right after REQUESTED is stored, before the Event and
+            # status.changed: those are bookkeeping, the CSR is the issuance's critical path.
+            await self._send_csr(key, written, spec, material, material.material.attempt, now)
+
+        await self._transition(
+            key, raw, o.status, new, decision.reason, decision.message, then=send
         )
-        if fresh is None or fresh.material.issuance != issuance:
-            return RequeueAfter(0)  # the key Secret went meanwhile: the next pass sees it
-        await self._send_csr(key, written, spec, fresh, fresh.material.attempt, now)
         return RequeueAfter(self._timing.resend_after)
 
     async def _send_csr(
@@ -391,9 +397,12 @@ class Reconciler:
         new: IssuedCertificateStatus,
         reason: str,
         message: str,
+        then: Callable[[Obj], Awaitable[None]] | None = None,
     ) -> Obj:
-        """Write `new` (the one status write of this pass); record the Event and publish
-        status.changed when the state or the issuance changed. Returns the object written."""
+        """Write `new` (the one status write of this pass); then `then(written)` (the step's
+        own message, so that it does not wait behind the bookkeeping); then record the Event
+        and publish status.changed when the state or the issuance changed. Returns the object
+        written."""
         wire = new.to_wire()
         write = await update_status(
             self._objects.kube,
@@ -403,13 +412,31 @@ class Reconciler:
             mutate=lambda _obj: wire,
             current=raw,
         )
+        try:
+            if then is not None:
+                await then(write.object)
+        finally:
+            # The bookkeeping is done even when `then` failed: the state change stands.
+            await self._announce(key, write.object, old, new, reason, message)
+        return write.object
+
+    async def _announce(
+        self,
+        key: ObjectKey,
+        written: Obj,
+        old: IssuedCertificateStatus,
+        new: IssuedCertificateStatus,
+        reason: str,
+        message: str,
+    ) -> None:
+        """The Event and status.changed of a transition (nothing when nothing changed)."""
         if old.state == new.state and old.issuance_id == new.issuance_id and old.error == new.error:
-            return write.object
+            return
         text = transition_message(new.state, new.error)
         if new.state is not State.FAILED:
             text = f"{text} ({reason}: {message})"
         await self._recorder.record(
-            write.object,
+            written,
             type="Warning" if new.state is State.FAILED else "Normal",
             reason=transition_reason(new.state),
             message=text,
@@ -421,8 +448,7 @@ class Reconciler:
             reason=reason,
             error=new.error or None,
         )
-        await self._publish_status(key, write.object, new)
-        return write.object
+        await self._publish_status(key, written, new)
 
     async def _publish_status(
         self, key: ObjectKey, obj: Obj, status: IssuedCertificateStatus
