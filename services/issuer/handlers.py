@@ -255,7 +255,7 @@ class CsrHandler:
                 event, IssuedRecord.model_validate_json(existing.value), existing
             )
             return
-        await self._ensure_ledgered(key, record, revision)
+        sequence = await self._append_owed(record)
         log.info(
             "certificate signed",
             name=event.data.name,
@@ -265,21 +265,30 @@ class CsrHandler:
             signing_ca=signed.signing_ca_fingerprint[:16],
         )
         await self._publish_issued(event, record)
+        await self._note_ledgered(key, record, revision, sequence)
 
-    async def _ensure_ledgered(self, key: str, record: IssuedRecord, revision: int) -> None:
-        """Append the record's ledger entry if still owed, then note its sequence in the record.
+    async def _append_owed(self, record: IssuedRecord) -> int | None:
+        """Append the record's ledger entry if still owed; its sequence, or None if not owed.
 
-        Owed only between the record's creation and this call (a crash there leaves it owed for
-        the next copy of the request). The append is idempotent within the stream's duplicate
-        window (`Nats-Msg-Id` <issuance>:<serial>): one serial, one ledger entry."""
+        Owed between the record's creation and the note of its sequence (a crash there leaves
+        it owed for the next copy of the request). The append is idempotent within the
+        stream's duplicate window (`Nats-Msg-Id` <issuance>:<serial>): one serial, one entry.
+        It precedes the answer, so every certificate sent is in the ledger."""
         if record.ledger_sequence is not None or record.ledger_entry is None:
-            return
+            return None
         try:
-            sequence = await record_signature(
+            return await record_signature(
                 self._ledger, LedgerEntry.model_validate_json(record.ledger_entry)
             )
         except PublishError as exc:
             raise TransientError(f"ledger append failed: {exc}") from None
+
+    async def _note_ledgered(
+        self, key: str, record: IssuedRecord, revision: int, sequence: int | None
+    ) -> None:
+        """Note the ledger sequence in the record (after the answer: off the critical path)."""
+        if sequence is None:
+            return
         done = record.model_copy(update={"ledger_sequence": sequence})
         with contextlib.suppress(RevisionMismatch):  # someone noted it already
             await self._issued.update(key, done.model_dump_json().encode(), last=revision)
@@ -301,11 +310,12 @@ class CsrHandler:
                 None,
             )
             return
-        await self._ensure_ledgered(entry.key, record, entry.revision)
+        sequence = await self._append_owed(record)
         log.info(
             "issuance answered before; sending the same certificate", serial=record.serial_number
         )
         await self._publish_issued(event, record)
+        await self._note_ledgered(entry.key, record, entry.revision, sequence)
 
     async def _publish_issued(self, event: CsrRequested, record: IssuedRecord) -> None:
         answer = CertificateIssued(
