@@ -15,7 +15,8 @@
    remote cluster, each with its own NATS user and inbox prefix.
 
 Everything is recorded in `.devstack/stack.json` (NATS URL, pids, clusters and their
-kubeconfigs), which `down()` reads to stop it all, services first. Logs are in
+kubeconfigs), which `down()` reads to stop it all, services first; it also removes the emulated
+clusters' store (their Secrets hold private keys). Logs are in
 `.devstack/logs/`. Nothing here is imported by shared/ or services/.
 """
 
@@ -25,6 +26,7 @@ import datetime as dt
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -392,6 +394,9 @@ class Stack:
         self._children.clear()
         if self._nats is not None:
             self._nats.stop()
+        # The emulated clusters' store holds their Secrets, keys included: it does not outlive
+        # the stack (logs and the JetStream store, which holds no key, stay for a look).
+        shutil.rmtree(self.root / "kube", ignore_errors=True)
         self.state_file.unlink()
         return stopped
 

@@ -39,3 +39,4 @@ def test_the_stack_comes_up_survives_a_killed_agent_and_goes_down(tmp_path: Path
         stopped = stack.down()
     assert "agent-east" in stopped
     assert status(root) == {}
+    assert not (root / "kube").exists(), "the emulated Secrets (keys) do not outlive the stack"
