@@ -45,7 +45,7 @@ from services.bouncer import policies
 from services.bouncer.policies import AwaitReady, Bounce, Check, Finished, Start
 from shared.events import BouncedSelector, ObjectRef
 from shared.k8s.backoff import BackoffPolicy
-from shared.k8s.client import KubeClient
+from shared.k8s.client import KubeClient, ModelT
 from shared.k8s.errors import Conflict, KubeError, NotFound, Transient
 from shared.k8s.informer import Informer, InformerSettings
 from shared.k8s.models import (
@@ -195,30 +195,23 @@ class _Run:
     # -- reading ------------------------------------------------------------------------------
 
     async def _read_directive(self) -> PodBounceDirective:
-        try:
-            directive = await self._kube.get_model(
-                PodBounceDirective, self._key.name, namespace=self._key.namespace
-            )
-        except NotFound:
-            raise _Failed(f"PodBounceDirective {self._key} not found") from None
-        except ValidationError as exc:
-            raise _Failed(
-                f"PodBounceDirective {self._key} is malformed: {_validation_summary(exc)}"
-            ) from None
+        directive = await self._read(PodBounceDirective, self._key)
         self._directive = directive
         return directive
 
-    async def _check_issuance(self) -> None:
+    async def _read(self, model: type[ModelT], key: ObjectKey) -> ModelT:
+        """One of our objects, read live; `_Failed` naming it when it is missing or malformed."""
         try:
-            certificate = await self._kube.get_model(
-                IssuedCertificate, self._certificate.name, namespace=self._certificate.namespace
-            )
+            return await self._kube.get_model(model, key.name, namespace=key.namespace)
         except NotFound:
-            raise _Failed(f"IssuedCertificate {self._certificate} not found") from None
+            raise _Failed(f"{model.__name__} {key} not found") from None
         except ValidationError as exc:
             raise _Failed(
-                f"IssuedCertificate {self._certificate} is malformed: {_validation_summary(exc)}"
+                f"{model.__name__} {key} is malformed: {_validation_summary(exc)}"
             ) from None
+
+    async def _check_issuance(self) -> None:
+        certificate = await self._read(IssuedCertificate, self._certificate)
         reason = policies.superseded(
             current=certificate.status.issuance_id, requested=self._issuance
         )

@@ -226,16 +226,7 @@ class Declarations:
                 }
             )
 
-        with contextlib.suppress(NotFound):
-            await update_model_status(
-                self._kube,
-                IssuedCertificate,
-                declaration.metadata.name,
-                namespace=declaration.metadata.namespace or "",
-                mutate=failed,
-                current=declaration,
-                recorder=self._recorder,
-            )
+        await self._write_status(declaration, failed)
 
     async def _fail_raw(self, key: ObjectKey, message: str) -> None:
         error = ISSUER_ERROR_PREFIX + message
@@ -257,13 +248,21 @@ class Declarations:
         def cleared(ic: IssuedCertificate) -> IssuedCertificateStatus:
             return cleared_status(ic.status, now=now)
 
+        await self._write_status(declaration, cleared)
+
+    async def _write_status(
+        self,
+        declaration: IssuedCertificate,
+        mutate: Callable[[IssuedCertificate], IssuedCertificateStatus],
+    ) -> None:
+        """Write the declaration's status (re-read and retried on conflict); gone is fine."""
         with contextlib.suppress(NotFound):
             await update_model_status(
                 self._kube,
                 IssuedCertificate,
                 declaration.metadata.name,
                 namespace=declaration.metadata.namespace or "",
-                mutate=cleared,
+                mutate=mutate,
                 current=declaration,
                 recorder=self._recorder,
             )
