@@ -54,7 +54,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-# --- the publishers (also run as a child process: `bus.py --publish raw|bus URL N OFFSET`) ---
+# --- the publishers (also run as a child process: `bus.py --publish raw|bus URL`) ---
 
 
 async def raw_publisher(url: str) -> tuple[Publish, Callable[[], Awaitable[None]]]:
@@ -68,39 +68,87 @@ async def raw_publisher(url: str) -> tuple[Publish, Callable[[], Awaitable[None]
     return publish, nc.close
 
 
+class BusPublish:
+    """Our publish; events are made before the clock starts, as the raw side's payload is:
+    measured is the bus layer (encoding, Msg-Id, retry wrapper, publish), not building the
+    service's event."""
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+        self._events: dict[int, CsrRequested] = {}
+
+    def prepare(self, start: int, count: int) -> None:
+        self._events.update((i, event()) for i in range(start, start + count))
+
+    async def __call__(self, i: int) -> None:
+        await self._bus.publish(self._events.pop(i) if i in self._events else event())
+
+
 async def bus_publisher(url: str) -> tuple[Publish, Callable[[], Awaitable[None]]]:
     connected = Bus.connect(NatsSettings(urls=(url,)))
     bus = await connected.__aenter__()
-    # Events are made before the clock starts, as the raw side's payload is: measured is the
-    # bus layer (encoding, Msg-Id, retry wrapper, publish), not building the service's event.
-    events: dict[int, CsrRequested] = {}
-
-    def prepare(start: int, count: int) -> None:
-        events.update((i, event()) for i in range(start, start + count))
-
-    async def publish(i: int) -> None:
-        await bus.publish(events.pop(i) if i in events else event())
-
-    publish.prepare = prepare  # type: ignore[attr-defined]
 
     async def close() -> None:
         await connected.__aexit__(None, None, None)
 
-    return publish, close
+    return BusPublish(bus), close
 
 
 PUBLISHERS = {"raw": raw_publisher, "bus": bus_publisher}
 
 
-async def child(mode: str, url: str, count: int, offset: int) -> None:
+async def child(mode: str, url: str) -> None:
+    """Serve `COUNT OFFSET` (prepare, answer `ready`), then `go` (publish, answer `done`)."""
     publish, close = await PUBLISHERS[mode](url)
-    if hasattr(publish, "prepare"):
-        publish.prepare(offset, count)
-    print("ready", flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    for i in range(offset, offset + count):
-        await publish(i)
+    loop = asyncio.get_running_loop()
+    print("up", flush=True)
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        count, offset = map(int, line.split())
+        if isinstance(publish, BusPublish):
+            publish.prepare(offset, count)
+        print("ready", flush=True)
+        await loop.run_in_executor(None, sys.stdin.readline)  # go
+        for i in range(offset, offset + count):
+            await publish(i)
+        print("done", flush=True)
     await close()
+
+
+class Child:
+    """One publisher process, kept for the whole run so that rounds can alternate quickly."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        self.process, self.stdin, self.stdout = process, process.stdin, process.stdout
+
+    @classmethod
+    async def start(cls, mode: str, url: str) -> Child:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--publish",
+            mode,
+            url,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        started = cls(process)
+        await started.expect("up")
+        return started
+
+    async def expect(self, word: str) -> None:
+        line = (await self.stdout.readline()).decode().strip()
+        if line != word:
+            raise RuntimeError(f"publisher said {line!r}, not {word!r}")
+
+    async def say(self, line: str) -> None:
+        self.stdin.write(f"{line}\n".encode())
+        await self.stdin.drain()
+
+    async def stop(self) -> None:
+        self.stdin.close()
+        await self.process.wait()
 
 
 # --- the consumers ---
@@ -150,45 +198,31 @@ async def bus_consumer(url: str, counter: Counter, stop: asyncio.Event) -> None:
 CONSUMERS = {"raw": raw_consumer, "bus": bus_consumer}
 
 
-async def one_round(
-    mode: str, url: str, messages: int, round_trips: int, offset: int
-) -> tuple[float, list[float]]:
-    counter = Counter()
-    stop = asyncio.Event()
-    async with asyncio.TaskGroup() as group:
-        group.create_task(CONSUMERS[mode](url, counter, stop))
-        publish, close = await PUBLISHERS[mode](url)
-        latencies = []
-        for i in range(offset, offset + round_trips):
-            before = counter.count
-            start = time.perf_counter()
-            await publish(i)
-            await counter.reach(before + 1)
-            latencies.append((time.perf_counter() - start) * 1000)
-        await close()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            __file__,
-            "--publish",
-            mode,
-            url,
-            str(messages),
-            str(offset + round_trips),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert process.stdin is not None
-        assert process.stdout is not None
-        await process.stdout.readline()  # ready
-        base = counter.count
+async def round_trips(mode: str, url: str, counter: Counter, n: int, offset: int) -> list[float]:
+    """Publish -> handler with one message in flight, in this process (ms per message)."""
+    publish, close = await PUBLISHERS[mode](url)
+    latencies = []
+    for i in range(offset, offset + n):
+        before = counter.count
         start = time.perf_counter()
-        process.stdin.write(b"go\n")
-        await process.stdin.drain()
-        await counter.reach(base + messages)
-        elapsed = time.perf_counter() - start
-        await process.wait()
-        stop.set()
-    return messages / elapsed, latencies
+        await publish(i)
+        await counter.reach(before + 1)
+        latencies.append((time.perf_counter() - start) * 1000)
+    await close()
+    return latencies
+
+
+async def throughput(publisher: Child, counter: Counter, n: int, offset: int) -> float:
+    """Messages per second from the publisher's first publish to the consumer's last handled."""
+    await publisher.say(f"{n} {offset}")
+    await publisher.expect("ready")
+    base = counter.count
+    start = time.perf_counter()
+    await publisher.say("go")
+    await counter.reach(base + n)
+    elapsed = time.perf_counter() - start
+    await publisher.expect("done")
+    return n / elapsed
 
 
 async def provision(url: str) -> None:
@@ -200,48 +234,69 @@ async def provision(url: str) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    results: dict[str, list[tuple[float, list[float]]]] = {"raw": [], "bus": []}
+    modes = ("raw", "bus")
+    throughputs: dict[str, list[float]] = {mode: [] for mode in modes}
+    latencies: dict[str, list[list[float]]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory() as tmp:
         server = NatsServer(store_dir=Path(tmp) / "js")
         server.start()
+        stop = asyncio.Event()
         try:
             await provision(server.url)
-            offset = 0
-            for _ in range(args.rounds):
-                for mode in ("raw", "bus"):
-                    results[mode].append(
-                        await one_round(mode, server.url, args.messages, args.round_trips, offset)
-                    )
-                    offset += args.messages + args.round_trips
+            counters = {mode: Counter() for mode in modes}
+            async with asyncio.TaskGroup() as group:
+                for mode in modes:
+                    group.create_task(CONSUMERS[mode](server.url, counters[mode], stop))
+                publishers = {mode: await Child.start(mode, server.url) for mode in modes}
+                offset = 0
+                per_round = max(1, args.round_trips // args.rounds)
+                for r in range(args.rounds):
+                    # Alternate which side goes first, so neither always follows the other.
+                    for mode in modes if r % 2 == 0 else modes[::-1]:
+                        latencies[mode].append(
+                            await round_trips(mode, server.url, counters[mode], per_round, offset)
+                        )
+                        offset += per_round
+                        throughputs[mode].append(
+                            await throughput(
+                                publishers[mode], counters[mode], args.messages, offset
+                            )
+                        )
+                        offset += args.messages
+                for publisher in publishers.values():
+                    await publisher.stop()
+                stop.set()
         finally:
+            stop.set()
             server.stop()
-    for mode, rounds in results.items():
-        tps = [tp for tp, _ in rounds]
-        lat = [x for _, latencies in rounds for x in latencies]
+    for mode in modes:
+        tps = throughputs[mode]
+        lat = [x for r in latencies[mode] for x in r]
+        q1, _, q3 = statistics.quantiles(tps, n=4)
         print(
             f"{mode}: throughput median {statistics.median(tps):,.0f} msg/s "
-            f"(rounds: {', '.join(f'{t:,.0f}' for t in tps)}); "
+            f"(quartiles {q1:,.0f}-{q3:,.0f}, {len(tps)} rounds); "
             f"round trip p50 {statistics.median(lat):.2f} ms, p99 {percentile(lat, 0.99):.2f} ms"
         )
-    tp_ratio = statistics.median(
-        b[0] / r[0] for r, b in zip(results["raw"], results["bus"], strict=True)
-    )
+    pairs = [b / r for r, b in zip(throughputs["raw"], throughputs["bus"], strict=True)]
+    q1, _, q3 = statistics.quantiles(pairs, n=4)
     p50_ratio = statistics.median(
-        statistics.median(b[1]) / statistics.median(r[1])
-        for r, b in zip(results["raw"], results["bus"], strict=True)
+        statistics.median(b) / statistics.median(r)
+        for r, b in zip(latencies["raw"], latencies["bus"], strict=True)
     )
     print(f"bus/raw round-trip p50 ratio: {p50_ratio:.2f}")
-    print(f"bus/raw throughput ratio: {tp_ratio:.2f}")
+    print(f"bus/raw throughput ratio per round: quartiles {q1:.2f}-{q3:.2f}")
+    print(f"bus/raw throughput ratio: {statistics.median(pairs):.2f}")
 
 
 if __name__ == "__main__":
     configure_logging(LoggingSettings(level="warning"))
     if len(sys.argv) > 1 and sys.argv[1] == "--publish":
-        _, _, mode, url, count, offset = sys.argv
-        asyncio.run(child(mode, url, int(count), int(offset)))
+        _, _, mode, url = sys.argv
+        asyncio.run(child(mode, url))
     else:
         parser = argparse.ArgumentParser()
-        parser.add_argument("--messages", type=int, default=3000)
-        parser.add_argument("--round-trips", type=int, default=300)
-        parser.add_argument("--rounds", type=int, default=5)
+        parser.add_argument("--messages", type=int, default=1500, help="per round and side")
+        parser.add_argument("--round-trips", type=int, default=400, help="in all, per side")
+        parser.add_argument("--rounds", type=int, default=20)
         asyncio.run(main(parser.parse_args()))

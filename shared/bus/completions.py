@@ -49,6 +49,8 @@ RECORD_STREAM = "MESHTRUST_CONSUMED"
 RECORD_SUBJECTS = "meshtrust.consumed.>"
 DEFAULT_TTL = 3600.0
 """Records expire after an hour: far longer than any redelivery takes to come."""
+DEFAULT_LINGER = 0.005
+"""A record waits this long for others to share its write."""
 _REMEMBERED = 100_000
 """Sequences kept in memory; a lost ack concerns only the last moments before a crash."""
 
@@ -72,10 +74,13 @@ class RecordFailed(Exception):
 
 
 class CompletionLog:
-    def __init__(self, connection: Connection, *, durable: str, ttl: float) -> None:
+    def __init__(
+        self, connection: Connection, *, durable: str, ttl: float, linger: float = DEFAULT_LINGER
+    ) -> None:
         self._connection = connection
         self._durable = durable
         self._ttl = ttl
+        self._linger = linger
         self._subject = f"meshtrust.consumed.{durable}"
         self._known: set[int] = set()
         self._order: deque[int] = deque()
@@ -120,6 +125,8 @@ class CompletionLog:
         """The group-commit writer; runs until cancelled."""
         while True:
             await self._wake.wait()
+            if self._linger > 0:
+                await asyncio.sleep(self._linger)
             self._wake.clear()
             while self._pending:
                 batch, self._pending = self._pending, []
@@ -135,7 +142,10 @@ class CompletionLog:
             await js.publish(self._subject, payload, timeout=timeout, stream=RECORD_STREAM)
 
         try:
-            await retry(once, on=RETRIABLE, policy=self._policy)
+            try:
+                await once()  # the common case, without the retry machinery's cost
+            except RETRIABLE:
+                await retry(once, on=RETRIABLE, policy=self._policy)
         except (nats.errors.Error, TimeoutError) as exc:  # RETRIABLE exhausted, or refused
             failure = RecordFailed(f"{type(exc).__name__} while recording {len(seqs)} messages")
             for _, done in batch:

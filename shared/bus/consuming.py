@@ -45,7 +45,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from shared.bus.completions import DEFAULT_TTL, CompletionLog, RecordFailed
+from shared.bus.completions import DEFAULT_LINGER, DEFAULT_TTL, CompletionLog, RecordFailed
 from shared.bus.connection import BusError, Connection
 from shared.events import DEFAULT_MAX_BYTES, Event, EventType, InvalidEvent, decode
 from shared.runtime.errors import PermanentError, TransientError
@@ -100,6 +100,9 @@ class ConsumerSettings:
     """Record handled messages (see the module doc) so that a lost ack never re-runs a handler."""
     completed_ttl: float = DEFAULT_TTL
     """How long completion records are kept, if this consumer creates their stream."""
+    record_linger: float = DEFAULT_LINGER
+    """How long a completion record waits for others to share its write (and the ack with it):
+    a busy consumer then writes one record per few milliseconds rather than one per message."""
     extra_config: dict[str, object] = field(default_factory=dict)
 
 
@@ -150,7 +153,10 @@ class Consumer:
             await js.add_consumer(settings.stream, config=self.consumer_config())
         if self._settings.record_completed:
             self._completions = CompletionLog(
-                self._connection, durable=self._settings.durable, ttl=self._settings.completed_ttl
+                self._connection,
+                durable=self._settings.durable,
+                ttl=self._settings.completed_ttl,
+                linger=self._settings.record_linger,
             )
             await self._completions.open()
         return await js.pull_subscribe_bind(durable=self._settings.durable, stream=settings.stream)
@@ -286,41 +292,42 @@ class Consumer:
             )
             await msg.term()
             return
-        # One binding per message, of what identifies it (each key costs a ContextVar set and
-        # reset): every log line below, the handler's included, carries these.
-        with structlog.contextvars.bound_contextvars(
+        # What identifies the message, on every log line below, the handler's included. Each
+        # message is handled in a task of its own, whose context is a copy: bound here, it
+        # ends with the task, with no reset to pay for.
+        structlog.contextvars.bind_contextvars(
             seq=delivery.stream_sequence,
             cluster=event.cluster,
             issuance=event.issuance,
             event=event.type.value,
-        ):
-            try:
-                # Not only when num_delivered > 1: a server that lost its consumer state in a
-                # crash forgets the delivery count too, and redelivers as if for the first time.
-                # Records that cannot be read raise TransientError: nak, and come back later.
-                if self._completions is not None and await self._completions.seen(
-                    delivery.stream_sequence
-                ):
-                    log.info("redelivery of a handled message; acknowledging it again")
-                    await self._ack(msg, delivery)
-                    return
-                await self._handler(event, delivery)
-            except TransientError as exc:
-                delay = exc.retry_after if exc.retry_after is not None else self._delay(delivery)
-                log.info("transient failure, redelivering", error=exc.message, retry_in=delay)
-                await msg.nak(delay=delay)
+        )
+        try:
+            # Not only when num_delivered > 1: a server that lost its consumer state in a
+            # crash forgets the delivery count too, and redelivers as if for the first time.
+            # Records that cannot be read raise TransientError: nak, and come back later.
+            if self._completions is not None and await self._completions.seen(
+                delivery.stream_sequence
+            ):
+                log.info("redelivery of a handled message; acknowledging it again")
+                await self._ack(msg, delivery)
                 return
-            except PermanentError as exc:
-                log.warning("permanent failure, terminating", reason=exc.reason, error=exc.message)
-                await msg.term()
-                return
-            except Exception:
-                delay = self._delay(delivery)
-                log.exception("handler failed unexpectedly, redelivering", retry_in=delay)
-                await msg.nak(delay=delay)
-                return
-            await self._record_completed(delivery)
-            await self._ack(msg, delivery)
+            await self._handler(event, delivery)
+        except TransientError as exc:
+            delay = exc.retry_after if exc.retry_after is not None else self._delay(delivery)
+            log.info("transient failure, redelivering", error=exc.message, retry_in=delay)
+            await msg.nak(delay=delay)
+            return
+        except PermanentError as exc:
+            log.warning("permanent failure, terminating", reason=exc.reason, error=exc.message)
+            await msg.term()
+            return
+        except Exception:
+            delay = self._delay(delivery)
+            log.exception("handler failed unexpectedly, redelivering", retry_in=delay)
+            await msg.nak(delay=delay)
+            return
+        await self._record_completed(delivery)
+        await self._ack(msg, delivery)
 
     async def _record_completed(self, delivery: Delivery) -> None:
         if self._completions is None:

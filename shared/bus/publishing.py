@@ -72,9 +72,10 @@ class Publisher:
         js = self._connection.js
 
         async def once() -> Published:
-            ack = await js.publish(
-                target, payload, timeout=self._timeout, stream=self._stream, headers=headers
-            )
+            # Not `stream=` (a Nats-Expected-Stream header): it would be stored with every event
+            # and parsed by every consumer. Streams cannot share subjects, so the stream that
+            # answers is the one that owns the subject; checked below instead.
+            ack = await js.publish(target, payload, timeout=self._timeout, headers=headers)
             return Published(stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate))
 
         try:
@@ -90,6 +91,11 @@ class Publisher:
             ) from None
         except nats.js.errors.APIError as exc:
             raise PublishError(f"JetStream refused {target}: {exc.description}") from None
+        if result.stream != self._stream:
+            raise PublishError(
+                f"{target} was stored in stream {result.stream}, not {self._stream}: "
+                "another stream captures meshtrust subjects"
+            )
         log.debug(
             "published",
             subject=target,

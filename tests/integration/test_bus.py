@@ -13,7 +13,8 @@ from structlog.testing import capture_logs
 
 from devstack.natsserver import NatsServer
 from shared.bus import Bus, NatsSettings, PublishError
-from shared.events import CsrRequested, EventType, encode, subject
+from shared.bus.reading import read_stream
+from shared.events import CsrRequested, EventType, encode, new_issuance_id, subject
 from shared.runtime import PermanentError, TransientError
 from support.events import sample_events
 from support.waiting import eventually
@@ -131,9 +132,14 @@ async def test_a_permanent_error_is_terminated_and_never_redelivered(bus: Bus) -
             await eventually(lambda: doomed in recorder.events)
             await bus.publish(sentinel)
             await eventually(lambda: sentinel in recorder.events)
-            info = await consumer_info(bus, "test")
+
+            async def nothing_pending() -> bool:
+                info = await consumer_info(bus, "test")
+                return info.num_ack_pending == 0  # type: ignore[attr-defined,no-any-return]
+
+            # The sentinel's ack follows its completion record, a few milliseconds later.
+            await eventually(nothing_pending, message="the doomed message terminated, not pending")
     assert [e.issuance for e in recorder.events].count(doomed.issuance) == 1
-    assert info.num_ack_pending == 0  # type: ignore[attr-defined]
     assert any(e.get("reason") == "NoDeclaration" for e in logs)
 
 
@@ -298,3 +304,42 @@ async def test_a_second_provisioning_with_the_same_settings_changes_nothing(
         after = {name: (await bus.connection.js.stream_info(name)).config for name in before}
     assert [e for e in logs if e["event"] in {"stream updated", "stream created"}] == []
     assert after == before
+
+
+async def test_an_event_stored_in_another_stream_than_configured_fails_clearly(
+    nats_settings: NatsSettings,
+) -> None:
+    async with Bus.connect(nats_settings) as bus:
+        await bus.provision()
+    elsewhere = nats_settings.model_copy(update={"stream": "ELSEWHERE"})
+    async with Bus.connect(elsewhere) as bus:
+        with pytest.raises(PublishError, match="stored in stream MESHTRUST, not ELSEWHERE"):
+            await bus.publish(sample_events("east")[0])
+
+
+async def test_a_stored_event_carries_only_its_message_id_header(bus: Bus) -> None:
+    """Every header is stored with the event and parsed by every consumer: only the dedupe id."""
+    event = sample_events("east")[0]
+    published = await bus.publish(event)
+    stored = await bus.connection.js.get_msg("MESHTRUST", published.sequence)
+    assert stored.headers == {"Nats-Msg-Id": event.dedupe_key()}
+
+
+async def test_completion_records_are_group_committed_and_cover_every_handled_message(
+    bus: Bus,
+) -> None:
+    template = sample_events("east")[0]
+    sent = [template.model_copy(update={"issuance": new_issuance_id()}) for _ in range(40)]
+    recorder = Recorder()
+    async with running(bus.consumer(all_events_consumer(), recorder)):
+        published = [await bus.publish(event) for event in sent]
+        await eventually(lambda: len(recorder.events) == len(sent), message="all handled")
+    records = [
+        record
+        async for record in read_stream(
+            bus.connection, "MESHTRUST_CONSUMED", subject="meshtrust.consumed.test"
+        )
+    ]
+    recorded = [seq for record in records for seq in json.loads(record.data)]
+    assert sorted(recorded) == [p.sequence for p in published]
+    assert len(records) < len(sent) / 4, "records share writes"
