@@ -2,17 +2,19 @@
 
 Both sides use the same fresh nats-server (file storage) and the same shape, as deployed: a
 publisher process (an agent) publishes sequentially, each publish awaiting its PubAck, while a
-consumer process (the issuer) fetches in batches and double-acks. Our side adds what the
-services rely on: pydantic encoding and validation, Nats-Msg-Id, bounded concurrency, and the
-completion records that keep a server crash from re-running a handler. Printed per side:
+consumer (the issuer) fetches in batches and acks. Our side adds what the services rely on:
+pydantic encoding and validation, Nats-Msg-Id, bounded concurrency, and the completion records
+that keep a server crash from re-running a handler. Printed per side:
 
 - throughput: messages from the publisher's first publish to the consumer's last handled;
 - round trip: publish -> handler, one message in flight, p50 and p99.
 
-Rounds alternate raw and ours; the ratios are medians over rounds, since these machines are
-noisy: read ratios, not absolute numbers. The last line is `bus/raw throughput ratio: R`.
+These machines' speed drifts within seconds, so the publisher processes and both consumers live
+for the whole run and short rounds alternate raw and ours (which goes first alternates too);
+the throughput ratio is the median of the per-round ratios. The last line is
+`bus/raw throughput ratio: R`.
 
-    .venv/bin/python bench/bus.py [--messages 3000] [--round-trips 300] [--rounds 3]
+    .venv/bin/python bench/bus.py [--messages 1500] [--round-trips 400] [--rounds 20]
 """
 
 from __future__ import annotations
