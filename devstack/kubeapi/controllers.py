@@ -29,6 +29,7 @@ from typing import Any
 from . import crds, errors, selectors
 from .operations import Context, Operations, utcnow
 from .resources import ResourceType
+from .store import Event
 
 Obj = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -98,6 +99,28 @@ def _set_condition(conds: list[Obj], cond: Obj, now: str) -> list[Obj]:
     )
 
 
+CONTROLLED_KEYS = frozenset(
+    {
+        "/namespaces",
+        "/pods",
+        "apiextensions.k8s.io/customresourcedefinitions",
+        "apps/deployments",
+        "apps/replicasets",
+    }
+)
+"""The kinds the controllers act on; of the rest, only ownership and deletion concern them."""
+
+
+def _concerns_controllers(ev: Event) -> bool:
+    if ev.key in CONTROLLED_KEYS or ev.type == "DELETED":  # a deletion: its dependents (GC)
+        return True
+    for obj in (ev.obj, ev.old):
+        md = (obj or {}).get("metadata") or {}
+        if md.get("ownerReferences") or md.get("deletionTimestamp"):
+            return True
+    return False
+
+
 class Controllers:
     def __init__(self, ops: Operations, *, pod_ready_delay: float) -> None:
         self.ops = ops
@@ -106,7 +129,13 @@ class Controllers:
         self._first_seen: dict[str, float] = {}
         self._ip_counter = 0
         self._retry = False
-        ops.store.listeners.append(lambda _ev: self._dirty.set())
+        ops.store.listeners.append(self._on_write)
+
+    def _on_write(self, ev: Event) -> None:
+        """Wake the controllers for writes that can give them work, not for every write: a pass
+        looks at everything, and runs on the loop that serves the requests."""
+        if _concerns_controllers(ev):
+            self._dirty.set()
 
     async def run(self) -> None:
         """Reconcile until cancelled; a pass that fails is logged and retried on the next write."""

@@ -58,14 +58,25 @@ def _spec_part(obj: Obj, include_status: bool) -> Obj:
     return {k: v for k, v in obj.items() if k != "metadata" and (include_status or k != "status")}
 
 
-def _comparable(obj: Obj) -> Obj:
-    out = copy.deepcopy(obj)
-    md = out.get("metadata", {})
-    md.pop("resourceVersion", None)
-    # ownership changes are writes, timestamps alone are not
-    for entry in md.get("managedFields") or []:
-        entry.pop("time", None)
-    return out
+def _unchanged(new: Obj, old: Obj) -> bool:
+    """Whether an update would store nothing new: equal but for resourceVersion and the times of
+    managedFields entries (ownership changes are writes, timestamps alone are not). Compared in
+    place, without copies: this runs on every update."""
+    if new.keys() != old.keys():
+        return False
+    if any(new[k] != old[k] for k in new if k != "metadata"):
+        return False
+    nmd, omd = new.get("metadata") or {}, old.get("metadata") or {}
+    skip = ("resourceVersion", "managedFields")
+    if {k for k in nmd if k not in skip} != {k for k in omd if k not in skip}:
+        return False
+    if any(nmd[k] != omd[k] for k in nmd if k not in skip):
+        return False
+    nmf, omf = nmd.get("managedFields") or [], omd.get("managedFields") or []
+    return len(nmf) == len(omf) and all(
+        a.keys() - {"time"} == b.keys() - {"time"} and all(a[k] == b[k] for k in a if k != "time")
+        for a, b in zip(nmf, omf, strict=True)
+    )
 
 
 class Operations:
@@ -152,7 +163,9 @@ class Operations:
     # --- reads ---------------------------------------------------------------------------------
 
     def get(self, rt: ResourceType, version: str, namespace: str, name: str) -> Obj:
-        return self.render(rt, version, self._existing(rt, namespace, name))
+        """The object as served; shares the stored object's parts, so callers only read it (the
+        server serialises it)."""
+        return self.render(rt, version, self._existing(rt, namespace, name), shared=True)
 
     def list_collection(
         self,
@@ -331,10 +344,10 @@ class Operations:
             out = copy.deepcopy(obj)
             out["metadata"].pop("resourceVersion", None)
             return self.render(rt, version, out)
-        stored = self.store.create(rt.key, obj)
+        stored = self.store.create(rt.key, obj)  # a copy of its own: no second copy to render
         if rt.kind == "CustomResourceDefinition" and rt.builtin:
             self.registry.add(crds.resource_type(stored))
-        return self.render(rt, version, stored)
+        return self.render(rt, version, stored, shared=True)
 
     # --- update --------------------------------------------------------------------------------
 
@@ -462,7 +475,7 @@ class Operations:
             )
         if not nmd["managedFields"]:
             nmd.pop("managedFields")
-        if _comparable(new) == _comparable(old):
+        if _unchanged(new, old):
             return self.render(rt, version, old)
         if ctx.dry_run:
             return self.render(rt, version, new)
@@ -478,10 +491,10 @@ class Operations:
             self._after_delete(rt, gone)
             nmd["resourceVersion"] = gone["metadata"]["resourceVersion"]
             return self.render(rt, version, new)
-        stored = self.store.update(rt.key, new)
+        stored = self.store.update(rt.key, new)  # a copy of its own: no second copy to render
         if rt.kind == "CustomResourceDefinition" and rt.builtin:
             self.registry.add(crds.resource_type(stored))
-        return self.render(rt, version, stored)
+        return self.render(rt, version, stored, shared=True)
 
     @staticmethod
     def _spec_finalizers(rt: ResourceType, obj: Obj) -> list[str]:

@@ -146,12 +146,27 @@ def _field_path(parts: list[Any]) -> str:
     return out
 
 
-def validate(value: dict[str, Any], schema: Schema) -> list[Cause]:
-    """Validate a custom resource (without its metadata) against a CRD version schema."""
+_VALIDATORS: dict[int, tuple[Schema, jsonschema.Draft4Validator]] = {}
+"""Per CRD version schema (by identity; the schema is kept alive with its entry)."""
+
+
+def _validator(schema: Schema) -> jsonschema.Draft4Validator:
+    cached = _VALIDATORS.get(id(schema))
+    if cached is not None and cached[0] is schema:
+        return cached[1]
     js = to_json_schema(schema)
     js.get("properties", {}).pop("metadata", None)
-    body = {k: v for k, v in value.items() if k != "metadata"}
     validator = jsonschema.Draft4Validator(js)
+    if len(_VALIDATORS) > 256:  # CRDs re-registered many times: start afresh
+        _VALIDATORS.clear()
+    _VALIDATORS[id(schema)] = (schema, validator)
+    return validator
+
+
+def validate(value: dict[str, Any], schema: Schema) -> list[Cause]:
+    """Validate a custom resource (without its metadata) against a CRD version schema."""
+    body = {k: v for k, v in value.items() if k != "metadata"}
+    validator = _validator(schema)
     causes: list[Cause] = []
     for err in sorted(validator.iter_errors(body), key=lambda e: list(map(str, e.absolute_path))):
         causes.extend(_cause(err))

@@ -10,6 +10,7 @@ This module holds no state of its own beyond the set of open streams.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -484,6 +485,7 @@ class Server:
                 .get("specReplicasPath", ".spec.replicas")
                 .lstrip(".")
             )
+        obj = copy.deepcopy(obj)  # ops.get shares the stored object's parts
         node = obj
         keys = spec_path.split(".")
         for k in keys[:-1]:
