@@ -48,6 +48,7 @@ from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, Ob
 from shared.k8s.resources import ISSUED_CERTIFICATES
 from shared.pki import Bundle, BundleInfo, PkiError, fingerprint
 from shared.runtime import TransientError
+from shared.runtime.concurrency import concurrently
 from shared.runtime.logging import get_logger
 
 log = get_logger(__name__)
@@ -102,14 +103,15 @@ class Handlers:
         except ValidationError:
             return  # the reconciler reports the invalid spec
         ref = spec.issued_certificate_secret
-        existing = await self._objects.get_secret(ref.namespace, ref.name)
+        existing, raw_key_secret = await concurrently(
+            self._objects.get_secret(ref.namespace, ref.name),
+            self._objects.get_secret(key.namespace, key_secret_name(key.name)),
+        )
         if existing is not None and annotations_of(existing).get(ISSUANCE_ID) == event.issuance:
             log.info("bundle of this issuance already written", key=str(key))
             self._requeue(key)
             return
-        key_secret = read_key_secret(
-            await self._objects.get_secret(key.namespace, key_secret_name(key.name))
-        )
+        key_secret = read_key_secret(raw_key_secret)
         if key_secret is None or key_secret.material.issuance != event.issuance:
             log.info("no key for this issuance; ignored (the reconciler starts over)", key=str(key))
             self._requeue(key)
@@ -146,6 +148,7 @@ class Handlers:
                 serial=data.serial_number,
                 owner=key,
                 signing_chain=key_secret.material.signing_chain,
+                current=existing,
             )
             log.info("issued Secret written", key=str(key), serial=data.serial_number)
         self._requeue(key)

@@ -252,11 +252,15 @@ class AgentObjects:
         serial: str,
         owner: ObjectKey,
         signing_chain: str | None,
+        current: Obj | None,
     ) -> None:
         """Write the four bundle fields in one request, so the Secret goes from one complete,
         valid bundle to the next with no moment in between. Other data fields and metadata an
-        operator put on an existing Secret are kept."""
-        current = await self.get_secret(namespace, name)
+        operator put on an existing Secret are kept.
+
+        `current` is the Secret as the caller read it (None: absent). A stale read costs nothing
+        but a retry: the create meets AlreadyExists (then the Secret is read), the replace
+        carries the resourceVersion read and meets Conflict."""
         notes = {ISSUANCE_ID: issuance, SERIAL_NUMBER: serial, ISSUED_CERTIFICATE: str(owner)}
         if signing_chain:
             notes[SIGNING_CHAIN] = signing_chain

@@ -85,6 +85,7 @@ from shared.pki import (
     private_key_to_pem,
 )
 from shared.pki.keys import KeyAlgorithm as PkiKeyAlgorithm
+from shared.runtime.concurrency import concurrently
 from shared.runtime.logging import get_logger
 
 log = get_logger(__name__)
@@ -152,12 +153,11 @@ class Reconciler:
         except ValidationError:
             status = IssuedCertificateStatus()  # unreadable: start again, as from PENDING
         spec, spec_error = policies.validate_spec(raw.get("spec"), name=key.name)
-        key_secret = read_key_secret(
-            await self._objects.get_secret(key.namespace, key_secret_name(key.name))
+        raw_key_secret, issued = await concurrently(
+            self._objects.get_secret(key.namespace, key_secret_name(key.name)),
+            self._issued_view(spec, now),
         )
-        issued: IssuedView | None = None
-        if spec is not None:
-            issued = await self._issued_view(spec, now)
+        key_secret = read_key_secret(raw_key_secret)
         step = "bounce.requested" if status.state is State.ISSUED else "csr.requested"
         attempt = key_secret.material.attempt if key_secret is not None else 0
         sent = self._sent.get(key) == (
@@ -179,8 +179,10 @@ class Reconciler:
         return observed, key_secret
 
     async def _issued_view(
-        self, spec: IssuedCertificateSpec, now: dt.datetime
+        self, spec: IssuedCertificateSpec | None, now: dt.datetime
     ) -> IssuedView | None:
+        if spec is None:
+            return None
         ref = spec.issued_certificate_secret
         secret = await self._objects.get_secret(ref.namespace, ref.name)
         if secret is None:

@@ -54,6 +54,7 @@ from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS, Resource
 from shared.pki import IssuedCertificate as Signed
 from shared.pki import SigningCA
 from shared.runtime import PermanentError, TransientError, get_logger
+from shared.runtime.concurrency import concurrently
 from shared.runtime.locks import KeyedLocks
 
 log = get_logger(__name__)
@@ -120,15 +121,16 @@ class CsrHandler:
             await self._handle(event, key)
 
     async def _handle(self, event: CsrRequested, key: str) -> None:
-        entry = await self._issued.get(key)
+        # The record (was this issuance signed already?) and the state to sign against are
+        # independent reads: both at once. The state goes unused when the record is there.
+        entry, state = await concurrently(self._issued.get(key), self._read_state_or_why(event))
         if entry is not None:
             await self._answer_again(event, IssuedRecord.model_validate_json(entry.value), entry)
             return
-        try:
-            declaration, secret = await self._read_state(event)
-        except _Unreadable as exc:
-            await self._deny(event, Verdict("InvalidDeclaration", str(exc), denied=True), None)
+        if isinstance(state, _Unreadable):
+            await self._deny(event, Verdict("InvalidDeclaration", str(state), denied=True), None)
             return
+        declaration, secret = state
         outcome = await asyncio.get_running_loop().run_in_executor(
             self._executor,
             functools.partial(self._decide, event, declaration, secret, self._clock()),
@@ -140,6 +142,16 @@ class CsrHandler:
         await self._deliver(event, declaration, outcome)
 
     # -- gathering ----------------------------------------------------------------------------
+
+    async def _read_state_or_why(
+        self, event: CsrRequested
+    ) -> tuple[IssuedCertificate | None, dict[str, Any] | None] | _Unreadable:
+        """The state, or why it cannot be read: returned, not raised, since the record read
+        beside it decides first (a signed issuance is answered again even so)."""
+        try:
+            return await self._read_state(event)
+        except _Unreadable as exc:
+            return exc
 
     async def _read_state(
         self, event: CsrRequested

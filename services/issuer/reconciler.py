@@ -43,7 +43,7 @@ from services.issuer.mirror import ISSUER_ERROR_PREFIX, cleared_status, issuer_f
 from services.issuer.policies import DeclarationInput, Verdict, check_declaration
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
-from shared.bus import Bucket, RevisionMismatch
+from shared.bus import Bucket, KvEntry, RevisionMismatch
 from shared.events import DesiredKind, DesiredObject, InvalidName, desired_key, parse_desired_key
 from shared.k8s import (
     Controller,
@@ -63,6 +63,7 @@ from shared.k8s.controller import ReconcileResult
 from shared.k8s.models import IssuedCertificate, IssuedCertificateStatus, State
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
 from shared.runtime import get_logger
+from shared.runtime.concurrency import concurrently
 
 log = get_logger(__name__)
 
@@ -179,7 +180,13 @@ class Declarations:
             await self._fail_raw(key, f"the declaration cannot be read (fields: {fields})")
             return Done()
         ref = declaration.spec.signing_certificate_secret
-        secret = await _live(self._kube, SECRETS, ObjectKey(ref.namespace, ref.name))
+        # Three independent reads at once: the signing Secret, and what `_publish` compares
+        # against (the bucket's entry, and the live declaration that proves the cache current).
+        secret, entry, live = await concurrently(
+            _live(self._kube, SECRETS, ObjectKey(ref.namespace, ref.name)),
+            self._desired.get(kv_key),
+            _live(self._kube, ISSUED_CERTIFICATES, key),
+        )
         signing, chain_fingerprint = await asyncio.get_running_loop().run_in_executor(
             self._executor,
             functools.partial(
@@ -211,7 +218,9 @@ class Declarations:
             return Done()
         if issuer_failed(declaration.status):
             await self._clear_failure(declaration)
-        return await self._publish(kv_key, desired, key, ISSUED_CERTIFICATES)
+        return await self._publish(
+            kv_key, desired, key, ISSUED_CERTIFICATES, read=(entry, _identity(live))
+        )
 
     async def _fail(self, declaration: IssuedCertificate, message: str) -> None:
         error = ISSUER_ERROR_PREFIX + message
@@ -316,11 +325,24 @@ class Declarations:
     # -- writing the bucket ---------------------------------------------------------------------
 
     async def _publish(
-        self, kv_key: str, desired: DesiredObject, key: ObjectKey, resource: Resource
+        self,
+        kv_key: str,
+        desired: DesiredObject,
+        key: ObjectKey,
+        resource: Resource,
+        *,
+        read: tuple[KvEntry | None, tuple[str, int] | None] | None = None,
     ) -> ReconcileResult:
+        """Create or update the bucket's entry (compare-and-swap). `read`: the entry and the
+        live object's identity, when the caller read them already (for the first attempt)."""
         value = desired.model_dump_json().encode()
         for _ in range(_CAS_ATTEMPTS):
-            entry = await self._desired.get(kv_key)
+            if read is not None:
+                (entry, identity), read = read, None
+            else:
+                entry, identity = await concurrently(
+                    self._desired.get(kv_key), self._live_identity(resource, key)
+                )
             if entry is not None:
                 existing = _parse(entry.value)
                 if existing == desired:
@@ -331,10 +353,7 @@ class Declarations:
                     and existing.generation > desired.generation
                 ):
                     return Done()  # another replica saw a newer generation; our cache lags
-            if _identity(await _live(self._kube, resource, key)) != (
-                desired.uid,
-                desired.generation,
-            ):
+            if identity != (desired.uid, desired.generation):
                 return Done()  # the cache lags the API; its next event brings us back
             try:
                 if entry is None:
@@ -351,6 +370,9 @@ class Declarations:
             )
             return Done()
         return RequeueAfter(0.5)
+
+    async def _live_identity(self, resource: Resource, key: ObjectKey) -> tuple[str, int] | None:
+        return _identity(await _live(self._kube, resource, key))
 
     async def _remove(
         self, kv_key: str, key: ObjectKey, resource: Resource, *, live_check: bool = True
