@@ -5,8 +5,8 @@ A path is valid when
 1. each certificate is directly issued by the next one (issuer name and signature, checked by
    `cryptography`'s ``verify_directly_issued_by``), and the last one is self-signed -- so the order
    is exactly the order Istio's ``cert-chain.pem`` must have;
-2. every certificate is within its validity period at ``now`` (checked first, to name the expired
-   one in the message);
+2. every certificate is within its validity period at ``now`` (checked by us too, to name the
+   expired one in the message);
 3. `cryptography`'s RFC 5280 path validation (``x509.verification``) accepts it with the last
    certificate as the only trust anchor: basicConstraints, pathLenConstraint, name constraints,
    signature algorithms, key sizes.
@@ -24,6 +24,7 @@ error type. Deliberately not here: revocation (CRL/OCSP), path *building* from u
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 from collections.abc import Sequence
 
@@ -41,13 +42,21 @@ def verify_path(path: Sequence[x509.Certificate], *, now: dt.datetime) -> None:
     """Raise `ChainInvalid` unless ``path`` (leaf first, root last) is valid at ``now``.
 
     A naive ``now`` is a programming error (``ValueError``): certificate times are UTC.
+
+    Signatures are verified once each where that suffices: with no intermediates, the library's
+    path validation (anchor: the root) can only succeed through the leaf's signature by the root,
+    so the link is checked separately only to explain a failure; the root's self-signature is
+    remembered per root. Longer paths have every link checked, since path validation could pick
+    its intermediates in another order than the one given.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     if not path:
         raise ChainInvalid("ChainBroken", "empty certificate chain")
-    _check_links(path)
-    _check_validity(path, now=now)
+    if len(path) > 2:
+        _check_links(path)
+    else:
+        _check_root(path[-1])
     root = path[-1]
     builder = (
         verification.PolicyBuilder()
@@ -58,10 +67,14 @@ def verify_path(path: Sequence[x509.Certificate], *, now: dt.datetime) -> None:
     try:
         builder.build_client_verifier().verify(path[0], list(path[1:-1]))
     except verification.VerificationError as exc:
+        # Say what is wrong in our words where we can: the broken link, else the expired one.
+        _check_links(path)
+        _check_validity(path, now=now)
         raise ChainInvalid(
             "Untrusted",
             f"RFC 5280 path validation failed for {describe_certificate(path[0])}: {exc}",
         ) from None
+    _check_validity(path, now=now)
 
 
 def check_ca_extensions(certificate: x509.Certificate) -> str | None:
@@ -94,12 +107,21 @@ def _check_links(path: Sequence[x509.Certificate]) -> None:
                 f"certificate {position + 1} {describe_certificate(parent)}; the chain must run "
                 "from the certificate up to the root, each one signed by the next",
             )
-    root = path[-1]
-    if not _issued_by(root, root):
+    _check_root(path[-1])
+
+
+def _check_root(root: x509.Certificate) -> None:
+    if not _self_signed(root):
         raise ChainInvalid(
             "RootNotSelfSigned",
             f"the last certificate {describe_certificate(root)} is not a self-signed root",
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _self_signed(root: x509.Certificate) -> bool:
+    """Per root (certificates hash and compare by their DER): every issuance meets the same."""
+    return _issued_by(root, root)
 
 
 def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
