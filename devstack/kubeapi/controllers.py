@@ -99,15 +99,9 @@ def _set_condition(conds: list[Obj], cond: Obj, now: str) -> list[Obj]:
     )
 
 
-CONTROLLED_KEYS = frozenset(
-    {
-        "/namespaces",
-        "/pods",
-        "apiextensions.k8s.io/customresourcedefinitions",
-        "apps/deployments",
-        "apps/replicasets",
-    }
-)
+WORKLOAD_KEYS = frozenset({"/pods", "apps/deployments", "apps/replicasets"})
+"""The kinds the workload controllers (Deployment, ReplicaSet, kubelet) read."""
+CONTROLLED_KEYS = WORKLOAD_KEYS | {"/namespaces", "apiextensions.k8s.io/customresourcedefinitions"}
 """The kinds the controllers act on; of the rest, only ownership and deletion concern them."""
 
 
@@ -129,6 +123,12 @@ class Controllers:
         self._first_seen: dict[str, float] = {}
         self._ip_counter = 0
         self._retry = False
+        self._workload_due: float | None = None
+        """When (monotonic) the kubelet's next timer is due, if one is."""
+        self._workloads_dirty = True
+        """Whether the workload controllers have anything to look at: a workload changed, or a
+        timer (a Pod turning Ready, a retry) is due. The other writes (say, a Secret's owner
+        going) need only the namespace, CRD and garbage collectors."""
         ops.store.listeners.append(self._on_write)
 
     def _on_write(self, ev: Event) -> None:
@@ -136,6 +136,8 @@ class Controllers:
         looks at everything, and runs on the loop that serves the requests."""
         if _concerns_controllers(ev):
             self._dirty.set()
+            if ev.key in WORKLOAD_KEYS:
+                self._workloads_dirty = True
 
     async def run(self) -> None:
         """Reconcile until cancelled; a pass that fails is logged and retried on the next write."""
@@ -148,6 +150,7 @@ class Controllers:
                 due = self.reconcile()
             except Exception:
                 log.exception("controller pass failed")
+                self._workloads_dirty = True
                 due = 0.5
             if due is not None:
                 try:
@@ -156,6 +159,7 @@ class Controllers:
                     async with asyncio.timeout(max(due, 0.001)):
                         await self._dirty.wait()
                 except TimeoutError:
+                    self._workloads_dirty = True
                     self._dirty.set()
 
     # --- one pass ------------------------------------------------------------------------------
@@ -166,10 +170,16 @@ class Controllers:
         self._namespaces()
         self._crd_cleanup()
         self._garbage_collect()
-        self._deployments()
-        self._replicasets()
-        due = self._kubelet()
+        now = time.monotonic()
+        if self._workloads_dirty or (self._workload_due is not None and now >= self._workload_due):
+            self._workloads_dirty = False
+            self._deployments()
+            self._replicasets()
+            wait = self._kubelet()
+            self._workload_due = None if wait is None else now + wait
+        due = None if self._workload_due is None else max(0.0, self._workload_due - now)
         if self._retry:
+            self._workloads_dirty = True  # the retry may be any controller's
             due = RETRY_DELAY if due is None else min(due, RETRY_DELAY)
         return due
 

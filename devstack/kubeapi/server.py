@@ -39,6 +39,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ADMIN_PREFIX = "/_emulator"
 DEFAULT_WATCH_TIMEOUT = 1800.0
+WATCH_LINES_KEPT = 1024  # encoded watch lines remembered (see Server._lines)
 # what kube-apiserver's system:public-info-viewer role lets anonymous clients read
 PUBLIC_PATHS = frozenset(
     {"/version", "/version/", "/healthz", "/livez", "/readyz"}
@@ -97,6 +98,9 @@ class Server:
         self.store = api.store
         self.registry = api.registry
         self.streams: set[asyncio.Task[Any]] = set()
+        self._lines: dict[tuple[int, str, str], bytes] = {}
+        """Watch lines already encoded, by (resourceVersion, event type, version): every watcher
+        of a kind gets the same bytes for one write, so it is serialised once."""
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=16 * 1024 * 1024)
@@ -602,12 +606,23 @@ class Server:
                 await resp.write(
                     encode("BOOKMARK", self._bookmark(rt, version, initial_rv, initial_end=True))
                 )
+
+            def line(ev: Event, kind: str, obj: Obj) -> bytes:
+                if as_table or obj is not ev.obj:  # a table, or an object made for this watch
+                    return encode(kind, self.ops.render(rt, version, obj, shared=True))
+                key = (ev.rv, kind, version)
+                cached = self._lines.get(key)
+                if cached is None:
+                    cached = encode(kind, self.ops.render(rt, version, obj, shared=True))
+                    self._lines[key] = cached
+                    while len(self._lines) > WATCH_LINES_KEPT:
+                        del self._lines[next(iter(self._lines))]
+                return cached
+
             for ev in replay:
                 out = self._transform(ev, matches)
                 if out is not None:
-                    await resp.write(
-                        encode(out[0], self.ops.render(rt, version, out[1], shared=True))
-                    )
+                    await resp.write(line(ev, *out))
             interval = self.api.bookmark_interval
             next_bookmark = time.monotonic() + interval
             while True:
@@ -631,9 +646,7 @@ class Server:
                     break
                 out = self._transform(live, matches)
                 if out is not None:
-                    await resp.write(
-                        encode(out[0], self.ops.render(rt, version, out[1], shared=True))
-                    )
+                    await resp.write(line(live, *out))
             await resp.write_eof()
         except ConnectionResetError:
             pass  # the client went away: nothing to answer
