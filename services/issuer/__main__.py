@@ -77,6 +77,7 @@ def compose(
             ledger=ledger,
             executor=executor,
             signing_cas=signing_cas,
+            secrets=declarations.secrets,
             clock=clock,
         ),
     )

@@ -36,6 +36,7 @@ from services.issuer.issued import IssuedRecord, csr_digest, issued_key, serial_
 from services.issuer.ledger import LedgerEntry, record_signature
 from services.issuer.mirror import mirrored_status
 from services.issuer.policies import CsrInput, Verdict, authorise
+from services.issuer.secrets import read_signing_secret
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, sign
 from shared.bus import Bucket, Bus, Delivery, KvEntry, PublishError, RevisionMismatch
@@ -49,8 +50,9 @@ from shared.events import (
     StatusChanged,
 )
 from shared.k8s import EventRecorder, KubeClient, KubeError, NotFound, update_model_status
+from shared.k8s.informer import Informer
 from shared.k8s.models import IssuedCertificate
-from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS, Resource
+from shared.k8s.resources import ISSUED_CERTIFICATES, Resource
 from shared.pki import IssuedCertificate as Signed
 from shared.pki import SigningCA
 from shared.runtime import PermanentError, TransientError, get_logger
@@ -98,6 +100,7 @@ class CsrHandler:
         ledger: Ledger,
         executor: Executor,
         signing_cas: SigningCAs,
+        secrets: Informer | None = None,
         clock: Clock = _utcnow,
     ) -> None:
         self._settings = settings
@@ -108,6 +111,8 @@ class CsrHandler:
         self._ledger = ledger
         self._executor = executor
         self._cas = signing_cas
+        self._secrets = secrets
+        """The issuer's signing-Secret informer, read before the API (`read_signing_secret`)."""
         self._clock = clock
         self._policy = settings.key_policy()
 
@@ -170,7 +175,7 @@ class CsrHandler:
                 f"IssuedCertificate {cluster}/{name} cannot be read by the issuer; see its status"
             ) from None
         ref = declaration.spec.signing_certificate_secret
-        secret = await _get_or_none(self._kube, SECRETS, ref.name, ref.namespace)
+        secret = await read_signing_secret(self._kube, self._secrets, ref.namespace, ref.name)
         return declaration, secret
 
     def _decide(
