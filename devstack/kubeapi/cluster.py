@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import ssl
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,10 @@ class KubeAPI:
         self._runner: web.AppRunner | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._state_dirty = asyncio.Event()
+        self._write_lock = threading.Lock()
+        self._encoded: dict[tuple[str, str, str], tuple[str, str]] = {}
+        """Each stored object's JSON for the state file, with the resourceVersion it was made
+        at: a state write encodes only what changed since the previous one."""
         self.stopping = False
 
     # --- public surface ------------------------------------------------------------------------
@@ -165,17 +170,42 @@ class KubeAPI:
             await self._state_dirty.wait()
             await asyncio.sleep(STATE_WRITE_DEBOUNCE)
             self._state_dirty.clear()
-            self._save_state()
+            # Encoded on the loop (a consistent snapshot, and mostly cached), written off it.
+            await asyncio.to_thread(self._write_state, self._state_json())
 
     def _save_state(self) -> None:
-        if self.state_file is None:
-            return
+        if self.state_file is not None:
+            self._write_state(self._state_json())
+
+    def _state_json(self) -> str:
+        """The state file's content: `{"resourceVersion": N, "objects": {key: [object, ...]}}`."""
         rv, objects = self.store.dump()
-        data = {"resourceVersion": rv, "objects": objects}
-        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data))
-        tmp.replace(self.state_file)
+        kinds = []
+        kept: dict[tuple[str, str, str], tuple[str, str]] = {}
+        for key, items in objects.items():
+            encoded = []
+            for obj in items:
+                md = obj["metadata"]
+                ident = (key, md.get("namespace", ""), md["name"])
+                version = str(md.get("resourceVersion"))
+                hit = self._encoded.get(ident)
+                if hit is None or hit[0] != version:
+                    hit = (version, json.dumps(obj))
+                kept[ident] = hit
+                encoded.append(hit[1])
+            kinds.append(f"{json.dumps(key)}:[{','.join(encoded)}]")
+        self._encoded = kept
+        return f'{{"resourceVersion":{rv},"objects":{{{",".join(kinds)}}}}}'
+
+    def _write_state(self, text: str) -> None:
+        """Atomically (a rename). Writes are serialised: the final write at stop waits for one
+        still running in the writer thread, so the newest snapshot is the one that stays."""
+        assert self.state_file is not None
+        with self._write_lock:
+            tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            tmp.replace(self.state_file)
 
     def _load_state(self) -> bool:
         if self.state_file is None or not self.state_file.exists():
