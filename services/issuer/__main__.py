@@ -77,7 +77,7 @@ def compose(
             ledger=ledger,
             executor=executor,
             signing_cas=signing_cas,
-            secrets=declarations.secrets,
+            declarations=declarations.certificates,
             clock=clock,
         ),
     )

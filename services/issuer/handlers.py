@@ -28,7 +28,7 @@ import functools
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 
@@ -36,7 +36,6 @@ from services.issuer.issued import IssuedRecord, csr_digest, issued_key, serial_
 from services.issuer.ledger import LedgerEntry, record_signature
 from services.issuer.mirror import mirrored_status
 from services.issuer.policies import CsrInput, Verdict, authorise
-from services.issuer.secrets import read_signing_secret
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, sign
 from shared.bus import Bucket, Bus, Delivery, KvEntry, PublishError, RevisionMismatch
@@ -51,8 +50,8 @@ from shared.events import (
 )
 from shared.k8s import EventRecorder, KubeClient, KubeError, NotFound, update_model_status
 from shared.k8s.informer import Informer
-from shared.k8s.models import IssuedCertificate
-from shared.k8s.resources import ISSUED_CERTIFICATES, Resource
+from shared.k8s.models import IssuedCertificate, ObjectKey
+from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS, Resource
 from shared.pki import IssuedCertificate as Signed
 from shared.pki import SigningCA
 from shared.runtime import PermanentError, TransientError, get_logger
@@ -70,6 +69,10 @@ def _utcnow() -> datetime:
 
 def is_cluster_namespace(namespace: str, settings: IssuerSettings) -> bool:
     return namespace not in settings.excluded_namespaces
+
+
+_MISSED = object()
+"""No guessed signing Secret was read (see `CsrHandler._read_guessed`)."""
 
 
 async def _get_or_none(
@@ -100,7 +103,7 @@ class CsrHandler:
         ledger: Ledger,
         executor: Executor,
         signing_cas: SigningCAs,
-        secrets: Informer | None = None,
+        declarations: Informer | None = None,
         clock: Clock = _utcnow,
     ) -> None:
         self._settings = settings
@@ -111,8 +114,8 @@ class CsrHandler:
         self._ledger = ledger
         self._executor = executor
         self._cas = signing_cas
-        self._secrets = secrets
-        """The issuer's signing-Secret informer, read before the API (`read_signing_secret`)."""
+        self._declarations = declarations
+        """The issuer's IssuedCertificate informer: only to guess which Secret to read."""
         self._clock = clock
         self._policy = settings.key_policy()
 
@@ -164,7 +167,14 @@ class CsrHandler:
         cluster, name = event.cluster, event.data.name
         if not is_cluster_namespace(cluster, self._settings):
             return None, None
-        raw = await _get_or_none(self._kube, ISSUED_CERTIFICATES, name, cluster)
+        # Both are read live. The Secret's name is in the declaration, but the cached
+        # declaration almost always names the same one: read both at once, and read the
+        # Secret again only if the live declaration names another.
+        guess = self._signing_ref_cached(cluster, name)
+        raw, guessed = await concurrently(
+            _get_or_none(self._kube, ISSUED_CERTIFICATES, name, cluster),
+            self._read_guessed(guess),
+        )
         if raw is None:
             return None, None
         try:
@@ -175,8 +185,29 @@ class CsrHandler:
                 f"IssuedCertificate {cluster}/{name} cannot be read by the issuer; see its status"
             ) from None
         ref = declaration.spec.signing_certificate_secret
-        secret = await read_signing_secret(self._kube, self._secrets, ref.namespace, ref.name)
-        return declaration, secret
+        if guess == (ref.namespace, ref.name) and guessed is not _MISSED:
+            return declaration, cast("dict[str, Any] | None", guessed)
+        return declaration, await _get_or_none(self._kube, SECRETS, ref.name, ref.namespace)
+
+    async def _read_guessed(self, guess: tuple[str, str] | None) -> object:
+        """The guessed Secret (or None: absent), or `_MISSED` when there is no guess or the read
+        failed: then the Secret the live declaration names is read after it, as it would be."""
+        if guess is None:
+            return _MISSED
+        try:
+            return await _get_or_none(self._kube, SECRETS, guess[1], guess[0])
+        except KubeError:
+            return _MISSED
+
+    def _signing_ref_cached(self, cluster: str, name: str) -> tuple[str, str] | None:
+        """(namespace, name) of the signing Secret the cached declaration names, if cached."""
+        if self._declarations is None:
+            return None
+        cached = self._declarations.get(ObjectKey(cluster, name))
+        ref = ((cached or {}).get("spec") or {}).get("signingCertificateSecret")
+        if not isinstance(ref, dict) or not ref.get("name") or not ref.get("namespace"):
+            return None
+        return str(ref["namespace"]), str(ref["name"])
 
     def _decide(
         self,

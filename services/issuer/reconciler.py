@@ -41,7 +41,6 @@ from pydantic import ValidationError
 
 from services.issuer.mirror import ISSUER_ERROR_PREFIX, cleared_status, issuer_failed
 from services.issuer.policies import DeclarationInput, Verdict, check_declaration
-from services.issuer.secrets import read_signing_secret
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
 from shared.bus import Bucket, KvEntry, RevisionMismatch
@@ -184,7 +183,7 @@ class Declarations:
         # Three independent reads at once: the signing Secret, and what `_publish` compares
         # against (the bucket's entry, and the live declaration that proves the cache current).
         secret, entry, live = await concurrently(
-            read_signing_secret(self._kube, self.secrets, ref.namespace, ref.name),
+            _live(self._kube, SECRETS, ObjectKey(ref.namespace, ref.name)),
             self._desired.get(kv_key),
             _live(self._kube, ISSUED_CERTIFICATES, key),
         )

@@ -3,9 +3,12 @@ with its own reason; malformed events are terminated and the issuer keeps servin
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from nats.js.api import DiscardPolicy
 from issuer.issuer_testing import (
     SYSTEM_NAMESPACE,
     Agent,
+    Hierarchy,
     World,
     declaration,
     hosts_for,
@@ -25,9 +29,15 @@ from issuer.issuer_testing import (
     secret_body,
     world,
 )
-from shared.bus import NatsSettings
+from services.issuer.handlers import CsrHandler
+from services.issuer.issued import ISSUED_BUCKET
+from services.issuer.ledger import open_ledger
+from services.issuer.signer import SigningCAs
+from shared.bus import Delivery, NatsSettings
 from shared.bus.ledger import Ledger
 from shared.events import CertificateIssued, CsrRequested, encode
+from shared.k8s.informer import Informer
+from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES
 from shared.pki import Bundle, check_bundle, private_key_to_pem
 from support.waiting import eventually
@@ -320,3 +330,45 @@ async def test_a_csr_redelivered_after_a_failed_answer_gets_the_same_serial(
         assert json.loads(record.value)["serial_number"] == answer.data.serial_number
         entries = await ledger_entries(w)
         assert [e["serial_number"] for e in entries] == [answer.data.serial_number]
+
+
+async def test_a_csr_is_signed_by_the_ca_the_live_declaration_names_not_the_cached_one(
+    tmp_path: Path, nats_settings: NatsSettings
+) -> None:
+    """The handler guesses the signing Secret from its informer's cache to read it beside the
+    declaration; when the cache is behind (here: frozen before the declaration was repointed),
+    the Secret the live declaration names is the one that signs."""
+    async with world(tmp_path, nats_settings, levels=1) as w:
+        other = Hierarchy.make(levels=1)
+        await w.put_signing_secret(other, name="other-ca")
+        decl = await w.create(declaration("east", "istio-ca"))
+        informer = Informer(w.kube, ISSUED_CERTIFICATES)
+        watching = asyncio.create_task(informer.run())
+        await informer.wait_synced()
+        watching.cancel()  # the cache stays as it is: naming the first signing Secret
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        repointed = dict(decl, spec={**decl["spec"], "signingCertificateSecret": {
+            "name": "other-ca", "namespace": SYSTEM_NAMESPACE}})  # fmt: skip
+        live = await w.kube.replace(ISSUED_CERTIFICATES, repointed)
+        cached = informer.get(ObjectKey("east", "istio-ca"))
+        assert cached is not None
+        assert cached["spec"]["signingCertificateSecret"]["name"] == "root-ca"
+        ledger = open_ledger(w.bus)
+        await ledger.ensure()
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            handler = CsrHandler(
+                settings=w.settings(),
+                bus=w.bus,
+                kube=w.kube,
+                issued=await w.bus.bucket(ISSUED_BUCKET, history=1),
+                ledger=ledger,
+                executor=executor,
+                signing_cas=SigningCAs(),
+                declarations=informer,
+            )
+            request = w.agent("east").request(live)
+            await handler(request, Delivery(subject="", stream_sequence=1, num_delivered=1))
+        answer = await w.answers.issued(request.issuance)
+        cert = x509.load_pem_x509_certificate(answer.data.certificate_pem.encode())
+        cert.verify_directly_issued_by(other.signer.cert)
