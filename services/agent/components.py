@@ -18,7 +18,7 @@ from typing import Any
 
 from services.agent.desired import DesiredState
 from services.agent.handlers import Handlers
-from services.agent.objects import MANAGED_SELECTOR, AgentObjects, owner_of
+from services.agent.objects import MANAGED_SELECTOR, AgentObjects, key_secret_name, owner_of
 from services.agent.policies import Timing
 from services.agent.reconciler import Reconciler, utc_now
 from services.agent.settings import AgentSettings
@@ -245,5 +245,21 @@ def _without_status(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _secret_owner(event: InformerEvent) -> Iterable[ObjectKey]:
+    """The IssuedCertificate a Secret of ours belongs to, except for the agent's own
+    bookkeeping on a key Secret: its creation (the pass that made it carries on, and returns
+    its own re-send timer) and `mark_sent` (annotations only). Each of those woke a full pass
+    (three API reads) while the issuer was signing. A key Secret deleted, or its data changed,
+    still counts; so does every change of an issued Secret."""
     owner = owner_of(event.object)
-    return [owner] if owner is not None else []
+    if owner is None:
+        return []
+    if event.key.name == key_secret_name(owner.name) and (
+        event.type is ChangeType.ADDED
+        or (
+            event.type is ChangeType.MODIFIED
+            and event.old is not None
+            and event.old.get("data") == event.object.get("data")
+        )
+    ):
+        return []
+    return [owner]
