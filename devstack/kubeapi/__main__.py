@@ -19,6 +19,8 @@ import signal
 import sys
 from dataclasses import dataclass
 
+from shared.runtime.memory import freeze_start_up
+
 from .cluster import KubeAPI
 
 
@@ -112,6 +114,7 @@ async def serve(args: argparse.Namespace, specs: list[ClusterSpec]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args, specs = parse_args(argv)
+    freeze_start_up()
     try:
         asyncio.run(serve(args, specs))
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ from shared.k8s.backoff import BackoffPolicy
 from shared.k8s.config import client_from_settings
 from shared.k8s.informer import InformerSettings
 from shared.runtime import configure_logging, get_logger, supervise
+from shared.runtime.memory import freeze_start_up
 
 log = get_logger(__name__)
 
@@ -59,6 +60,7 @@ async def serve(
 def main() -> None:
     settings = AgentSettings()  # the cluster comes from the environment
     configure_logging(settings.logging)
+    freeze_start_up()
     asyncio.run(serve(settings))
 
 

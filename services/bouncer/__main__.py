@@ -16,6 +16,7 @@ from shared.events import EventType, subject
 from shared.k8s.config import client_from_settings
 from shared.runtime import configure_logging, get_logger, supervise
 from shared.runtime.health import HealthServer
+from shared.runtime.memory import freeze_start_up
 
 log = get_logger(__name__)
 
@@ -78,6 +79,7 @@ async def serve(
 def main() -> None:
     settings = BouncerSettings()  # the cluster comes from the environment
     configure_logging(settings.logging)
+    freeze_start_up()
     asyncio.run(serve(settings))
 
 

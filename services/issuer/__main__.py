@@ -28,6 +28,7 @@ from shared.k8s import EventRecorder, KubeClient, KubeError
 from shared.k8s.config import client_from_settings
 from shared.runtime import Component, configure_logging, get_logger, supervise
 from shared.runtime.health import HealthServer
+from shared.runtime.memory import freeze_start_up
 
 log = get_logger(__name__)
 
@@ -154,6 +155,7 @@ def main() -> int:
     ledger cannot be reached or used at start (the supervisor restarts us)."""
     settings = IssuerSettings()
     configure_logging(settings.logging)
+    freeze_start_up()
     try:
         asyncio.run(serve(settings))
     except (BusError, KubeError) as exc:

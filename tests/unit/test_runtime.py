@@ -159,3 +159,16 @@ async def test_a_failing_component_fails_the_service_and_cancels_the_rest() -> N
         await supervise([other, Failing()], grace=1.0, handle_signals=False)
     assert caught.group_contains(RuntimeError, match="boom")
     assert other.cancelled
+
+
+def test_freeze_start_up_moves_the_objects_alive_into_the_permanent_generation() -> None:
+    import gc
+
+    from shared.runtime.memory import freeze_start_up
+
+    assert gc.get_freeze_count() == 0
+    try:
+        freeze_start_up()
+        assert gc.get_freeze_count() > 10_000  # the test process's imports, at the least
+    finally:
+        gc.unfreeze()
