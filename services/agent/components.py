@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from services.agent.desired import DesiredState
 from services.agent.handlers import Handlers
@@ -29,7 +28,7 @@ from shared.k8s.client import KubeClient
 from shared.k8s.controller import Controller, ControllerSettings
 from shared.k8s.events import EventRecorder
 from shared.k8s.informer import EventType as ChangeType
-from shared.k8s.informer import Informer, InformerEvent, InformerSettings
+from shared.k8s.informer import Informer, InformerEvent, InformerSettings, status_only
 from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
 from shared.runtime import Component
@@ -227,21 +226,7 @@ def _unless_status_only(event: InformerEvent) -> Iterable[ObjectKey]:
     event; its own status write waking it again cost a full pass (three API reads, and the
     bundle check) per transition. A spec, label or annotation change (the handlers' verdicts
     are annotations) and every add or delete still count."""
-    status_only = (
-        event.type is ChangeType.MODIFIED
-        and event.old is not None
-        and _without_status(event.old) == _without_status(event.object)
-    )
-    return [] if status_only else [event.key]
-
-
-def _without_status(obj: Mapping[str, Any]) -> dict[str, Any]:
-    meta = {
-        k: v
-        for k, v in (obj.get("metadata") or {}).items()
-        if k not in {"resourceVersion", "managedFields"}
-    }
-    return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
+    return [] if status_only(event) else [event.key]
 
 
 def _secret_owner(event: InformerEvent) -> Iterable[ObjectKey]:

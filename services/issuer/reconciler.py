@@ -60,6 +60,7 @@ from shared.k8s import (
     update_status,
 )
 from shared.k8s.controller import ReconcileResult
+from shared.k8s.informer import status_only
 from shared.k8s.models import IssuedCertificate, IssuedCertificateStatus, State
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
 from shared.runtime import get_logger
@@ -88,6 +89,10 @@ def _identity(obj: Obj | None) -> tuple[str, int] | None:
         return None
     meta = obj.get("metadata") or {}
     return str(meta.get("uid") or ""), int(meta.get("generation") or 1)
+
+
+def _unless_status_only(event: InformerEvent) -> Iterable[ObjectKey]:
+    return [] if status_only(event) else [event.key]
 
 
 def _ref(obj: Obj, field: str) -> tuple[str, str] | None:
@@ -125,7 +130,9 @@ class Declarations:
         self.certificate_controller = Controller(
             name="issuer-certificates", reconcile=self.reconcile_certificate, settings=workers
         )
-        self.certificate_controller.watch(self.certificates)
+        # The desired state is a function of spec, uid, generation and the signing Secret,
+        # never of status: the status mirror's writes (two per issuance) wake nothing here.
+        self.certificate_controller.watch(self.certificates, map_to=_unless_status_only)
         self.certificate_controller.watch(self.secrets, map_to=self._certificates_signed_by)
         self.directive_controller = Controller(
             name="issuer-directives", reconcile=self.reconcile_directive, settings=workers
@@ -158,6 +165,8 @@ class Declarations:
         ]
 
     def _directives_named_by(self, event: InformerEvent) -> Iterable[ObjectKey]:
+        if status_only(event):
+            return []
         keys = set()
         for obj in (event.object, event.old):
             if obj is not None and (ref := _ref(obj, "podBounceDirective")) is not None:

@@ -41,7 +41,14 @@ from shared.k8s.errors import Gone, KubeError
 from shared.k8s.models import ObjectKey
 from shared.k8s.resources import Resource
 
-__all__ = ["EventType", "Informer", "InformerEvent", "InformerSettings", "InformerStats"]
+__all__ = [
+    "EventType",
+    "Informer",
+    "InformerEvent",
+    "InformerSettings",
+    "InformerStats",
+    "status_only",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +73,27 @@ class InformerEvent:
     key: ObjectKey
     object: Obj
     old: Obj | None = None
+
+
+def status_only(event: InformerEvent) -> bool:
+    """Whether `event` changed nothing but the object's status (and its resourceVersion and
+    managedFields, which every write changes). Controllers whose decisions do not depend on the
+    status, or that write it themselves, skip such events: their own status write would wake
+    them again for a full pass."""
+    return (
+        event.type is EventType.MODIFIED
+        and event.old is not None
+        and _without_status(event.old) == _without_status(event.object)
+    )
+
+
+def _without_status(obj: Mapping[str, Any]) -> dict[str, Any]:
+    meta = {
+        k: v
+        for k, v in (obj.get("metadata") or {}).items()
+        if k not in {"resourceVersion", "managedFields"}
+    }
+    return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
 
 
 @dataclass(frozen=True, slots=True)
