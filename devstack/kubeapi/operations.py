@@ -344,7 +344,7 @@ class Operations:
             out = copy.deepcopy(obj)
             out["metadata"].pop("resourceVersion", None)
             return self.render(rt, version, out)
-        stored = self.store.create(rt.key, obj)  # a copy of its own: no second copy to render
+        stored = self.store.create(rt.key, obj)  # shared: rendered for reading only
         if rt.kind == "CustomResourceDefinition" and rt.builtin:
             self.registry.add(crds.resource_type(stored))
         return self.render(rt, version, stored, shared=True)
@@ -400,7 +400,10 @@ class Operations:
             )
         omd = old["metadata"]
         if subresource == "status":
-            new = copy.deepcopy(old)
+            # Shallow: stored objects are never changed in place, and below only the top level
+            # and the metadata (copied) are written to.
+            new = dict(old)
+            new["metadata"] = dict(old["metadata"])
             if "status" in incoming:
                 new["status"] = incoming["status"]
             else:
@@ -410,7 +413,7 @@ class Operations:
             new["metadata"] = dict(imd)
             if rt.has_status(version) and subresource is None:
                 if "status" in old:
-                    new["status"] = copy.deepcopy(old["status"])
+                    new["status"] = old["status"]  # shared with the stored version, unchanged
                 else:
                     new.pop("status", None)
         nmd = new["metadata"]
@@ -476,9 +479,9 @@ class Operations:
         if not nmd["managedFields"]:
             nmd.pop("managedFields")
         if _unchanged(new, old):
-            return self.render(rt, version, old)
+            return self.render(rt, version, old, shared=True)
         if ctx.dry_run:
-            return self.render(rt, version, new)
+            return self.render(rt, version, new, shared=True)
         if (
             nmd.get("deletionTimestamp")
             and not nmd.get("finalizers")
@@ -490,8 +493,8 @@ class Operations:
             gone = self.store.delete(rt.key, namespace if rt.namespaced else "", name)
             self._after_delete(rt, gone)
             nmd["resourceVersion"] = gone["metadata"]["resourceVersion"]
-            return self.render(rt, version, new)
-        stored = self.store.update(rt.key, new)  # a copy of its own: no second copy to render
+            return self.render(rt, version, new, shared=True)
+        stored = self.store.update(rt.key, new)  # shared: rendered for reading only
         if rt.kind == "CustomResourceDefinition" and rt.builtin:
             self.registry.add(crds.resource_type(stored))
         return self.render(rt, version, stored, shared=True)
@@ -701,7 +704,7 @@ class Operations:
         graceful = bool(finalizers) or bool(self._spec_finalizers(rt, obj))
         if graceful:
             if md.get("deletionTimestamp") and finalizers == list(md.get("finalizers") or []):
-                return self.render(rt, version, obj), False
+                return self.render(rt, version, obj, shared=True), False
             new = copy.deepcopy(obj)
             nmd = new["metadata"]
             if not nmd.get("deletionTimestamp"):
@@ -725,15 +728,15 @@ class Operations:
                     }
                 )
             if ctx.dry_run:
-                return self.render(rt, version, new), False
+                return self.render(rt, version, new, shared=True), False
             stored = self.store.update(rt.key, new)
-            return self.render(rt, version, stored), False
+            return self.render(rt, version, stored, shared=True), False
         if ctx.dry_run:
-            return self.render(rt, version, obj), True
+            return self.render(rt, version, obj, shared=True), True
         gone = self.store.delete(rt.key, md.get("namespace", ""), name)
         self._after_delete(rt, gone)
         if rt.return_deleted_object:
-            return self.render(rt, version, gone), True
+            return self.render(rt, version, gone, shared=True), True
         details: Obj = {"name": name}
         if rt.group:
             details["group"] = rt.group

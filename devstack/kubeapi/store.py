@@ -9,7 +9,9 @@ Invariants:
   queues inside the write keeps every watcher in RV order with no locks.
 
 The store does not validate, default or authorise anything: `operations.py` does that.  Objects
-handed in are owned by the store afterwards and never mutated again; readers get deep copies.
+handed in are owned by the store afterwards and never mutated again; what the writes return is
+the stored object itself, shared (`get` alone copies): callers read it, or copy it to change it,
+as the controllers do with what `objects_of` lists.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ class Store:
         rv = self._stamp(obj)
         self.objects.setdefault(key, {})[_obj_key(obj)] = obj
         self._record(Event(rv, "ADDED", key, obj, None))
-        return copy.deepcopy(obj)
+        return obj
 
     def update(self, key: str, obj: Obj) -> Obj:
         k = _obj_key(obj)
@@ -118,7 +120,7 @@ class Store:
         rv = self._stamp(obj)
         self.objects[key][k] = obj
         self._record(Event(rv, "MODIFIED", key, obj, old))
-        return copy.deepcopy(obj)
+        return obj
 
     def delete(self, key: str, namespace: str, name: str) -> Obj:
         old = self.objects[key].pop((namespace, name))
@@ -127,7 +129,7 @@ class Store:
         gone = copy.deepcopy(old)
         rv = self._stamp(gone)
         self._record(Event(rv, "DELETED", key, gone, old))
-        return copy.deepcopy(gone)
+        return gone
 
     def load(self, rv: int, objects: dict[str, list[Obj]]) -> None:
         """Replace the whole state (from a state file); history starts empty at `rv`."""
