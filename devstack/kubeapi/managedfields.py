@@ -23,9 +23,11 @@ IGNORED_TOP = ("f:status",)
 
 def _object_fields(obj: Obj, subresource: str | None) -> dict[str, Any]:
     fs = patching.field_set(obj)
-    if subresource == "status":
-        return {k: v for k, v in fs.items() if k == "f:status"}
-    return fs
+    return _only_status(fs) if subresource == "status" else fs
+
+
+def _only_status(fs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fs.items() if k == "f:status"}
 
 
 def render_path(path: tuple[str, ...]) -> str:
@@ -90,8 +92,11 @@ def record_update(
     new: Obj,
     subresource: str | None,
 ) -> list[Entry]:
-    entries = copy.deepcopy(entries or [])
-    new_fs = _object_fields(new, subresource)
+    # Each entry dict is copied; their field sets are replaced below, never changed in place
+    # (remove_paths and _union build new ones).
+    entries = [dict(e) for e in entries or []]
+    full_fs = patching.field_set(new)
+    new_fs = _only_status(full_fs) if subresource == "status" else full_fs
     changed = [
         leaf
         for leaf in patching.leaves(new_fs)
@@ -99,7 +104,7 @@ def record_update(
     ]
     gone = []
     if old is not None:
-        present = set(patching.leaves(patching.field_set(new)))
+        present = set(patching.leaves(full_fs))
         gone = [leaf for leaf in patching.leaves(patching.field_set(old)) if leaf not in present]
     if not changed and not gone:
         return entries
