@@ -135,6 +135,8 @@ class CsrHandler:
         if entry is not None:
             await self._answer_again(event, IssuedRecord.model_validate_json(entry.value), entry)
             return
+        if isinstance(state, KubeError):
+            raise state  # the API failed us, and no record answers for it
         if isinstance(state, _Unreadable):
             await self._deny(event, Verdict("InvalidDeclaration", str(state), denied=True), None)
             return
@@ -153,12 +155,13 @@ class CsrHandler:
 
     async def _read_state_or_why(
         self, event: CsrRequested
-    ) -> tuple[IssuedCertificate | None, dict[str, Any] | None] | _Unreadable:
+    ) -> tuple[IssuedCertificate | None, dict[str, Any] | None] | _Unreadable | KubeError:
         """The state, or why it cannot be read: returned, not raised, since the record read
-        beside it decides first (a signed issuance is answered again even so)."""
+        beside it decides first (a signed issuance is answered again from its record even while
+        the declaration is unreadable or the API is down)."""
         try:
             return await self._read_state(event)
-        except _Unreadable as exc:
+        except (_Unreadable, KubeError) as exc:
             return exc
 
     async def _read_state(
