@@ -28,7 +28,7 @@ from shared.k8s.client import KubeClient
 from shared.k8s.controller import Controller, ControllerSettings
 from shared.k8s.events import EventRecorder
 from shared.k8s.informer import EventType as ChangeType
-from shared.k8s.informer import Informer, InformerEvent, InformerSettings, status_only
+from shared.k8s.informer import Informer, InformerEvent, InformerSettings, unless_status_only
 from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
 from shared.runtime import Component
@@ -152,7 +152,9 @@ def build_agent(
         name="issuedcertificates", reconcile=reconciler.reconcile, settings=controller_settings
     )
     for informer in ic_informers:
-        controller.watch(informer, map_to=_unless_status_only)
+        # The reconciler writes status once per pass and decides from what it reads, never
+        # from the event: its own status writes would wake it for a full pass each.
+        controller.watch(informer, map_to=unless_status_only)
     for informer in secret_informers:
         controller.watch(informer, map_to=_secret_owner)
 
@@ -217,16 +219,6 @@ def build_agent(
         consumer,
     ]
     return agent
-
-
-def _unless_status_only(event: InformerEvent) -> Iterable[ObjectKey]:
-    """The IssuedCertificate's key, except for a change of nothing but its status.
-
-    The reconciler writes status once per pass and decides from what it reads, never from the
-    event; its own status write waking it again cost a full pass (three API reads, and the
-    bundle check) per transition. A spec, label or annotation change (the handlers' verdicts
-    are annotations) and every add or delete still count."""
-    return [] if status_only(event) else [event.key]
 
 
 def _secret_owner(event: InformerEvent) -> Iterable[ObjectKey]:

@@ -60,7 +60,7 @@ from shared.k8s import (
     update_status,
 )
 from shared.k8s.controller import ReconcileResult
-from shared.k8s.informer import status_only
+from shared.k8s.informer import status_only, unless_status_only
 from shared.k8s.models import IssuedCertificate, IssuedCertificateStatus, State
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
 from shared.runtime import get_logger
@@ -89,10 +89,6 @@ def _identity(obj: Obj | None) -> tuple[str, int] | None:
         return None
     meta = obj.get("metadata") or {}
     return str(meta.get("uid") or ""), int(meta.get("generation") or 1)
-
-
-def _unless_status_only(event: InformerEvent) -> Iterable[ObjectKey]:
-    return [] if status_only(event) else [event.key]
 
 
 def _ref(obj: Obj, field: str) -> tuple[str, str] | None:
@@ -132,7 +128,7 @@ class Declarations:
         )
         # The desired state is a function of spec, uid, generation and the signing Secret,
         # never of status: the status mirror's writes (two per issuance) wake nothing here.
-        self.certificate_controller.watch(self.certificates, map_to=_unless_status_only)
+        self.certificate_controller.watch(self.certificates, map_to=unless_status_only)
         self.certificate_controller.watch(self.secrets, map_to=self._certificates_signed_by)
         self.directive_controller = Controller(
             name="issuer-directives", reconcile=self.reconcile_directive, settings=workers

@@ -37,11 +37,11 @@ from nats.js.api import (
 )
 
 from shared.bus.connection import Connection
-from shared.bus.publishing import RETRIABLE
+from shared.bus.publishing import once_then_retry
 from shared.bus.settings import NatsSettings
 from shared.runtime.errors import TransientError
 from shared.runtime.logging import get_logger
-from shared.runtime.retry import RetryPolicy, retry
+from shared.runtime.retry import RetryPolicy
 
 log = get_logger(__name__)
 
@@ -142,10 +142,7 @@ class CompletionLog:
             await js.publish(self._subject, payload, timeout=timeout, stream=RECORD_STREAM)
 
         try:
-            try:
-                await once()  # the common case, without the retry machinery's cost
-            except RETRIABLE:
-                await retry(once, on=RETRIABLE, policy=self._policy)
+            await once_then_retry(once, self._policy)
         except (nats.errors.Error, TimeoutError) as exc:  # RETRIABLE exhausted, or refused
             failure = RecordFailed(f"{type(exc).__name__} while recording {len(seqs)} messages")
             for _, done in batch:

@@ -9,7 +9,9 @@ stream's duplicate window drops the repeat. A publish that is refused for any ot
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -21,6 +23,8 @@ from shared.runtime.logging import get_logger
 from shared.runtime.retry import RetryPolicy, retry
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 MSG_ID = "Nats-Msg-Id"
 
@@ -41,6 +45,15 @@ class Published:
     sequence: int
     duplicate: bool
     """True when JetStream had the same Nats-Msg-Id already: nothing new was stored."""
+
+
+async def once_then_retry(once: Callable[[], Awaitable[T]], policy: RetryPolicy) -> T:
+    """`once()`, retried under `policy` only after it met a RETRIABLE error: the common case,
+    a first call that works, skips the retry machinery's cost on this hot path."""
+    try:
+        return await once()
+    except RETRIABLE:
+        return await retry(once, on=RETRIABLE, policy=policy)
 
 
 class PublishError(Exception):
@@ -79,10 +92,7 @@ class Publisher:
             return Published(stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate))
 
         try:
-            try:
-                result = await once()  # the common case, without the retry machinery's cost
-            except RETRIABLE:
-                result = await retry(once, on=RETRIABLE, policy=self._policy)
+            result = await once_then_retry(once, self._policy)
         except RETRIABLE as exc:
             raise PublishError(
                 f"{event.event_type.value} for issuance {event.issuance} not stored within "

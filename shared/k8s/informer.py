@@ -48,6 +48,7 @@ __all__ = [
     "InformerSettings",
     "InformerStats",
     "status_only",
+    "unless_status_only",
 ]
 
 log = structlog.get_logger(__name__)
@@ -85,6 +86,12 @@ def status_only(event: InformerEvent) -> bool:
         and event.old is not None
         and _without_status(event.old) == _without_status(event.object)
     )
+
+
+def unless_status_only(event: InformerEvent) -> list[ObjectKey]:
+    """A controller's `map_to`: the object's own key, except for a change of nothing but its
+    status (see `status_only`). Adds, deletes, and spec, label or annotation changes count."""
+    return [] if status_only(event) else [event.key]
 
 
 def _without_status(obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 
-from services.agent.components import _unless_status_only
-from shared.k8s.informer import EventType, InformerEvent
+from shared.k8s.informer import EventType, InformerEvent, unless_status_only
 from shared.k8s.models import ObjectKey
 
 KEY = ObjectKey("istio-system", "ca")
@@ -49,4 +48,4 @@ def modified(**parts: Any) -> InformerEvent:
     ],
 )
 def test_reconciler_wakeups(event: InformerEvent, wakes: bool) -> None:
-    assert list(_unless_status_only(event)) == ([KEY] if wakes else [])
+    assert list(unless_status_only(event)) == ([KEY] if wakes else [])
