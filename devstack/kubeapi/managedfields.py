@@ -82,6 +82,12 @@ def _union(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _status_part(obj: Obj | None) -> Obj | None:
+    if obj is None:
+        return None
+    return {"status": obj["status"]} if "status" in obj else {}
+
+
 def record_update(
     entries: list[Entry] | None,
     *,
@@ -95,17 +101,24 @@ def record_update(
     # Each entry dict is copied; their field sets are replaced below, never changed in place
     # (remove_paths and _union build new ones).
     entries = [dict(e) for e in entries or []]
-    full_fs = patching.field_set(new)
-    new_fs = _only_status(full_fs) if subresource == "status" else full_fs
+    if subresource == "status":
+        # A status write changes nothing but the status (`operations.update` takes the rest
+        # from the stored object), and field sets are per top-level field: the status alone.
+        new_part, old_part = _status_part(new), _status_part(old)
+    else:
+        new_part, old_part = new, old
+    new_fs = patching.field_set(new_part)
     changed = [
         leaf
         for leaf in patching.leaves(new_fs)
         if old is None or patching.value_at(old, leaf) != patching.value_at(new, leaf)
     ]
     gone = []
-    if old is not None:
-        present = set(patching.leaves(full_fs))
-        gone = [leaf for leaf in patching.leaves(patching.field_set(old)) if leaf not in present]
+    if old_part is not None:
+        present = set(patching.leaves(new_fs))
+        gone = [
+            leaf for leaf in patching.leaves(patching.field_set(old_part)) if leaf not in present
+        ]
     if not changed and not gone:
         return entries
     out: list[Entry] = []

@@ -119,9 +119,10 @@ class Operations:
         return obj
 
     def _custom_resource(
-        self, rt: ResourceType, version: str, obj: Obj, ctx: Context
+        self, rt: ResourceType, version: str, obj: Obj, ctx: Context, old: Obj | None = None
     ) -> list[Cause]:
-        """Prune, default and validate a custom resource against its version's schema."""
+        """Prune, default and validate a custom resource against its version's schema (an
+        update's unchanged top-level fields are not validated again: `schema.validate`)."""
         sch = rt.schemas.get(version)
         if sch is None:
             return []
@@ -129,7 +130,7 @@ class Operations:
         self._unknown_fields(rt, version, pruned, ctx)
         obj.clear()
         obj.update(pruned_obj)
-        return schema.validate(obj, sch)
+        return schema.validate(obj, sch, old)
 
     @staticmethod
     def _unknown_fields(rt: ResourceType, version: str, pruned: list[str], ctx: Context) -> None:
@@ -156,7 +157,7 @@ class Operations:
             else:
                 causes += builtins.prepare(rt, obj, old)
         else:
-            causes += self._custom_resource(rt, version, obj, ctx)
+            causes += self._custom_resource(rt, version, obj, ctx, old)
         if causes:
             raise errors.invalid(rt.kind, rt.group, md.get("name", ""), causes)
 
@@ -369,7 +370,9 @@ class Operations:
         old = self._existing(rt, namespace, name)
         if subresource is None and not from_patch:
             _check_type_meta(rt, version, body)
-        incoming = copy.deepcopy(body)
+        # A PUT's body was parsed for this request alone: it is ours to change. A patch's merged
+        # object may share parts with the stored one.
+        incoming = copy.deepcopy(body) if from_patch else body
         imd: Obj = incoming["metadata"] if isinstance(incoming.get("metadata"), dict) else {}
         if imd.get("name") and imd["name"] != name:
             raise errors.bad_request(
@@ -456,7 +459,7 @@ class Operations:
         if subresource != "status":
             self._validate_common(rt, version, new, old, ctx)
         elif not rt.builtin:
-            causes = self._custom_resource(rt, version, new, ctx)
+            causes = self._custom_resource(rt, version, new, ctx, old)
             if causes:
                 raise errors.invalid(rt.kind, rt.group, name, causes)
         if rt.has_generation and "generation" in omd:

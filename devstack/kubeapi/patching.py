@@ -337,7 +337,20 @@ def value_at(obj: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
     return True, cur
 
 
+def _has_path(fs: dict[str, Any], path: tuple[str, ...]) -> bool:
+    node = fs
+    for p in path:
+        if not isinstance(node, dict) or p not in node:
+            return False
+        node = node[p]
+    return True
+
+
 def remove_paths(fs: dict[str, Any], paths: list[tuple[str, ...]]) -> dict[str, Any]:
+    """`fs` without `paths` (and the parents left empty): a new set, or `fs` itself when it
+    holds none of them (field sets are never changed in place)."""
+    if not any(_has_path(fs, path) for path in paths):
+        return fs
     out = copy.deepcopy(fs)
     for path in paths:
         node = out

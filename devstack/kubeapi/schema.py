@@ -6,13 +6,15 @@ renders each failure as kube-apiserver's field error: `spec.replicas: Invalid va
 spec.replicas in body must be of type integer: "string"` with reason and field path.
 
 Not implemented (documented in docs/kubeapi.md): CEL `x-kubernetes-validations`,
-`x-kubernetes-list-type` uniqueness, `format` checks, ratcheting.
+`x-kubernetes-list-type` uniqueness, `format` checks, ratcheting below the top level (see
+`validate`).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
@@ -146,29 +148,66 @@ def _field_path(parts: list[Any]) -> str:
     return out
 
 
-_VALIDATORS: dict[int, tuple[Schema, jsonschema.Draft4Validator]] = {}
+@dataclass(frozen=True, slots=True)
+class _Validators:
+    whole: jsonschema.Draft4Validator
+    """The object without its metadata."""
+    top: jsonschema.Draft4Validator
+    """The top level only (its keywords; each declared field's value left unchecked)."""
+    fields: dict[str, jsonschema.Draft4Validator]
+    """Each declared top-level field's value (`spec`, `status`, ...)."""
+
+
+_VALIDATORS: dict[int, tuple[Schema, _Validators]] = {}
 """Per CRD version schema (by identity; the schema is kept alive with its entry)."""
 
 
-def _validator(schema: Schema) -> jsonschema.Draft4Validator:
+def _validators(schema: Schema) -> _Validators:
     cached = _VALIDATORS.get(id(schema))
     if cached is not None and cached[0] is schema:
         return cached[1]
     js = to_json_schema(schema)
     js.get("properties", {}).pop("metadata", None)
-    validator = jsonschema.Draft4Validator(js)
+    props: dict[str, Any] = js.get("properties") or {}
+    validators = _Validators(
+        whole=jsonschema.Draft4Validator(js),
+        top=jsonschema.Draft4Validator({**js, "properties": {k: {} for k in props}}),
+        fields={k: jsonschema.Draft4Validator(sub) for k, sub in props.items()},
+    )
     if len(_VALIDATORS) > 256:  # CRDs re-registered many times: start afresh
         _VALIDATORS.clear()
-    _VALIDATORS[id(schema)] = (schema, validator)
-    return validator
+    _VALIDATORS[id(schema)] = (schema, validators)
+    return validators
 
 
-def validate(value: dict[str, Any], schema: Schema) -> list[Cause]:
-    """Validate a custom resource (without its metadata) against a CRD version schema."""
+def validate(
+    value: dict[str, Any], schema: Schema, old: dict[str, Any] | None = None
+) -> list[Cause]:
+    """Validate a custom resource (without its metadata) against a CRD version schema.
+
+    On an update (`old`, the stored object), a top-level field equal to the old one (`spec` on a
+    status write, `status` on a spec write) is not validated again: kube-apiserver's validation
+    ratcheting (on by default since 1.30, GA in 1.33) ignores errors in unchanged fields, so
+    checking them could only report what would be ignored. Ratcheting here stops at the top
+    level: a changed `spec` is validated whole, which may report an unchanged invalid field
+    inside it that kube-apiserver would let through.
+    """
     body = {k: v for k, v in value.items() if k != "metadata"}
-    validator = _validator(schema)
+    validators = _validators(schema)
+    errors: list[jsonschema.ValidationError] = []
+    if old is None:
+        errors.extend(validators.whole.iter_errors(body))
+    else:
+        errors.extend(validators.top.iter_errors(body))
+        for key, field in body.items():
+            validator = validators.fields.get(key)
+            if validator is None or (key in old and (old[key] is field or old[key] == field)):
+                continue
+            for err in validator.iter_errors(field):
+                err.path.appendleft(key)
+                errors.append(err)
     causes: list[Cause] = []
-    for err in sorted(validator.iter_errors(body), key=lambda e: list(map(str, e.absolute_path))):
+    for err in sorted(errors, key=lambda e: list(map(str, e.absolute_path))):
         causes.extend(_cause(err))
     return causes
 

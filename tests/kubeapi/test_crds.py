@@ -285,3 +285,42 @@ async def test_a_terminating_crd_waits_for_custom_resource_finalizers(
         return False
 
     await eventually(crd_gone)
+
+
+async def test_validation_ratchets_unchanged_top_level_fields(k8s: ApiClient) -> None:
+    """An object the schema no longer admits (the CRD tightened after it was stored) can still
+    have its status and metadata written, as kube-apiserver's validation ratcheting allows; a
+    changed spec is validated again, and so is a changed status."""
+    ext = client.ApiextensionsV1Api(k8s)
+    await ext.create_custom_resource_definition(WIDGET_CRD)
+    widgets = client.CustomObjectsApi(k8s)
+    await widgets.create_namespaced_custom_object(*W, widget("w", 8))
+    crd = await ext.read_custom_resource_definition("widgets.example.com")
+    tighter = k8s.sanitize_for_serialization(crd)
+    version = next(v for v in tighter["spec"]["versions"] if v["name"] == "v1")
+    version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["size"]["maximum"] = 5
+    await ext.replace_custom_resource_definition("widgets.example.com", tighter)
+
+    stored = await widgets.get_namespaced_custom_object(*W, "w")
+    stored["status"] = {"phase": "Ready"}
+    written = await widgets.replace_namespaced_custom_object_status(*W, "w", stored)
+    assert written["status"] == {"phase": "Ready"}
+    written["metadata"]["labels"] = {"team": "a"}
+    written = await widgets.replace_namespaced_custom_object(*W, "w", written)
+    assert written["metadata"]["labels"] == {"team": "a"}
+
+    written["spec"]["color"] = "red"  # a spec change: spec.size is validated again
+    with pytest.raises(client.ApiException) as err:
+        await widgets.replace_namespaced_custom_object(*W, "w", written)
+    assert err.value.status == 422
+    causes = json.loads(err.value.body)["details"]["causes"]
+    assert [c["field"] for c in causes] == ["spec.size"]
+
+    written["spec"]["color"] = "blue"
+    written["status"] = {"phase": 7}  # a changed status is validated
+    with pytest.raises(client.ApiException) as err:
+        await widgets.replace_namespaced_custom_object_status(*W, "w", written)
+    assert err.value.status == 422
+    assert [c["field"] for c in json.loads(err.value.body)["details"]["causes"]] == [
+        "status.phase"
+    ]
