@@ -28,7 +28,13 @@ from shared.k8s.client import KubeClient
 from shared.k8s.controller import Controller, ControllerSettings
 from shared.k8s.events import EventRecorder
 from shared.k8s.informer import EventType as ChangeType
-from shared.k8s.informer import Informer, InformerEvent, InformerSettings, unless_status_only
+from shared.k8s.informer import (
+    Informer,
+    InformerEvent,
+    InformerSettings,
+    cached_in,
+    unless_status_only,
+)
 from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
 from shared.runtime import Component
@@ -144,6 +150,7 @@ def build_agent(
         timing=timing,
         now=now,
         rand=rand,
+        cached=lambda key: cached_in(ic_informers, key),
     )
     controller_settings = ControllerSettings(
         workers=settings.workers, backoff=controller_backoff or BackoffPolicy()

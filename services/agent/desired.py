@@ -108,6 +108,9 @@ class DesiredState:
         self._desired: dict[str, DesiredObject] = {}
         self._reported: dict[str, int] = {}
         """Desired keys refused by the cluster, and the declaration generation reported."""
+        self._written: dict[str, str] = {}
+        """Desired key -> resourceVersion of the object this applier last created or replaced:
+        the informer's event for that very version is our own write, already matching."""
         self.enqueue: Callable[[ObjectKey], None] = enqueue or (lambda _key: None)
         self.synced = asyncio.Event()
         """Set once the first KV snapshot is mirrored: before that, an absent entry means
@@ -171,7 +174,13 @@ class DesiredState:
             key = desired_key(self._cluster, kind, event.key.name)
             if key not in self._desired and not is_managed(event.object):
                 return []
-            if event.type in (EventType.ADDED, EventType.DELETED) or event.old is None:
+            if event.type is EventType.DELETED:
+                self._written.pop(key, None)
+                return [queue_key(key)]
+            written = self._written.get(key)
+            if written and written == _version(event.object):
+                return []  # our own create or replace, seen back: nothing to repair
+            if event.type is EventType.ADDED or event.old is None:
                 return [queue_key(key)]
             if _shape(event.object) != _shape(event.old):
                 return [queue_key(key)]
@@ -191,7 +200,8 @@ class DesiredState:
             return Done()
         resource = RESOURCES[kind]
         desired = self._desired.get(key)
-        managed = [obj for obj in self._cached(kind, name) if is_managed(obj)]
+        cached = self._cached(kind, name)
+        managed = [obj for obj in cached if is_managed(obj)]
         if desired is None:
             for obj in managed:
                 await self._delete(resource, obj)
@@ -207,9 +217,15 @@ class DesiredState:
                 f"{self._cluster!r}",
             )
             return Done()
+        here = any(ObjectKey.of(obj).namespace == desired.namespace for obj in cached)
+        # Not even in the cache: create at once (a read first would almost always say absent);
+        # AlreadyExists means the cache lags, and the object is read and compared after all.
+        if not here and await self._create(key, resource, desired):
+            return Done()
         current = await self._objects.get(resource, desired.namespace, name)
         if current is None:
-            await self._create(key, resource, desired)
+            if not await self._create(key, resource, desired):
+                self.enqueue(queue_key(key))  # raced with someone: look again
         elif not is_managed(current):
             log.warning("object exists and is not managed by meshtrust; left alone", kv_key=key)
             await self._recorder.record(
@@ -235,7 +251,8 @@ class DesiredState:
         labels = {MANAGED_BY: MANAGED_BY_VALUE}
         return labels, _annotations(key, desired)
 
-    async def _create(self, key: str, resource: Resource, desired: DesiredObject) -> None:
+    async def _create(self, key: str, resource: Resource, desired: DesiredObject) -> bool:
+        """Create the object; False when one of that name exists already (nothing done)."""
         labels, annotations = self._metadata(key, desired)
         body = {
             "apiVersion": resource.api_version,
@@ -249,14 +266,16 @@ class DesiredState:
             "spec": dict(desired.spec),
         }
         try:
-            await self._objects.kube.create(resource, body)
+            created = await self._objects.kube.create(resource, body)
         except AlreadyExists:
-            self.enqueue(queue_key(key))  # raced with someone: look again
-            return
+            return False
         except Invalid as exc:
             await self._refuse(key, desired, f"the cluster refused it: {exc.message}")
-            return
+            return True
+        if version := _version(created):
+            self._written[key] = version
         log.info("desired object created", kv_key=key, namespace=desired.namespace)
+        return True
 
     async def _replace(
         self, key: str, resource: Resource, current: Obj, desired: DesiredObject
@@ -268,10 +287,12 @@ class DesiredState:
         meta["annotations"] = {**kept, **annotations}
         body = {**current, "metadata": meta, "spec": dict(desired.spec)}
         try:
-            await self._objects.kube.replace(resource, body)
+            replaced = await self._objects.kube.replace(resource, body)
         except Invalid as exc:
             await self._refuse(key, desired, f"the cluster refused it: {exc.message}")
             return
+        if version := _version(replaced):
+            self._written[key] = version
         log.info("desired object re-applied", kv_key=key, namespace=desired.namespace)
 
     async def _delete(self, resource: Resource, obj: Obj) -> None:
@@ -323,6 +344,10 @@ def _annotations(key: str, desired: DesiredObject) -> dict[str, str]:
     if desired.signing_chain_fingerprint is not None:
         annotations[SIGNING_CHAIN] = desired.signing_chain_fingerprint
     return annotations
+
+
+def _version(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
 
 
 def _shape(obj: Mapping[str, Any]) -> tuple[object, ...]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -35,15 +36,17 @@ from pydantic import ValidationError
 from services.agent.objects import (
     ISSUANCE_ID,
     AgentObjects,
+    EarlyRead,
     annotations_of,
+    issued_secret_ref,
     key_secret_name,
     read_key_secret,
 )
 from services.agent.policies import Verdict
 from shared.bus import Delivery
 from shared.events import BounceCompleted, CertificateDenied, CertificateIssued, Event
-from shared.k8s.errors import KubeError, NotFound
-from shared.k8s.informer import Informer
+from shared.k8s.errors import KubeError
+from shared.k8s.informer import Informer, cached_in
 from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, ObjectKey, State
 from shared.k8s.resources import ISSUED_CERTIFICATES
 from shared.pki import Bundle, BundleInfo, PkiError, fingerprint
@@ -54,6 +57,19 @@ from shared.runtime.logging import get_logger
 log = get_logger(__name__)
 
 Obj = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """The current IssuedCertificate of an answer, and what a bundle write needs (read fresh)."""
+
+    key: ObjectKey
+    status: IssuedCertificateStatus
+    spec: IssuedCertificateSpec | None
+    """None when invalid: the reconciler reports it."""
+    issued: Obj | None
+    """The issued Secret the spec names (None: absent, or no valid spec)."""
+    key_secret: Obj | None
 
 
 class Handlers:
@@ -90,28 +106,22 @@ class Handlers:
     # -- certificate.issued --------------------------------------------------------------------
 
     async def on_issued(self, event: CertificateIssued) -> None:
-        found = await self._current(event.data.name, event.issuance)
+        found = await self._current_with_secrets(event.data.name, event.issuance)
         if found is None:
             log.info("certificate.issued for no current issuance; ignored", name=event.data.name)
             return
-        key, ic, status = found
+        key, status, spec, existing = found.key, found.status, found.spec, found.issued
         if status.state is not State.REQUESTED:
             log.info("duplicate certificate.issued ignored", key=str(key), state=status.state)
             return
-        try:
-            spec = IssuedCertificateSpec.model_validate(ic.get("spec") or {})
-        except ValidationError:
+        if spec is None:
             return  # the reconciler reports the invalid spec
         ref = spec.issued_certificate_secret
-        existing, raw_key_secret = await concurrently(
-            self._objects.get_secret(ref.namespace, ref.name),
-            self._objects.get_secret(key.namespace, key_secret_name(key.name)),
-        )
         if existing is not None and annotations_of(existing).get(ISSUANCE_ID) == event.issuance:
             log.info("bundle of this issuance already written", key=str(key))
             self._requeue(key)
             return
-        key_secret = read_key_secret(raw_key_secret)
+        key_secret = read_key_secret(found.key_secret)
         if key_secret is None or key_secret.material.issuance != event.issuance:
             log.info("no key for this issuance; ignored (the reconciler starts over)", key=str(key))
             self._requeue(key)
@@ -191,13 +201,11 @@ class Handlers:
 
     # -- finding the IssuedCertificate ---------------------------------------------------------
 
-    async def _current(
-        self, name: str, issuance: str
-    ) -> tuple[ObjectKey, Obj, IssuedCertificateStatus] | None:
-        """The IssuedCertificate named `name` whose current issuance is `issuance` (read fresh).
+    async def _candidates(self, name: str) -> list[ObjectKey]:
+        """Keys of the IssuedCertificates named `name`, from the informers' caches.
 
         Events name the object but not its namespace (names are unique per cluster: they are the
-        declaration's); the informers' caches say where objects of that name are.
+        declaration's); the caches say where objects of that name are.
         """
         try:
             async with asyncio.timeout(self._sync_timeout):
@@ -205,19 +213,64 @@ class Handlers:
                     await informer.wait_synced()
         except TimeoutError:
             raise TransientError("the IssuedCertificate cache is not synced yet") from None
-        candidates = sorted(
+        return sorted(
             {key for informer in self._informers for key in informer.keys() if key.name == name}  # noqa: SIM118
         )
-        for key in candidates:
-            try:
-                ic = await self._objects.kube.get(
-                    ISSUED_CERTIFICATES, key.name, namespace=key.namespace
-                )
-            except NotFound:
+
+    async def _current(
+        self, name: str, issuance: str
+    ) -> tuple[ObjectKey, Obj, IssuedCertificateStatus] | None:
+        """The IssuedCertificate named `name` whose current issuance is `issuance` (read fresh)."""
+        for key in await self._candidates(name):
+            ic = await self._objects.get(ISSUED_CERTIFICATES, key.namespace, key.name)
+            if ic is None:
                 continue
             status = _status(ic)
             if status.issuance_id == issuance:
                 return key, ic, status
+        return None
+
+    async def _current_with_secrets(self, name: str, issuance: str) -> _Found | None:
+        """`_current`, with its spec and the two Secrets a bundle write needs (issued, key), all
+        read fresh.
+
+        The three reads are independent but for the issued Secret's name, which is in the spec:
+        the cached spec almost always names the same Secret, so it is read beside the
+        IssuedCertificate (with the key Secret, whose name the key gives), and read again only
+        if the fresh spec names another. The cache only chooses what to read early.
+        """
+        candidates = await self._candidates(name)
+        if len(candidates) == 1:
+            key = candidates[0]
+            ic, early, key_secret = await concurrently(
+                self._objects.get(ISSUED_CERTIFICATES, key.namespace, key.name),
+                self._objects.read_early(issued_secret_ref(cached_in(self._informers, key))),
+                self._objects.get_secret(key.namespace, key_secret_name(key.name)),
+            )
+            if ic is None:
+                return None
+        else:  # none, or one name in several namespaces: find it first
+            found = await self._current(name, issuance)
+            if found is None:
+                return None
+            key, ic, _ = found
+            early = EarlyRead(None, None, read=False)
+            key_secret = await self._objects.get_secret(key.namespace, key_secret_name(key.name))
+        status = _status(ic)
+        if status.issuance_id != issuance:
+            return None
+        spec = _spec(ic)
+        if spec is None:
+            return _Found(key, status, None, None, key_secret)
+        ref = spec.issued_certificate_secret
+        existing = await self._objects.settle(early, (ref.namespace, ref.name))
+        return _Found(key, status, spec, existing, key_secret)
+
+
+def _spec(ic: Obj) -> IssuedCertificateSpec | None:
+    try:
+        return IssuedCertificateSpec.model_validate(ic.get("spec") or {})
+    except ValidationError:
         return None
 
 

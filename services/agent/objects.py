@@ -22,7 +22,7 @@ from typing import Any
 from services.agent.bundles import BundleChecks
 from services.agent.policies import KeyMaterial, Verdict
 from shared.k8s.client import KubeClient
-from shared.k8s.errors import AlreadyExists, NotFound
+from shared.k8s.errors import AlreadyExists, KubeError, NotFound
 from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS
 from shared.pki import Bundle
@@ -96,6 +96,31 @@ def _b64(data: Mapping[str, bytes]) -> dict[str, str]:
 
 def _rfc3339(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+SecretRef = tuple[str, str]
+"""(namespace, name) of a Secret."""
+
+
+def issued_secret_ref(ic: Mapping[str, Any] | None) -> SecretRef | None:
+    """The issued Secret an IssuedCertificate's spec names, read from the raw object (a cached
+    copy, before any validation), or None when it names none."""
+    ref = ((ic or {}).get("spec") or {}).get("issuedCertificateSecret")
+    if not isinstance(ref, dict) or not ref.get("name") or not ref.get("namespace"):
+        return None
+    return str(ref["namespace"]), str(ref["name"])
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyRead:
+    """A Secret read before it is known to be the one needed: the issued Secret's name is in the
+    spec, and reading it beside the IssuedCertificate (by the name a cached copy gives) saves
+    a round trip. `AgentObjects.settle` keeps it only if the fresh spec names the same one."""
+
+    ref: SecretRef | None
+    secret: Obj | None
+    read: bool
+    """False when there was no name to read, or the read failed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +209,22 @@ class AgentObjects:
     async def get_secret(self, namespace: str, name: str) -> Obj | None:
         return await self.get(SECRETS, namespace, name)
 
+    async def read_early(self, ref: SecretRef | None) -> EarlyRead:
+        """The Secret `ref` names, read ahead; a failed read is not an error here (`settle`
+        reads again, and raises what that read raises)."""
+        if ref is None:
+            return EarlyRead(ref, None, read=False)
+        try:
+            return EarlyRead(ref, await self.get_secret(*ref), read=True)
+        except KubeError:
+            return EarlyRead(ref, None, read=False)
+
+    async def settle(self, early: EarlyRead, ref: SecretRef) -> Obj | None:
+        """The Secret `ref` names (None: absent): the early read if it was of that one."""
+        if early.read and early.ref == ref:
+            return early.secret
+        return await self.get_secret(*ref)
+
     async def write_key_secret(
         self,
         ic: Mapping[str, Any],
@@ -193,9 +234,14 @@ class AgentObjects:
         key_pem: bytes,
         csr_pem: bytes,
         signing_chain: str | None,
+        requested_at: dt.datetime,
     ) -> Obj:
         """Create (or replace) the key Secret of a new issuance, owned by the IssuedCertificate
-        so that it goes when the IssuedCertificate goes. Returns the Secret as stored."""
+        so that it goes when the IssuedCertificate goes. Returns the Secret as stored.
+
+        It records attempt 1 as requested at `requested_at` (just before it is sent): the
+        re-send timer runs from there, and the first send needs no write of its own. A crash
+        before that send is a restart, which sends the same attempt at once (`sent` is false)."""
         meta = ic.get("metadata") or {}
         namespace, name = str(meta["namespace"]), str(meta["name"])
         body: Obj = {
@@ -211,6 +257,7 @@ class AgentObjects:
                     ISSUED_CERTIFICATE: f"{namespace}/{name}",
                     KEY_GENERATION: str(generation),
                     ATTEMPT: "1",
+                    REQUESTED_AT: _rfc3339(requested_at),
                     **({SIGNING_CHAIN: signing_chain} if signing_chain else {}),
                 },
                 "ownerReferences": [

@@ -37,8 +37,10 @@ from services.agent.objects import (
     ISSUANCE_ID,
     SIGNING_CHAIN,
     AgentObjects,
+    EarlyRead,
     KeySecret,
     annotations_of,
+    issued_secret_ref,
     key_secret_name,
     read_key_secret,
     read_verdict,
@@ -112,6 +114,7 @@ class Reconciler:
         timing: Timing,
         now: Clock = utc_now,
         rand: Callable[[], float] = random.random,
+        cached: Callable[[ObjectKey], Obj | None] = lambda _key: None,
     ) -> None:
         self._cluster = cluster
         self._source = source
@@ -121,20 +124,29 @@ class Reconciler:
         self._timing = timing
         self._now = now
         self._rand = rand
+        self._cached = cached
+        """The informers' copy of an IssuedCertificate: only to choose what to read early."""
         self._sent: dict[ObjectKey, tuple[str, str, int]] = {}
         """What this process sent last per key: (issuance, event, attempt). Empty after a
         restart, which is how a restart knows to send the current step again."""
 
     async def reconcile(self, key: ObjectKey) -> ReconcileResult:
         with structlog.contextvars.bound_contextvars(key=str(key), cluster=self._cluster):
-            raw = await self._objects.get(ISSUED_CERTIFICATES, key.namespace, key.name)
+            # The three reads of a pass are independent but for the issued Secret's name, which
+            # is in the spec: read by the name the cached copy gives, and again in `_observe`
+            # only if the fresh spec names another Secret.
+            raw, raw_key_secret, early = await concurrently(
+                self._objects.get(ISSUED_CERTIFICATES, key.namespace, key.name),
+                self._objects.get_secret(key.namespace, key_secret_name(key.name)),
+                self._objects.read_early(issued_secret_ref(self._cached(key))),
+            )
             if raw is None:
                 self._sent.pop(key, None)
                 return Done()
             if (raw.get("metadata") or {}).get("deletionTimestamp"):
                 return Done()
             now = self._now()
-            observed, key_secret = await self._observe(key, raw, now)
+            observed, key_secret = await self._observe(key, raw, raw_key_secret, early, now)
             decision = policies.decide(observed, now=now, timing=self._timing)
             issuance = observed.status.issuance_id
             with structlog.contextvars.bound_contextvars(issuance=issuance):
@@ -144,7 +156,12 @@ class Reconciler:
     # -- gathering ----------------------------------------------------------------------------
 
     async def _observe(
-        self, key: ObjectKey, raw: Obj, now: dt.datetime
+        self,
+        key: ObjectKey,
+        raw: Obj,
+        raw_key_secret: Obj | None,
+        early: EarlyRead,
+        now: dt.datetime,
     ) -> tuple[Observed, KeySecret | None]:
         meta = raw.get("metadata") or {}
         generation = int(meta.get("generation") or 1)
@@ -153,10 +170,7 @@ class Reconciler:
         except ValidationError:
             status = IssuedCertificateStatus()  # unreadable: start again, as from PENDING
         spec, spec_error = policies.validate_spec(raw.get("spec"), name=key.name)
-        raw_key_secret, issued = await concurrently(
-            self._objects.get_secret(key.namespace, key_secret_name(key.name)),
-            self._issued_view(spec, now),
-        )
+        issued = await self._issued_view(spec, early, now)
         key_secret = read_key_secret(raw_key_secret)
         step = "bounce.requested" if status.state is State.ISSUED else "csr.requested"
         attempt = key_secret.material.attempt if key_secret is not None else 0
@@ -179,12 +193,12 @@ class Reconciler:
         return observed, key_secret
 
     async def _issued_view(
-        self, spec: IssuedCertificateSpec | None, now: dt.datetime
+        self, spec: IssuedCertificateSpec | None, early: EarlyRead, now: dt.datetime
     ) -> IssuedView | None:
         if spec is None:
             return None
         ref = spec.issued_certificate_secret
-        secret = await self._objects.get_secret(ref.namespace, ref.name)
+        secret = await self._objects.settle(early, (ref.namespace, ref.name))
         if secret is None:
             return None
         notes = annotations_of(secret)
@@ -320,6 +334,7 @@ class Reconciler:
                 key_pem=private_key_to_pem(private_key),
                 csr_pem=csr_pem,
                 signing_chain=o.signing_chain,
+                requested_at=self._now(),
             )
             del private_key
             key_secret = read_key_secret(stored)

@@ -29,7 +29,7 @@ import asyncio
 import enum
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,7 @@ __all__ = [
     "InformerEvent",
     "InformerSettings",
     "InformerStats",
+    "cached_in",
     "status_only",
     "unless_status_only",
 ]
@@ -387,6 +388,15 @@ class Informer:
                 continue
             for key, obj in list(self._cache.items()):
                 self._emit(InformerEvent(EventType.SYNC, key, obj, obj))
+
+
+def cached_in(informers: Iterable[Informer], key: ObjectKey) -> Obj | None:
+    """The first of `informers` to cache `key` has its copy (do not mutate it); else None. For
+    a kind watched by one informer per namespace."""
+    for informer in informers:
+        if (obj := informer.get(key)) is not None:
+            return obj
+    return None
 
 
 def _rv(obj: Obj) -> str | None:
