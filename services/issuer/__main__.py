@@ -91,7 +91,12 @@ def compose(
             max_in_flight=settings.status_in_flight,
             fetch_timeout=settings.fetch_timeout,
         ),
-        StatusHandler(settings=settings, kube=kube, recorder=recorder),
+        StatusHandler(
+            settings=settings,
+            kube=kube,
+            recorder=recorder,
+            declarations=declarations.certificates,
+        ),
     )
     health = HealthServer(settings.health)
     health.add_check("informers-synced", declarations.synced)

@@ -413,11 +413,19 @@ class StatusHandler:
     `issuer-status`); acks only after the status write succeeded."""
 
     def __init__(
-        self, *, settings: IssuerSettings, kube: KubeClient, recorder: EventRecorder
+        self,
+        *,
+        settings: IssuerSettings,
+        kube: KubeClient,
+        recorder: EventRecorder,
+        declarations: Informer | None = None,
     ) -> None:
         self._settings = settings
         self._kube = kube
         self._recorder = recorder
+        self._declarations = declarations
+        """The issuer's IssuedCertificate informer: its copy saves the read before the write
+        (the write carries its resourceVersion: a stale copy is a 409, then read fresh)."""
 
     async def __call__(self, event: Event, delivery: Delivery) -> None:
         if not isinstance(event, StatusChanged):
@@ -435,6 +443,7 @@ class StatusHandler:
                 change.name,
                 namespace=cluster,
                 mutate=lambda ic: mirrored_status(ic.status, change, issuance=event.issuance),
+                current=self._cached(cluster, change.name),
                 recorder=self._recorder,
             )
         except NotFound:
@@ -447,3 +456,8 @@ class StatusHandler:
             raise TransientError(f"mirroring status of {cluster}/{change.name}: {exc}") from None
         if write.changed:
             log.info("status mirrored", name=change.name, state=change.state.value)
+
+    def _cached(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        if self._declarations is None:
+            return None
+        return self._declarations.get(ObjectKey(namespace, name))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import sys
 from pathlib import Path
@@ -11,9 +12,12 @@ import aiohttp
 
 from devstack.ports import free_port
 from issuer.issuer_testing import declaration, running, world
-from shared.bus import NatsSettings
+from services.issuer.handlers import StatusHandler
+from shared.bus import Delivery, NatsSettings
 from shared.events import CertificateState, StatusChanged, StatusChangedData
-from shared.k8s import IssuedCertificate, State
+from shared.k8s import EventRecorder, IssuedCertificate, State
+from shared.k8s.informer import Informer
+from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES
 from shared.runtime.health import HealthSettings
 from support.waiting import eventually
@@ -135,3 +139,44 @@ async def test_health_endpoints_answer_once_the_caches_are_synced(
 
         await eventually(lambda: answers("/healthz"), message="/healthz")
         await eventually(lambda: answers("/readyz"), message="/readyz")
+
+
+async def test_a_mirror_written_from_a_stale_cached_declaration_is_read_again_not_lost(
+    tmp_path: Path, nats_settings: NatsSettings
+) -> None:
+    """The mirror writes from its informer's copy; when that copy is behind (here: frozen
+    before the first write), the write is a 409 and the declaration is read fresh: both the
+    newer status and everything written meanwhile survive."""
+    async with world(tmp_path, nats_settings) as w:
+        await w.create(declaration("east", "istio-ca"))
+        informer = Informer(w.kube, ISSUED_CERTIFICATES)
+        watching = asyncio.create_task(informer.run())
+        await informer.wait_synced()
+        watching.cancel()  # the cache stays as it is: no status at all
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        handler = StatusHandler(
+            settings=w.settings(),
+            kube=w.kube,
+            recorder=EventRecorder(w.kube, component="meshtrust-issuer", instance="issuer-a"),
+            declarations=informer,
+        )
+        delivery = Delivery(subject="", stream_sequence=1, num_delivered=1)
+        await handler(report("east", "istio-ca", CertificateState.REQUESTED), delivery)
+        await w.kube.patch_merge(
+            ISSUED_CERTIFICATES,
+            "istio-ca",
+            {"metadata": {"labels": {"team": "mesh"}}},
+            namespace="east",
+        )
+        expires = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
+        finished = report("east", "istio-ca", CertificateState.FINISHED, not_after=expires)
+        await handler(finished, delivery)
+        cached = informer.get(ObjectKey("east", "istio-ca"))
+        assert cached is not None
+        assert "status" not in cached or not cached["status"].get("state")
+        raw = await w.kube.get(ISSUED_CERTIFICATES, "istio-ca", namespace="east")
+        stored = IssuedCertificate.from_object(raw)
+        assert stored.status.state == State.FINISHED
+        assert stored.status.not_after == expires
+        assert raw["metadata"]["labels"] == {"team": "mesh"}
