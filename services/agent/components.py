@@ -14,6 +14,7 @@ import datetime as dt
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.agent.desired import DesiredState
 from services.agent.handlers import Handlers
@@ -39,6 +40,8 @@ from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
 from shared.runtime import Component
 from shared.runtime.health import HealthServer
+
+Obj = dict[str, Any]
 
 ACCEPTED = frozenset(
     {EventType.CERTIFICATE_ISSUED, EventType.CERTIFICATE_DENIED, EventType.BOUNCE_COMPLETED}
@@ -141,6 +144,7 @@ def build_agent(
     pbd_informers = informers_of(POD_BOUNCE_DIRECTIVES)
     secret_informers = informers_of(SECRETS, label_selector=MANAGED_SELECTOR)
 
+    handoff = Handoff(ic_informers)
     reconciler = Reconciler(
         cluster=cluster,
         source=settings.source,
@@ -150,7 +154,7 @@ def build_agent(
         timing=timing,
         now=now,
         rand=rand,
-        cached=lambda key: cached_in(ic_informers, key),
+        cached=handoff.cached,
     )
     controller_settings = ControllerSettings(
         workers=settings.workers, backoff=controller_backoff or BackoffPolicy()
@@ -158,10 +162,11 @@ def build_agent(
     controller = Controller(
         name="issuedcertificates", reconcile=reconciler.reconcile, settings=controller_settings
     )
+    handoff.queue = controller.queue.add
     for informer in ic_informers:
         # The reconciler writes status once per pass and decides from what it reads, never
         # from the event: its own status writes would wake it for a full pass each.
-        controller.watch(informer, map_to=unless_status_only)
+        controller.watch(informer, map_to=handoff.map_event)
     for informer in secret_informers:
         controller.watch(informer, map_to=_secret_owner)
 
@@ -176,6 +181,7 @@ def build_agent(
             DesiredKind.POD_BOUNCE_DIRECTIVE: pbd_informers,
         },
         namespaces=settings.namespaces,
+        created=handoff.created,
     )
     applier = Controller(name="desired", reconcile=desired.reconcile, settings=controller_settings)
     desired.enqueue = applier.queue.add
@@ -226,6 +232,52 @@ def build_agent(
         consumer,
     ]
     return agent
+
+
+class Handoff:
+    """IssuedCertificates the applier creates go to the reconciler at once, not a watch event
+    later: on the issuance path, that event was a hop of its own (the create's answer reaches
+    the agent before the informer's copy does).
+
+    `created` queues the new object's key, unless the informer has that very version already
+    (its event queued the key). `map_event` is the reconciler's `map_to`: the informer's ADDED
+    of a version handed over is dropped (the reconciler has it; a second pass would only read
+    three objects again), and any other event counts as `unless_status_only` says. Until the
+    informer catches up, `cached` answers with the created object, for the pass's early read.
+    """
+
+    def __init__(self, informers: Sequence[Informer]) -> None:
+        self._informers = informers
+        self._handed: dict[ObjectKey, Obj] = {}
+        self.queue: Callable[[ObjectKey], None] = lambda _key: None
+
+    def created(self, kind: DesiredKind, obj: Obj) -> None:
+        if kind is not DesiredKind.ISSUED_CERTIFICATE:
+            return
+        key = ObjectKey.of(obj)
+        cached = cached_in(self._informers, key)
+        if cached is not None and _version(cached) == _version(obj):
+            return  # the informer's event was first: the key is queued already
+        self._handed[key] = obj
+        self.queue(key)
+
+    def map_event(self, event: InformerEvent) -> list[ObjectKey]:
+        handed = self._handed.pop(event.key, None)
+        if (
+            handed is not None
+            and event.type is ChangeType.ADDED
+            and _version(event.object) == _version(handed)
+        ):
+            return []
+        return unless_status_only(event)
+
+    def cached(self, key: ObjectKey) -> Obj | None:
+        return cached_in(self._informers, key) or self._handed.get(key)
+
+
+def _version(obj: Obj) -> str | None:
+    version = (obj.get("metadata") or {}).get("resourceVersion")
+    return str(version) if version else None
 
 
 def _secret_owner(event: InformerEvent) -> Iterable[ObjectKey]:

@@ -97,6 +97,7 @@ class DesiredState:
         informers: Mapping[DesiredKind, Sequence[Informer]],
         namespaces: Sequence[str],
         enqueue: Callable[[ObjectKey], None] | None = None,
+        created: Callable[[DesiredKind, Obj], None] | None = None,
     ) -> None:
         self._cluster = cluster
         self._source = source
@@ -112,6 +113,8 @@ class DesiredState:
         """Desired key -> resourceVersion of the object this applier last created or replaced:
         the informer's event for that very version is our own write, already matching."""
         self.enqueue: Callable[[ObjectKey], None] = enqueue or (lambda _key: None)
+        self._created = created or (lambda _kind, _obj: None)
+        """Told of every object this applier creates, as the API server stored it."""
         self.synced = asyncio.Event()
         """Set once the first KV snapshot is mirrored: before that, an absent entry means
         nothing (deleting on it would delete everything at every start)."""
@@ -275,6 +278,7 @@ class DesiredState:
         if version := _version(created):
             self._written[key] = version
         log.info("desired object created", kv_key=key, namespace=desired.namespace)
+        self._created(desired.kind, created)
         return True
 
     async def _replace(

@@ -1,13 +1,18 @@
-"""Which IssuedCertificate changes wake the reconciler: not its own status writes."""
+"""Which IssuedCertificate changes wake the reconciler: not its own status writes, nor the
+event of an object the applier handed over already."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from shared.k8s.informer import EventType, InformerEvent, unless_status_only
+from services.agent.components import Handoff
+from shared.events import DesiredKind
+from shared.k8s.client import KubeClient
+from shared.k8s.informer import EventType, Informer, InformerEvent, unless_status_only
 from shared.k8s.models import ObjectKey
+from shared.k8s.resources import ISSUED_CERTIFICATES
 
 KEY = ObjectKey("istio-system", "ca")
 BASE: dict[str, Any] = {
@@ -49,3 +54,27 @@ def modified(**parts: Any) -> InformerEvent:
 )
 def test_reconciler_wakeups(event: InformerEvent, wakes: bool) -> None:
     assert list(unless_status_only(event)) == ([KEY] if wakes else [])
+
+
+def test_an_issued_certificate_the_applier_created_is_handed_over_once() -> None:
+    """The applier's create goes to the reconciler's queue at once; the informer's ADDED of
+    that version is then dropped (once), and the created object answers for the cache until
+    the informer has it. Other kinds, and other versions, are not handed over."""
+    queued: list[ObjectKey] = []
+    informer = Informer(cast("KubeClient", None), ISSUED_CERTIFICATES)  # never run: empty
+    handoff = Handoff([informer])
+    handoff.queue = queued.append
+    created = changed(metadata={"resourceVersion": "5"})
+
+    handoff.created(DesiredKind.POD_BOUNCE_DIRECTIVE, created)
+    assert queued == []
+    handoff.created(DesiredKind.ISSUED_CERTIFICATE, created)
+    assert queued == [KEY]
+    assert handoff.cached(KEY) is created
+    assert handoff.map_event(InformerEvent(EventType.ADDED, KEY, created)) == []
+    assert handoff.cached(KEY) is None  # the informer's own copy from now on
+    assert handoff.map_event(InformerEvent(EventType.ADDED, KEY, created)) == [KEY]
+
+    handoff.created(DesiredKind.ISSUED_CERTIFICATE, created)
+    newer = changed(metadata={"resourceVersion": "6"})
+    assert handoff.map_event(InformerEvent(EventType.ADDED, KEY, newer)) == [KEY]
