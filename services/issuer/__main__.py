@@ -15,7 +15,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from services.issuer.components import ControllerComponent, InformerComponent, PeriodicComponent
-from services.issuer.handlers import CsrHandler, StatusHandler
+from services.issuer.handlers import CsrHandler, SigningInFlight, StatusHandler
 from services.issuer.issued import ISSUED_BUCKET, ISSUED_DESCRIPTION
 from services.issuer.ledger import open_ledger
 from services.issuer.reconciler import Declarations
@@ -60,6 +60,7 @@ def compose(
         recorder=recorder,
         clock=clock,
     )
+    in_flight = SigningInFlight()
     csr_consumer = bus.consumer(
         ConsumerSettings(
             durable=settings.csr_durable,
@@ -79,6 +80,7 @@ def compose(
             executor=executor,
             signing_cas=signing_cas,
             declarations=declarations.certificates,
+            in_flight=in_flight,
             clock=clock,
         ),
     )
@@ -96,6 +98,7 @@ def compose(
             kube=kube,
             recorder=recorder,
             declarations=declarations.certificates,
+            in_flight=in_flight,
         ),
     )
     health = HealthServer(settings.health)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -86,6 +86,46 @@ async def _get_or_none(
         raise TransientError(f"reading {resource.kind} {namespace}/{name}: {exc}") from None
 
 
+class SigningInFlight:
+    """How many CSRs this process is handling now, so that bookkeeping can make way for them.
+
+    A `csr.requested` and the `status.changed` REQUESTED the agent sends right after it arrive
+    together, and both run on this one event loop (and the management API server). The mirror
+    is bookkeeping; the CSR is the issuance's critical path. `StatusHandler` therefore waits
+    until no CSR is in flight, for at most `MIRROR_YIELD_SECONDS`: a priority, never a stall
+    (under a steady stream of CSRs each report waits that long, and reports are handled
+    `status_in_flight` at a time).
+    """
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self._count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.set()
+
+    async def none_within(self, seconds: float) -> None:
+        """Return once no CSR is in flight, or after `seconds`, whichever is first."""
+        if self._idle.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._idle.wait()
+
+
+MIRROR_YIELD_SECONDS = 0.05
+"""The longest a status report waits for CSRs in flight: a few signatures' time."""
+
+
 class _Unreadable(Exception):
     """The declaration exists but does not fit the model (say so, rather than 'no such')."""
 
@@ -104,9 +144,11 @@ class CsrHandler:
         executor: Executor,
         signing_cas: SigningCAs,
         declarations: Informer | None = None,
+        in_flight: SigningInFlight | None = None,
         clock: Clock = _utcnow,
     ) -> None:
         self._settings = settings
+        self._in_flight = in_flight or SigningInFlight()
         self._bus = bus
         self._kube = kube
         self._issued = issued
@@ -125,8 +167,9 @@ class CsrHandler:
         key = issued_key(event.cluster, event.issuance)
         # Copies of one issuance (a redelivery, the agent's re-send) handled at once in this
         # process wait for each other: the first signs, the others answer from its record.
-        async with self._issuances.hold(key):
-            await self._handle(event, key)
+        with self._in_flight.held():
+            async with self._issuances.hold(key):
+                await self._handle(event, key)
 
     async def _handle(self, event: CsrRequested, key: str) -> None:
         # The record (was this issuance signed already?) and the state to sign against are
@@ -419,11 +462,14 @@ class StatusHandler:
         kube: KubeClient,
         recorder: EventRecorder,
         declarations: Informer | None = None,
+        in_flight: SigningInFlight | None = None,
     ) -> None:
         self._settings = settings
         self._kube = kube
         self._recorder = recorder
         self._declarations = declarations
+        self._in_flight = in_flight
+        """The CsrHandler's count: a report waits (briefly) for CSRs being signed."""
         """The issuer's IssuedCertificate informer: its copy saves the read before the write
         (the write carries its resourceVersion: a stale copy is a 409, then read fresh)."""
 
@@ -432,6 +478,8 @@ class StatusHandler:
             raise PermanentError(
                 "UnexpectedType", f"the status mirror does not handle {event.type}"
             )
+        if self._in_flight is not None:
+            await self._in_flight.none_within(MIRROR_YIELD_SECONDS)
         cluster, change = event.cluster, event.data
         if not is_cluster_namespace(cluster, self._settings):
             log.info("status of an unregistered cluster ignored", name=change.name)

@@ -12,7 +12,7 @@ import aiohttp
 
 from devstack.ports import free_port
 from issuer.issuer_testing import declaration, running, world
-from services.issuer.handlers import StatusHandler
+from services.issuer.handlers import SigningInFlight, StatusHandler
 from shared.bus import Delivery, NatsSettings
 from shared.events import CertificateState, StatusChanged, StatusChangedData
 from shared.k8s import EventRecorder, IssuedCertificate, State
@@ -180,3 +180,15 @@ async def test_a_mirror_written_from_a_stale_cached_declaration_is_read_again_no
         assert stored.status.state == State.FINISHED
         assert stored.status.not_after == expires
         assert raw["metadata"]["labels"] == {"team": "mesh"}
+
+
+async def test_status_reports_make_way_for_csrs_in_flight_but_never_wait_long() -> None:
+    in_flight = SigningInFlight()
+    await asyncio.wait_for(in_flight.none_within(60), 5)  # nothing in flight: at once
+    with in_flight.held():
+        waiting = asyncio.create_task(in_flight.none_within(60))
+        done, _ = await asyncio.wait({waiting}, timeout=0.05)
+        assert not done  # a CSR is being handled: the report waits
+    await asyncio.wait_for(waiting, 5)  # and goes on as soon as none is
+    with in_flight.held():
+        await asyncio.wait_for(in_flight.none_within(0.01), 5)  # capped: CSRs never starve it
