@@ -132,8 +132,8 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Complete:
-    """The issued Secret holds the current issuance's valid bundle: delete the key Secret, go
-    ISSUED, then bounce or FINISHED."""
+    """The issued Secret holds the current issuance's valid bundle: delete the key Secret and
+    go ISSUED (at once: see `spent_key`), then bounce or FINISHED."""
 
     info: BundleInfo
 
@@ -292,6 +292,17 @@ def needs_reissue(o: Observed, now: dt.datetime) -> tuple[str, str, bool]:
 
 
 # --- the state machine ------------------------------------------------------------------------
+
+
+def spent_key(o: Observed) -> bool:
+    """Whether the key Secret is that of an issuance already ISSUED (or FINISHED): its key is in
+    the issued Secret, and the key Secret is only left over. `Complete` deletes it beside the
+    ISSUED write; a crash between the two leaves it here, for the next pass to delete."""
+    return (
+        o.status.state in (State.ISSUED, State.FINISHED)
+        and o.key is not None
+        and o.key.issuance == o.status.issuance_id
+    )
 
 
 def decide(o: Observed, *, now: dt.datetime, timing: Timing) -> Decision:

@@ -11,7 +11,9 @@ new issuance) is recorded as a Kubernetes Event and published as `status.changed
 Order of writes, so that a crash anywhere leaves a state the next pass can finish:
 key Secret -> status REQUESTED -> csr.requested (a crash before the status is adopted: the key
 Secret's issuance is taken over, never a second key for it); the handler writes the issued
-Secret; the reconciler then deletes the key Secret and writes ISSUED, then bounce or FINISHED.
+Secret; the reconciler then deletes the key Secret and writes ISSUED (at once: the key is in the
+issued Secret by then, and a key Secret left over is deleted by the next pass), then bounce or
+FINISHED.
 
 Errors: Kubernetes errors propagate to the controller (rate-limited requeue); a publish that
 cannot be stored raises `PublishError`, also a requeue. Key material appears only in Secrets.
@@ -228,6 +230,8 @@ class Reconciler:
     ) -> ReconcileResult:
         status = o.status
         generation = o.generation
+        if policies.spent_key(o) and not isinstance(decision, Issue):
+            await self._objects.delete_key_secret(key)  # an Issue replaces it anyway
         if isinstance(decision, Wait):
             if decision.seconds is None:
                 return Done()
@@ -242,7 +246,6 @@ class Reconciler:
         if isinstance(decision, Complete):
             assert o.spec is not None
             info = decision.info
-            await self._objects.delete_key_secret(key)
             options = o.spec.cert_options
             renewal = policies.renewal_time(
                 not_before=info.not_before,
@@ -262,7 +265,13 @@ class Reconciler:
                     "renewal_time": renewal,
                 }
             )
-            written = await self._transition(key, raw, status, new, "Issued", "bundle written")
+            # The key Secret goes beside the ISSUED write, not before it: its key is in the
+            # issued Secret now, and a crash between the two leaves a spent key Secret, which the
+            # next pass deletes (`policies.spent_key`).
+            _, written = await concurrently(
+                self._objects.delete_key_secret(key),
+                self._transition(key, raw, status, new, "Issued", "bundle written"),
+            )
             if o.spec.pod_bounce_directive is not None:
                 await self._send_bounce(key, written, o.spec)
                 return Done()

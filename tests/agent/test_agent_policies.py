@@ -460,3 +460,26 @@ def test_renewal_time(
         rand=rand,
     )
     assert at == expected.replace(microsecond=0)
+
+
+@pytest.mark.parametrize(
+    ("o", "spent"),
+    [
+        (observed(status(State.ISSUED), key=key()), True),
+        (observed(status(State.FINISHED), key=key()), True),
+        (observed(status(State.FINISHED), key=None), False),
+        (observed(status(State.FINISHED), key=key("i-next")), False),
+        (requested(), False),
+        (observed(status(State.FAILED), key=key()), False),
+    ],
+    ids=[
+        "ISSUED with its own key Secret: spent",
+        "FINISHED with its own key Secret: spent",
+        "no key Secret",
+        "a key Secret of a newer issuance (an interrupted start) is kept for adoption",
+        "REQUESTED: the key is still waiting for its certificate",
+        "FAILED: the failure path deletes it itself, before the status",
+    ],
+)
+def test_spent_key(o: Observed, spent: bool) -> None:
+    assert policies.spent_key(o) is spent

@@ -140,3 +140,62 @@ async def test_a_spec_change_is_issued_again_and_observed_generation_follows(
     assert status["observedGeneration"] == 2
     assert issuer.requests[-1].data.declaration_generation >= 1
     assert len({r.issuance for r in issuer.requests}) == 2
+
+
+async def test_a_key_secret_left_by_a_crash_after_issued_is_deleted(
+    kube: KubeClient,
+    namespace: str,
+    others: None,
+    make_settings: Callable[..., AgentSettings],
+) -> None:
+    """The key Secret is deleted beside the ISSUED write; a crash between the two leaves it
+    behind, and the next pass (here: after a restart) deletes it."""
+    process = AgentProcess(make_settings())
+    await process.start()
+    try:
+        await kube.create(ISSUED_CERTIFICATES, ic_body("istio-ca", namespace))
+        await eventually(lambda: finished(kube, namespace, "istio-ca"), within=20)
+        await process.kill()
+        status = await ic_status(kube, namespace, "istio-ca")
+        issued = await get_secret(kube, namespace, "istio-ca-cacerts")
+        assert issued is not None
+        owner = await kube.get(ISSUED_CERTIFICATES, "istio-ca", namespace=namespace)
+        left = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": key_secret_name("istio-ca"),
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "meshtrust"},
+                "annotations": {
+                    "meshtrust.io/issuance-id": status["issuanceId"],
+                    "meshtrust.io/issued-certificate": f"{namespace}/istio-ca",
+                    "meshtrust.io/generation": "1",
+                    "meshtrust.io/attempt": "1",
+                },
+                "ownerReferences": [
+                    {
+                        "apiVersion": owner["apiVersion"],
+                        "kind": "IssuedCertificate",
+                        "name": "istio-ca",
+                        "uid": owner["metadata"]["uid"],
+                    }
+                ],
+            },
+            "data": {
+                "tls.key": base64.b64encode(issued["ca-key.pem"]).decode(),
+                "csr.pem": base64.b64encode(b"-----BEGIN CERTIFICATE REQUEST-----").decode(),
+            },
+        }
+        await kube.create(SECRETS, left)
+        await process.start()
+
+        async def deleted() -> bool:
+            return await get_secret(kube, namespace, key_secret_name("istio-ca")) is None
+
+        await eventually(deleted, within=20, message="the spent key Secret deleted")
+        assert await state_of(kube, namespace, "istio-ca") == "FINISHED"
+        after = await ic_status(kube, namespace, "istio-ca")
+        assert after["issuanceId"] == status["issuanceId"]  # no new issuance for it
+    finally:
+        await process.stop()
