@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from . import crds, errors, selectors
@@ -115,6 +116,81 @@ def _concerns_controllers(ev: Event) -> bool:
     return False
 
 
+Ident = tuple[str, str, str]
+"""(resource key, namespace or "", name) of a stored object."""
+
+
+def _ident(key: str, obj: Obj) -> Ident:
+    md = obj["metadata"]
+    return key, str(md.get("namespace") or ""), str(md["name"])
+
+
+def _owner_uids(obj: Obj | None) -> set[str]:
+    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+    return {str(ref.get("uid")) for ref in refs}
+
+
+def _waits_for_dependents(obj: Obj) -> bool:
+    md = obj["metadata"]
+    return bool(md.get("deletionTimestamp")) and "foregroundDeletion" in (
+        md.get("finalizers") or []
+    )
+
+
+class OwnerGraph:
+    """Who owns whom, kept from the store's write events, as kube-controller-manager's garbage
+    collector keeps its graph from informers: a pass looks only at the objects a write concerns
+    (a new dependent, an owner gone, an owner waiting in foreground deletion), not at every
+    object of every kind."""
+
+    def __init__(self) -> None:
+        self.by_uid: dict[str, Ident] = {}
+        self.dependents: dict[str, set[Ident]] = {}
+        self.pending: set[Ident] = set()
+        self.ready = False
+        """False until `rebuild`: events seen before it are folded in by the rebuild."""
+
+    def rebuild(self, objects: Iterable[tuple[str, Obj]]) -> None:
+        self.by_uid, self.dependents, self.pending = {}, {}, set()
+        for key, obj in objects:
+            self._add(key, obj)
+        self.ready = True
+
+    def observe(self, ev: Event) -> None:
+        if not self.ready:
+            return
+        ident = _ident(ev.key, ev.obj)
+        uid = str(ev.obj["metadata"].get("uid"))
+        before = _owner_uids(ev.old) if ev.type != "ADDED" else set()
+        for owner in before:
+            self._unlink(owner, ident)
+        if ev.type == "DELETED":
+            self.by_uid.pop(uid, None)
+            self.pending |= self.dependents.get(uid, set())  # orphans now, unless adopted
+            for owner in before | _owner_uids(ev.obj):
+                self._unlink(owner, ident)
+                if (found := self.by_uid.get(owner)) is not None:
+                    self.pending.add(found)  # one dependent fewer to wait for
+            return
+        self._add(ev.key, ev.obj)
+
+    def _add(self, key: str, obj: Obj) -> None:
+        ident = _ident(key, obj)
+        self.by_uid[str(obj["metadata"].get("uid"))] = ident
+        owners = _owner_uids(obj)
+        for owner in owners:
+            self.dependents.setdefault(owner, set()).add(ident)
+        if owners or _waits_for_dependents(obj):
+            self.pending.add(ident)
+
+    def _unlink(self, owner: str, ident: Ident) -> None:
+        deps = self.dependents.get(owner)
+        if deps is not None:
+            deps.discard(ident)
+            if not deps:
+                del self.dependents[owner]
+
+
 class Controllers:
     def __init__(self, ops: Operations, *, pod_ready_delay: float) -> None:
         self.ops = ops
@@ -129,11 +205,13 @@ class Controllers:
         """Whether the workload controllers have anything to look at: a workload changed, or a
         timer (a Pod turning Ready, a retry) is due. The other writes (say, a Secret's owner
         going) need only the namespace, CRD and garbage collectors."""
+        self._owners = OwnerGraph()
         ops.store.listeners.append(self._on_write)
 
     def _on_write(self, ev: Event) -> None:
         """Wake the controllers for writes that can give them work, not for every write: a pass
-        looks at everything, and runs on the loop that serves the requests."""
+        runs on the loop that serves the requests."""
+        self._owners.observe(ev)
         if _concerns_controllers(ev):
             self._dirty.set()
             if ev.key in WORKLOAD_KEYS:
@@ -281,64 +359,82 @@ class Controllers:
                 )
 
     def _garbage_collect(self) -> None:
-        uids: set[str] = set()
-        dependents: dict[str, list[tuple[ResourceType, Obj]]] = {}
-        everything: list[tuple[ResourceType, Obj]] = []
-        for rt in self.ops.registry.all():
-            for o in self.ops.store.objects_of(rt.key):
-                uids.add(o["metadata"]["uid"])
-                everything.append((rt, o))
-                for ref in o["metadata"].get("ownerReferences") or []:
-                    dependents.setdefault(str(ref.get("uid")), []).append((rt, o))
-        for rt, o in everything:
-            md = o["metadata"]
-            refs = md.get("ownerReferences") or []
-            if (
-                refs
-                and not md.get("deletionTimestamp")
-                and not any(r.get("uid") in uids for r in refs)
-            ):
+        """Delete dependents whose owners are all gone (background), delete the dependents of
+        an owner in foreground deletion and drop its finalizer once none is left: for the
+        objects the owner graph marked since the last pass (all of them on the first)."""
+        graph = self._owners
+        if not graph.ready:
+            store = self.ops.store
+            graph.rebuild(
+                (rt.key, o) for rt in self.ops.registry.all() for o in store.objects_of(rt.key)
+            )
+        pending, graph.pending = graph.pending, set()
+        for ident in sorted(pending):
+            retrying = self._retry
+            self._retry = False
+            self._collect(ident)
+            if self._retry:
+                graph.pending.add(ident)  # failed: again on the retry pass
+            self._retry = self._retry or retrying
+
+    def _collect(self, ident: Ident) -> None:
+        key, namespace, name = ident
+        rt = self.ops.registry.by_key(key)
+        o = self.ops.store.peek(key, namespace, name)
+        if rt is None or o is None:
+            return
+        graph = self._owners
+        md = o["metadata"]
+        owners = _owner_uids(o)
+        if owners and not md.get("deletionTimestamp") and not owners & graph.by_uid.keys():
+            self._try(
+                "gc",
+                self.ops.delete,
+                rt,
+                rt.storage_version,
+                namespace,
+                name,
+                {"propagationPolicy": "Background"},
+                self._ctx(),
+            )
+            return
+        if not _waits_for_dependents(o):
+            return
+        deps = []
+        for dkey, dns, dname in sorted(graph.dependents.get(str(md["uid"]), set())):
+            d = self.ops.store.peek(dkey, dns, dname)
+            drt = self.ops.registry.by_key(dkey)
+            if d is not None and drt is not None:
+                deps.append((drt, d))
+        for drt, d in deps:
+            if not d["metadata"].get("deletionTimestamp"):
+                dmd = d["metadata"]
                 self._try(
-                    "gc",
+                    "gc foreground",
                     self.ops.delete,
-                    rt,
-                    rt.storage_version,
-                    md.get("namespace", ""),
-                    md["name"],
-                    {"propagationPolicy": "Background"},
+                    drt,
+                    drt.storage_version,
+                    dmd.get("namespace", ""),
+                    dmd["name"],
+                    {"propagationPolicy": "Foreground"},
                     self._ctx(),
                 )
-            if md.get("deletionTimestamp") and "foregroundDeletion" in (md.get("finalizers") or []):
-                deps = dependents.get(md["uid"], [])
-                for drt, d in deps:
-                    if not d["metadata"].get("deletionTimestamp"):
-                        dmd = d["metadata"]
-                        self._try(
-                            "gc foreground",
-                            self.ops.delete,
-                            drt,
-                            drt.storage_version,
-                            dmd.get("namespace", ""),
-                            dmd["name"],
-                            {"propagationPolicy": "Foreground"},
-                            self._ctx(),
-                        )
-                if not deps:
-                    new = copy.deepcopy(o)
-                    new["metadata"]["finalizers"] = [
-                        f for f in md["finalizers"] if f != "foregroundDeletion"
-                    ]
-                    self._try(
-                        "gc finalize",
-                        self.ops.update,
-                        rt,
-                        rt.storage_version,
-                        md.get("namespace", ""),
-                        md["name"],
-                        new,
-                        self._ctx(),
-                        from_patch=True,
-                    )
+        if not deps:
+            new = copy.deepcopy(o)
+            new["metadata"]["finalizers"] = [
+                f for f in md["finalizers"] if f != "foregroundDeletion"
+            ]
+            self._try(
+                "gc finalize",
+                self.ops.update,
+                rt,
+                rt.storage_version,
+                namespace,
+                name,
+                new,
+                self._ctx(),
+                from_patch=True,
+            )
 
     # --- workloads -----------------------------------------------------------------------------
 

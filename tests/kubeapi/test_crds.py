@@ -321,6 +321,4 @@ async def test_validation_ratchets_unchanged_top_level_fields(k8s: ApiClient) ->
     with pytest.raises(client.ApiException) as err:
         await widgets.replace_namespaced_custom_object_status(*W, "w", written)
     assert err.value.status == 422
-    assert [c["field"] for c in json.loads(err.value.body)["details"]["causes"]] == [
-        "status.phase"
-    ]
+    assert [c["field"] for c in json.loads(err.value.body)["details"]["causes"]] == ["status.phase"]

@@ -212,3 +212,37 @@ async def test_a_recreated_deployment_adopts_orphaned_replicasets_and_pods(k8s: 
 
     await eventually(adopted)
     assert {p.metadata.uid for p in await ready_pods(v1, "app=web")} == pods  # no new pods
+
+
+async def test_owner_references_of_any_kind_are_collected_including_dangling_ones(
+    k8s: ApiClient,
+) -> None:
+    """The garbage collector follows ownerReferences of every kind, through chains, and
+    collects an object created with an owner that does not exist (kube-controller-manager's
+    graph does the same); an object with one owner left stays."""
+    v1 = client.CoreV1Api(k8s)
+
+    def configmap(name: str, *owners: client.V1ConfigMap) -> dict[str, object]:
+        refs = [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": o.metadata.name}
+            | {"uid": o.metadata.uid}
+            for o in owners
+        ]
+        return {"metadata": {"name": name, "ownerReferences": refs}, "data": {"k": "v"}}
+
+    top = await v1.create_namespaced_config_map("default", configmap("top"))
+    other = await v1.create_namespaced_config_map("default", configmap("other"))
+    middle = await v1.create_namespaced_config_map("default", configmap("middle", top))
+    await v1.create_namespaced_config_map("default", configmap("leaf", middle))
+    await v1.create_namespaced_config_map("default", configmap("shared", top, other))
+    ghost = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="ghost", uid="no-such-uid"))
+    await v1.create_namespaced_config_map("default", configmap("dangling", ghost))
+    await v1.delete_namespaced_config_map("top", "default")
+
+    async def collected() -> bool:
+        names = {c.metadata.name for c in (await v1.list_namespaced_config_map("default")).items}
+        return not names & {"top", "middle", "leaf", "dangling"}
+
+    await eventually(collected)
+    names = {c.metadata.name for c in (await v1.list_namespaced_config_map("default")).items}
+    assert {"other", "shared"} <= names
