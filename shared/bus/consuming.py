@@ -122,6 +122,8 @@ class Consumer:
         self._settings = settings
         self._handler = handler
         self._free = settings.max_in_flight
+        self._quiet = True
+        """The last fetch found nothing (or none was made yet): see `_fetch_size`."""
         self._in_flight: dict[int, tuple[Msg, float]] = {}
         """Messages being handled (by id: Msg is unhashable), and when they were fetched."""
         self._slot_freed = asyncio.Event()
@@ -206,18 +208,18 @@ class Consumer:
             if not await self._wait_for_slot(stop):
                 return
             try:
-                msgs = await sub.fetch(
-                    min(self._free, self._settings.batch), timeout=self._settings.fetch_timeout
-                )
+                msgs = await sub.fetch(self._fetch_size(), timeout=self._settings.fetch_timeout)
             except TimeoutError:
                 # nats.errors.TimeoutError usually, but nats-py 2.16 also raises the builtin
                 # asyncio.TimeoutError when the fetch deadline ran out early.
                 failures = 0
+                self._quiet = True
                 continue
             except nats.errors.Error as exc:
                 if self._connection.nc.is_closed:
                     raise BusError("the NATS connection was closed") from None
                 failures += 1
+                self._quiet = True
                 delay = min(5.0, 0.1 * 2**failures)
                 log.warning(
                     "fetch failed, retrying",
@@ -228,11 +230,31 @@ class Consumer:
                 await _wait(stop, delay)
                 continue
             failures = 0
+            self._quiet = False
             now = time.monotonic()
             for msg in msgs:
                 self._free -= 1
                 self._in_flight[id(msg)] = (msg, now)
                 handlers.create_task(self._handle(msg))
+
+    def _fetch_size(self) -> int:
+        """How many messages to ask for: one after a fetch that found nothing, else a batch.
+
+        A fetch that times out leaves its pull request's end-of-request status (408) on the
+        way. nats-py's fetch of more than one message takes such a late status, if it arrives
+        first, for its own request's answer and sends a second pull request; one of the two
+        then stays open on the server after the fetch returns. The next message is delivered
+        on it, and the fetch that receives it waits, after that first message, for the rest of
+        its batch or its own request's status: until its request expires, up to `fetch_timeout`
+        late. Measured on a real nats-server (60 messages, one at a time at random moments):
+        fetches of 8 delivered 3 to 4 of them 40-880 ms late; fetching one message after each
+        timeout, none later than 2.4 ms. A fetch of one returns at its first message, and takes
+        a late status for a timeout. In a steady stream fetches do not time out, so batches,
+        and the throughput, are as before.
+        """
+        if self._quiet:
+            return 1
+        return min(self._free, self._settings.batch)
 
     async def _keep_alive(self) -> None:
         """Tell the server, every third of `ack_wait`, which messages are still being worked on."""
@@ -248,9 +270,10 @@ class Consumer:
                         log.debug("in_progress failed", error_type=type(exc).__name__)
 
     async def _wait_for_slot(self, stop: asyncio.Event) -> bool:
-        """Wait until a whole batch fits (or nothing is in flight): fetching one message per
-        freed slot would cost a round trip per message."""
-        wanted = min(self._settings.batch, self._settings.max_in_flight)
+        """Wait until a whole batch fits: fetching one message per freed slot would cost a round
+        trip per message. When the batch is all the slots, all but one: the one a lone event
+        took after a quiet fetch (`_fetch_size`), so the next ones are not held behind it."""
+        wanted = min(self._settings.batch, max(1, self._settings.max_in_flight - 1))
         while self._free < wanted:
             self._slot_freed.clear()
             await _wait_any(stop, self._slot_freed)

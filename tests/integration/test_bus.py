@@ -343,3 +343,43 @@ async def test_completion_records_are_group_committed_and_cover_every_handled_me
     recorded = [seq for record in records for seq in json.loads(record.data)]
     assert sorted(recorded) == [p.sequence for p in published]
     assert len(records) < len(sent) / 4, "records share writes"
+
+
+async def test_a_consumer_asks_for_one_message_after_a_quiet_fetch_and_batches_in_a_stream(
+    bus: Bus,
+) -> None:
+    """Pull requests as the server sees them: after a fetch that found nothing (and at start)
+    a consumer asks for one message, so that a lone event is not held back behind a late
+    status of an earlier request (shared.bus.consuming `_fetch_size`); while events keep
+    coming it asks for batches."""
+    nc = bus.connection.nc
+    requests: list[int] = []
+
+    async def seen(msg: nats.aio.msg.Msg) -> None:
+        requests.append(int(json.loads(msg.data)["batch"]))
+
+    spy = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{bus.settings.stream}.test", cb=seen)
+    release = asyncio.Event()
+
+    async def hold(event: object, delivery: object) -> None:
+        await release.wait()
+
+    recorder = Recorder(behaviour=hold)  # type: ignore[arg-type]
+    settings = all_events_consumer(batch=4, max_in_flight=8, fetch_timeout=0.2)
+    try:
+        async with running(bus.consumer(settings, recorder)):
+            await eventually(lambda: len(requests) >= 3, message="quiet fetches")
+            assert set(requests) == {1}  # nothing came: one at a time
+            events = [e for _ in range(3) for e in sample_events("east")[:3]]
+            for event in events:
+                await bus.publish(event)
+            await eventually(
+                lambda: any(batch > 1 for batch in requests), message="a batch asked for"
+            )  # once events came (the first of them fetched alone)
+            release.set()
+            await eventually(lambda: sum(recorder.by_issuance.values()) == len(events))
+            quiet = len(requests)
+            await eventually(lambda: len(requests) >= quiet + 3, message="quiet again")
+            assert requests[-1] == 1
+    finally:
+        await spy.unsubscribe()
