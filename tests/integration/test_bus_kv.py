@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
+import nats
 import pytest
 
 from devstack.natsserver import NatsServer
@@ -105,3 +107,38 @@ async def test_kv_calls_during_an_outage_raise_transient_errors(
         return entry is not None and entry.value == b"v3"
 
     await eventually(round_trip, within=20)
+
+
+async def test_a_quiet_watch_asks_for_one_change_then_batches(bus: Bus) -> None:
+    """Pull requests of the watch's cursor as the server sees them: after fetches that found
+    nothing it asks for one change (a lone change is not held back behind a late status of an
+    earlier request; see shared.bus.kv `_Cursor.next`), after one that found some, for more."""
+    bucket = await bus.bucket("meshtrust-desired")
+    requests: list[int] = []
+
+    async def seen_request(msg: nats.aio.msg.Msg) -> None:
+        requests.append(int(json.loads(msg.data)["batch"]))
+
+    spy = await bus.connection.nc.subscribe(
+        "$JS.API.CONSUMER.MSG.NEXT.KV_meshtrust-desired.>", cb=seen_request
+    )
+    seen: list[KvUpdate] = []
+
+    async def watch() -> None:
+        async for update in bucket.watch("east.>", poll=0.1):
+            seen.append(update)  # noqa: PERF401 - observed live, one by one
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            watcher = group.create_task(watch())
+            await eventually(lambda: len(seen) >= 1 and len(requests) >= 3)
+            assert requests[-1] == 1  # quiet: one at a time
+            quiet = len(requests)
+            await bucket.put("east.issuedcertificates.a", b"a1")
+            await eventually(lambda: len(seen) >= 2)
+            assert isinstance(seen[1], Put)
+            # the fetch after one that found a change asks for a batch
+            await eventually(lambda: any(batch > 1 for batch in requests[quiet:]))
+            watcher.cancel()
+    finally:
+        await spy.unsubscribe()
