@@ -35,16 +35,16 @@ from pydantic import ValidationError
 
 from services.agent.objects import (
     ISSUANCE_ID,
+    ISSUED_SECRET,
     AgentObjects,
-    EarlyRead,
     annotations_of,
-    issued_secret_ref,
     key_secret_name,
     read_key_secret,
 )
 from services.agent.policies import Verdict
 from shared.bus import Delivery
 from shared.events import BounceCompleted, CertificateDenied, CertificateIssued, Event
+from shared.k8s.early import NOT_READ, spec_ref
 from shared.k8s.errors import KubeError
 from shared.k8s.informer import Informer, cached_in
 from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, ObjectKey, State
@@ -244,7 +244,7 @@ class Handlers:
             key = candidates[0]
             ic, early, key_secret = await concurrently(
                 self._objects.get(ISSUED_CERTIFICATES, key.namespace, key.name),
-                self._objects.read_early(issued_secret_ref(cached_in(self._informers, key))),
+                self._objects.read_early(spec_ref(cached_in(self._informers, key), ISSUED_SECRET)),
                 self._objects.get_secret(key.namespace, key_secret_name(key.name)),
             )
             if ic is None:
@@ -254,7 +254,7 @@ class Handlers:
             if found is None:
                 return None
             key, ic, _ = found
-            early = EarlyRead(None, None, read=False)
+            early = NOT_READ
             key_secret = await self._objects.get_secret(key.namespace, key_secret_name(key.name))
         status = _status(ic)
         if status.issuance_id != issuance:
@@ -263,7 +263,7 @@ class Handlers:
         if spec is None:
             return _Found(key, status, None, None, key_secret)
         ref = spec.issued_certificate_secret
-        existing = await self._objects.settle(early, (ref.namespace, ref.name))
+        existing = await self._objects.settle(early, ObjectKey(ref.namespace, ref.name))
         return _Found(key, status, spec, existing, key_secret)
 
 

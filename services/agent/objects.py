@@ -22,7 +22,8 @@ from typing import Any
 from services.agent.bundles import BundleChecks
 from services.agent.policies import KeyMaterial, Verdict
 from shared.k8s.client import KubeClient
-from shared.k8s.errors import AlreadyExists, KubeError, NotFound
+from shared.k8s.early import EarlyRead, read_early
+from shared.k8s.errors import AlreadyExists, NotFound
 from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS
 from shared.pki import Bundle
@@ -48,6 +49,9 @@ SIGNING_CHAIN = "meshtrust.io/signing-chain-fingerprint"
 key Secret and the issued Secret: the value the issuance was started under."""
 VERDICT = "meshtrust.io/verdict"
 """On the IssuedCertificate: JSON {issuance, kind, reason, message} left by a bus handler."""
+
+ISSUED_SECRET = "issuedCertificateSecret"  # noqa: S105 - a field name, not a password
+"""The IssuedCertificate's spec field naming its issued Secret."""
 
 KEY_FIELD = "tls.key"
 CSR_FIELD = "csr.pem"
@@ -96,31 +100,6 @@ def _b64(data: Mapping[str, bytes]) -> dict[str, str]:
 
 def _rfc3339(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-SecretRef = tuple[str, str]
-"""(namespace, name) of a Secret."""
-
-
-def issued_secret_ref(ic: Mapping[str, Any] | None) -> SecretRef | None:
-    """The issued Secret an IssuedCertificate's spec names, read from the raw object (a cached
-    copy, before any validation), or None when it names none."""
-    ref = ((ic or {}).get("spec") or {}).get("issuedCertificateSecret")
-    if not isinstance(ref, dict) or not ref.get("name") or not ref.get("namespace"):
-        return None
-    return str(ref["namespace"]), str(ref["name"])
-
-
-@dataclass(frozen=True, slots=True)
-class EarlyRead:
-    """A Secret read before it is known to be the one needed: the issued Secret's name is in the
-    spec, and reading it beside the IssuedCertificate (by the name a cached copy gives) saves
-    a round trip. `AgentObjects.settle` keeps it only if the fresh spec names the same one."""
-
-    ref: SecretRef | None
-    secret: Obj | None
-    read: bool
-    """False when there was no name to read, or the read failed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,21 +188,15 @@ class AgentObjects:
     async def get_secret(self, namespace: str, name: str) -> Obj | None:
         return await self.get(SECRETS, namespace, name)
 
-    async def read_early(self, ref: SecretRef | None) -> EarlyRead:
-        """The Secret `ref` names, read ahead; a failed read is not an error here (`settle`
-        reads again, and raises what that read raises)."""
-        if ref is None:
-            return EarlyRead(ref, None, read=False)
-        try:
-            return EarlyRead(ref, await self.get_secret(*ref), read=True)
-        except KubeError:
-            return EarlyRead(ref, None, read=False)
+    async def read_early(self, ref: ObjectKey | None) -> EarlyRead:
+        """The Secret `ref` names, read ahead (`shared.k8s.early`)."""
+        return await read_early(self.kube, SECRETS, ref)
 
-    async def settle(self, early: EarlyRead, ref: SecretRef) -> Obj | None:
-        """The Secret `ref` names (None: absent): the early read if it was of that one."""
-        if early.read and early.ref == ref:
-            return early.secret
-        return await self.get_secret(*ref)
+    async def settle(self, early: EarlyRead, ref: ObjectKey) -> Obj | None:
+        """The Secret `ref` names (None: absent): the early read if it answers for it."""
+        if early.answers(ref):
+            return early.object
+        return await self.get_secret(ref.namespace, ref.name)
 
     async def write_key_secret(
         self,

@@ -37,12 +37,11 @@ from services.agent.objects import (
     DECLARATION_GENERATION,
     DECLARATION_UID,
     ISSUANCE_ID,
+    ISSUED_SECRET,
     SIGNING_CHAIN,
     AgentObjects,
-    EarlyRead,
     KeySecret,
     annotations_of,
-    issued_secret_ref,
     key_secret_name,
     read_key_secret,
     read_verdict,
@@ -75,6 +74,7 @@ from shared.events import (
     new_issuance_id,
 )
 from shared.k8s.controller import Done, ReconcileResult, RequeueAfter
+from shared.k8s.early import EarlyRead, spec_ref
 from shared.k8s.events import EventRecorder, transition_message, transition_reason
 from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, ObjectKey, State
 from shared.k8s.resources import ISSUED_CERTIFICATES
@@ -140,7 +140,7 @@ class Reconciler:
             raw, raw_key_secret, early = await concurrently(
                 self._objects.get(ISSUED_CERTIFICATES, key.namespace, key.name),
                 self._objects.get_secret(key.namespace, key_secret_name(key.name)),
-                self._objects.read_early(issued_secret_ref(self._cached(key))),
+                self._objects.read_early(spec_ref(self._cached(key), ISSUED_SECRET)),
             )
             if raw is None:
                 self._sent.pop(key, None)
@@ -200,7 +200,7 @@ class Reconciler:
         if spec is None:
             return None
         ref = spec.issued_certificate_secret
-        secret = await self._objects.settle(early, (ref.namespace, ref.name))
+        secret = await self._objects.settle(early, ObjectKey(ref.namespace, ref.name))
         if secret is None:
             return None
         notes = annotations_of(secret)

@@ -28,7 +28,7 @@ import functools
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -49,6 +49,7 @@ from shared.events import (
     StatusChanged,
 )
 from shared.k8s import EventRecorder, KubeClient, KubeError, NotFound, update_model_status
+from shared.k8s.early import read_early, spec_ref
 from shared.k8s.informer import Informer
 from shared.k8s.models import IssuedCertificate, ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS, Resource
@@ -69,10 +70,6 @@ def _utcnow() -> datetime:
 
 def is_cluster_namespace(namespace: str, settings: IssuerSettings) -> bool:
     return namespace not in settings.excluded_namespaces
-
-
-_MISSED = object()
-"""No guessed signing Secret was read (see `CsrHandler._read_guessed`)."""
 
 
 async def _get_or_none(
@@ -217,9 +214,9 @@ class CsrHandler:
         # declaration almost always names the same one: read both at once, and read the
         # Secret again only if the live declaration names another.
         guess = self._signing_ref_cached(cluster, name)
-        raw, guessed = await concurrently(
+        raw, early = await concurrently(
             _get_or_none(self._kube, ISSUED_CERTIFICATES, name, cluster),
-            self._read_guessed(guess),
+            read_early(self._kube, SECRETS, guess),
         )
         if raw is None:
             return None, None
@@ -231,29 +228,17 @@ class CsrHandler:
                 f"IssuedCertificate {cluster}/{name} cannot be read by the issuer; see its status"
             ) from None
         ref = declaration.spec.signing_certificate_secret
-        if guess == (ref.namespace, ref.name) and guessed is not _MISSED:
-            return declaration, cast("dict[str, Any] | None", guessed)
+        if early.answers(ObjectKey(ref.namespace, ref.name)):
+            return declaration, early.object
         return declaration, await _get_or_none(self._kube, SECRETS, ref.name, ref.namespace)
 
-    async def _read_guessed(self, guess: tuple[str, str] | None) -> object:
-        """The guessed Secret (or None: absent), or `_MISSED` when there is no guess or the read
-        failed: then the Secret the live declaration names is read after it, as it would be."""
-        if guess is None:
-            return _MISSED
-        try:
-            return await _get_or_none(self._kube, SECRETS, guess[1], guess[0])
-        except KubeError:
-            return _MISSED
-
-    def _signing_ref_cached(self, cluster: str, name: str) -> tuple[str, str] | None:
-        """(namespace, name) of the signing Secret the cached declaration names, if cached."""
+    def _signing_ref_cached(self, cluster: str, name: str) -> ObjectKey | None:
+        """The signing Secret the cached declaration names, if it is cached."""
         if self._declarations is None:
             return None
-        cached = self._declarations.get(ObjectKey(cluster, name))
-        ref = ((cached or {}).get("spec") or {}).get("signingCertificateSecret")
-        if not isinstance(ref, dict) or not ref.get("name") or not ref.get("namespace"):
-            return None
-        return str(ref["namespace"]), str(ref["name"])
+        return spec_ref(
+            self._declarations.get(ObjectKey(cluster, name)), "signingCertificateSecret"
+        )
 
     def _decide(
         self,

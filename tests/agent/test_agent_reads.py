@@ -40,25 +40,25 @@ async def test_an_early_read_is_kept_only_for_the_secret_the_fresh_spec_names(
     objects = AgentObjects(kube)
     await kube.create(SECRETS, secret(namespace, "guessed", "a"))
     await kube.create(SECRETS, secret(namespace, "named", "b"))
-    early = await objects.read_early((namespace, "guessed"))
+    early = await objects.read_early(ObjectKey(namespace, "guessed"))
     await kube.delete(SECRETS, "guessed", namespace=namespace)
 
-    kept = await objects.settle(early, (namespace, "guessed"))
+    kept = await objects.settle(early, ObjectKey(namespace, "guessed"))
     assert kept is not None
     assert kept["metadata"]["name"] == "guessed"  # the early copy: no second read
-    other = await objects.settle(early, (namespace, "named"))
+    other = await objects.settle(early, ObjectKey(namespace, "named"))
     assert other is not None
     assert other["metadata"]["name"] == "named"  # another Secret named: read fresh
 
     kubeapi.faults.fail_next(1, status=500, path_contains="/secrets/named")
-    failed = await objects.read_early((namespace, "named"))
+    failed = await objects.read_early(ObjectKey(namespace, "named"))
     assert not failed.read
-    again = await objects.settle(failed, (namespace, "named"))
+    again = await objects.settle(failed, ObjectKey(namespace, "named"))
     assert again is not None
     assert again["metadata"]["name"] == "named"  # a failed early read is read again
     none = await objects.read_early(None)
     assert not none.read
-    assert await objects.settle(none, (namespace, "absent")) is None
+    assert await objects.settle(none, ObjectKey(namespace, "absent")) is None
 
 
 async def desired_state(
