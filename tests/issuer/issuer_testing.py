@@ -301,6 +301,8 @@ class World:
     bus: Bus
     answers: Answers
     hierarchy: Hierarchy
+    api: Any = None
+    """The emulated management cluster (`devstack.kubeapi.KubeAPI`: its faults)."""
 
     def settings(self, instance: str = "issuer-a", **overrides: Any) -> IssuerSettings:
         options: dict[str, Any] = {
@@ -372,7 +374,7 @@ async def world(tmp_path: Path, nats: NatsSettings, *, levels: int = 2) -> Async
             await bus.provision()
             hierarchy = Hierarchy.make(levels=levels)
             answers = Answers()
-            the_world = World(kube, kubeconfig, nats, bus, answers, hierarchy)
+            the_world = World(kube, kubeconfig, nats, bus, answers, hierarchy, api)
             await the_world.put_signing_secret(hierarchy)
             collector = bus.consumer(
                 ConsumerSettings(

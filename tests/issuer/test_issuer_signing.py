@@ -372,3 +372,37 @@ async def test_a_csr_is_signed_by_the_ca_the_live_declaration_names_not_the_cach
         answer = await w.answers.issued(request.issuance)
         cert = x509.load_pem_x509_certificate(answer.data.certificate_pem.encode())
         cert.verify_directly_issued_by(other.signer.cert)
+
+
+async def test_a_failed_early_read_of_the_signing_secret_falls_back_to_a_read_of_it(
+    tmp_path: Path, nats_settings: NatsSettings
+) -> None:
+    """The signing Secret the cached declaration names is read beside the declaration; when
+    that read fails, the Secret is read again after the declaration, and the CSR is signed."""
+    async with world(tmp_path, nats_settings, levels=1) as w:
+        decl = await w.create(declaration("east", "istio-ca"))
+        informer = Informer(w.kube, ISSUED_CERTIFICATES)
+        watching = asyncio.create_task(informer.run())
+        await informer.wait_synced()
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        ledger = open_ledger(w.bus)
+        await ledger.ensure()
+        w.api.faults.fail_next(1, status=500, path_contains="/secrets/root-ca")
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            handler = CsrHandler(
+                settings=w.settings(),
+                bus=w.bus,
+                kube=w.kube,
+                issued=await w.bus.bucket(ISSUED_BUCKET, history=1),
+                ledger=ledger,
+                executor=executor,
+                signing_cas=SigningCAs(),
+                declarations=informer,
+            )
+            request = w.agent("east").request(decl)
+            await handler(request, Delivery(subject="", stream_sequence=1, num_delivered=1))
+        answer = await w.answers.issued(request.issuance)
+        cert = x509.load_pem_x509_certificate(answer.data.certificate_pem.encode())
+        cert.verify_directly_issued_by(w.hierarchy.signer.cert)
