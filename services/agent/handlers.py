@@ -242,9 +242,10 @@ class Handlers:
         candidates = await self._candidates(name)
         if len(candidates) == 1:
             key = candidates[0]
+            guess = spec_ref(cached_in(self._informers, key), ISSUED_SECRET)
             ic, early, key_secret = await concurrently(
                 self._objects.get(ISSUED_CERTIFICATES, key.namespace, key.name),
-                self._objects.read_early(spec_ref(cached_in(self._informers, key), ISSUED_SECRET)),
+                self._objects.get_secret_early(guess),
                 self._objects.get_secret(key.namespace, key_secret_name(key.name)),
             )
             if ic is None:

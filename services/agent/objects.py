@@ -188,7 +188,7 @@ class AgentObjects:
     async def get_secret(self, namespace: str, name: str) -> Obj | None:
         return await self.get(SECRETS, namespace, name)
 
-    async def read_early(self, ref: ObjectKey | None) -> EarlyRead:
+    async def get_secret_early(self, ref: ObjectKey | None) -> EarlyRead:
         """The Secret `ref` names, read ahead (`shared.k8s.early`)."""
         return await read_early(self.kube, SECRETS, ref)
 

@@ -140,7 +140,7 @@ class Reconciler:
             raw, raw_key_secret, early = await concurrently(
                 self._objects.get(ISSUED_CERTIFICATES, key.namespace, key.name),
                 self._objects.get_secret(key.namespace, key_secret_name(key.name)),
-                self._objects.read_early(spec_ref(self._cached(key), ISSUED_SECRET)),
+                self._objects.get_secret_early(spec_ref(self._cached(key), ISSUED_SECRET)),
             )
             if raw is None:
                 self._sent.pop(key, None)

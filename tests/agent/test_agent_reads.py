@@ -40,7 +40,7 @@ async def test_an_early_read_is_kept_only_for_the_secret_the_fresh_spec_names(
     objects = AgentObjects(kube)
     await kube.create(SECRETS, secret(namespace, "guessed", "a"))
     await kube.create(SECRETS, secret(namespace, "named", "b"))
-    early = await objects.read_early(ObjectKey(namespace, "guessed"))
+    early = await objects.get_secret_early(ObjectKey(namespace, "guessed"))
     await kube.delete(SECRETS, "guessed", namespace=namespace)
 
     kept = await objects.settle(early, ObjectKey(namespace, "guessed"))
@@ -51,12 +51,12 @@ async def test_an_early_read_is_kept_only_for_the_secret_the_fresh_spec_names(
     assert other["metadata"]["name"] == "named"  # another Secret named: read fresh
 
     kubeapi.faults.fail_next(1, status=500, path_contains="/secrets/named")
-    failed = await objects.read_early(ObjectKey(namespace, "named"))
+    failed = await objects.get_secret_early(ObjectKey(namespace, "named"))
     assert not failed.read
     again = await objects.settle(failed, ObjectKey(namespace, "named"))
     assert again is not None
     assert again["metadata"]["name"] == "named"  # a failed early read is read again
-    none = await objects.read_early(None)
+    none = await objects.get_secret_early(None)
     assert not none.read
     assert await objects.settle(none, ObjectKey(namespace, "absent")) is None
 

@@ -64,6 +64,7 @@ HELPERS: dict[str, tuple[int, tuple[tuple[str, str], ...]]] = {
     "Informer": (1, (("list", ""), ("watch", ""))),
     "update_status": (1, (("get", ""), ("update", "status"))),
     "update_model_status": (1, (("get", ""), ("update", "status"))),
+    "read_early": (1, (("get", ""),)),
 }
 
 # Constructing an EventRecorder means Events are recorded: create, and patch for repeats
