@@ -332,6 +332,42 @@ async def test_a_csr_redelivered_after_a_failed_answer_gets_the_same_serial(
         assert [e["serial_number"] for e in entries] == [answer.data.serial_number]
 
 
+async def frozen_informer(w: World) -> Informer:
+    """The issuer's IssuedCertificate informer, synced once and then stopped: its cache stays
+    as it was, whatever the API server holds afterwards."""
+    informer = Informer(w.kube, ISSUED_CERTIFICATES)
+    watching = asyncio.create_task(informer.run())
+    await informer.wait_synced()
+    watching.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watching
+    return informer
+
+
+async def signed_by_a_csr_handler(
+    w: World, informer: Informer, body: dict[str, Any]
+) -> x509.Certificate:
+    """The agent's CSR for `body`, handled once by a CsrHandler that guesses from `informer`;
+    the certificate it answered with."""
+    ledger = open_ledger(w.bus)
+    await ledger.ensure()
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        handler = CsrHandler(
+            settings=w.settings(),
+            bus=w.bus,
+            kube=w.kube,
+            issued=await w.bus.bucket(ISSUED_BUCKET, history=1),
+            ledger=ledger,
+            executor=executor,
+            signing_cas=SigningCAs(),
+            declarations=informer,
+        )
+        request = w.agent("east").request(body)
+        await handler(request, Delivery(subject="", stream_sequence=1, num_delivered=1))
+    answer = await w.answers.issued(request.issuance)
+    return x509.load_pem_x509_certificate(answer.data.certificate_pem.encode())
+
+
 async def test_a_csr_is_signed_by_the_ca_the_live_declaration_names_not_the_cached_one(
     tmp_path: Path, nats_settings: NatsSettings
 ) -> None:
@@ -342,35 +378,14 @@ async def test_a_csr_is_signed_by_the_ca_the_live_declaration_names_not_the_cach
         other = Hierarchy.make(levels=1)
         await w.put_signing_secret(other, name="other-ca")
         decl = await w.create(declaration("east", "istio-ca"))
-        informer = Informer(w.kube, ISSUED_CERTIFICATES)
-        watching = asyncio.create_task(informer.run())
-        await informer.wait_synced()
-        watching.cancel()  # the cache stays as it is: naming the first signing Secret
-        with contextlib.suppress(asyncio.CancelledError):
-            await watching
+        informer = await frozen_informer(w)  # its cache names the first signing Secret
         repointed = dict(decl, spec={**decl["spec"], "signingCertificateSecret": {
             "name": "other-ca", "namespace": SYSTEM_NAMESPACE}})  # fmt: skip
         live = await w.kube.replace(ISSUED_CERTIFICATES, repointed)
         cached = informer.get(ObjectKey("east", "istio-ca"))
         assert cached is not None
         assert cached["spec"]["signingCertificateSecret"]["name"] == "root-ca"
-        ledger = open_ledger(w.bus)
-        await ledger.ensure()
-        with ThreadPoolExecutor(max_workers=1) as executor:
-            handler = CsrHandler(
-                settings=w.settings(),
-                bus=w.bus,
-                kube=w.kube,
-                issued=await w.bus.bucket(ISSUED_BUCKET, history=1),
-                ledger=ledger,
-                executor=executor,
-                signing_cas=SigningCAs(),
-                declarations=informer,
-            )
-            request = w.agent("east").request(live)
-            await handler(request, Delivery(subject="", stream_sequence=1, num_delivered=1))
-        answer = await w.answers.issued(request.issuance)
-        cert = x509.load_pem_x509_certificate(answer.data.certificate_pem.encode())
+        cert = await signed_by_a_csr_handler(w, informer, live)
         cert.verify_directly_issued_by(other.signer.cert)
 
 
@@ -381,28 +396,7 @@ async def test_a_failed_early_read_of_the_signing_secret_falls_back_to_a_read_of
     that read fails, the Secret is read again after the declaration, and the CSR is signed."""
     async with world(tmp_path, nats_settings, levels=1) as w:
         decl = await w.create(declaration("east", "istio-ca"))
-        informer = Informer(w.kube, ISSUED_CERTIFICATES)
-        watching = asyncio.create_task(informer.run())
-        await informer.wait_synced()
-        watching.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watching
-        ledger = open_ledger(w.bus)
-        await ledger.ensure()
+        informer = await frozen_informer(w)
         w.api.faults.fail_next(1, status=500, path_contains="/secrets/root-ca")
-        with ThreadPoolExecutor(max_workers=1) as executor:
-            handler = CsrHandler(
-                settings=w.settings(),
-                bus=w.bus,
-                kube=w.kube,
-                issued=await w.bus.bucket(ISSUED_BUCKET, history=1),
-                ledger=ledger,
-                executor=executor,
-                signing_cas=SigningCAs(),
-                declarations=informer,
-            )
-            request = w.agent("east").request(decl)
-            await handler(request, Delivery(subject="", stream_sequence=1, num_delivered=1))
-        answer = await w.answers.issued(request.issuance)
-        cert = x509.load_pem_x509_certificate(answer.data.certificate_pem.encode())
+        cert = await signed_by_a_csr_handler(w, informer, decl)
         cert.verify_directly_issued_by(w.hierarchy.signer.cert)
