@@ -35,6 +35,7 @@ from shared.k8s.informer import (
     InformerSettings,
     cached_in,
     unless_status_only,
+    version_of,
 )
 from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
@@ -256,7 +257,7 @@ class Handoff:
             return
         key = ObjectKey.of(obj)
         cached = cached_in(self._informers, key)
-        if cached is not None and _version(cached) == _version(obj):
+        if cached is not None and version_of(cached) == version_of(obj):
             return  # the informer's event was first: the key is queued already
         self._handed[key] = obj
         self.queue(key)
@@ -266,18 +267,13 @@ class Handoff:
         if (
             handed is not None
             and event.type is ChangeType.ADDED
-            and _version(event.object) == _version(handed)
+            and version_of(event.object) == version_of(handed)
         ):
             return []
         return unless_status_only(event)
 
     def cached(self, key: ObjectKey) -> Obj | None:
         return cached_in(self._informers, key) or self._handed.get(key)
-
-
-def _version(obj: Obj) -> str | None:
-    version = (obj.get("metadata") or {}).get("resourceVersion")
-    return str(version) if version else None
 
 
 def _secret_owner(event: InformerEvent) -> Iterable[ObjectKey]:

@@ -60,7 +60,7 @@ from shared.events import (
 from shared.k8s.controller import Done, ReconcileResult
 from shared.k8s.errors import AlreadyExists, Invalid, NotFound
 from shared.k8s.events import EventRecorder
-from shared.k8s.informer import EventType, Informer, InformerEvent
+from shared.k8s.informer import EventType, Informer, InformerEvent, version_of
 from shared.k8s.models import IssuedCertificateSpec, ObjectKey, PodBounceDirectiveSpec
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, Resource
 from shared.runtime.logging import get_logger
@@ -181,7 +181,7 @@ class DesiredState:
                 self._written.pop(key, None)
                 return [queue_key(key)]
             written = self._written.get(key)
-            if written and written == _version(event.object):
+            if written and written == version_of(event.object):
                 return []  # our own create or replace, seen back: nothing to repair
             if event.type is EventType.ADDED or event.old is None:
                 return [queue_key(key)]
@@ -275,7 +275,7 @@ class DesiredState:
         except Invalid as exc:
             await self._refuse(key, desired, f"the cluster refused it: {exc.message}")
             return True
-        if version := _version(created):
+        if version := version_of(created):
             self._written[key] = version
         log.info("desired object created", kv_key=key, namespace=desired.namespace)
         self._created(desired.kind, created)
@@ -295,7 +295,7 @@ class DesiredState:
         except Invalid as exc:
             await self._refuse(key, desired, f"the cluster refused it: {exc.message}")
             return
-        if version := _version(replaced):
+        if version := version_of(replaced):
             self._written[key] = version
         log.info("desired object re-applied", kv_key=key, namespace=desired.namespace)
 
@@ -348,10 +348,6 @@ def _annotations(key: str, desired: DesiredObject) -> dict[str, str]:
     if desired.signing_chain_fingerprint is not None:
         annotations[SIGNING_CHAIN] = desired.signing_chain_fingerprint
     return annotations
-
-
-def _version(obj: Mapping[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
 
 
 def _shape(obj: Mapping[str, Any]) -> tuple[object, ...]:

@@ -50,6 +50,7 @@ __all__ = [
     "cached_in",
     "status_only",
     "unless_status_only",
+    "version_of",
 ]
 
 log = structlog.get_logger(__name__)
@@ -320,7 +321,7 @@ class Informer:
             previous = old.get(key)
             if previous is None:
                 self._emit(InformerEvent(EventType.ADDED, key, obj))
-            elif _rv(previous) != _rv(obj):
+            elif version_of(previous) != version_of(obj):
                 self._emit(InformerEvent(EventType.MODIFIED, key, obj, previous))
         for key, previous in old.items():
             if key not in items:
@@ -399,7 +400,8 @@ def cached_in(informers: Iterable[Informer], key: ObjectKey) -> Obj | None:
     return None
 
 
-def _rv(obj: Obj) -> str | None:
+def version_of(obj: Mapping[str, Any]) -> str | None:
+    """An object's metadata.resourceVersion, or None when it has none."""
     meta = obj.get("metadata") or {}
     rv = meta.get("resourceVersion")
     return None if rv is None else str(rv)
