@@ -162,8 +162,6 @@ class OwnerGraph:
         ident = _ident(ev.key, ev.obj)
         uid = str(ev.obj["metadata"].get("uid"))
         before = _owner_uids(ev.old) if ev.type != "ADDED" else set()
-        for owner in before:
-            self._unlink(owner, ident)
         if ev.type == "DELETED":
             self.by_uid.pop(uid, None)
             self.pending |= self.dependents.get(uid, set())  # orphans now, unless adopted
@@ -172,6 +170,8 @@ class OwnerGraph:
                 if (found := self.by_uid.get(owner)) is not None:
                     self.pending.add(found)  # one dependent fewer to wait for
             return
+        for owner in before:
+            self._unlink(owner, ident)
         self._add(ev.key, ev.obj)
 
     def _add(self, key: str, obj: Obj) -> None:
