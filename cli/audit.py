@@ -66,7 +66,7 @@ def describe(event: Event) -> str:
 
 def line(stored: StoredMessage) -> tuple[str | None, str]:
     """(issuance, the printed line) of one stored message."""
-    when = f"{stored.time:%Y-%m-%d %H:%M:%S}"
+    when = f"{stored.time:%Y-%m-%d %H:%M:%S}" if stored.time else "-"
     try:
         event = decode(stored.data, subject=stored.subject)
     except InvalidEvent as exc:

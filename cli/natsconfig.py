@@ -1,25 +1,26 @@
 """`meshtrust nats-config`: the nats-server configuration for a list of clusters.
 
-Per-cluster users with least privilege (`devstack.natsconfig.permissions`): the agent and the
-bouncer of `east` may publish only `meshtrust.v1.east.>`, use only their own consumers and read
-only east's desired state; the issuer may do everything. Users authenticate with nkeys: the
-configuration printed holds only public keys, and one seed file per user is written (mode 600)
-to `--credentials-dir`, to be handed to that service only (as `MESHTRUST_NATS_NKEYS_SEED_FILE`,
-with `MESHTRUST_NATS_INBOX_PREFIX=_INBOX_<user>`). Existing seed files are kept, so re-running
-after adding a cluster changes nobody else's credentials.
+One NATS account per identity (`devstack.natsconfig`): the agent of `east` may publish only
+east's `csr.requested`, `status.changed` and `bounce.requested`, pull only its own consumers and
+read only what the hub exports to it; the bouncer only east's `bounce.completed`; the auditor
+reads only; the issuer may not delete or purge streams; the provisioner creates them. Users
+authenticate with nkeys: the configuration printed holds only public keys, and one seed file per
+user is written (mode 600) to `--credentials-dir`, to be handed to that identity only (as
+`MESHTRUST_NATS_NKEYS_SEED_FILE`, with `MESHTRUST_NATS_INBOX_PREFIX=_INBOX_<user>` for the
+per-cluster ones). Existing seed files are kept, so re-running after adding a cluster changes
+nobody else's credentials.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-import nkeys
-
-from devstack.natsconfig import ISSUER_USER, render, user_names, users_for
+from devstack.natsconfig import ISSUER_USER, nkeys_for, render, seed_for, user_names, users_for
 from shared.events import InvalidName
+
+__all__ = ["HELP", "add_arguments", "run", "seed_for"]
 
 HELP = "print the nats-server configuration (per-cluster users and permissions)"
 
@@ -32,18 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store-dir", default="/data/jetstream", help="JetStream store")
 
 
-def seed_for(directory: Path, user: str) -> bytes:
-    """The user's nkey seed, made once and kept in `<directory>/<user>.nk` (mode 600)."""
-    path = directory / f"{user}.nk"
-    if path.exists():
-        return path.read_bytes().strip()
-    seed = bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as file:
-        file.write(seed + b"\n")
-    return seed
-
-
 def run(args: argparse.Namespace) -> int:
     clusters = [c.strip() for c in args.clusters.split(",") if c.strip()]
     try:
@@ -51,11 +40,7 @@ def run(args: argparse.Namespace) -> int:
     except InvalidName as exc:
         print(f"meshtrust nats-config: {exc}", file=sys.stderr)
         return 2
-    args.credentials_dir.mkdir(parents=True, exist_ok=True)
-    public = {
-        user: nkeys.from_seed(bytearray(seed_for(args.credentials_dir, user))).public_key.decode()
-        for user in names
-    }
+    public = nkeys_for(args.credentials_dir, names)
     sys.stdout.write(
         render(
             clusters=clusters,

@@ -1,13 +1,29 @@
-"""nats-server configuration with one user per service and per-cluster permissions.
+"""nats-server configuration: one NATS account per identity, the hub exporting only what each needs.
 
-The issuer may do everything. The agent and the bouncer of cluster `c` may publish only their
-cluster's events (`meshtrust.v1.c.>`), use only their own durable consumer, read only their
-cluster's part of the desired state, and receive replies only on their own inbox prefix
-(`_INBOX_<user>`, which they must pass as `MESHTRUST_NATS_INBOX_PREFIX`). The subject of every
-event is therefore proof of the sender's cluster.
+The model (docs/bus.md has the threat model and the tests that prove it):
 
-Reading the audit stream is allowed to everyone (message gets by sequence): it holds CSRs and
-certificates, never keys.
+- Account `MESHTRUST`, the hub, is the only one with JetStream: every stream, bucket and
+  consumer lives there. Its users are the `issuer` (which may not delete or purge streams,
+  nor change the ledger's configuration) and the `provisioner` (creates and updates streams
+  and buckets; run as a separate step, never by a service).
+- Every other identity has an account of its own, with no JetStream: `agent-<cluster>`,
+  `bouncer-<cluster>` and `auditor`. Its user can reach the hub only through the services the
+  hub exports to that one account, each a subject with nothing left to choose:
+  - agent-C: publish C's `csr.requested`, `status.changed`, `bounce.requested`; pull and ack
+    its durables `agent-C` (events) and `desired-C` (its cluster's desired state); publish its
+    completion records; direct gets of the desired-state bucket and of the record stream;
+  - bouncer-C: publish C's `bounce.completed`; pull and ack `bouncer-C`; its records;
+  - auditor: direct gets of the event stream and of the ledger. Nothing else.
+- JetStream answers API requests (create, change or delete a consumer or a stream) only from
+  its own account, so no identity but the hub's can create, reconfigure or delete anything; the
+  hub makes the clusters' durables (`shared.bus.fleet`).
+- A publish's reply subject lives in the publisher's account. JetStream's acknowledgement of a
+  publish from C goes back to C's account, where no stream captures anything: a reply subject
+  aimed at the ledger, a KV key or another cluster's records lands nowhere.
+
+Users authenticate with nkeys (the configuration holds public keys only) or, for
+docker-compose.yml's throwaway stack, passwords. Each user keeps its inbox prefix
+(`_INBOX_<user>`) as defence in depth; within its own account it is the only subscriber anyway.
 
 The output is JSON, which nats-server reads as configuration, so no value needs escaping.
 """
@@ -15,24 +31,54 @@ The output is JSON, which nats-server reads as configuration, so no value needs 
 from __future__ import annotations
 
 import json
+import os
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from shared.events import DESIRED_BUCKET, check_cluster_name
+import nkeys
 
-STREAM = "MESHTRUST"
+from shared.bus.fleet import (
+    AGENT_PUBLISHES,
+    BOUNCER_PUBLISHES,
+    DESIRED_STREAM,
+    STREAM,
+    agent_durable,
+    bouncer_durable,
+    desired_durable,
+)
+from shared.events import EventType, check_cluster_name, subject
+
 RECORDS = "MESHTRUST_CONSUMED"
 LEDGER = "MESHTRUST_LEDGER"
-KV_STREAM = f"KV_{DESIRED_BUCKET}"
+KV_STREAM = DESIRED_STREAM
+HUB_ACCOUNT = "MESHTRUST"
 ISSUER_USER = "issuer"
+PROVISIONER_USER = "provisioner"
+"""Creates and updates the streams and buckets (`meshtrust nats-provision`); no service uses it."""
 AUDITOR_USER = "auditor"
-"""Reads the event stream and the ledger, nothing else (`meshtrust audit`, `meshtrust ledger`)."""
+"""Reads the event stream and the ledger by direct get, nothing else (`meshtrust audit`,
+`meshtrust ledger`)."""
 AUDITOR_INBOX = "_INBOX_auditor"
+API = "$JS.API"
+
+ISSUER_DENIED = (
+    f"{API}.STREAM.DELETE.>",
+    f"{API}.STREAM.PURGE.>",
+    f"{API}.STREAM.MSG.DELETE.>",
+    f"{API}.STREAM.UPDATE.{LEDGER}",
+    f"{API}.STREAM.CREATE.>",
+    f"{API}.STREAM.UPDATE.>",
+)
+"""What the running issuer may not do in the hub: delete, purge or reconfigure any stream (the
+ledger and the audit log above all), or delete single messages. Provisioning is the
+provisioner's."""
 
 
 @dataclass(frozen=True)
 class ClusterUser:
-    """A per-cluster service user: `agent-east`, `bouncer-east`."""
+    """A per-cluster service identity: `agent-east`, `bouncer-east` (user and account)."""
 
     service: str
     cluster: str
@@ -54,60 +100,60 @@ def users_for(clusters: Iterable[str]) -> list[ClusterUser]:
     ]
 
 
-def permissions(user: ClusterUser) -> dict[str, object]:
-    """Least privilege for one per-cluster service user."""
-    durable = user.name
-    api = "$JS.API"
-    publish = [
-        f"meshtrust.v1.{user.cluster}.>",
-        f"{api}.INFO",
-        # its own durable consumer on the event stream
-        f"{api}.STREAM.INFO.{STREAM}",
-        f"{api}.STREAM.INFO.{KV_STREAM}",  # Bus.provision checks the buckets exist
-        f"{api}.STREAM.MSG.GET.{STREAM}",
-        f"{api}.CONSUMER.CREATE.{STREAM}.{durable}",
-        f"{api}.CONSUMER.CREATE.{STREAM}.{durable}.>",
-        f"{api}.CONSUMER.DURABLE.CREATE.{STREAM}.{durable}",
-        f"{api}.CONSUMER.INFO.{STREAM}.{durable}",
-        f"{api}.CONSUMER.MSG.NEXT.{STREAM}.{durable}",
-        f"$JS.ACK.{STREAM}.{durable}.>",
-        # its completion records (shared.bus.completions)
-        f"meshtrust.consumed.{durable}",
-        f"{api}.STREAM.INFO.{RECORDS}",
-        f"{api}.CONSUMER.CREATE.{RECORDS}.*.meshtrust.consumed.{durable}",
-        f"{api}.CONSUMER.INFO.{RECORDS}.*",
-        f"{api}.CONSUMER.MSG.NEXT.{RECORDS}.*",
-        f"{api}.CONSUMER.DELETE.{RECORDS}.*",
+def _pull(stream: str, durable: str) -> list[tuple[str, str]]:
+    """(subject, response type) to fetch from and acknowledge one durable across accounts."""
+    return [
+        (f"{API}.CONSUMER.MSG.NEXT.{stream}.{durable}", "stream"),
+        (f"$JS.ACK.{stream}.{durable}.>", "singleton"),
     ]
+
+
+def _direct(stream: str) -> tuple[str, str]:
+    return (f"{API}.DIRECT.GET.{stream}", "stream")
+
+
+def imports_of(user: ClusterUser) -> list[tuple[str, str]]:
+    """Everything one cluster identity may reach in the hub: (subject, response type)."""
+    cluster = user.cluster
+    events: tuple[EventType, ...]
     if user.service == "agent":
-        # its cluster's desired state: an ephemeral pull consumer on the KV stream whose
-        # filter (part of the create subject) is its cluster's keys (shared.bus.kv)
-        publish += [
-            f"{api}.CONSUMER.CREATE.{KV_STREAM}.*.$KV.{DESIRED_BUCKET}.{user.cluster}.>",
-            f"{api}.CONSUMER.INFO.{KV_STREAM}.*",
-            f"{api}.CONSUMER.MSG.NEXT.{KV_STREAM}.*",
-            f"{api}.CONSUMER.DELETE.{KV_STREAM}.*",
-        ]
+        events = AGENT_PUBLISHES
+        durables = [(STREAM, agent_durable(cluster)), (KV_STREAM, desired_durable(cluster))]
+        reads = [_direct(KV_STREAM)]
+    else:
+        events = BOUNCER_PUBLISHES
+        durables = [(STREAM, bouncer_durable(cluster))]
+        reads = []
+    services = [(subject(cluster, event), "singleton") for event in events]
+    for stream, durable in durables:
+        services += _pull(stream, durable)
+    # Its completion records (shared.bus.completions): written, and read back by direct get.
+    durable = durables[0][1]
+    services += [(f"meshtrust.consumed.{durable}", "singleton"), _direct(RECORDS), *reads]
+    return services
+
+
+def auditor_imports() -> list[tuple[str, str]]:
+    return [_direct(STREAM), _direct(LEDGER)]
+
+
+def permissions(user: ClusterUser) -> dict[str, object]:
+    """Defence in depth inside the identity's own account: publish only what is imported."""
     return {
-        "publish": {"allow": publish},
+        "publish": {"allow": [name for name, _ in imports_of(user)]},
         "subscribe": {"allow": [f"{user.inbox_prefix}.>"]},
     }
 
 
 def auditor_permissions() -> dict[str, object]:
-    """Read-only: ephemeral consumers on the event stream and the ledger, nothing published."""
-    api = "$JS.API"
-    publish = [f"{api}.INFO"]
-    for stream in (STREAM, LEDGER):
-        publish += [
-            f"{api}.STREAM.INFO.{stream}",
-            f"{api}.CONSUMER.CREATE.{stream}",
-            f"{api}.CONSUMER.CREATE.{stream}.>",
-            f"{api}.CONSUMER.INFO.{stream}.*",
-            f"{api}.CONSUMER.MSG.NEXT.{stream}.*",
-            f"{api}.CONSUMER.DELETE.{stream}.*",
-        ]
-    return {"publish": {"allow": publish}, "subscribe": {"allow": [f"{AUDITOR_INBOX}.>"]}}
+    return {
+        "publish": {"allow": [name for name, _ in auditor_imports()]},
+        "subscribe": {"allow": [f"{AUDITOR_INBOX}.>"]},
+    }
+
+
+def issuer_permissions() -> dict[str, object]:
+    return {"publish": {"deny": list(ISSUER_DENIED)}}
 
 
 def render(
@@ -121,9 +167,10 @@ def render(
 ) -> str:
     """The nats-server configuration (JSON) for `clusters`.
 
-    Each user authenticates either with a password (`passwords`: user -> password; the local
-    stack) or with an nkey (`nkeys`: user -> public key, `U...`; production: the config then
-    holds no secret, and each service gets only its own seed file).
+    Each user authenticates either with a password (`passwords`: user -> password;
+    docker-compose.yml's throwaway stack) or with an nkey (`nkeys`: user -> public key, `U...`;
+    the local stack and production: the configuration then holds no secret, and each service
+    gets only its own seed file).
     """
     if (passwords is None) == (nkeys is None):
         raise ValueError("give either passwords or nkeys")
@@ -134,19 +181,72 @@ def render(
         assert passwords is not None
         return {"user": user, "password": passwords[user]}
 
-    users: list[dict[str, object]] = [
-        credential(ISSUER_USER),
-        {**credential(AUDITOR_USER), "permissions": auditor_permissions()},
-    ]
-    users += [{**credential(u.name), "permissions": permissions(u)} for u in users_for(clusters)]
+    cluster_users = users_for(clusters)
+    exports: dict[str, tuple[str, set[str]]] = defaultdict(lambda: ("singleton", set()))
+    accounts: dict[str, dict[str, object]] = {}
+
+    def grant(account: str, services: list[tuple[str, str]]) -> list[dict[str, object]]:
+        for name, response in services:
+            exports[name] = (response, exports[name][1] | {account})
+        return [{"service": {"account": HUB_ACCOUNT, "subject": name}} for name, _ in services]
+
+    for user in cluster_users:
+        accounts[user.name] = {
+            "users": [{**credential(user.name), "permissions": permissions(user)}],
+            "imports": grant(user.name, imports_of(user)),
+        }
+    accounts[AUDITOR_USER] = {
+        "users": [{**credential(AUDITOR_USER), "permissions": auditor_permissions()}],
+        "imports": grant(AUDITOR_USER, auditor_imports()),
+    }
+    hub: dict[str, object] = {
+        "jetstream": "enabled",
+        "users": [
+            {**credential(ISSUER_USER), "permissions": issuer_permissions()},
+            credential(PROVISIONER_USER),
+        ],
+        "exports": [
+            {"service": name, "response_type": response, "accounts": sorted(allowed)}
+            for name, (response, allowed) in sorted(exports.items())
+        ],
+    }
     config: dict[str, object] = {
         "host": host,
         "port": port,
-        "authorization": {"users": users},
+        "accounts": {HUB_ACCOUNT: hub, **accounts},
         "jetstream": {"store_dir": store_dir} if store_dir else {},
     }
     return json.dumps(config, indent=2) + "\n"
 
 
 def user_names(clusters: Iterable[str]) -> list[str]:
-    return [ISSUER_USER, AUDITOR_USER, *(u.name for u in users_for(clusters))]
+    return [
+        ISSUER_USER,
+        PROVISIONER_USER,
+        AUDITOR_USER,
+        *(u.name for u in users_for(clusters)),
+    ]
+
+
+def seed_for(directory: Path, user: str) -> bytes:
+    """The user's nkey seed, made once and kept in `<directory>/<user>.nk` (mode 600, in a
+    directory only its owner may enter)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    path = directory / f"{user}.nk"
+    if path.exists():
+        return path.read_bytes().strip()
+    seed = bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(seed + b"\n")
+    return seed
+
+
+def public_key(seed: bytes) -> str:
+    return str(nkeys.from_seed(bytearray(seed)).public_key.decode())
+
+
+def nkeys_for(directory: Path, users: Iterable[str]) -> dict[str, str]:
+    """user -> public nkey, making each user's seed file in `directory` when missing."""
+    return {user: public_key(seed_for(directory, user)) for user in users}

@@ -2,17 +2,19 @@
 
 `up()` starts, in order:
 
-1. nats-server with JetStream (store under `.devstack/nats/`), one user per service with
-   per-cluster permissions (`devstack.natsconfig`), passwords made now and kept in
-   `.devstack/nats/passwords.json` (mode 600);
+1. nats-server with JetStream (store under `.devstack/nats/`), one NATS account and user per
+   identity (`devstack.natsconfig`), authenticated by nkeys as in production: one seed file
+   per user in `.devstack/nats/credentials/` (mode 600, directory 700; the server's
+   configuration holds public keys only), then `meshtrust-issuer provision` with the
+   provisioner's seed (the services themselves may not create streams);
 2. one `meshtrust-kubeapi` process serving `mgmt` and every remote cluster on its own port,
    kubeconfigs written to `.devstack/<cluster>.kubeconfig`, state kept in `.devstack/kube/`;
 3. `kubectl apply` of `deploy/crds/` to every cluster, a root CA Secret in `mgmt`
    (`meshtrust-system/root-ca`, made now by `shared.pki.create_root_ca`), and the stand-in
    workloads of `deploy/examples/workloads.yaml` in every remote cluster;
 4. the services through their production entry points and environment settings: the issuer
-   (waited for until ready, since it provisions the streams), then an agent and a bouncer per
-   remote cluster, each with its own NATS user and inbox prefix.
+   (waited for until ready, since it makes the clusters' consumers), then an agent and a
+   bouncer per remote cluster, each with its own NATS account, seed and inbox prefix.
 
 Everything is recorded in `.devstack/stack.json` (NATS URL, pids, clusters and their
 kubeconfigs), which `down()` reads to stop it all, services first; it also removes the emulated
@@ -25,7 +27,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -39,9 +40,16 @@ from pathlib import Path
 
 import yaml
 
-from devstack.natsconfig import ClusterUser, render, user_names
+from devstack.natsconfig import (
+    ISSUER_USER,
+    PROVISIONER_USER,
+    nkeys_for,
+    render,
+    user_names,
+)
 from devstack.natsserver import NatsServer
 from devstack.ports import free_port
+from shared.bus import NatsSettings
 from shared.events import check_cluster_name
 from shared.pki import KeyAlgorithm, KeySpec, create_root_ca
 
@@ -65,7 +73,7 @@ class Process:
 
 @dataclass(frozen=True)
 class Launch:
-    """How to start one service process again (kept in memory: its env holds a password)."""
+    """How to start one service process again."""
 
     name: str
     command: list[str]
@@ -143,7 +151,7 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         processes: list[Process] = []
         try:
-            nats_url, passwords, nats_pid = self._start_nats()
+            nats_url, nats_pid = self._start_nats()
             processes.append(Process("nats-server", nats_pid, str(self.logs / "nats.log")))
             self.info = StackInfo(
                 root=str(self.root),
@@ -157,12 +165,13 @@ class Stack:
             processes.append(self._start_kubeapi())
             self._save()
             self._seed()
-            processes.append(self._start_service("issuer", None, passwords, nats_url))
+            self._provision(nats_url)
+            processes.append(self._start_service("issuer", None, nats_url))
             self._save()
             self._wait_ready(processes[-1])
             for cluster in self.remotes:
                 for service in ("agent", "bouncer"):
-                    processes.append(self._start_service(service, cluster, passwords, nats_url))
+                    processes.append(self._start_service(service, cluster, nats_url))
                     self._save()
             for process in processes[3:]:
                 self._wait_ready(process)
@@ -175,28 +184,60 @@ class Stack:
         assert self.info is not None
         self.state_file.write_text(self.info.to_json())
 
-    def _start_nats(self) -> tuple[str, dict[str, str], int]:
+    @property
+    def credentials(self) -> Path:
+        """Where each NATS user's seed file is (`<user>.nk`)."""
+        return self.root / "nats" / "credentials"
+
+    def _start_nats(self) -> tuple[str, int]:
         nats_dir = self.root / "nats"
-        nats_dir.mkdir(parents=True, exist_ok=True)
-        passwords_file = nats_dir / "passwords.json"
-        passwords = json.loads(passwords_file.read_text()) if passwords_file.exists() else {}
-        passwords.update(
-            {n: secrets.token_urlsafe(24) for n in user_names(self.remotes) if n not in passwords}
-        )
-        passwords_file.touch(mode=0o600)
-        passwords_file.write_text(json.dumps(passwords, indent=2))
+        nats_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        public = nkeys_for(self.credentials, user_names(self.remotes))
         server = NatsServer(
             store_dir=nats_dir / "jetstream",
             config_file=nats_dir / "nats.conf",
             log_file=self.logs / "nats.log",
         )
-        (nats_dir / "nats.conf").write_text(
-            render(clusters=self.remotes, passwords=passwords, port=server.port)
-        )
+        config = nats_dir / "nats.conf"
+        config.touch(mode=0o600)
+        config.chmod(0o600)
+        config.write_text(render(clusters=self.remotes, nkeys=public, port=server.port))
         server.start()
         assert server.pid is not None
         self._nats = server
-        return server.url, passwords, server.pid
+        return server.url, server.pid
+
+    def nats_env(self, user: str) -> dict[str, str]:
+        """The `MESHTRUST_NATS_*` variables that make a process `user` on this stack's NATS."""
+        assert self.info is not None, "up() first"
+        env = {
+            "MESHTRUST_NATS_URLS": self.info.nats_url,
+            "MESHTRUST_NATS_NKEYS_SEED_FILE": str(self.credentials / f"{user}.nk"),
+            "MESHTRUST_NATS_NAME": user,
+        }
+        if user not in (ISSUER_USER, PROVISIONER_USER):
+            env["MESHTRUST_NATS_INBOX_PREFIX"] = f"_INBOX_{user}"
+        return env
+
+    def _provision(self, nats_url: str) -> None:
+        """JetStream's streams and buckets, made by the provisioner (the issuer may not)."""
+        env = {
+            **os.environ,
+            **self.nats_env(PROVISIONER_USER),
+            "MESHTRUST_ISSUER_CLUSTERS": ",".join(self.remotes),
+            "MESHTRUST_LOG_FORMAT": "json",
+        }
+        with (self.logs / "provision.log").open("ab") as out:
+            result = subprocess.run(
+                [str(BIN / "meshtrust-issuer"), "provision"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=120,
+                check=False,
+            )
+        if result.returncode != 0:
+            raise StackError(f"provisioning JetStream failed: see {self.logs / 'provision.log'}")
 
     def _start_kubeapi(self) -> Process:
         kube_dir = self.root / "kube"
@@ -267,27 +308,25 @@ class Stack:
                 cluster, "apply", "-f", str(REPO / "deploy" / "examples" / "workloads.yaml")
             )
 
-    def _start_service(
-        self, service: str, cluster: str | None, passwords: dict[str, str], nats_url: str
-    ) -> Process:
+    def _start_service(self, service: str, cluster: str | None, nats_url: str) -> Process:
         name = service if cluster is None else f"{service}-{cluster}"
         port = free_port()
         env = {
             **os.environ,
-            "MESHTRUST_NATS_URLS": nats_url,
-            "MESHTRUST_NATS_USER": name,
-            "MESHTRUST_NATS_PASSWORD": passwords[name],
+            **self.nats_env(name),
+            # Streams, buckets and the clusters' consumers are the hub's (docs/bus.md).
+            "MESHTRUST_NATS_PROVISION": "false",
             "MESHTRUST_KUBE_KUBECONFIG": str(self.kubeconfig(cluster or MGMT)),
             "MESHTRUST_HEALTH_HOST": "127.0.0.1",
             "MESHTRUST_HEALTH_PORT": str(port),
             "MESHTRUST_LOG_FORMAT": "json",
         }
         if cluster is not None:
-            env["MESHTRUST_NATS_INBOX_PREFIX"] = ClusterUser(service, cluster).inbox_prefix
             env[f"MESHTRUST_{service.upper()}_CLUSTER"] = cluster
             env[f"MESHTRUST_{service.upper()}_INSTANCE"] = f"{name}-0"
         else:
             env["MESHTRUST_ISSUER_INSTANCE"] = "issuer-0"
+            env["MESHTRUST_ISSUER_CLUSTERS"] = ",".join(self.remotes)
         env.update(self._extra_env.get(service, {}))
         env.update(self._extra_env.get(name, {}))
         launch = Launch(
@@ -354,10 +393,16 @@ class Stack:
             self._wait_ready(fresh)
         return fresh
 
-    def passwords(self) -> dict[str, str]:
-        """The NATS users' passwords (tests connect as a given cluster's user)."""
-        data: dict[str, str] = json.loads((self.root / "nats" / "passwords.json").read_text())
-        return data
+    def nats_settings(self, user: str, **overrides: object) -> NatsSettings:
+        """Settings that connect as `user` (tests connect as a given identity)."""
+        env = self.nats_env(user)
+        settings = NatsSettings(
+            urls=(env["MESHTRUST_NATS_URLS"],),
+            nkeys_seed_file=Path(env["MESHTRUST_NATS_NKEYS_SEED_FILE"]),
+            inbox_prefix=env.get("MESHTRUST_NATS_INBOX_PREFIX", "_INBOX"),
+            provision=False,
+        )
+        return settings.model_copy(update=overrides)
 
     def _wait_ready(self, process: Process) -> None:
         assert process.health is not None

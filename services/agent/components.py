@@ -22,8 +22,9 @@ from services.agent.objects import MANAGED_SELECTOR, AgentObjects, key_secret_na
 from services.agent.policies import Timing
 from services.agent.reconciler import Reconciler, utc_now
 from services.agent.settings import AgentSettings
-from shared.bus import Bus, ConsumerSettings
-from shared.events import DESIRED_BUCKET, DesiredKind, EventType, subject
+from shared.bus import Bus
+from shared.bus.fleet import agent_consumer, desired_consumer_config
+from shared.events import DESIRED_BUCKET, DesiredKind
 from shared.k8s.backoff import BackoffPolicy
 from shared.k8s.client import KubeClient
 from shared.k8s.controller import Controller, ControllerSettings
@@ -43,10 +44,6 @@ from shared.runtime import Component
 from shared.runtime.health import HealthServer
 
 Obj = dict[str, Any]
-
-ACCEPTED = frozenset(
-    {EventType.CERTIFICATE_ISSUED, EventType.CERTIFICATE_DENIED, EventType.BOUNCE_COMPLETED}
-)
 
 
 class Task:
@@ -195,10 +192,8 @@ def build_agent(
         objects=objects, informers=ic_informers, requeue=controller.queue.add, now=now
     )
     consumer = bus.consumer(
-        ConsumerSettings(
-            durable=settings.durable,
-            filter_subjects=tuple(subject(cluster, kind) for kind in sorted(ACCEPTED)),
-            accept=ACCEPTED,
+        agent_consumer(cluster).consumer_settings(
+            provision=settings.nats.provision,
             batch=settings.max_in_flight,
             max_in_flight=settings.max_in_flight,
             fetch_timeout=settings.fetch_timeout,
@@ -207,7 +202,7 @@ def build_agent(
     )
 
     async def watch_desired() -> None:
-        bucket = await bus.bucket(DESIRED_BUCKET)
+        bucket = await bus.bucket(DESIRED_BUCKET, feed=desired_consumer_config(cluster))
         await desired.watch(bucket)
 
     informers = [*ic_informers, *pbd_informers, *secret_informers]

@@ -12,7 +12,7 @@ from services.bouncer.handlers import BounceRequestHandler
 from services.bouncer.reconciler import Bouncer, Deadlines
 from services.bouncer.settings import BouncerSettings
 from shared.bus import Bus, ConsumerSettings
-from shared.events import EventType, subject
+from shared.bus.fleet import bouncer_consumer
 from shared.k8s.config import client_from_settings
 from shared.runtime import configure_logging, get_logger, supervise
 from shared.runtime.health import HealthServer
@@ -23,18 +23,14 @@ log = get_logger(__name__)
 
 def consumer_settings(settings: BouncerSettings) -> ConsumerSettings:
     """The durable `bouncer-<cluster>` on this cluster's `bounce.requested` (docs/flow.md)."""
-    return ConsumerSettings(
-        durable=settings.durable,
-        filter_subjects=(subject(settings.cluster, EventType.BOUNCE_REQUESTED),),
-        accept=frozenset({EventType.BOUNCE_REQUESTED}),
+    spec = bouncer_consumer(settings.cluster, ack_wait=settings.ack_wait)
+    return spec.consumer_settings(
+        provision=settings.nats.provision,
         batch=1,  # one fetch per free slot: bounces are few and heavy
         max_in_flight=settings.max_in_flight,
-        ack_wait=settings.ack_wait,
-        max_deliver=settings.max_deliver,
         fetch_timeout=settings.fetch_timeout,
         retry_initial=settings.retry_initial,
         retry_max=settings.retry_max,
-        provision=settings.nats.provision,
     )
 
 

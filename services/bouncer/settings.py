@@ -70,13 +70,10 @@ class BouncerSettings(MeshtrustSettings, env_prefix="MESHTRUST_BOUNCER_"):
     ack_wait: float = Field(
         default=30.0,
         gt=0,
-        description="Seconds without an ack before JetStream redelivers; a running bounce "
-        "sends in_progress() every third of it, so only a dead bouncer's requests come back.",
-    )
-    max_deliver: int = Field(
-        default=50,
-        ge=2,
-        description="Deliveries before JetStream gives up on a request (transient failures).",
+        description="Seconds without an ack before JetStream redelivers, where the bouncer "
+        "makes its own consumer (MESHTRUST_NATS_PROVISION); else the hub's consumer has the "
+        "issuer's MESHTRUST_ISSUER_CLUSTER_ACK_WAIT. A running bounce is kept alive with "
+        "in_progress(), so only a dead bouncer's requests come back.",
     )
     fetch_timeout: float = Field(
         default=1.0, gt=0, description="Seconds one fetch waits; also how fast a stop is seen."

@@ -22,15 +22,22 @@ from services.issuer.reconciler import Declarations
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
 from shared.bus import Bucket, Bus, BusError, ConsumerSettings
+from shared.bus.fleet import FleetConsumers
 from shared.bus.ledger import Ledger
 from shared.events import DESIRED_BUCKET, EventType, any_cluster
 from shared.k8s import EventRecorder, KubeClient, KubeError
 from shared.k8s.config import client_from_settings
 from shared.runtime import Component, configure_logging, get_logger, supervise
+from shared.runtime.errors import TransientError
 from shared.runtime.health import HealthServer
 from shared.runtime.memory import freeze_start_up
 
 log = get_logger(__name__)
+
+USAGE = """usage: meshtrust-issuer [provision]
+
+Serve: sign CSRs and publish desired state (settings from MESHTRUST_* variables).
+provision: create or update the JetStream streams and buckets the issuer owns, then exit."""
 
 
 def _utcnow() -> datetime:
@@ -51,6 +58,9 @@ def compose(
     """Every component of one issuer replica, wired together."""
     recorder = EventRecorder(kube, component="meshtrust-issuer", instance=settings.instance)
     signing_cas = SigningCAs()
+    fleet = FleetConsumers(
+        bus.connection, ack_wait=settings.cluster_ack_wait, clusters=settings.clusters
+    )
     declarations = Declarations(
         settings=settings,
         kube=kube,
@@ -58,6 +68,7 @@ def compose(
         signing_cas=signing_cas,
         executor=executor,
         recorder=recorder,
+        ensure_cluster=fleet.ensure,
         clock=clock,
     )
     in_flight = SigningInFlight()
@@ -118,6 +129,7 @@ def compose(
         ),
         csr_consumer,
         status_consumer,
+        fleet,
     ]
 
 
@@ -132,8 +144,7 @@ async def serve(
     async with Bus.connect(settings.nats) as bus, client_from_settings(settings.kube) as kube:
         ledger = open_ledger(bus)
         if settings.nats.provision:
-            await bus.provision()
-            await ledger.ensure()
+            await _provision(bus, ledger, settings)
         else:
             await ledger.check()
         desired = await bus.bucket(DESIRED_BUCKET)
@@ -158,11 +169,49 @@ async def serve(
     log.info("issuer stopped", instance=settings.instance)
 
 
-def main() -> int:
+async def _provision(bus: Bus, ledger: Ledger, settings: IssuerSettings) -> None:
+    """Create or update what the issuer owns on the bus: the stream, the record stream, the
+    desired-state and `meshtrust-issued` buckets, the ledger, and the consumers of the clusters
+    named in the settings (idempotent)."""
+    await bus.provision()
+    await ledger.ensure()
+    await bus.bucket(ISSUED_BUCKET, description=ISSUED_DESCRIPTION, history=1)
+    fleet = FleetConsumers(bus.connection, ack_wait=settings.cluster_ack_wait)
+    for cluster in settings.clusters:
+        await fleet.ensure(cluster)
+
+
+async def provision(settings: IssuerSettings) -> None:
+    """`meshtrust-issuer provision`: provision JetStream, then exit. Run with the hub's
+    provisioner credentials (docs/bus.md) where the issuer's own may not create or change
+    streams (`MESHTRUST_NATS_PROVISION=false` for the issuer then)."""
+    nats_settings = settings.nats.model_copy(update={"provision": True})
+    async with Bus.connect(nats_settings) as bus:
+        await _provision(bus, open_ledger(bus), settings)
+    log.info("jetstream provisioned")
+
+
+def main(argv: list[str] | None = None) -> int:
     """Exit 0 after a clean stop; 1, with the reason logged, when the bus, the API or the
-    ledger cannot be reached or used at start (the supervisor restarts us)."""
+    ledger cannot be reached or used at start (the supervisor restarts us).
+
+    `meshtrust-issuer provision` provisions JetStream and exits instead of serving."""
+    args = sys.argv[1:] if argv is None else argv
+    if args in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    if args not in ([], ["provision"]):
+        print(USAGE, file=sys.stderr)
+        return 2
     settings = IssuerSettings()
     configure_logging(settings.logging)
+    if args == ["provision"]:
+        try:
+            asyncio.run(provision(settings))
+        except (BusError, TransientError) as exc:
+            log.error("cannot provision", error=str(exc), error_type=type(exc).__name__)
+            return 1
+        return 0
     freeze_start_up()
     try:
         asyncio.run(serve(settings))

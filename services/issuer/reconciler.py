@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 from datetime import UTC, datetime
 from typing import Any
@@ -110,9 +110,12 @@ class Declarations:
         signing_cas: SigningCAs,
         executor: Executor,
         recorder: EventRecorder,
+        ensure_cluster: Callable[[str], Awaitable[None]] | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._settings = settings
+        self._ensure_cluster = ensure_cluster
+        """Makes a cluster's consumers before its first desired state (`shared.bus.fleet`)."""
         self._kube = kube
         self._desired = desired
         self._cas = signing_cas
@@ -341,6 +344,8 @@ class Declarations:
         """Create or update the bucket's entry (compare-and-swap). `read`: the entry and the
         live object's identity, when the caller read them already (for the first attempt)."""
         value = desired.model_dump_json().encode()
+        if self._ensure_cluster is not None:
+            await self._ensure_cluster(key.namespace)
         for _ in range(_CAS_ATTEMPTS):
             if read is not None:
                 (entry, identity), read = read, None

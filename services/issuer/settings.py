@@ -73,6 +73,13 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
         description="Namespaces that are not cluster registrations, comma-separated (add the "
         "issuer's own namespace, where the signing Secrets usually live).",
     )
+    clusters: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Remote clusters whose agent and bouncer connect in NATS accounts of their "
+        "own (the clusters of `meshtrust nats-config`), comma-separated: their consumers are "
+        "made at provisioning and kept from the issuer's start. Any other cluster gets its "
+        "consumers when its first declaration is published.",
+    )
     signing_namespace: str | None = Field(
         default=None,
         description="Watch signing Secrets only in this namespace; unset watches all namespaces.",
@@ -103,6 +110,13 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
     ack_wait: float = Field(
         default=30.0, gt=0, description="Seconds before an unacknowledged CSR is redelivered."
     )
+    cluster_ack_wait: float = Field(
+        default=30.0,
+        gt=0,
+        description="Ack wait of the consumers the issuer makes for each cluster's agent and "
+        "bouncer (shared.bus.fleet): how long a crashed agent's or bouncer's message waits "
+        "before it comes back. Handlers in progress are kept alive.",
+    )
     signing_threads: int = Field(
         default=2, ge=1, description="Threads that sign (one per core keeps the loop free)."
     )
@@ -117,7 +131,7 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
     health: HealthSettings = Field(default_factory=HealthSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
-    @field_validator("ecdsa_curves", "excluded_namespaces", mode="before")
+    @field_validator("ecdsa_curves", "excluded_namespaces", "clusters", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

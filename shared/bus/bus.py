@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from nats.js.api import ConsumerConfig
+from nats.js.kv import KeyValue
+
 from shared.bus.completions import records_stream_config
 from shared.bus.connection import Connection, open_connection
 from shared.bus.consuming import Consumer, ConsumerSettings, Handler
@@ -60,8 +63,19 @@ class Bus:
     def consumer(self, settings: ConsumerSettings, handler: Handler) -> Consumer:
         return Consumer(self.connection, settings, handler)
 
-    async def bucket(self, name: str, *, description: str = "", history: int = 5) -> Bucket:
-        """Open a KV bucket (created when missing and provisioning is on)."""
+    async def bucket(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        history: int = 5,
+        feed: ConsumerConfig | None = None,
+    ) -> Bucket:
+        """Open a KV bucket (created when missing and provisioning is on). `feed`: the durable
+        consumer its watch reads changes through (`shared.bus.fleet`).
+
+        Without provisioning nothing is asked of JetStream's API, which answers only in the hub
+        account: the bucket is opened by name and used by direct gets and publishes."""
         if self.settings.provision:
             kv = await ensure_kv(
                 self.connection.js,
@@ -71,5 +85,11 @@ class Bus:
                 description=description or name,
             )
         else:
-            kv = await self.connection.js.key_value(name)
-        return Bucket(self.connection, kv, name)
+            kv = KeyValue(
+                name=name,
+                stream=f"KV_{name}",
+                pre=f"$KV.{name}.",
+                js=self.connection.js,
+                direct=True,
+            )
+        return Bucket(self.connection, kv, name, feed=feed, provision=self.settings.provision)

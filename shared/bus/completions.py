@@ -23,21 +23,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import nats.errors
 import nats.js.errors
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
-from shared.bus.connection import Connection
+from shared.bus.connection import BusError, Connection
 from shared.bus.publishing import once_then_retry
+from shared.bus.reading import read_stream
 from shared.bus.settings import NatsSettings
 from shared.runtime.errors import TransientError
 from shared.runtime.logging import get_logger
@@ -66,6 +60,7 @@ def records_stream_config(settings: NatsSettings, *, ttl: float = DEFAULT_TTL) -
         num_replicas=settings.kv_replicas,
         max_age=ttl,
         duplicate_window=settings.duplicate_window,
+        allow_direct=True,  # read back by direct get, across accounts (shared.bus.reading)
     )
 
 
@@ -87,18 +82,23 @@ class CompletionLog:
         self._pending: list[tuple[int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._loaded_at_reconnects = -1
+        self._api = True
+        """Whether this identity may ask JetStream's API (the consumer's ack floor)."""
         self._reload: asyncio.Future[None] | None = None
         self._policy = RetryPolicy(
             attempts=0, timeout=connection.settings.publish_deadline, wait_max=1.0
         )
 
-    async def open(self) -> None:
-        """Create the record stream when missing, and read back what may come again."""
-        js = self._connection.js
-        try:
-            await js.stream_info(RECORD_STREAM)
-        except nats.js.errors.NotFoundError:
-            await js.add_stream(records_stream_config(self._connection.settings, ttl=self._ttl))
+    async def open(self, *, provision: bool = True) -> None:
+        """Create the record stream when missing (`provision`; a cluster's identity may not,
+        the hub provisions it), and read back what may come again."""
+        self._api = provision
+        if provision:
+            js = self._connection.js
+            try:
+                await js.stream_info(RECORD_STREAM)
+            except nats.js.errors.NotFoundError:
+                await js.add_stream(records_stream_config(self._connection.settings, ttl=self._ttl))
         await self._load()
 
     async def seen(self, seq: int) -> bool:
@@ -163,47 +163,57 @@ class CompletionLog:
             self._known.discard(self._order.popleft())
 
     async def _load(self) -> None:
-        """Read back the records written since the consumer's persisted ack floor was published."""
+        """Read back the records that may concern a message that can come again: those written
+        since the consumer's persisted ack floor was published, where this identity may ask
+        JetStream for that floor (the hub), else every record still kept (a cluster's identity:
+        its own records of the last `ttl`)."""
         reconnects = self._connection.reconnects
+        floor_seq, since = await self._floor()
+        loaded = 0
+        try:
+            async for stored in read_stream(
+                self._connection, RECORD_STREAM, subject=self._subject, start_time=since
+            ):
+                seqs = [s for s in parse_record(stored.data) if s > floor_seq]
+                self._remember(seqs)
+                loaded += len(seqs)
+        except BusError as exc:
+            raise TransientError(f"cannot read completion records: {exc}") from None
+        self._loaded_at_reconnects = reconnects
+        log.info("completion records loaded", durable=self._durable, above_floor=loaded)
+
+    async def _floor(self) -> tuple[int, datetime]:
+        """(ack floor sequence, when to read records from). JetStream's API answers only in the
+        hub account: elsewhere the floor is unknown (0) and every kept record is read."""
         js = self._connection.js
         settings = self._connection.settings
-        config = ConsumerConfig(
-            filter_subject=self._subject,
-            ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.ALL,
-            inactive_threshold=30.0,
-        )
+        since = datetime.now(UTC) - timedelta(seconds=self._ttl)
+        if not self._api:
+            return 0, since
         try:
             floor = (await js.consumer_info(settings.stream, self._durable)).ack_floor
             floor_seq = floor.stream_seq if floor is not None else 0
-        except nats.js.errors.NotFoundError:
-            floor_seq = 0
-        if floor_seq:
-            try:
-                floor_msg = await js.get_msg(settings.stream, floor_seq)
-            except nats.js.errors.NotFoundError:
-                floor_msg = None
-            if floor_msg is not None and floor_msg.time is not None:
-                config.deliver_policy = DeliverPolicy.BY_START_TIME
-                config.opt_start_time = floor_msg.time - timedelta(seconds=5)
-        sub = await js.pull_subscribe(self._subject, stream=RECORD_STREAM, config=config)
-        loaded = 0
-        try:
-            remaining = (await sub.consumer_info()).num_pending or 0
-            while remaining > 0:
-                try:
-                    msgs = await sub.fetch(min(remaining, 256), timeout=settings.request_timeout)
-                except TimeoutError:
-                    break
-                for msg in msgs:
-                    seqs = [s for s in json.loads(msg.data) if s > floor_seq]
-                    self._remember(seqs)
-                    loaded += len(seqs)
-                remaining -= len(msgs)
-        finally:
-            try:
-                await sub.unsubscribe()
-            except nats.errors.Error as exc:
-                log.debug("unsubscribe failed", error_type=type(exc).__name__)
-        self._loaded_at_reconnects = reconnects
-        log.info("completion records loaded", durable=self._durable, above_floor=loaded)
+            if not floor_seq:
+                return 0, since
+            floor_msg = await js.get_msg(settings.stream, floor_seq)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.debug("no ack floor; reading every kept record", error_type=type(exc).__name__)
+            return 0, since
+        if floor_msg.time is None:
+            return floor_seq, since
+        return floor_seq, max(since, floor_msg.time - timedelta(seconds=5))
+
+
+def parse_record(data: bytes) -> list[int]:
+    """The stream sequences of one completion record; [] (logged) for anything else: a record
+    that cannot be read must neither stop the consumer nor count as handled."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in value
+    ):
+        log.warning("ignoring a malformed completion record", size=len(data))
+        return []
+    return value

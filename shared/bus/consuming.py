@@ -53,6 +53,9 @@ from shared.runtime.logging import get_logger
 
 log = get_logger(__name__)
 
+KEEP_ALIVE_MAX = 2.0
+"""Longest interval between two `in_progress()` of a message being handled (seconds)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
@@ -103,6 +106,8 @@ class ConsumerSettings:
     record_linger: float = DEFAULT_LINGER
     """How long a completion record waits for others to share its write (and the ack with it):
     a busy consumer then writes one record per few milliseconds rather than one per message."""
+    max_ack_pending: int | None = None
+    """JetStream's bound on unacknowledged messages; None: a little above `max_in_flight`."""
     extra_config: dict[str, object] = field(default_factory=dict)
 
 
@@ -129,22 +134,30 @@ class Consumer:
         self._slot_freed = asyncio.Event()
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
         self._completions: CompletionLog | None = None
+        self._unfinished: set[int] = set()
+        """Stream sequences fetched and not yet acknowledged or terminated."""
+        self._newest = 0
+        """The newest stream sequence fetched."""
 
     @property
     def name(self) -> str:
         return f"consumer:{self._settings.durable}"
 
-    def consumer_config(self) -> ConsumerConfig:
+    def consumer_config(self, *, start_sequence: int | None = None) -> ConsumerConfig:
+        """The durable's configuration; from `start_sequence` when it is re-created."""
         s = self._settings
         return ConsumerConfig(
             name=s.durable,
             durable_name=s.durable,
             filter_subjects=list(s.filter_subjects),
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=(
+                DeliverPolicy.BY_START_SEQUENCE if start_sequence else DeliverPolicy.ALL
+            ),
+            opt_start_seq=start_sequence or None,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=s.ack_wait,
             max_deliver=s.max_deliver,
-            max_ack_pending=s.max_in_flight + s.batch,
+            max_ack_pending=s.max_ack_pending or s.max_in_flight + s.batch,
             **s.extra_config,  # type: ignore[arg-type]
         )
 
@@ -152,7 +165,15 @@ class Consumer:
         js = self._connection.js
         settings = self._connection.settings
         if self._settings.provision:
-            await js.add_consumer(settings.stream, config=self.consumer_config())
+            try:
+                await js.add_consumer(settings.stream, config=self.consumer_config())
+            except nats.js.errors.APIError as exc:
+                # Kept by someone else (the hub re-created it from its ack floor): use it.
+                log.warning(
+                    "consumer not updated; binding to it as it is",
+                    durable=self._settings.durable,
+                    error=exc.description,
+                )
         if self._settings.record_completed:
             self._completions = CompletionLog(
                 self._connection,
@@ -160,8 +181,42 @@ class Consumer:
                 ttl=self._settings.completed_ttl,
                 linger=self._settings.record_linger,
             )
-            await self._completions.open()
+            await self._completions.open(provision=self._settings.provision)
         return await js.pull_subscribe_bind(durable=self._settings.durable, stream=settings.stream)
+
+    def resume_sequence(self) -> int | None:
+        """Where a re-created durable must start so that nothing is lost: the oldest message
+        fetched and not yet acknowledged or terminated, else just after the newest one fetched
+        (None before the first fetch: from the beginning). What was handled above it is in the
+        completion records, so it is acknowledged unrun, not handled twice."""
+        if self._unfinished:
+            return min(self._unfinished)
+        return self._newest + 1 if self._newest else None
+
+    async def _consumer_missing(self, stop: asyncio.Event, failures: int) -> None:
+        """No consumer answered the pull (JetStream's 503: it was deleted, or is not created
+        yet). Where this identity provisions its consumer, re-create it from where this one
+        stopped; else the hub does (`shared.bus.fleet`) and this waits for it."""
+        durable = self._settings.durable
+        if self._settings.provision:
+            start = self.resume_sequence()
+            try:
+                await self._connection.js.add_consumer(
+                    self._connection.settings.stream,
+                    config=self.consumer_config(start_sequence=start),
+                )
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning(
+                    "consumer missing; re-creating it failed",
+                    durable=durable,
+                    error_type=type(exc).__name__,
+                )
+            else:
+                log.warning("consumer was missing; re-created", durable=durable, start=start)
+                return
+        elif failures == 1:
+            log.warning("waiting for consumer (the hub creates it)", durable=durable)
+        await _wait(stop, min(1.0, 0.1 * 2**failures))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and dispatch until `stop`; returns after in-flight handlers have finished."""
@@ -209,6 +264,11 @@ class Consumer:
                 return
             try:
                 msgs = await sub.fetch(self._fetch_size(), timeout=self._settings.fetch_timeout)
+            except nats.js.errors.ServiceUnavailableError:
+                failures += 1
+                self._quiet = True
+                await self._consumer_missing(stop, failures)
+                continue
             except TimeoutError:
                 # nats.errors.TimeoutError usually, but nats-py 2.16 also raises the builtin
                 # asyncio.TimeoutError when the fetch deadline ran out early.
@@ -257,8 +317,10 @@ class Consumer:
         return min(self._free, self._settings.batch)
 
     async def _keep_alive(self) -> None:
-        """Tell the server, every third of `ack_wait`, which messages are still being worked on."""
-        interval = self._settings.ack_wait / 3
+        """Tell the server which messages are still being worked on: every third of `ack_wait`,
+        and at least every `KEEP_ALIVE_MAX` seconds, since a consumer the hub made for a
+        cluster (`shared.bus.fleet`) may have a shorter ack wait than this side knows."""
+        interval = min(self._settings.ack_wait / 3, KEEP_ALIVE_MAX)
         while True:
             await asyncio.sleep(interval)
             due = time.monotonic() - interval
@@ -282,24 +344,34 @@ class Consumer:
         return True
 
     async def _handle(self, msg: Msg) -> None:
+        sequence = 0
         try:
             meta = msg.metadata
+            sequence = meta.sequence.stream
+            self._unfinished.add(sequence)
+            self._newest = max(self._newest, sequence)
             delivery = Delivery(
                 subject=msg.subject,
-                stream_sequence=meta.sequence.stream,
+                stream_sequence=sequence,
                 num_delivered=meta.num_delivered,
             )
-            await self._handle_one(msg, delivery)
+            if await self._handle_one(msg, delivery):
+                self._unfinished.discard(sequence)
         except nats.errors.Error as exc:
             # The connection failed under an ack/nak/term: the server redelivers the message
             # after ack_wait, and the consumer goes on.
             log.warning("reply to the server failed", error_type=type(exc).__name__)
+        except ValueError:
+            # Not a JetStream delivery (its reply subject is no ack subject): nothing to answer.
+            log.warning("ignoring a message that is not a JetStream delivery")
         finally:
             del self._in_flight[id(msg)]
             self._free += 1
             self._slot_freed.set()
 
-    async def _handle_one(self, msg: Msg, delivery: Delivery) -> None:
+    async def _handle_one(self, msg: Msg, delivery: Delivery) -> bool:
+        """Handle one message; True when it is done with (acknowledged or terminated), False
+        when it comes back (nak)."""
         s = self._settings
         try:
             event = decode(msg.data, subject=msg.subject, max_bytes=s.max_bytes)
@@ -314,7 +386,7 @@ class Consumer:
                 seq=delivery.stream_sequence,
             )
             await msg.term()
-            return
+            return True
         # What identifies the message, on every log line below, the handler's included. Each
         # message is handled in a task of its own, whose context is a copy: bound here, it
         # ends with the task, with no reset to pay for.
@@ -333,24 +405,25 @@ class Consumer:
             ):
                 log.info("redelivery of a handled message; acknowledging it again")
                 await self._ack(msg, delivery)
-                return
+                return True
             await self._handler(event, delivery)
         except TransientError as exc:
             delay = exc.retry_after if exc.retry_after is not None else self._delay(delivery)
             log.info("transient failure, redelivering", error=exc.message, retry_in=delay)
             await msg.nak(delay=delay)
-            return
+            return False
         except PermanentError as exc:
             log.warning("permanent failure, terminating", reason=exc.reason, error=exc.message)
             await msg.term()
-            return
+            return True
         except Exception:
             delay = self._delay(delivery)
             log.exception("handler failed unexpectedly, redelivering", retry_in=delay)
             await msg.nak(delay=delay)
-            return
+            return False
         await self._record_completed(delivery)
         await self._ack(msg, delivery)
+        return True
 
     async def _record_completed(self, delivery: Delivery) -> None:
         if self._completions is None:

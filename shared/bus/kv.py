@@ -2,10 +2,14 @@
 
 `Bucket` wraps a JetStream KV bucket so that services never touch nats-py: get, put, create,
 compare-and-swap update, delete, keys, watch. `Bucket.watch(pattern)` yields a `Snapshot` of
-every live key under the pattern first, then `Put`/`Deleted` as they happen; after a reconnect
-it resubscribes and yields a fresh `Snapshot` (the watch's server-side consumer may be gone after
-a server restart, and updates may have been missed). A consumer that treats every `Snapshot` as
-the complete truth, deleting what is absent from it, is correct whatever was missed.
+every live key under the pattern first, then `Put`/`Deleted` as they happen; after a reconnect,
+or when its change feed's consumer was lost, it yields a fresh `Snapshot` (updates may have
+been missed). A consumer that treats every `Snapshot` as the complete truth, deleting what is
+absent from it, is correct whatever was missed.
+
+Snapshots are read by direct get and changes through a pull consumer: for a remote cluster's
+agent, the durable the hub keeps for it (`shared.bus.fleet`), since in its own NATS account it
+can neither create consumers nor use JetStream's API (docs/bus.md).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from shared.bus.connection import Connection
+from shared.bus.connection import BusError, Connection
+from shared.bus.reading import read_stream
 from shared.runtime.errors import TransientError
 from shared.runtime.logging import get_logger
 
@@ -46,6 +51,10 @@ class Snapshot:
 @dataclass(frozen=True, slots=True)
 class Put:
     entry: KvEntry
+
+    @property
+    def revision(self) -> int:
+        return self.entry.revision
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +85,23 @@ class Bucket:
     that raised `TransientError` may still land later (the client buffers it through a
     reconnect): its outcome is unknown, and callers look again rather than assume."""
 
-    def __init__(self, connection: Connection, kv: KeyValue, name: str) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        kv: KeyValue,
+        name: str,
+        *,
+        feed: ConsumerConfig | None = None,
+        provision: bool = True,
+    ) -> None:
         self._connection = connection
         self._kv = kv
         self.name = name
+        self._stream = f"KV_{name}"
+        self._feed = feed
+        """The durable consumer `watch` reads changes through (None: an ephemeral one)."""
+        self._provision = provision
+        """Whether this identity creates the feed's durable when it is missing."""
 
     async def get(self, key: str) -> KvEntry | None:
         try:
@@ -118,59 +140,106 @@ class Bucket:
             await self._kv.delete(key)
 
     async def keys(self, pattern: str = ">") -> list[str]:
-        cursor = await self._open_cursor(pattern)
-        try:
-            entries, _ = await cursor.snapshot()
-        finally:
-            await cursor.close()
+        entries, _ = await self._snapshot(pattern)
         return sorted(entries)
 
-    async def _open_cursor(self, pattern: str) -> _Cursor:
-        # A named ephemeral pull consumer whose filter is part of the create subject
-        # ($JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>), so that NATS permissions can
-        # confine a per-cluster user to its own keys. nats-py's KeyWatcher creates unnamed
-        # ordered consumers, whose filter no permission can see.
-        js = self._connection.js
-        stream = f"KV_{self.name}"
-        config = ConsumerConfig(
-            filter_subject=f"$KV.{self.name}.{pattern}",
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-            ack_policy=AckPolicy.NONE,
-            inactive_threshold=60.0,
-        )
-        sub = await js.pull_subscribe(config.filter_subject or "", stream=stream, config=config)
-        return _Cursor(
-            sub, prefix=f"$KV.{self.name}.", timeout=self._connection.settings.request_timeout
-        )
+    async def _snapshot(self, pattern: str) -> tuple[dict[str, KvEntry], int]:
+        """Every live key under `pattern`, and the newest revision read, by direct get of the
+        keys' kept history in order (the last write of a key wins): no consumer is made, so an
+        identity that may not use JetStream's API (a cluster's, in its own account) can read
+        it too. Direct gets of only the last value per key (`multi_last`) stop at 1,024 keys."""
+        prefix = f"$KV.{self.name}."
+        entries: dict[str, KvEntry] = {}
+        as_of = 0
+        try:
+            async for stored in read_stream(
+                self._connection, self._stream, subject=prefix + pattern, batch=_SNAPSHOT_BATCH
+            ):
+                key = stored.subject[len(prefix) :]
+                operation = (stored.headers or {}).get("KV-Operation")
+                if operation in (KV_DEL, KV_PURGE):
+                    entries.pop(key, None)
+                else:
+                    entries[key] = KvEntry(key=key, value=stored.data, revision=stored.sequence)
+                as_of = stored.sequence
+        except BusError as exc:
+            raise TransientError(f"cannot read {self.name}/{pattern}: {exc}") from None
+        return entries, as_of
 
     async def watch(self, pattern: str, *, poll: float = 1.0) -> AsyncIterator[KvUpdate]:
-        """Snapshot, then changes; a fresh Snapshot after every reconnect. Runs until closed."""
+        """Snapshot, then changes; a fresh Snapshot after every reconnect, and whenever the
+        change feed was lost. Runs until closed.
+
+        The changes come through a pull consumer: the bucket's `feed` (a durable the hub keeps
+        for a cluster, `shared.bus.fleet`), else an ephemeral one made here. The feed is opened
+        first and the snapshot read after it, so no change falls between the two; changes the
+        snapshot already holds (revision at or below it) are skipped."""
         while True:
             seen_reconnects = self._connection.reconnects
             try:
-                cursor = await self._open_cursor(pattern)
-            except (nats.errors.Error, TimeoutError) as exc:
+                feed = await self._open_feed(pattern)
+            except (nats.errors.Error, TimeoutError, TransientError) as exc:
                 log.warning("kv watch failed, retrying", bucket=self.name, error=str(exc))
                 await asyncio.sleep(poll)
                 continue
             try:
-                entries, _ = await cursor.snapshot()
+                try:
+                    entries, as_of = await self._snapshot(pattern)
+                except TransientError as exc:
+                    log.warning("kv snapshot failed, retrying", bucket=self.name, error=str(exc))
+                    await asyncio.sleep(poll)
+                    continue
                 yield Snapshot(entries=entries)
                 while self._connection.reconnects == seen_reconnects:
                     try:
-                        changes = await cursor.next(poll)
+                        changes = await feed.next(poll)
                     except nats.errors.Error as exc:
                         log.warning("kv watch interrupted", bucket=self.name, error=str(exc))
                         break
                     for change in changes:
-                        yield change
+                        if change.revision > as_of:
+                            yield change
                 log.info("resubscribing kv watch", bucket=self.name)
             finally:
-                await cursor.close()
+                await feed.close()
+
+    async def _open_feed(self, pattern: str) -> _Feed:
+        """The change feed, once its consumer answers (a durable the hub has not made yet
+        answers 503: wait for it)."""
+        js = self._connection.js
+        prefix = f"$KV.{self.name}."
+        if self._feed is None:
+            config = ConsumerConfig(
+                filter_subject=prefix + pattern,
+                deliver_policy=DeliverPolicy.NEW,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=60.0,
+            )
+            sub = await js.pull_subscribe(
+                config.filter_subject or "", stream=self._stream, config=config
+            )
+        else:
+            durable = self._feed.durable_name or ""
+            if self._provision:
+                try:
+                    await js.consumer_info(self._stream, durable)
+                except nats.js.errors.NotFoundError:
+                    await js.add_consumer(self._stream, config=self._feed)
+            sub = await js.pull_subscribe_bind(durable=durable, stream=self._stream)
+        feed = _Feed(sub, prefix=prefix, timeout=self._connection.settings.request_timeout)
+        try:
+            await feed.check()
+        except BaseException:
+            await feed.close()
+            raise
+        return feed
 
 
-class _Cursor:
-    """Reads a KV stream through an ephemeral pull consumer: the snapshot, then changes."""
+_SNAPSHOT_BATCH = 1024
+
+
+class _Feed:
+    """Changes of a KV stream through a pull consumer."""
 
     def __init__(self, sub: JetStreamContext.PullSubscription, *, prefix: str, timeout: float):
         self._sub = sub
@@ -178,29 +247,24 @@ class _Cursor:
         self._timeout = timeout
         self._quiet = True
         """The last fetch found nothing: the next asks for one change (see `next`)."""
+        self._early: list[Put | Deleted] = []
 
-    async def snapshot(self) -> tuple[dict[str, KvEntry], int]:
-        entries: dict[str, KvEntry] = {}
-        remaining = (await self._sub.consumer_info()).num_pending or 0
-        while remaining > 0:
-            try:
-                msgs = await self._sub.fetch(min(remaining, 256), timeout=self._timeout)
-            except TimeoutError:
-                break
-            for msg in msgs:
-                change = self._decode(msg)
-                if isinstance(change, Put):
-                    entries[change.entry.key] = change.entry
-                else:
-                    entries.pop(change.key, None)
-                remaining = msg.metadata.num_pending
-        return entries, remaining
+    async def check(self) -> None:
+        """Raise `TransientError` while no consumer answers (the hub has not made it yet)."""
+        try:
+            self._early = await self.next(0.05)
+        except nats.js.errors.ServiceUnavailableError:
+            raise TransientError("the change feed's consumer does not exist (yet)") from None
 
     async def next(self, wait: float) -> list[Put | Deleted]:
         """The next changes (none within `wait`: empty). After a fetch that found nothing, one
         change is asked for, not 64: a batch fetch right after a timed-out one can hold a lone
         change until an orphaned pull request expires (`shared.bus.consuming`, `_fetch_size`;
-        seen as a desired-state change reaching the agent ~250 ms late under bench/e2e.py)."""
+        seen as a desired-state change reaching the agent ~250 ms late under bench/e2e.py).
+        `ServiceUnavailableError` (a `nats.errors.Error`): the consumer is gone."""
+        if self._early:
+            early, self._early = self._early, []
+            return early
         try:
             msgs = await self._sub.fetch(1 if self._quiet else 64, timeout=wait)
         except TimeoutError:

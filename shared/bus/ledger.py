@@ -86,6 +86,7 @@ class Ledger:
             deny_delete=True,
             deny_purge=True,
             allow_rollup_hdrs=False,
+            allow_direct=True,  # read by direct get, the auditor's only way in
         )
 
     async def ensure(self) -> None:
@@ -104,6 +105,11 @@ class Ledger:
                 log.info("ledger stream created", stream=self.stream)
                 return
         self._check(info.config)
+        if not info.config.allow_direct:
+            # A ledger made before direct gets were its readers' way in: only that changes.
+            info.config.allow_direct = True
+            await js.update_stream(info.config)
+            log.info("ledger stream opened to direct gets", stream=self.stream)
 
     async def check(self) -> None:
         """Raise `LedgerError` unless the stream exists and is append-only (no provisioning)."""

@@ -40,10 +40,20 @@ def stream_config(settings: NatsSettings) -> StreamConfig:
         num_replicas=settings.stream_replicas,
         duplicate_window=settings.duplicate_window,
         max_age=settings.stream_max_age_days * _DAY if settings.stream_max_age_days else None,
+        # Read by direct get (shared.bus.reading): the auditor reads it across accounts.
+        allow_direct=True,
     )
 
 
-_OWNED = ("subjects", "num_replicas", "duplicate_window", "max_age", "description", "discard")
+_OWNED = (
+    "subjects",
+    "num_replicas",
+    "duplicate_window",
+    "max_age",
+    "description",
+    "discard",
+    "allow_direct",
+)
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -90,11 +100,23 @@ async def ensure_kv(
     description: str,
     ttl: float | None = None,
 ) -> KeyValue:
-    """Open a KV bucket, creating it when missing; `ttl` (seconds) expires old entries."""
+    """Open a KV bucket, creating it when missing; `ttl` (seconds) expires old entries.
+
+    Buckets allow direct gets: a watch reads its snapshot that way (`shared.bus.kv`), the only
+    read a cluster's identity has across accounts. A bucket made before that is opened to
+    them here (the one field changed)."""
     try:
-        return await js.key_value(bucket)
+        kv = await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         pass
+    else:
+        info = await js.stream_info(f"KV_{bucket}")
+        if not info.config.allow_direct:
+            info.config.allow_direct = True
+            await js.update_stream(info.config)
+            log.info("kv bucket opened to direct gets", bucket=bucket)
+            kv = await js.key_value(bucket)
+        return kv
     config = KeyValueConfig(
         bucket=bucket,
         description=description,
@@ -102,6 +124,7 @@ async def ensure_kv(
         replicas=replicas,
         storage=StorageType.FILE,
         ttl=ttl,
+        direct=True,
     )
     kv = await js.create_key_value(config)
     log.info("kv bucket created", bucket=bucket)

@@ -9,14 +9,18 @@ stream's duplicate window drops the repeat. A publish that is refused for any ot
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shared.bus.connection import Connection
+from shared.bus.settings import NatsSettings
 from shared.events import Envelope, encode
 from shared.events.subjects import PREFIX
 from shared.runtime.logging import get_logger
@@ -56,6 +60,37 @@ async def once_then_retry(once: Callable[[], Awaitable[T]], policy: RetryPolicy)
         return await retry(once, on=RETRIABLE, policy=policy)
 
 
+MSG_ID_INFO = b"meshtrust nats-msg-id v1"
+
+
+def msg_id_key(settings: NatsSettings) -> bytes | None:
+    """The key that makes this identity's `Nats-Msg-Id`s its own, derived from its NATS
+    credential (the nkey seed, the password or the creds file), so equal for every replica
+    and restart of one identity; None without a credential (no identities to tell apart)."""
+    material: bytes | None = None
+    if settings.nkeys_seed_file is not None:
+        material = settings.nkeys_seed_file.read_bytes().strip()
+    elif settings.creds_file is not None:
+        material = settings.creds_file.read_bytes()
+    elif settings.password is not None:
+        material = settings.password.get_secret_value().encode()
+    if not material:
+        return None
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=MSG_ID_INFO).derive(material)
+
+
+def msg_id(key: bytes | None, subject: str, dedupe_key: str) -> str:
+    """The `Nats-Msg-Id` of a publish: the event's dedupe key, tagged with an HMAC over the
+    subject and that key. JetStream deduplicates by id across the whole stream, whatever the
+    subject, and any publisher may set any id: an untagged id that another identity can
+    predict would let it store a message under that id first, and the real event would then
+    be dropped as a duplicate. Only the holder of the credential can make the tag."""
+    if key is None:
+        return dedupe_key
+    tag = hmac.new(key, f"{subject}\n{dedupe_key}".encode(), "sha256").hexdigest()[:32]
+    return f"{dedupe_key}:{tag}"
+
+
 class PublishError(Exception):
     """The event could not be stored within the deadline; the message says why."""
 
@@ -75,13 +110,14 @@ class Publisher:
         )
         self._timeout = settings.request_timeout
         self._stream = settings.stream
+        self._key = msg_id_key(settings)
 
     async def publish(self, event: Envelope) -> Published:
         """Store `event` in the stream; raises `PublishError` when that cannot be done in time."""
         # The envelope's cluster is a validated DNS label: no need to check it again here.
         target = f"{PREFIX}.{event.cluster}.{event.event_type.value}"
         payload = encode(event)
-        headers = {MSG_ID: event.dedupe_key()}
+        headers = {MSG_ID: msg_id(self._key, target, event.dedupe_key())}
         js = self._connection.js
 
         async def once() -> Published:

@@ -1,0 +1,286 @@
+"""The consumers a remote cluster's services read through, and who creates them.
+
+Each cluster's agent and bouncer connect in a NATS account of their own (docs/bus.md). There
+they may publish only the event subjects the hub account exports to them, pull from and
+acknowledge only their own durable consumers, and read streams only by direct get. JetStream's
+API (creating, changing, deleting consumers and streams) answers only requests made inside the
+hub account, so a cluster's identity cannot create, reconfigure or delete any consumer: the hub
+creates theirs (`ensure_cluster_consumers`, run by the issuer for every cluster it has a
+declaration for, and again whenever one disappears). Where a service may use the JetStream API
+itself (one account without permissions: the tests, a single-tenant setup), it creates its own
+consumers from the same specifications (`ConsumerSettings.provision`).
+
+The specifications fix what the server enforces: the filter subjects (a cluster reads only its
+own events), ack wait, deliveries, and how many messages may be pending. What a service tunes
+for itself (how many handlers, fetch sizes, timeouts) stays in its settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from shared.bus.connection import Connection
+from shared.bus.consuming import ConsumerSettings
+from shared.events import DESIRED_BUCKET, EventType, check_cluster_name, subject
+from shared.runtime.errors import TransientError
+from shared.runtime.logging import get_logger
+
+log = get_logger(__name__)
+
+STREAM = "MESHTRUST"
+"""The event stream (`NatsSettings.stream`'s default; the audit log)."""
+DESIRED_STREAM = f"KV_{DESIRED_BUCKET}"
+"""The stream behind the desired-state bucket."""
+ADVISORY_DELETED = "$JS.EVENT.ADVISORY.CONSUMER.DELETED"
+
+AGENT_EVENTS = frozenset(
+    {EventType.CERTIFICATE_ISSUED, EventType.CERTIFICATE_DENIED, EventType.BOUNCE_COMPLETED}
+)
+"""What a cluster's agent consumes."""
+BOUNCER_EVENTS = frozenset({EventType.BOUNCE_REQUESTED})
+"""What a cluster's bouncer consumes."""
+AGENT_PUBLISHES = (
+    EventType.CSR_REQUESTED,
+    EventType.STATUS_CHANGED,
+    EventType.BOUNCE_REQUESTED,
+)
+"""The only events the hub accepts from a cluster's agent."""
+BOUNCER_PUBLISHES = (EventType.BOUNCE_COMPLETED,)
+"""The only event the hub accepts from a cluster's bouncer."""
+
+
+def agent_durable(cluster: str) -> str:
+    return f"agent-{check_cluster_name(cluster)}"
+
+
+def bouncer_durable(cluster: str) -> str:
+    return f"bouncer-{check_cluster_name(cluster)}"
+
+
+def desired_durable(cluster: str) -> str:
+    """The agent's feed of its cluster's desired-state changes."""
+    return f"desired-{check_cluster_name(cluster)}"
+
+
+def desired_keys(cluster: str) -> str:
+    """The desired-state keys of one cluster, as a KV key pattern."""
+    return f"{check_cluster_name(cluster)}.>"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventConsumerSpec:
+    """What the server enforces for one cluster's durable on the event stream."""
+
+    durable: str
+    events: frozenset[EventType]
+    cluster: str
+    ack_wait: float
+    """Seconds without an ack (or an `in_progress`) before the message comes back."""
+    max_deliver: int
+    """Deliveries before JetStream gives up on a message (transient failures only)."""
+    max_ack_pending: int
+    """Messages delivered and not yet acknowledged, at most: the service's in-flight bound."""
+
+    @property
+    def filter_subjects(self) -> tuple[str, ...]:
+        return tuple(subject(self.cluster, event) for event in sorted(self.events))
+
+    def config(self, *, start_sequence: int | None = None) -> ConsumerConfig:
+        """The consumer's configuration; from `start_sequence` when it is re-created after
+        it disappeared (what was handled before is in its completion records)."""
+        return ConsumerConfig(
+            name=self.durable,
+            durable_name=self.durable,
+            filter_subjects=list(self.filter_subjects),
+            deliver_policy=(
+                DeliverPolicy.BY_START_SEQUENCE if start_sequence else DeliverPolicy.ALL
+            ),
+            opt_start_seq=start_sequence or None,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_deliver=self.max_deliver,
+            max_ack_pending=self.max_ack_pending,
+        )
+
+    def consumer_settings(self, *, provision: bool, **knobs: Any) -> ConsumerSettings:
+        """The service's side of this consumer; `knobs`: what it tunes for itself."""
+        return ConsumerSettings(
+            durable=self.durable,
+            filter_subjects=self.filter_subjects,
+            accept=self.events,
+            ack_wait=self.ack_wait,
+            max_deliver=self.max_deliver,
+            max_ack_pending=self.max_ack_pending,
+            provision=provision,
+            **knobs,
+        )
+
+
+DEFAULT_ACK_WAIT = 30.0
+"""Seconds before an unacknowledged cluster event comes back; handlers that run longer are kept
+alive with `in_progress()` (`shared.bus.consuming`), so this bounds only a crash's delay."""
+
+
+def agent_consumer(cluster: str, *, ack_wait: float = DEFAULT_ACK_WAIT) -> EventConsumerSpec:
+    return EventConsumerSpec(
+        durable=agent_durable(cluster),
+        events=AGENT_EVENTS,
+        cluster=cluster,
+        ack_wait=ack_wait,
+        max_deliver=100,
+        max_ack_pending=64,
+    )
+
+
+def bouncer_consumer(cluster: str, *, ack_wait: float = DEFAULT_ACK_WAIT) -> EventConsumerSpec:
+    # Bounces are few and slow: a running one is kept alive with in_progress().
+    return EventConsumerSpec(
+        durable=bouncer_durable(cluster),
+        events=BOUNCER_EVENTS,
+        cluster=cluster,
+        ack_wait=ack_wait,
+        max_deliver=50,
+        max_ack_pending=16,
+    )
+
+
+def desired_consumer_config(cluster: str) -> ConsumerConfig:
+    """The agent's change feed of its cluster's desired state: a durable that starts at the
+    last value of every key and then follows new writes. Unacknowledged: the agent reads a full
+    snapshot by direct get whenever it (re)starts watching, so a change lost in delivery is
+    caught by the next snapshot (`shared.bus.kv`)."""
+    name = desired_durable(cluster)
+    return ConsumerConfig(
+        name=name,
+        durable_name=name,
+        filter_subject=f"$KV.{DESIRED_BUCKET}.{desired_keys(cluster)}",
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        ack_policy=AckPolicy.NONE,
+        max_ack_pending=-1,
+    )
+
+
+def cluster_consumers(
+    cluster: str, *, ack_wait: float = DEFAULT_ACK_WAIT
+) -> list[tuple[str, ConsumerConfig]]:
+    """(stream, configuration) of every consumer the hub keeps for `cluster`."""
+    return [
+        (STREAM, agent_consumer(cluster, ack_wait=ack_wait).config()),
+        (STREAM, bouncer_consumer(cluster, ack_wait=ack_wait).config()),
+        (DESIRED_STREAM, desired_consumer_config(cluster)),
+    ]
+
+
+class FleetConsumers:
+    """The hub's keeper of every cluster's consumers: a Component (`name`, `run(stop)`).
+
+    `ensure(cluster)` makes a cluster's consumers when the hub first needs them (the issuer
+    calls it before it publishes desired state for that cluster). `run` re-creates any of them
+    that disappears: at once on JetStream's consumer-deleted advisory, and at every sweep as a
+    backstop. A re-created event consumer starts just after the ack floor last seen for it:
+    what it handled above the floor is in its completion records, so nothing is lost and
+    nothing handled twice (without a floor seen, from the start of the stream: the records of
+    the last hour skip what was handled, older events are handled again, idempotently).
+    """
+
+    name = "fleet-consumers"
+
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        ack_wait: float = DEFAULT_ACK_WAIT,
+        clusters: Iterable[str] = (),
+        sweep_interval: float = 60.0,
+    ) -> None:
+        """`clusters`: those whose consumers `run` makes at once (the deployment's list)."""
+        self._connection = connection
+        self._initial = tuple(clusters)
+        self._ack_wait = ack_wait
+        self._sweep_interval = sweep_interval
+        self._clusters: set[str] = set()
+        self._floors: dict[tuple[str, str], int] = {}
+        self._wake: asyncio.Queue[str] = asyncio.Queue()
+
+    @property
+    def clusters(self) -> frozenset[str]:
+        return frozenset(self._clusters)
+
+    async def ensure(self, cluster: str) -> None:
+        """Make `cluster`'s consumers if missing (once per process; `run` keeps them).
+        `TransientError` when JetStream cannot be asked."""
+        if cluster in self._clusters:
+            return
+        await self._ensure_cluster(cluster)
+        self._clusters.add(cluster)
+
+    async def _ensure_cluster(self, cluster: str) -> None:
+        for stream, config in cluster_consumers(cluster, ack_wait=self._ack_wait):
+            try:
+                await self._ensure_one(stream, config, cluster)
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise TransientError(
+                    f"cannot provision consumer {config.durable_name} for {cluster}: "
+                    f"{type(exc).__name__} {exc}"
+                ) from None
+
+    async def _ensure_one(self, stream: str, config: ConsumerConfig, cluster: str) -> None:
+        js = self._connection.js
+        durable = config.durable_name or ""
+        try:
+            info = await js.consumer_info(stream, durable)
+        except nats.js.errors.NotFoundError:
+            pass
+        else:
+            floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+            self._floors[(stream, durable)] = floor or 0
+            return
+        floor = self._floors.get((stream, durable))
+        if stream == STREAM and floor:
+            make = agent_consumer if durable == agent_durable(cluster) else bouncer_consumer
+            spec = make(cluster, ack_wait=self._ack_wait)
+            config = spec.config(start_sequence=floor + 1)
+        await js.add_consumer(stream, config=config)
+        log.info("consumer provisioned", stream=stream, durable=durable, after_floor=floor)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        nc = self._connection.nc
+
+        async def deleted(msg: Msg) -> None:
+            # $JS.EVENT.ADVISORY.CONSUMER.DELETED.<stream>.<consumer>
+            durable = msg.subject.rsplit(".", 1)[-1]
+            _, _, cluster = durable.partition("-")
+            if cluster in self._clusters:
+                self._wake.put_nowait(cluster)
+
+        sub = await nc.subscribe(f"{ADVISORY_DELETED}.>", cb=deleted)
+        for cluster in self._initial:
+            self._wake.put_nowait(cluster)
+            self._clusters.add(cluster)
+        try:
+            while not stop.is_set():
+                due: set[str] = set()
+                try:
+                    async with asyncio.timeout(self._sweep_interval):
+                        due.add(await self._wake.get())
+                except TimeoutError:
+                    due = set(self._clusters)
+                while not self._wake.empty():
+                    due.add(self._wake.get_nowait())
+                for cluster in sorted(due):
+                    try:
+                        await self._ensure_cluster(cluster)
+                    except TransientError as exc:
+                        log.warning("consumer upkeep failed", cluster=cluster, error=exc.message)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
