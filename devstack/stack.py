@@ -226,6 +226,12 @@ class Stack:
             **self.nats_env(PROVISIONER_USER),
             "MESHTRUST_ISSUER_CLUSTERS": ",".join(self.remotes),
             "MESHTRUST_LOG_FORMAT": "json",
+            # The issuer's settings (e.g. the clusters' ack wait), not its NATS identity.
+            **{
+                k: v
+                for k, v in self._extra_env.get("issuer", {}).items()
+                if not k.startswith("MESHTRUST_NATS_")
+            },
         }
         with (self.logs / "provision.log").open("ab") as out:
             result = subprocess.run(

@@ -13,8 +13,9 @@ environment when it starts, so that no file here holds a key or a password:
 
 - `nats-server.conf` (production): one of three clustered servers (`$SERVER_NAME` tells them
   apart), TLS for clients and for routes, JetStream on a persistent volume, the monitoring port
-  for probes; users authenticate with nkeys (`$NKEY_<USER>`: public keys, which
-  `meshtrust nats-config --credentials-dir DIR` makes together with each user's seed file).
+  on loopback only (for probes inside the pod); users authenticate with nkeys
+  (`$NKEY_<USER>`: public keys, which `meshtrust nats-config --credentials-dir DIR` makes
+  together with each user's seed file).
 - `compose.conf` (docker-compose.yml): one server, no TLS, passwords (`$PASSWORD_<USER>`,
   from docker-compose's environment), as `devstack/stack.py` runs it.
 
@@ -117,8 +118,10 @@ def production(clusters: tuple[str, ...] = CLUSTERS, *, keys: dict[str, str] | N
             # verifies the others' against the same CA.
             "tls": {**tls, "verify": True},
         },
-        # /healthz?js-enabled-only=true for the StatefulSet's probes; monitoring only, no auth.
-        "http_port": 8222,
+        # Monitoring has no authentication and names every connection, subscription and
+        # consumer: loopback only. Probes run in the pod (an exec of the image's python, or a
+        # sidecar), not from the network.
+        "http": "127.0.0.1:8222",
         # A server that is shutting down stops accepting clients and lets them move away first.
         "lame_duck_duration": "30s",
         "lame_duck_grace_period": "10s",
@@ -142,7 +145,7 @@ def compose(clusters: tuple[str, ...] = CLUSTERS) -> str:
             store_dir="/data/jetstream",
         )
     )
-    config["http_port"] = 8222
+    config["http"] = "127.0.0.1:8222"  # the healthcheck runs inside the container
     return _document(
         "docker-compose.yml's nats-server: one node, no TLS, for local runs only.",
         "Variables from the container's environment: PASSWORD_<USER>.",

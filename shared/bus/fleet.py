@@ -223,6 +223,11 @@ class FleetConsumers:
         await self._ensure_cluster(cluster)
         self._clusters.add(cluster)
 
+    async def check(self, cluster: str) -> None:
+        """What a sweep does for `cluster` now: make what is missing, note the ack floors."""
+        await self._ensure_cluster(cluster)
+        self._clusters.add(cluster)
+
     async def _ensure_cluster(self, cluster: str) -> None:
         for stream, config in cluster_consumers(cluster, ack_wait=self._ack_wait):
             try:
@@ -252,6 +257,23 @@ class FleetConsumers:
         await js.add_consumer(stream, config=config)
         log.info("consumer provisioned", stream=stream, durable=durable, after_floor=floor)
 
+    async def _next_due(self, stop: asyncio.Event) -> set[str]:
+        """The clusters to look at next: one whose consumer was deleted, as soon as that is
+        known; every known cluster when a sweep is due; none when `stop` is set."""
+        woken = asyncio.ensure_future(self._wake.get())
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait(
+                (woken, stopped), timeout=self._sweep_interval, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            stopped.cancel()
+            if not woken.done():
+                woken.cancel()
+        if woken.done() and not woken.cancelled():
+            return {woken.result()}
+        return set() if stop.is_set() else set(self._clusters)
+
     async def run(self, stop: asyncio.Event) -> None:
         nc = self._connection.nc
 
@@ -268,12 +290,7 @@ class FleetConsumers:
             self._clusters.add(cluster)
         try:
             while not stop.is_set():
-                due: set[str] = set()
-                try:
-                    async with asyncio.timeout(self._sweep_interval):
-                        due.add(await self._wake.get())
-                except TimeoutError:
-                    due = set(self._clusters)
+                due = await self._next_due(stop)
                 while not self._wake.empty():
                     due.add(self._wake.get_nowait())
                 for cluster in sorted(due):

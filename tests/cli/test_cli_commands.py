@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nkeys
 import pytest
@@ -31,6 +32,10 @@ def meshtrust(*args: str) -> str:
     return result.stdout
 
 
+def every_user(config: dict[str, Any]) -> list[dict[str, Any]]:
+    return [user for account in config["accounts"].values() for user in account["users"]]
+
+
 def test_nats_config_holds_only_public_keys_and_its_seeds_authenticate(tmp_path: Path) -> None:
     credentials = tmp_path / "creds"
     stdout = meshtrust(
@@ -38,8 +43,9 @@ def test_nats_config_holds_only_public_keys_and_its_seeds_authenticate(tmp_path:
         *("--host", "127.0.0.1", "--store-dir", str(tmp_path / "js")),
     )
     config = json.loads(stdout)
-    users = config["authorization"]["users"]
-    assert len(users) == 2 + 2 * 2  # issuer, auditor, agent and bouncer of each cluster
+    users = every_user(config)
+    # issuer, provisioner, auditor, agent and bouncer of each cluster
+    assert len(users) == 3 + 2 * 2
     assert all(set(u) <= {"nkey", "permissions"} for u in users), "no password, no seed"
     seeds = list(credentials.glob("*.nk"))
     assert len(seeds) == len(users)
@@ -51,7 +57,7 @@ def test_nats_config_holds_only_public_keys_and_its_seeds_authenticate(tmp_path:
         "nats-config", "--clusters", "east,west", "--credentials-dir", str(credentials)
     )
     keys = sorted(u["nkey"] for u in users)
-    assert sorted(u["nkey"] for u in json.loads(again)["authorization"]["users"]) == keys
+    assert sorted(u["nkey"] for u in every_user(json.loads(again))) == keys
     kept = (credentials / "agent-east.nk").read_bytes().strip()
     assert natsconfig.seed_for(credentials, "agent-east") == kept
 
@@ -71,8 +77,10 @@ async def test_nats_config_seeds_work_against_nats_server(tmp_path: Path) -> Non
     config.write_text(json.dumps(rendered))
     server.start()
     try:
-        issuer = NatsSettings(urls=(server.url,), nkeys_seed_file=credentials / "issuer.nk")
-        async with Bus.connect(issuer) as bus:
+        provisioner = NatsSettings(
+            urls=(server.url,), nkeys_seed_file=credentials / "provisioner.nk"
+        )
+        async with Bus.connect(provisioner) as bus:
             await bus.provision()
         agent = ClusterUser("agent", "east")
         settings = NatsSettings(

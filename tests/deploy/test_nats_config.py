@@ -25,7 +25,14 @@ import pytest
 import trustme
 from deploykit import REPO
 
-from devstack.natsconfig import ISSUER_USER, ClusterUser, permissions, user_names, users_for
+from devstack.natsconfig import (
+    ISSUER_USER,
+    ClusterUser,
+    issuer_permissions,
+    permissions,
+    user_names,
+    users_for,
+)
 from devstack.natsserver import nats_server_binary
 from devstack.ports import free_port
 
@@ -41,6 +48,11 @@ def _parse(path: Path) -> dict[str, Any]:
     lines = [line for line in path.read_text().splitlines() if not line.startswith("//")]
     data: dict[str, Any] = json.loads(VARIABLE.sub(r'"$\1"', "\n".join(lines)))
     return data
+
+
+def _users(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every user of every account."""
+    return [user for account in config["accounts"].values() for user in account["users"]]
 
 
 def _variables(path: Path) -> set[str]:
@@ -69,7 +81,7 @@ def test_the_generated_files_are_up_to_date() -> None:
 def test_the_users_are_natsconfigs_with_one_credential_variable_each(
     name: str, credential: str
 ) -> None:
-    users = _parse(NATS / name)["authorization"]["users"]
+    users = _users(_parse(NATS / name))
     kind = "NKEY" if credential == "nkey" else "PASSWORD"
     by_variable = {u[credential]: u for u in users}
     assert len(by_variable) == len(users) == len(user_names(CLUSTERS))
@@ -81,19 +93,39 @@ def test_the_users_are_natsconfigs_with_one_credential_variable_each(
         if credential == "password":
             assert entry["user"] == user.name
     issuer = by_variable[f"${kind}_{ISSUER_USER.upper()}"]
-    assert "permissions" not in issuer  # the issuer may do everything (natsconfig)
+    assert issuer["permissions"] == issuer_permissions()  # no stream deletes, purges, updates
 
 
-def test_a_cluster_user_may_publish_only_its_own_clusters_events() -> None:
-    users = _parse(NATS / "nats-server.conf")["authorization"]["users"]
-    east = next(u for u in users if u["nkey"] == "$NKEY_AGENT_EAST")
-    published = [
-        s for s in east["permissions"]["publish"]["allow"] if s.startswith("meshtrust.v1.")
+def test_a_cluster_identity_is_an_account_that_imports_only_its_own_events() -> None:
+    accounts = _parse(NATS / "nats-server.conf")["accounts"]
+    east = accounts["agent-east"]
+    (user,) = east["users"]
+    assert user["nkey"] == "$NKEY_AGENT_EAST"
+    imported = [i["service"]["subject"] for i in east["imports"]]
+    assert [s for s in imported if s.startswith("meshtrust.v1.")] == [
+        "meshtrust.v1.east.csr.requested",
+        "meshtrust.v1.east.status.changed",
+        "meshtrust.v1.east.bounce.requested",
     ]
-    assert published == ["meshtrust.v1.east.>"]
-    assert east["permissions"]["subscribe"]["allow"] == [
+    assert user["permissions"]["publish"]["allow"] == imported
+    assert user["permissions"]["subscribe"]["allow"] == [
         f"{ClusterUser('agent', 'east').inbox_prefix}.>"
     ]
+    assert "jetstream" not in east  # JetStream, and its API, only in the hub
+    hub = accounts["MESHTRUST"]
+    assert hub["jetstream"] == "enabled"
+    for export in hub["exports"]:
+        if export["service"] in imported:
+            assert "agent-east" in export["accounts"]
+        if export["service"].startswith("meshtrust.v1.east."):
+            assert export["accounts"] in (["agent-east"], ["bouncer-east"])
+
+
+def test_the_monitoring_port_listens_on_loopback_only() -> None:
+    for name in ("nats-server.conf", "compose.conf"):
+        config = _parse(NATS / name)
+        assert config["http"].startswith("127.0.0.1:")
+        assert "http_port" not in config
 
 
 def test_production_is_a_three_node_cluster_with_tls_and_jetstream() -> None:
@@ -160,7 +192,7 @@ def test_an_installations_configuration_gets_the_public_keys_of_its_seeds(
         check=True,
         timeout=60,
     )
-    users = _parse(output)["authorization"]["users"]
+    users = _users(_parse(output))
     assert sorted(u["nkey"] for u in users) == sorted(public.values())
     north = next(u for u in users if u["nkey"] == public["bouncer-north"])
     assert north["permissions"] == permissions(ClusterUser("bouncer", "north"))

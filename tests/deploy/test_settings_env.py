@@ -149,7 +149,7 @@ def test_compose_environment_makes_valid_settings(
     assert nats.urls == ("nats://nats:4222",)
     cluster = getattr(settings, "cluster", None)
     if cluster is None:
-        assert nats.user == "issuer"
+        assert nats.user == ("provisioner" if name == "provision" else "issuer")
     else:
         user = ClusterUser(program.removeprefix("meshtrust-"), cluster)
         assert (nats.user, nats.inbox_prefix) == (user.name, user.inbox_prefix)
@@ -262,4 +262,31 @@ def test_the_issuer_deployment_makes_valid_settings(clean_environment: pytest.Mo
     assert settings.signing_namespace == "meshtrust-system"  # type: ignore[attr-defined]
     assert "meshtrust-system" in settings.excluded_namespaces  # type: ignore[attr-defined]
     assert len(settings.nats.urls) == 3  # type: ignore[attr-defined]
+    # Its NATS identity may not make streams: the init container provisions them.
+    assert settings.nats.provision is False  # type: ignore[attr-defined]
+    assert settings.clusters == ("east", "west")  # type: ignore[attr-defined]
+
+
+def test_the_issuers_init_container_provisions_with_the_provisioners_identity(
+    clean_environment: pytest.MonkeyPatch,
+) -> None:
+    (doc,) = [d for d in DEPLOYED if d.name == "meshtrust-issuer"]
+    (config,) = list(documents(REPO / "deploy" / "management" / "issuer-config.yaml"))
+    (init,) = doc.body["spec"]["template"]["spec"]["initContainers"]
+    assert init["command"] == ["meshtrust-issuer", "provision"]
+    for key, value in _kubelet_env(init, config.body["data"], pod="meshtrust-issuer-abc").items():
+        clean_environment.setenv(key, value)
+    cls = settings_class_of("meshtrust-issuer")
+    assert cls is not None
+    settings = cls()
     assert settings.nats.stream_replicas == 3  # type: ignore[attr-defined]
+    assert settings.clusters == ("east", "west")  # type: ignore[attr-defined]
+    seed = str(settings.nats.nkeys_seed_file)  # type: ignore[attr-defined]
+    assert seed.startswith("/etc/meshtrust/provisioner/")
+    mounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
+    volumes = {v["name"]: v for v in doc.body["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mounts["/etc/meshtrust/provisioner"]]["secret"]["secretName"] == (
+        "meshtrust-provisioner-nats"
+    )
+    (issuer,) = containers(doc)
+    assert "/etc/meshtrust/provisioner" not in {m["mountPath"] for m in issuer["volumeMounts"]}

@@ -30,7 +30,7 @@ from cryptography import x509
 
 from devstack.stack import MGMT, REPO, ROOT_CA_SECRET, Stack
 from devstack.stack import status as processes_alive
-from shared.bus import Bus, NatsSettings
+from shared.bus import Bus
 from shared.bus.ledger import Ledger, LedgerEntry
 from shared.k8s.client import KubeClient
 from shared.k8s.errors import NotFound
@@ -398,12 +398,8 @@ def recorded_bounces(pbd: Mapping[str, Any] | None) -> tuple[str | None, list[li
 @asynccontextmanager
 async def issuer_bus(stack: Stack) -> AsyncIterator[Bus]:
     """A bus connection as the `issuer` NATS user (who may read every stream)."""
-    assert stack.info is not None
-    settings = NatsSettings(
-        urls=(stack.info.nats_url,),
-        user="issuer",
-        password=stack.passwords()["issuer"],
-        provision=False,
+    settings = stack.nats_settings(
+        "issuer",
         request_timeout=2.0,
         publish_deadline=10.0,
         connect_deadline=10.0,

@@ -47,11 +47,12 @@ handler reads the declaration and the signing Secret live, so it holds a CSR abo
 
 ENV = {
     # A killed issuer or bouncer leaves its message unacknowledged: JetStream redelivers it to
-    # the restarted process after ack_wait (default 30 s; 5 s keeps the module quick).
-    "issuer": {"MESHTRUST_ISSUER_ACK_WAIT": "5"},
+    # the restarted process after ack_wait (default 30 s; 5 s keeps the module quick). The
+    # bouncer's and the agent's consumers are the hub's: the issuer's cluster ack wait.
+    "issuer": {"MESHTRUST_ISSUER_ACK_WAIT": "5", "MESHTRUST_ISSUER_CLUSTER_ACK_WAIT": "5"},
     "bouncer": {"MESHTRUST_BOUNCER_ACK_WAIT": "5"},
-    # The agent's consumer keeps the fixed 30 s ack_wait; an agent killed while handling
-    # certificate.issued is answered again by its own re-send (a new attempt) after this.
+    # An agent killed while handling certificate.issued is answered again by its own re-send
+    # (a new attempt) after this, or by the redelivery after the cluster ack wait.
     "agent": {"MESHTRUST_AGENT_RESEND_AFTER": "5"},
 }
 TTL_DAYS = itertools.count(300)

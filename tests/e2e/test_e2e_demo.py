@@ -39,6 +39,7 @@ from e2e.e2e_testing import (
     status_of,
 )
 
+from devstack.natsconfig import public_key
 from devstack.stack import MGMT, Stack
 from shared.bus import Bus, NatsSettings, PublishError
 from shared.events import (
@@ -138,16 +139,8 @@ async def test_the_demo_reaches_finished_in_both_clusters_chained_to_the_shared_
 
 
 def west_agent_settings(stack: Stack) -> NatsSettings:
-    assert stack.info is not None
-    return NatsSettings(
-        urls=(stack.info.nats_url,),
-        user="agent-west",
-        password=stack.passwords()["agent-west"],
-        inbox_prefix="_INBOX_agent-west",
-        provision=False,
-        request_timeout=0.5,
-        publish_deadline=2.0,
-        connect_deadline=10.0,
+    return stack.nats_settings(
+        "agent-west", request_timeout=0.5, publish_deadline=2.0, connect_deadline=10.0
     )
 
 
@@ -194,8 +187,9 @@ async def test_west_s_agent_may_not_publish_a_csr_on_east_s_subject(stack: Stack
                 await west.publish(forged)
 
         # It was NATS that refused it: the server logged the violation for that user.
+        west_key = public_key((stack.credentials / "agent-west.nk").read_bytes().strip())
         violation = re.compile(
-            r"user:agent-west\".*Publish Violation.*meshtrust\.v1\.east\.csr\.requested"
+            rf"{west_key}.*Publish Violation.*meshtrust\.v1\.east\.csr\.requested"
         )
         assert violation.search((stack.logs / "nats.log").read_text()), "no Publish Violation"
 

@@ -1,145 +1,154 @@
-"""Per-cluster NATS users (devstack/natsconfig.py) against a real nats-server.
+"""Each identity can do its own work through shared.bus under the shipped account model.
 
-What the services rely on: the agent of `west` cannot publish on `east`'s subjects, cannot read
-`east`'s consumer or desired state, and can do everything its own work needs through shared.bus
-(publish, its durable consumer with completion records, its desired-state watch).
+A real nats-server with `devstack.natsconfig`'s accounts, nkeys and the hub's provisioning. What
+each identity may *not* do is tests/security/test_bus_boundaries.py; here, that the boundaries
+leave every service able to work: publish its own events, consume through the durable the hub
+made for it (with completion records), watch its cluster's desired state, read the audit trail.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from integration.bus_harness import Recorder, running
 
-from devstack.natsconfig import ClusterUser, render, user_names
-from devstack.natsserver import NatsServer
-from shared.bus import (
-    Bucket,
-    Bus,
-    BusError,
-    ConsumerSettings,
-    KvUpdate,
-    NatsSettings,
-    PublishError,
-    Snapshot,
-)
+from shared.bus import Bus, ConsumerSettings, KvUpdate, Put, Snapshot
+from shared.bus.fleet import agent_consumer, bouncer_consumer, desired_consumer_config
+from shared.bus.reading import read_stream
+from shared.events import EventType
 from support.events import sample_events
+from support.secured_nats import SecuredNats, ledger, secured_nats
 from support.waiting import eventually
 
 CLUSTERS = ("east", "west")
 
 
 @pytest.fixture
-def passwords() -> dict[str, str]:
-    return {name: secrets.token_urlsafe(16) for name in user_names(CLUSTERS)}
+def hub(tmp_path: Path) -> Iterator[SecuredNats]:
+    with secured_nats(tmp_path, CLUSTERS) as nats:
+        yield nats
 
 
 @pytest.fixture
-def secured_server(tmp_path: Path, passwords: dict[str, str]) -> Iterator[NatsServer]:
-    config = tmp_path / "nats.conf"
-    server = NatsServer(store_dir=tmp_path / "js", config_file=config, log_file=tmp_path / "n.log")
-    config.write_text(render(clusters=CLUSTERS, passwords=passwords, port=server.port))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def settings_for(server: NatsServer, user: str, password: str, inbox: str) -> NatsSettings:
-    return NatsSettings(
-        urls=(server.url,),
-        user=user,
-        password=password,  # type: ignore[arg-type]
-        inbox_prefix=inbox,
-        request_timeout=1.0,
-        publish_deadline=2.0,
-        provision=False,
-    )
-
-
-@pytest.fixture
-async def issuer(secured_server: NatsServer, passwords: dict[str, str]) -> AsyncIterator[Bus]:
-    settings = settings_for(secured_server, "issuer", passwords["issuer"], "_INBOX")
-    async with Bus.connect(settings) as bus:
-        await bus.provision()
+async def issuer(hub: SecuredNats) -> AsyncIterator[Bus]:
+    await hub.provision(CLUSTERS)
+    async with Bus.connect(hub.settings("issuer")) as bus:
         yield bus
 
 
-def cluster_settings(
-    server: NatsServer, passwords: dict[str, str], user: ClusterUser
-) -> NatsSettings:
-    return settings_for(server, user.name, passwords[user.name], user.inbox_prefix)
+def by_type(cluster: str) -> dict[EventType, object]:
+    return {event.type: event for event in sample_events(cluster)}
 
 
-async def test_an_agent_publishes_its_own_clusters_events_only(
-    issuer: Bus, secured_server: NatsServer, passwords: dict[str, str]
+async def test_an_agent_publishes_its_clusters_requests_and_statuses(
+    issuer: Bus, hub: SecuredNats
 ) -> None:
-    west = ClusterUser("agent", "west")
-    async with Bus.connect(cluster_settings(secured_server, passwords, west)) as bus:
-        await bus.publish(sample_events("west")[0])
-        with pytest.raises(PublishError, match="may this user publish"):
-            await bus.publish(sample_events("east")[0])
+    events = by_type("east")
+    async with Bus.connect(hub.settings("agent-east")) as bus:
+        for kind in (EventType.CSR_REQUESTED, EventType.STATUS_CHANGED, EventType.BOUNCE_REQUESTED):
+            published = await bus.publish(events[kind])  # type: ignore[arg-type]
+            assert published.stream == "MESHTRUST"
     info = await issuer.connection.js.stream_info("MESHTRUST")
-    assert info.state.messages == 1
+    assert info.state.messages == 3
 
 
-async def test_an_agent_consumes_through_its_own_durable_with_completion_records(
-    issuer: Bus, secured_server: NatsServer, passwords: dict[str, str]
+async def test_a_bouncer_publishes_its_clusters_bounce_answers(
+    issuer: Bus, hub: SecuredNats
 ) -> None:
-    east = ClusterUser("agent", "east")
-    issued = sample_events("east")[1]
-    async with Bus.connect(cluster_settings(secured_server, passwords, east)) as bus:
+    async with Bus.connect(hub.settings("bouncer-east")) as bus:
+        await bus.publish(by_type("east")[EventType.BOUNCE_COMPLETED])  # type: ignore[arg-type]
+    assert (await issuer.connection.js.stream_info("MESHTRUST")).state.messages == 1
+
+
+async def test_an_agent_consumes_through_the_durable_the_hub_made_with_records(
+    issuer: Bus, hub: SecuredNats
+) -> None:
+    issued = by_type("east")[EventType.CERTIFICATE_ISSUED]
+    async with Bus.connect(hub.settings("agent-east")) as bus:
         recorder = Recorder()
-        settings = ConsumerSettings(
-            durable="agent-east",
-            filter_subjects=("meshtrust.v1.east.certificate.issued",),
-            fetch_timeout=0.2,
-        )
+        settings = agent_consumer("east").consumer_settings(provision=False, fetch_timeout=0.2)
         async with running(bus.consumer(settings, recorder)):
-            await issuer.publish(issued)
+            await issuer.publish(issued)  # type: ignore[arg-type]
             await eventually(lambda: issued in recorder.events)
 
+        # Acknowledged after its completion record: nothing is pending on the durable.
+        async def acked() -> bool:
+            info = await issuer.connection.js.consumer_info("MESHTRUST", "agent-east")
+            return info.num_ack_pending == 0 and info.num_pending == 0
 
-async def test_an_agent_cannot_use_another_clusters_consumer(
-    issuer: Bus, secured_server: NatsServer, passwords: dict[str, str]
+        await eventually(acked)
+    records = [m async for m in read_stream(issuer.connection, "MESHTRUST_CONSUMED", subject=">")]
+    assert [m.subject for m in records] == ["meshtrust.consumed.agent-east"]
+
+
+async def test_a_bouncer_consumes_its_clusters_bounce_requests(
+    issuer: Bus, hub: SecuredNats
 ) -> None:
-    west = ClusterUser("agent", "west")
-    async with Bus.connect(cluster_settings(secured_server, passwords, west)) as bus:
-        consumer = bus.consumer(
-            ConsumerSettings(durable="agent-east", filter_subjects=("meshtrust.v1.east.>",)),
-            Recorder(),
-        )
-        with pytest.raises(BusError, match="cannot open consumer agent-east"):
-            await consumer.run(asyncio.Event())
+    request = by_type("east")[EventType.BOUNCE_REQUESTED]
+    async with Bus.connect(hub.settings("bouncer-east")) as bus:
+        recorder = Recorder()
+        settings = bouncer_consumer("east").consumer_settings(provision=False, fetch_timeout=0.2)
+        async with running(bus.consumer(settings, recorder)):
+            await issuer.publish(request)  # type: ignore[arg-type]
+            await eventually(lambda: request in recorder.events)
 
 
-async def first_update(bucket: Bucket, pattern: str, *, within: float) -> KvUpdate:
-    updates = bucket.watch(pattern, poll=0.2)
-    try:
-        return await asyncio.wait_for(anext(updates), within)
-    finally:
-        await updates.aclose()
+async def first_updates(bucket_watch: AsyncIterator[KvUpdate], count: int) -> list[KvUpdate]:
+    return [await asyncio.wait_for(anext(bucket_watch), 10) for _ in range(count)]
 
 
-async def test_an_agent_watches_only_its_own_desired_state(
-    issuer: Bus, secured_server: NatsServer, passwords: dict[str, str]
+async def test_an_agent_watches_its_clusters_desired_state_through_its_feed(
+    issuer: Bus, hub: SecuredNats
 ) -> None:
     desired = await issuer.bucket("meshtrust-desired")
     await desired.put("east.issuedcertificates.ca", b"for east")
     await desired.put("west.issuedcertificates.ca", b"for west")
-    east = ClusterUser("agent", "east")
-    async with Bus.connect(cluster_settings(secured_server, passwords, east)) as bus:
-        bucket = await bus.bucket("meshtrust-desired")
-        first = await first_update(bucket, "east.>", within=10)
-        assert isinstance(first, Snapshot)
-        assert {k: e.value for k, e in first.entries.items()} == {
-            "east.issuedcertificates.ca": b"for east"
-        }
-        # West's keys: the server refuses the watch, which keeps retrying and yields nothing.
-        with pytest.raises(TimeoutError):
-            await first_update(bucket, "west.>", within=3)
+    async with Bus.connect(hub.settings("agent-east")) as bus:
+        bucket = await bus.bucket("meshtrust-desired", feed=desired_consumer_config("east"))
+        updates = bucket.watch("east.>", poll=0.2)
+        try:
+            (first,) = await first_updates(updates, 1)
+            assert isinstance(first, Snapshot)
+            assert {k: e.value for k, e in first.entries.items()} == {
+                "east.issuedcertificates.ca": b"for east"
+            }
+            await desired.put("west.issuedcertificates.ca", b"west again")
+            await desired.put("east.issuedcertificates.ca", b"east again")
+            (change,) = await first_updates(updates, 1)
+            assert isinstance(change, Put)
+            assert (change.entry.key, change.entry.value) == (
+                "east.issuedcertificates.ca",
+                b"east again",
+            )
+        finally:
+            await updates.aclose()
+
+
+async def test_the_auditor_reads_the_event_stream_and_the_ledger(
+    issuer: Bus, hub: SecuredNats
+) -> None:
+    for event in sample_events("east"):
+        await issuer.publish(event)
+    await ledger(issuer).append("meshtrust.ledger.east", b'{"serial":"1"}', msg_id="one")
+    async with Bus.connect(hub.settings("auditor")) as bus:
+        events = [m async for m in read_stream(bus.connection, "MESHTRUST", subject=">")]
+        rows = [entry async for entry in ledger(bus).read()]
+    assert len(events) == len(sample_events("east"))
+    assert [row.data for row in rows] == [b'{"serial":"1"}']
+
+
+async def test_the_issuer_makes_its_own_durables_and_appends_to_the_ledger(
+    issuer: Bus,
+) -> None:
+    recorder = Recorder()
+    settings = ConsumerSettings(
+        durable="issuer", filter_subjects=("meshtrust.v1.*.csr.requested",), fetch_timeout=0.2
+    )
+    csr = by_type("west")[EventType.CSR_REQUESTED]
+    async with running(issuer.consumer(settings, recorder)):
+        await issuer.publish(csr)  # type: ignore[arg-type]
+        await eventually(lambda: csr in recorder.events)
+    assert await ledger(issuer).append("meshtrust.ledger.west", b"{}", msg_id="x") == 1

@@ -1,0 +1,67 @@
+"""A real nats-server with the shipped account model (`devstack.natsconfig`), provisioned.
+
+Every identity authenticates with its own nkey seed (made here, at test time, in tmp_path), as
+the devstack and production do. `SecuredNats.settings(user)` connects as one identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from devstack.natsconfig import ISSUER_USER, PROVISIONER_USER, nkeys_for, render, user_names
+from devstack.natsserver import NatsServer
+from shared.bus import Bus, NatsSettings
+from shared.bus.fleet import FleetConsumers
+from shared.bus.ledger import Ledger
+
+LEDGER_STREAM = "MESHTRUST_LEDGER"
+LEDGER_SUBJECTS = ("meshtrust.ledger.>",)
+ISSUED_BUCKET = "meshtrust-issued"
+
+
+class SecuredNats:
+    def __init__(self, server: NatsServer, credentials: Path) -> None:
+        self.server = server
+        self.credentials = credentials
+
+    def settings(self, user: str, **overrides: object) -> NatsSettings:
+        inbox = "_INBOX" if user in (ISSUER_USER, PROVISIONER_USER) else f"_INBOX_{user}"
+        settings = NatsSettings(
+            urls=(self.server.url,),
+            nkeys_seed_file=self.credentials / f"{user}.nk",
+            inbox_prefix=inbox,
+            request_timeout=1.0,
+            publish_deadline=2.0,
+            provision=False,
+        )
+        return settings.model_copy(update=overrides)
+
+    async def provision(self, clusters: tuple[str, ...]) -> None:
+        """What `meshtrust-issuer provision` does, as the provisioner."""
+        async with Bus.connect(self.settings(PROVISIONER_USER, provision=True)) as bus:
+            await bus.provision()
+            await ledger(bus).ensure()
+            await bus.bucket(ISSUED_BUCKET, history=1)
+            fleet = FleetConsumers(bus.connection)
+            for cluster in clusters:
+                await fleet.ensure(cluster)
+
+
+def ledger(bus: Bus) -> Ledger:
+    return Ledger(bus.connection, stream=LEDGER_STREAM, subjects=LEDGER_SUBJECTS)
+
+
+@contextmanager
+def secured_nats(tmp_path: Path, clusters: tuple[str, ...]) -> Iterator[SecuredNats]:
+    credentials = tmp_path / "credentials"
+    public = nkeys_for(credentials, user_names(clusters))
+    config = tmp_path / "nats.conf"
+    server = NatsServer(store_dir=tmp_path / "js", config_file=config, log_file=tmp_path / "n.log")
+    config.write_text(render(clusters=clusters, nkeys=public, port=server.port))
+    server.start()
+    try:
+        yield SecuredNats(server, credentials)
+    finally:
+        server.stop()
