@@ -197,7 +197,9 @@ async def test_an_identity_cannot_publish_what_is_not_its_own(
     assert await hub.counts() == before
 
 
-@pytest.mark.parametrize("attacker", ["agent-east", "agent-west", "bouncer-east", "auditor"])
+@pytest.mark.parametrize(
+    "attacker", ["agent-east", "agent-west", "bouncer-east", "bouncer-west", "auditor"]
+)
 @pytest.mark.parametrize(
     "api",
     [
