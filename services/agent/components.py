@@ -22,6 +22,7 @@ from services.agent.objects import MANAGED_SELECTOR, AgentObjects, key_secret_na
 from services.agent.policies import Timing
 from services.agent.reconciler import Reconciler, utc_now
 from services.agent.settings import AgentSettings
+from services.agent.trust import TrustBundle
 from shared.bus import Bus, ConsumerSettings
 from shared.events import DESIRED_BUCKET, DesiredKind, EventType, subject
 from shared.k8s.backoff import BackoffPolicy
@@ -43,6 +44,9 @@ from shared.runtime import Component
 from shared.runtime.health import HealthServer
 
 Obj = dict[str, Any]
+
+TRUST_REFRESH_SECONDS = 30.0
+"""How often readiness re-reads the trust bundle ConfigMap (one small GET)."""
 
 ACCEPTED = frozenset(
     {EventType.CERTIFICATE_ISSUED, EventType.CERTIFICATE_DENIED, EventType.BOUNCE_COMPLETED}
@@ -119,6 +123,7 @@ def build_agent(
     """The agent's components for one cluster, on open clients."""
     cluster = settings.cluster
     objects = AgentObjects(kube)
+    trust = TrustBundle(kube, ref=settings.trust_bundle)
     recorder = EventRecorder(kube, component="meshtrust-agent", instance=settings.instance)
     timing = Timing(
         resend_after=settings.resend_after,
@@ -156,6 +161,7 @@ def build_agent(
         now=now,
         rand=rand,
         cached=handoff.cached,
+        trust=trust,
     )
     controller_settings = ControllerSettings(
         workers=settings.workers, backoff=controller_backoff or BackoffPolicy()
@@ -192,7 +198,7 @@ def build_agent(
         applier.watch(informer, map_to=desired.mapper(DesiredKind.POD_BOUNCE_DIRECTIVE))
 
     handlers = Handlers(
-        objects=objects, informers=ic_informers, requeue=controller.queue.add, now=now
+        objects=objects, informers=ic_informers, requeue=controller.queue.add, now=now, trust=trust
     )
     consumer = bus.consumer(
         ConsumerSettings(
@@ -210,6 +216,12 @@ def build_agent(
         bucket = await bus.bucket(DESIRED_BUCKET)
         await desired.watch(bucket)
 
+    async def watch_trust() -> None:
+        # Readiness only: every certificate.issued reads the bundle fresh anyway.
+        while True:
+            await trust.refresh()
+            await asyncio.sleep(TRUST_REFRESH_SECONDS)
+
     informers = [*ic_informers, *pbd_informers, *secret_informers]
     health = HealthServer(settings.health)
     agent = Agent(
@@ -224,10 +236,12 @@ def build_agent(
     health.add_check("kubernetes-caches", lambda: all(i.has_synced for i in informers))
     health.add_check("desired-state", desired.synced.is_set)
     health.add_check("nats", lambda: bool(bus.connection.nc.is_connected))
+    health.add_check("trust-bundle", lambda: trust.has_loaded)
     agent.components = [
         health,
         *(Task(f"informer:{i.resource.plural}:{n}", i.run) for n, i in enumerate(informers)),
         Task("desired-state-watch", watch_desired),
+        Task("trust-bundle", watch_trust),
         ControllerComponent(controller, [*ic_informers, *secret_informers]),
         ControllerComponent(applier, [*ic_informers, *pbd_informers]),
         consumer,

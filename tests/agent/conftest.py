@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from agent.agent_testing import (
     make_signing_ca,
     running_consumers,
 )
+from cryptography.hazmat.primitives import serialization
 from k8s.harness import crd_documents, eventually
 
 from services.agent.settings import AgentSettings
@@ -25,8 +27,13 @@ from shared.bus import Bus, NatsSettings
 from shared.events import EventType
 from shared.k8s.client import KubeClient
 from shared.k8s.config import KubeSettings
-from shared.k8s.errors import KubeError
-from shared.k8s.resources import CUSTOM_RESOURCE_DEFINITIONS, ISSUED_CERTIFICATES, NAMESPACES
+from shared.k8s.errors import AlreadyExists, KubeError, NotFound
+from shared.k8s.resources import (
+    CONFIG_MAPS,
+    CUSTOM_RESOURCE_DEFINITIONS,
+    ISSUED_CERTIFICATES,
+    NAMESPACES,
+)
 from shared.pki import SigningCA
 from shared.runtime.health import HealthSettings
 
@@ -82,8 +89,44 @@ async def namespace(kube: KubeClient) -> str:
     return name
 
 
+TRUST_BUNDLE = ("meshtrust-system", "meshtrust-trust-bundle")
+"""The agent's default trust bundle ConfigMap (`MESHTRUST_AGENT_TRUST_BUNDLE`)."""
+
+
+async def put_trust_bundle(kube: KubeClient, roots_pem: str) -> None:
+    """Create or replace the trust bundle ConfigMap with `roots_pem`."""
+    namespace, name = TRUST_BUNDLE
+    with contextlib.suppress(AlreadyExists):
+        await kube.create(
+            NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+        )
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {"roots.pem": roots_pem},
+    }
+    try:
+        current = await kube.get(CONFIG_MAPS, name, namespace=namespace)
+    except NotFound:
+        await kube.create(CONFIG_MAPS, body)
+        return
+    body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+    await kube.replace(CONFIG_MAPS, body)
+
+
 @pytest.fixture
-def make_settings(nats_settings: NatsSettings, kubeconfig: Path) -> Callable[..., AgentSettings]:
+async def trust_bundle(kube: KubeClient, signing_ca: SigningCA) -> str:
+    """The cluster's trust bundle, pinning the test issuer's root; its PEM."""
+    roots = signing_ca.root.public_bytes(serialization.Encoding.PEM).decode()
+    await put_trust_bundle(kube, roots)
+    return roots
+
+
+@pytest.fixture
+def make_settings(
+    nats_settings: NatsSettings, kubeconfig: Path, trust_bundle: str
+) -> Callable[..., AgentSettings]:
     def make(**overrides: Any) -> AgentSettings:
         options: dict[str, Any] = {
             "cluster": "east",
