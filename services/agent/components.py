@@ -105,9 +105,14 @@ class Agent:
     health: HealthServer
     informers: list[Informer] = field(default_factory=list)
     components: list[Component] = field(default_factory=list)
+    trust: TrustBundle | None = None
 
     def ready(self) -> bool:
-        return self.desired.synced.is_set() and all(i.has_synced for i in self.informers)
+        return (
+            self.desired.synced.is_set()
+            and all(i.has_synced for i in self.informers)
+            and (self.trust is None or self.trust.has_loaded)
+        )
 
 
 def build_agent(
@@ -232,6 +237,7 @@ def build_agent(
         applier=applier,
         health=health,
         informers=informers,
+        trust=trust,
     )
     health.add_check("kubernetes-caches", lambda: all(i.has_synced for i in informers))
     health.add_check("desired-state", desired.synced.is_set)

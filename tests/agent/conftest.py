@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from agent.agent_testing import (
     FakeBouncer,
     FakeIssuer,
     make_signing_ca,
+    put_trust_bundle,
     running_consumers,
 )
 from cryptography.hazmat.primitives import serialization
@@ -27,9 +27,8 @@ from shared.bus import Bus, NatsSettings
 from shared.events import EventType
 from shared.k8s.client import KubeClient
 from shared.k8s.config import KubeSettings
-from shared.k8s.errors import AlreadyExists, KubeError, NotFound
+from shared.k8s.errors import KubeError
 from shared.k8s.resources import (
-    CONFIG_MAPS,
     CUSTOM_RESOURCE_DEFINITIONS,
     ISSUED_CERTIFICATES,
     NAMESPACES,
@@ -87,32 +86,6 @@ async def namespace(kube: KubeClient) -> str:
         NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
     )
     return name
-
-
-TRUST_BUNDLE = ("meshtrust-system", "meshtrust-trust-bundle")
-"""The agent's default trust bundle ConfigMap (`MESHTRUST_AGENT_TRUST_BUNDLE`)."""
-
-
-async def put_trust_bundle(kube: KubeClient, roots_pem: str) -> None:
-    """Create or replace the trust bundle ConfigMap with `roots_pem`."""
-    namespace, name = TRUST_BUNDLE
-    with contextlib.suppress(AlreadyExists):
-        await kube.create(
-            NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
-        )
-    body: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": namespace},
-        "data": {"roots.pem": roots_pem},
-    }
-    try:
-        current = await kube.get(CONFIG_MAPS, name, namespace=namespace)
-    except NotFound:
-        await kube.create(CONFIG_MAPS, body)
-        return
-    body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-    await kube.replace(CONFIG_MAPS, body)
 
 
 @pytest.fixture
