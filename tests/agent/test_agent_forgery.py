@@ -43,6 +43,22 @@ from support.waiting import eventually
 _attempts = itertools.count(90)
 
 
+async def refused_as(kube: KubeClient, namespace: str, reason: str, *, issuance: str) -> None:
+    """istio-ca reports the refusal `reason` in status.error and a Warning Event, and is still
+    REQUESTED for the same issuance."""
+    status = await wait_status(
+        kube,
+        namespace,
+        "istio-ca",
+        lambda s: reason in (s.get("error") or ""),
+        message=f"{reason} reported",
+    )
+    assert (status["state"], status["issuanceId"]) == ("REQUESTED", issuance)
+    await eventually(
+        lambda: warned(kube, namespace, "istio-ca", reason), message=f"a Warning for {reason}"
+    )
+
+
 async def warnings(kube: KubeClient, namespace: str, name: str) -> list[dict[str, Any]]:
     events = await kube.list(EVENTS, namespace=namespace)
     return [
@@ -113,33 +129,10 @@ async def test_a_forged_certificate_is_refused_and_the_real_answer_is_installed(
         with capture_logs() as logs:
             # 1. signed by the attacker's own root, for our key and names
             await bus.publish(forged(request, ic, attacker=attacker, ttl=dt.timedelta(days=2)))
-            status = await wait_status(
-                kube,
-                namespace,
-                "istio-ca",
-                lambda s: "UntrustedRoot" in (s.get("error") or ""),
-                message="the untrusted root reported",
-            )
-            assert status["state"] == "REQUESTED"
-            await eventually(
-                lambda: warned(kube, namespace, "istio-ca", "UntrustedRoot"),
-                message="a Warning Event",
-            )
+            await refused_as(kube, namespace, "UntrustedRoot", issuance=request.issuance)
             # 2. the real CA's signature, but valid for 10 days where 24 h are declared
             await bus.publish(forged(request, ic, attacker=real_ca, ttl=dt.timedelta(days=10)))
-            status = await wait_status(
-                kube,
-                namespace,
-                "istio-ca",
-                lambda s: "ValidityTooLong" in (s.get("error") or ""),
-                message="the validity reported",
-            )
-            assert status["state"] == "REQUESTED"
-            assert status["issuanceId"] == request.issuance
-            await eventually(
-                lambda: warned(kube, namespace, "istio-ca", "ValidityTooLong"),
-                message="a second Warning Event",
-            )
+            await refused_as(kube, namespace, "ValidityTooLong", issuance=request.issuance)
             assert await get_secret(kube, namespace, "istio-ca-cacerts") is None
 
             # 3. the issuer answers the agent's next timed re-send: that one is installed
