@@ -131,7 +131,7 @@ def test_an_oversized_record_is_refused_without_parsing() -> None:
     assert outcome.reason == "TooLarge"
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=2_048))
 def test_arbitrary_bytes_decode_or_are_invalid(data: bytes) -> None:
     decode_totally(data, subject="meshtrust.v1.east.csr.requested")
@@ -139,7 +139,7 @@ def test_arbitrary_bytes_decode_or_are_invalid(data: bytes) -> None:
         decode_value_totally(model, data)
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(json_values)
 def test_any_json_value_decodes_or_is_invalid(value: Any) -> None:
     data = _dumps(value)
@@ -173,7 +173,7 @@ def test_numbers_of_any_size_are_invalid_not_a_crash(digits: int, negative: bool
         decode_value_totally(IssuedRecord, data)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     index=st.integers(min_value=0, max_value=5),
     path=st.lists(
@@ -218,7 +218,7 @@ def test_a_valid_envelope_with_a_mutated_field_decodes_or_is_invalid(
     decode_totally(_dumps(body), subject=f"meshtrust.v1.east.{event.type.value}")
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     index=st.integers(min_value=0, max_value=5), cut=st.integers(min_value=0), flip=st.integers()
 )
