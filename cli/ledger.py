@@ -5,6 +5,11 @@ environment (`MESHTRUST_NATS_*`), or those of a recorded local stack (`cli.conne
 `--nats-url` overrides the servers. Prints a table, or one JSON
 object per line with `--json`. Never provisions anything: a missing ledger is an error.
 The entry format is the issuer's `LedgerEntry` (schema_version 1), read here as plain JSON.
+
+An entry that is not such a record (bytes that are not JSON, JSON that is not an object, a field
+missing or of the wrong type, a cluster other than its subject's) is listed as malformed, with
+its sequence and a short reason, never as a blank row: something wrote to the ledger that the
+issuer did not, and the operator must see it. Its payload is not shown (it could hold anything).
 """
 
 from __future__ import annotations
@@ -56,21 +61,16 @@ def run(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
     settings = reader_settings(args.nats_url)
-    rows: list[dict[str, Any]] = []
     async with Bus.connect(settings) as bus:
         ledger = Ledger(
             bus.connection, stream=args.stream, subjects=(f"{LEDGER_SUBJECT_PREFIX}.>",)
         )
         await ledger.check()
         subject = f"{LEDGER_SUBJECT_PREFIX}.{args.cluster}" if args.cluster else None
-        async for entry in ledger.read(start=args.start, subject=subject):
-            try:
-                row = json.loads(entry.data)
-            except ValueError:
-                row = {"error": "entry is not JSON"}
-            if not isinstance(row, dict):
-                row = {"error": "entry is not a JSON object"}
-            rows.append({"sequence": entry.sequence, **row})
+        rows = [
+            parse_row(entry.sequence, entry.subject, entry.data)
+            async for entry in ledger.read(start=args.start, subject=subject)
+        ]
     if args.json:
         for row in rows:
             out.write(json.dumps(row, sort_keys=True) + "\n")
@@ -79,12 +79,71 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "schema_version": int,
+    "serial_number": str,
+    "cluster": str,
+    "namespace": str,
+    "name": str,
+    "declaration_uid": str,
+    "declaration_generation": int,
+    "issuance": str,
+    "hosts": list,
+    "org": str,
+    "not_before": str,
+    "not_after": str,
+    "csr_public_key_fingerprint": str,
+    "certificate_fingerprint": str,
+    "signing_ca_fingerprint": str,
+    "signed_by": str,
+    "signed_at": str,
+}
+"""The fields of a `LedgerEntry` as JSON (services/issuer/ledger.py; a test checks they agree)."""
+
+
+def parse_row(sequence: int, subject: str, data: bytes) -> dict[str, Any]:
+    """The entry as a row, or `{"sequence", "malformed": reason}` when it is not a ledger entry."""
+    try:
+        row = json.loads(data)
+    except (ValueError, RecursionError):  # invalid UTF-8 and huge integers are ValueErrors
+        return _malformed(sequence, "not UTF-8 JSON")
+    if not isinstance(row, dict):
+        return _malformed(sequence, "JSON but not an object")
+    for field, kind in REQUIRED.items():
+        if field not in row:
+            return _malformed(sequence, f"no {field}")
+        value = row[field]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return _malformed(sequence, f"{field} is not a {getattr(kind, '__name__', kind)}")
+    if row["schema_version"] != 1:
+        return _malformed(sequence, f"schema_version {row['schema_version']} is not 1")
+    if extra := sorted(set(row) - set(REQUIRED)):
+        return _malformed(sequence, f"unknown field {extra[0][:40]!r}")
+    if subject != f"{LEDGER_SUBJECT_PREFIX}.{row['cluster']}":
+        return _malformed(sequence, "its cluster is not its subject's")
+    return {"sequence": sequence, **row}
+
+
+def _malformed(sequence: int, reason: str) -> dict[str, Any]:
+    return {"sequence": sequence, "malformed": reason}
+
+
 def _table(rows: list[dict[str, Any]], out: TextIO) -> None:
     cells = [[title for title, _ in COLUMNS]]
-    cells += [[str(row.get(field, "")) for _, field in COLUMNS] for row in rows]
+    cells += [[str(row.get(field, "")) for _, field in COLUMNS] for row in rows if not _bad(row)]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
-    for line in cells:
+    lines = iter(cells)
+    for row in [None, *rows]:
+        if row is not None and _bad(row):
+            seq = str(row["sequence"]).ljust(widths[0])
+            out.write(f"{seq}  MALFORMED ENTRY: {row['malformed']}\n")
+            continue
+        line = next(lines)
         out.write("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
         out.write("\n")
     if not rows:
         out.write("(no signatures)\n")
+
+
+def _bad(row: dict[str, Any]) -> bool:
+    return "malformed" in row

@@ -57,6 +57,8 @@ REPO = Path(__file__).resolve().parents[1]
 MGMT = "mgmt"
 BIN = Path(sys.executable).parent
 ROOT_CA_SECRET = ("meshtrust-system", "root-ca")
+TRUST_BUNDLE = ("meshtrust-system", "meshtrust-trust-bundle")
+"""Each remote cluster's trust bundle ConfigMap (the default of MESHTRUST_AGENT_TRUST_BUNDLE)."""
 
 
 class StackError(RuntimeError):
@@ -313,6 +315,22 @@ class Stack:
             self.kubectl(
                 cluster, "apply", "-f", str(REPO / "deploy" / "examples" / "workloads.yaml")
             )
+            self._pin_root(cluster, data["root-cert.pem"])
+
+    def _pin_root(self, cluster: str, root_pem: bytes) -> None:
+        """The agent's trust bundle in `cluster` (deploy/examples/trust-bundle.yaml): the root
+        it accepts certificates from. Public; an administrator's step in a real install."""
+        namespace, name = TRUST_BUNDLE
+        documents = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": namespace},
+                "data": {"roots.pem": root_pem.decode()},
+            },
+        ]
+        self.kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
 
     def _start_service(self, service: str, cluster: str | None, nats_url: str) -> Process:
         name = service if cluster is None else f"{service}-{cluster}"

@@ -22,6 +22,7 @@ from services.agent.objects import MANAGED_SELECTOR, AgentObjects, key_secret_na
 from services.agent.policies import Timing
 from services.agent.reconciler import Reconciler, utc_now
 from services.agent.settings import AgentSettings
+from services.agent.trust import TrustBundle
 from shared.bus import Bus
 from shared.bus.fleet import agent_consumer, desired_consumer_config
 from shared.events import DESIRED_BUCKET, DesiredKind
@@ -44,6 +45,9 @@ from shared.runtime import Component
 from shared.runtime.health import HealthServer
 
 Obj = dict[str, Any]
+
+TRUST_REFRESH_SECONDS = 30.0
+"""How often readiness re-reads the trust bundle ConfigMap (one small GET)."""
 
 
 class Task:
@@ -98,9 +102,14 @@ class Agent:
     health: HealthServer
     informers: list[Informer] = field(default_factory=list)
     components: list[Component] = field(default_factory=list)
+    trust: TrustBundle | None = None
 
     def ready(self) -> bool:
-        return self.desired.synced.is_set() and all(i.has_synced for i in self.informers)
+        return (
+            self.desired.synced.is_set()
+            and all(i.has_synced for i in self.informers)
+            and (self.trust is None or self.trust.has_loaded)
+        )
 
 
 def build_agent(
@@ -116,6 +125,7 @@ def build_agent(
     """The agent's components for one cluster, on open clients."""
     cluster = settings.cluster
     objects = AgentObjects(kube)
+    trust = TrustBundle(kube, ref=settings.trust_bundle)
     recorder = EventRecorder(kube, component="meshtrust-agent", instance=settings.instance)
     timing = Timing(
         resend_after=settings.resend_after,
@@ -153,6 +163,7 @@ def build_agent(
         now=now,
         rand=rand,
         cached=handoff.cached,
+        trust=trust,
     )
     controller_settings = ControllerSettings(
         workers=settings.workers, backoff=controller_backoff or BackoffPolicy()
@@ -189,7 +200,7 @@ def build_agent(
         applier.watch(informer, map_to=desired.mapper(DesiredKind.POD_BOUNCE_DIRECTIVE))
 
     handlers = Handlers(
-        objects=objects, informers=ic_informers, requeue=controller.queue.add, now=now
+        objects=objects, informers=ic_informers, requeue=controller.queue.add, now=now, trust=trust
     )
     consumer = bus.consumer(
         agent_consumer(cluster).consumer_settings(
@@ -205,6 +216,12 @@ def build_agent(
         bucket = await bus.bucket(DESIRED_BUCKET, feed=desired_consumer_config(cluster))
         await desired.watch(bucket)
 
+    async def watch_trust() -> None:
+        # Readiness only: every certificate.issued reads the bundle fresh anyway.
+        while True:
+            await trust.refresh()
+            await asyncio.sleep(TRUST_REFRESH_SECONDS)
+
     informers = [*ic_informers, *pbd_informers, *secret_informers]
     health = HealthServer(settings.health)
     agent = Agent(
@@ -215,14 +232,17 @@ def build_agent(
         applier=applier,
         health=health,
         informers=informers,
+        trust=trust,
     )
     health.add_check("kubernetes-caches", lambda: all(i.has_synced for i in informers))
     health.add_check("desired-state", desired.synced.is_set)
     health.add_check("nats", lambda: bool(bus.connection.nc.is_connected))
+    health.add_check("trust-bundle", lambda: trust.has_loaded)
     agent.components = [
         health,
         *(Task(f"informer:{i.resource.plural}:{n}", i.run) for n, i in enumerate(informers)),
         Task("desired-state-watch", watch_desired),
+        Task("trust-bundle", watch_trust),
         ControllerComponent(controller, [*ic_informers, *secret_informers]),
         ControllerComponent(applier, [*ic_informers, *pbd_informers]),
         consumer,

@@ -53,7 +53,9 @@ from shared.events import (
     InvalidName,
     StatusChanged,
     StatusChangedData,
+    Undecodable,
     cluster_prefix,
+    decode_value,
     desired_key,
     parse_desired_key,
 )
@@ -107,6 +109,8 @@ class DesiredState:
         self._informers = informers
         self._namespaces = frozenset(namespaces)
         self._desired: dict[str, DesiredObject] = {}
+        self._unreadable: dict[str, str] = {}
+        """Desired keys whose current value cannot be read, and why: never read as absent."""
         self._reported: dict[str, int] = {}
         """Desired keys refused by the cluster, and the declaration generation reported."""
         self._written: dict[str, str] = {}
@@ -125,33 +129,61 @@ class DesiredState:
         """Mirror the bucket under `<cluster>.` and queue what changed; runs until cancelled."""
         async for update in bucket.watch(cluster_prefix(self._cluster)):
             if isinstance(update, Snapshot):
-                before = set(self._desired)
-                self._desired = {}
+                before = self._desired
+                keys = set(before)
+                self._desired, self._unreadable = {}, {}
                 for entry in update.entries.values():
-                    self._put(entry)
-                keys = before | set(self._desired) | self._managed_keys()
+                    self._put(entry, last_good=before)
+                keys |= set(self._desired) | self._managed_keys()
                 self.synced.set()
-                log.info("desired state snapshot", entries=len(self._desired))
+                log.info(
+                    "desired state snapshot",
+                    entries=len(self._desired),
+                    unreadable=len(self._unreadable),
+                )
                 for key in sorted(keys):
                     self.enqueue(queue_key(key))
             elif isinstance(update, Put):
-                if self._put(update.entry):
+                if self._put(update.entry, last_good=self._desired):
                     self.enqueue(queue_key(update.entry.key))
             elif isinstance(update, Deleted):
                 self._desired.pop(update.key, None)
+                self._unreadable.pop(update.key, None)
                 self._reported.pop(update.key, None)
                 self.enqueue(queue_key(update.key))
 
-    def _put(self, entry: KvEntry) -> bool:
+    def _put(self, entry: KvEntry, *, last_good: Mapping[str, DesiredObject]) -> bool:
+        """Mirror one entry; True when it is a value to apply. An entry whose value cannot be
+        read (junk bytes, another schema, a value naming another object) is *not* an absent
+        one: it is logged and the last good value of its key, if any, stays in the mirror;
+        with none, the key's object is left as it is (`reconcile`)."""
         try:
             cluster, kind, name = parse_desired_key(entry.key)
-            value = DesiredObject.model_validate_json(entry.value)
-        except (InvalidName, ValidationError) as exc:
+        except InvalidName as exc:
             log.warning("desired entry ignored: not one of ours", kv_key=entry.key, error=str(exc))
             return False
-        if (value.cluster, value.kind, value.name) != (cluster, kind, name):
-            log.warning("desired entry ignored: its value names another object", kv_key=entry.key)
+        value = decode_value(DesiredObject, entry.value)
+        if not isinstance(value, Undecodable) and (value.cluster, value.kind, value.name) != (
+            cluster,
+            kind,
+            name,
+        ):
+            value = Undecodable("WrongObject", "the value names another object than its key")
+        if isinstance(value, Undecodable):
+            kept = last_good.get(entry.key)
+            log.warning(
+                "desired entry unreadable; ignored, last good value kept",
+                kv_key=entry.key,
+                revision=entry.revision,
+                reason=value.reason,
+                error=value.message,
+                last_good_generation=kept.generation if kept is not None else None,
+            )
+            self._unreadable[entry.key] = str(value)
+            if kept is not None:
+                self._desired[entry.key] = kept
             return False
+        self._unreadable.pop(entry.key, None)
         if self._desired.get(entry.key) != value:
             self._reported.pop(entry.key, None)
         self._desired[entry.key] = value
@@ -205,6 +237,16 @@ class DesiredState:
         desired = self._desired.get(key)
         cached = self._cached(kind, name)
         managed = [obj for obj in cached if is_managed(obj)]
+        if desired is None and key in self._unreadable:
+            # An entry is there but cannot be read, and no good value was seen before it:
+            # what it declares is unknown, so nothing is created, changed or deleted.
+            if managed:
+                log.warning(
+                    "desired entry unreadable; its object is left as it is",
+                    kv_key=key,
+                    error=self._unreadable[key],
+                )
+            return Done()
         if desired is None:
             for obj in managed:
                 await self._delete(resource, obj)

@@ -1,11 +1,12 @@
 """Bus handlers: the issuer's and the bouncer's answers, written where the reconciler finds them.
 
-- `certificate.issued` for the current issuance of an IssuedCertificate in REQUESTED: the
-  bundle (our key from the key Secret, the certificate, the chain, the root) is checked with
-  `shared.pki.check_bundle` (key and certificate, chain to the root, validity now, declared hosts
-  and org), the certificate's key is compared with the CSR's, and the four files are written to
-  the issued Secret in one request. A bundle that fails the check is not written; the verdict
-  `rejected` is left for the reconciler, which goes FAILED.
+- `certificate.issued` for the current issuance of an IssuedCertificate in REQUESTED: judged by
+  `services.agent.trust` (the root must be one pinned in this cluster's trust bundle; then
+  `shared.pki.check_bundle` on our key, the certificate, the chain and that root: chain valid
+  now, declared hosts and org; then the CSR's key, the declared lifetime, the event's serial and
+  dates), and the four files are written to the issued Secret in one request. A refused
+  certificate is not written; the verdict `refused` is left for the reconciler, which reports it
+  (status.error, a Warning Event) and stays REQUESTED: the real answer may still come.
 - `certificate.denied` for the current issuance: the verdict `denied` (the issuer's reason and
   message) is left on the IssuedCertificate.
 - `bounce.completed` for the current issuance in ISSUED: the verdict `bounced` (with the
@@ -29,8 +30,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import ValidationError
 
 from services.agent.objects import (
@@ -42,6 +41,7 @@ from services.agent.objects import (
     read_key_secret,
 )
 from services.agent.policies import Verdict
+from services.agent.trust import Refusal, TrustAnchors, TrustBundle, judge
 from shared.bus import Delivery
 from shared.events import BounceCompleted, CertificateDenied, CertificateIssued, Event
 from shared.k8s.early import NOT_READ, spec_ref
@@ -49,7 +49,7 @@ from shared.k8s.errors import KubeError
 from shared.k8s.informer import Informer, cached_in
 from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, ObjectKey, State
 from shared.k8s.resources import ISSUED_CERTIFICATES
-from shared.pki import Bundle, BundleInfo, PkiError, fingerprint
+from shared.pki import Bundle
 from shared.runtime import TransientError
 from shared.runtime.concurrency import concurrently
 from shared.runtime.logging import get_logger
@@ -82,9 +82,11 @@ class Handlers:
         informers: Sequence[Informer],
         requeue: Callable[[ObjectKey], None],
         now: Callable[[], dt.datetime],
+        trust: TrustBundle,
         sync_timeout: float = 30.0,
     ) -> None:
         self._objects = objects
+        self._trust = trust
         self._informers = informers
         self._requeue = requeue
         self._now = now
@@ -106,7 +108,11 @@ class Handlers:
     # -- certificate.issued --------------------------------------------------------------------
 
     async def on_issued(self, event: CertificateIssued) -> None:
-        found = await self._current_with_secrets(event.data.name, event.issuance)
+        # The trust bundle is read fresh beside the objects (an administrator's fix counts at
+        # once); a failed read only matters if the answer gets to be judged.
+        found, anchors = await concurrently(
+            self._current_with_secrets(event.data.name, event.issuance), self._load_trust()
+        )
         if found is None:
             log.info("certificate.issued for no current issuance; ignored", name=event.data.name)
             return
@@ -126,6 +132,8 @@ class Handlers:
             log.info("no key for this issuance; ignored (the reconciler starts over)", key=str(key))
             self._requeue(key)
             return
+        if isinstance(anchors, TransientError):
+            raise anchors
         data = event.data
         certificate = data.certificate_pem.encode()
         bundle = Bundle(
@@ -134,20 +142,35 @@ class Handlers:
             cert_chain_pem=_join(certificate, data.ca_chain_pem.encode()),
             root_cert_pem=data.root_cert_pem.encode(),
         )
-        try:
-            info = await self._objects.bundles.check(
-                bundle, hosts=spec.hosts, org=spec.org, now=self._now()
+        checked = spec
+        judged = await judge(
+            anchors=anchors,
+            data=data,
+            bundle=bundle,
+            csr_pem=key_secret.csr_pem,
+            declared=spec.cert_options.lifetime,
+            check=lambda b: self._objects.bundles.check(
+                b, hosts=checked.hosts, org=checked.org, now=self._now()
+            ),
+        )
+        refusal = judged if isinstance(judged, Refusal) else None
+        if refusal is not None:
+            log.warning(
+                "issued certificate refused; still waiting for the issuer's answer",
+                key=str(key),
+                reason=refusal.reason,
+                error=refusal.message,
+                serial=data.serial_number,
+                source=event.source,
             )
-        except PkiError as exc:  # BundleInvalid included
-            problem: tuple[str, str] | None = (exc.reason, exc.message)
-        else:
-            problem = _check(info, key_secret.csr_pem, data.serial_number)
-        if problem is not None:
-            reason, message = problem
-            log.warning("issued certificate refused", key=str(key), reason=reason, error=message)
             await self._objects.set_verdict(
                 key,
-                Verdict(issuance=event.issuance, kind="rejected", reason=reason, message=message),
+                Verdict(
+                    issuance=event.issuance,
+                    kind="refused",
+                    reason=refusal.reason,
+                    message=refusal.message,
+                ),
             )
         else:
             await self._objects.write_issued_secret(
@@ -162,6 +185,12 @@ class Handlers:
             )
             log.info("issued Secret written", key=str(key), serial=data.serial_number)
         self._requeue(key)
+
+    async def _load_trust(self) -> TrustAnchors | Refusal | TransientError:
+        try:
+            return await self._trust.load()
+        except TransientError as exc:
+            return exc
 
     # -- certificate.denied --------------------------------------------------------------------
 
@@ -285,21 +314,3 @@ def _status(ic: Obj) -> IssuedCertificateStatus:
 def _join(certificate: bytes, chain: bytes) -> bytes:
     head = certificate if certificate.endswith(b"\n") else certificate + b"\n"
     return head + chain
-
-
-def _check(info: BundleInfo, csr_pem: bytes, serial: str) -> tuple[str, str] | None:
-    """(reason, message) when a bundle that passed the bundle check must still not be written:
-    it is not for this issuance's key, or not the certificate the event describes."""
-    try:
-        csr = x509.load_pem_x509_csr(csr_pem)
-    except ValueError:
-        return "CsrUnreadable", "the CSR stored in the key Secret cannot be read"
-    public = csr.public_key()
-    if (
-        not isinstance(public, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
-        or fingerprint(public) != info.public_key_fingerprint
-    ):
-        return "KeyMismatch", "the certificate is not for the key of this issuance's CSR"
-    if info.serial != int(serial, 16):
-        return "SerialMismatch", f"the event says serial {serial}, the certificate {info.serial:x}"
-    return None

@@ -159,7 +159,7 @@ def read_verdict(ic: Mapping[str, Any], issuance: str | None) -> Verdict | None:
         )
     except (ValueError, KeyError, TypeError):
         return None
-    if verdict.issuance != issuance or verdict.kind not in ("denied", "rejected", "bounced"):
+    if verdict.issuance != issuance or verdict.kind not in ("denied", "refused", "bounced"):
         return None
     return verdict
 

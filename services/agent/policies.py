@@ -65,12 +65,13 @@ class IssuedView:
 class Verdict:
     """What a bus handler left on the IssuedCertificate for one issuance.
 
-    `kind` is `denied` (the issuer refused), `rejected` (the issuer's certificate failed our
-    bundle check) or `bounced` (the bouncer finished; `message` is its error, empty on success).
+    `kind` is `denied` (the issuer refused), `refused` (a certificate.issued failed our trust
+    and policy checks, `services.agent.trust`: the issuance keeps waiting for the real answer)
+    or `bounced` (the bouncer finished; `message` is its error, empty on success).
     """
 
     issuance: str
-    kind: Literal["denied", "rejected", "bounced"]
+    kind: Literal["denied", "refused", "bounced"]
     reason: str = ""
     message: str = ""
 
@@ -158,13 +159,22 @@ class Fail:
 
 
 @dataclass(frozen=True, slots=True)
+class Refuse:
+    """A certificate.issued was refused: say so (status.error, a Warning Event, status.changed)
+    and stay REQUESTED; the next pass goes on waiting for (and re-asking for) the real answer."""
+
+    reason: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class Wait:
     """Nothing to do now; look again after `seconds` (None: only when something changes)."""
 
     seconds: float | None = None
 
 
-Decision = Issue | Send | Complete | Bounce | Finish | Fail | Wait
+Decision = Issue | Send | Complete | Bounce | Finish | Fail | Refuse | Wait
 
 
 # --- spec validation --------------------------------------------------------------------------
@@ -362,11 +372,10 @@ def _requested(o: Observed, *, now: dt.datetime, timing: Timing) -> Decision:
     verdict = o.verdict
     if verdict is not None and verdict.kind == "denied":
         return Fail(verdict.reason or "Denied", f"the issuer denied the CSR: {verdict.message}")
-    if verdict is not None and verdict.kind == "rejected":
-        return Fail(
-            verdict.reason or "Rejected",
-            f"the issuer's certificate failed the bundle check: {verdict.message}",
-        )
+    if verdict is not None and verdict.kind == "refused":
+        error = refusal_error(verdict)
+        if o.status.error != error:
+            return Refuse(verdict.reason or "Refused", error)
     if key is None or key.issuance != issuance:
         # Nobody else writes the key Secret: it was deleted (or replaced) under us, and the key
         # of this issuance is gone. A certificate for it could never be used.
@@ -379,6 +388,14 @@ def _requested(o: Observed, *, now: dt.datetime, timing: Timing) -> Decision:
     if not o.sent:
         return Send(attempt=key.attempt, wait=timing.resend_after - elapsed)
     return Wait(max(0.0, timing.resend_after - elapsed))
+
+
+def refusal_error(verdict: Verdict) -> str:
+    """status.error while REQUESTED after a certificate.issued was refused."""
+    return (
+        f"a certificate.issued was refused ({verdict.reason}): {verdict.message}; still waiting "
+        "for the issuer's answer"
+    )
 
 
 def _issue(o: Observed, reason: str, message: str) -> Issue:

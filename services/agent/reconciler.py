@@ -56,10 +56,12 @@ from services.agent.policies import (
     Issue,
     IssuedView,
     Observed,
+    Refuse,
     Send,
     Timing,
     Wait,
 )
+from services.agent.trust import TrustAnchors, TrustBundle, check_root
 from shared.bus import Bus
 from shared.events import (
     BounceRequested,
@@ -117,8 +119,12 @@ class Reconciler:
         now: Clock = utc_now,
         rand: Callable[[], float] = random.random,
         cached: Callable[[ObjectKey], Obj | None] = lambda _key: None,
+        trust: TrustBundle | None = None,
     ) -> None:
         self._cluster = cluster
+        self._trust = trust
+        """The trust bundle as last read (by the handler or the readiness refresh): an issued
+        Secret whose root is not pinned is not fit for use, and is issued again."""
         self._source = source
         self._objects = objects
         self._bus = bus
@@ -215,6 +221,14 @@ class Reconciler:
             return IssuedView(issuance=issuance, info=None, problem=str(exc), signing_chain=chain)
         except PkiError as exc:  # the declared hosts or org themselves (validated before)
             return IssuedView(issuance=issuance, info=None, problem=str(exc), signing_chain=chain)
+        anchors = self._trust.last if self._trust is not None else None
+        if isinstance(anchors, TrustAnchors) and (
+            untrusted := check_root(anchors, bundle.root_cert_pem.decode(errors="replace"))
+        ):
+            # Judged only against roots actually read: without a bundle, nothing in place is
+            # torn down (a new certificate could not be installed anyway).
+            problem = f"{untrusted.reason}: {untrusted.message}"
+            return IssuedView(issuance=issuance, info=None, problem=problem, signing_chain=chain)
         return IssuedView(issuance=issuance, info=info, problem=None, signing_chain=chain)
 
     # -- acting -------------------------------------------------------------------------------
@@ -276,6 +290,19 @@ class Reconciler:
                 await self._send_bounce(key, written, o.spec)
                 return Done()
             return RequeueAfter(0)  # FINISHED in the next pass, its own transition
+        if isinstance(decision, Refuse):
+            # Still REQUESTED: only the error says what was refused. The next pass waits (or
+            # re-sends the CSR when due), as it would have without the refused answer.
+            new = status.model_copy(update={"error": decision.error})
+            warning = (
+                "TrustBundleUnavailable"
+                if decision.reason in ("TrustBundleMissing", "TrustBundleInvalid")
+                else "UntrustedCertificate"
+            )
+            await self._transition(
+                key, raw, status, new, decision.reason, decision.error, warning=warning
+            )
+            return RequeueAfter(0)
         if isinstance(decision, Bounce):
             assert o.spec is not None
             await self._send_bounce(key, raw, o.spec)
@@ -424,11 +451,12 @@ class Reconciler:
         reason: str,
         message: str,
         then: Callable[[Obj], Awaitable[None]] | None = None,
+        warning: str | None = None,
     ) -> Obj:
         """Write `new` (the one status write of this pass); then `then(written)` (the step's
         own message, so that it does not wait behind the bookkeeping); then record the Event
-        and publish status.changed when the state or the issuance changed. Returns the object
-        written."""
+        and publish status.changed when the state or the issuance changed (`warning`: the
+        Event is a Warning of that reason). Returns the object written."""
         wire = new.to_wire()
         write = await update_status(
             self._objects.kube,
@@ -443,7 +471,7 @@ class Reconciler:
                 await then(write.object)
         finally:
             # The bookkeeping is done even when `then` failed: the state change stands.
-            await self._announce(key, write.object, old, new, reason, message)
+            await self._announce(key, write.object, old, new, reason, message, warning)
         return write.object
 
     async def _announce(
@@ -454,19 +482,23 @@ class Reconciler:
         new: IssuedCertificateStatus,
         reason: str,
         message: str,
+        warning: str | None = None,
     ) -> None:
         """The Event and status.changed of a transition (nothing when nothing changed)."""
         if old.state == new.state and old.issuance_id == new.issuance_id and old.error == new.error:
             return
-        text = transition_message(new.state, new.error)
-        if new.state is not State.FAILED:
-            text = f"{text} ({reason}: {message})"
-        await self._recorder.record(
-            written,
-            type="Warning" if new.state is State.FAILED else "Normal",
-            reason=transition_reason(new.state),
-            message=text,
-        )
+        if warning is not None:
+            await self._recorder.record(written, type="Warning", reason=warning, message=message)
+        else:
+            text = transition_message(new.state, new.error)
+            if new.state is not State.FAILED:
+                text = f"{text} ({reason}: {message})"
+            await self._recorder.record(
+                written,
+                type="Warning" if new.state is State.FAILED else "Normal",
+                reason=transition_reason(new.state),
+                message=text,
+            )
         log.info(
             "state.changed",
             old=old.state.value,

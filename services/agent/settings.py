@@ -40,6 +40,14 @@ class AgentSettings(MeshtrustSettings, env_prefix="MESHTRUST_AGENT_"):
         description="Namespaces whose IssuedCertificates this agent handles; empty means all.",
     )
 
+    trust_bundle: str = Field(
+        default="meshtrust-system/meshtrust-trust-bundle",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
+        description="`<namespace>/<name>` of this cluster's trust bundle: a ConfigMap whose key "
+        "`roots.pem` holds the pinned root certificate(s). A certificate.issued that does not "
+        "chain to one of them is refused (docs/agent.md).",
+    )
+
     # --- the state machine's timing, in seconds ---
     resend_after: float = Field(
         default=60.0,

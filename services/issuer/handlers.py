@@ -8,7 +8,10 @@ terminates them). Both are idempotent, as redeliveries require.
 
 1. If `meshtrust-issued` has an entry for (cluster, issuance): the same question was answered
    already; send that certificate again (same serial), or deny `IssuanceReused` if the entry is
-   for another CSR. No new signature.
+   for another CSR. No new signature. An entry that cannot be read (junk bytes, another schema)
+   answers nothing: it is logged, the request is handled as if there were none, and the new
+   record replaces the unreadable one by compare-and-set on its revision (losing that to a
+   readable record means answering from that one).
 2. Read the declaration `<cluster>/<name>` and its signing Secret *live* from the API (not from a
    cache that may lag behind a generation bump), and decide with `policies.authorise`.
 3. Sign in the signing executor (CPU-bound), append to the ledger, record the answer with
@@ -47,6 +50,8 @@ from shared.events import (
     CsrRequested,
     Event,
     StatusChanged,
+    Undecodable,
+    decode_value,
 )
 from shared.k8s import EventRecorder, KubeClient, KubeError, NotFound, update_model_status
 from shared.k8s.early import read_early, spec_ref
@@ -172,9 +177,13 @@ class CsrHandler:
         # The record (was this issuance signed already?) and the state to sign against are
         # independent reads: both at once. The state goes unused when the record is there.
         entry, state = await concurrently(self._issued.get(key), self._read_state_or_why(event))
+        corrupt: KvEntry | None = None
         if entry is not None:
-            await self._answer_again(event, IssuedRecord.model_validate_json(entry.value), entry)
-            return
+            record = _read_record(entry)
+            if record is not None:
+                await self._answer_again(event, record, entry)
+                return
+            corrupt = entry  # answered by nothing: sign, and replace it by compare-and-set
         if isinstance(state, KubeError):
             raise state  # the API failed us, and no record answers for it
         if isinstance(state, _Unreadable):
@@ -189,7 +198,7 @@ class CsrHandler:
             await self._deny(event, outcome, declaration)
             return
         assert declaration is not None
-        await self._deliver(event, declaration, outcome)
+        await self._deliver(event, declaration, outcome, corrupt=corrupt)
 
     # -- gathering ----------------------------------------------------------------------------
 
@@ -279,7 +288,12 @@ class CsrHandler:
     # -- answering ----------------------------------------------------------------------------
 
     async def _deliver(
-        self, event: CsrRequested, declaration: IssuedCertificate, signed: Signed
+        self,
+        event: CsrRequested,
+        declaration: IssuedCertificate,
+        signed: Signed,
+        *,
+        corrupt: KvEntry | None = None,
     ) -> None:
         now = self._clock().replace(microsecond=0)
         serial = serial_hex(signed.serial)
@@ -320,20 +334,15 @@ class CsrHandler:
         )
         record = record.model_copy(update={"ledger_entry": entry.model_dump_json()})
         key = issued_key(event.cluster, event.issuance)
-        try:
-            # The record claims the issuance: of two replicas signing it at once, only the one
-            # whose record is stored sends its certificate and appends it to the ledger; the
-            # other's certificate never leaves the process.
-            revision = await self._issued.create(key, record.model_dump_json().encode())
-        except RevisionMismatch:
-            existing = await self._issued.get(key)
-            if existing is None:
-                raise TransientError("issued record vanished while racing") from None
+        # The record claims the issuance: of two replicas signing it at once, only the one whose
+        # record is stored sends its certificate and appends it to the ledger; the other's
+        # certificate never leaves the process.
+        claimed = await self._claim(key, record, corrupt)
+        if isinstance(claimed, tuple):
             log.info("another replica signed this issuance first", discarded_serial=serial)
-            await self._answer_again(
-                event, IssuedRecord.model_validate_json(existing.value), existing
-            )
+            await self._answer_again(event, *claimed)
             return
+        revision = claimed
         sequence = await self._append_owed(record)
         log.info(
             "certificate signed",
@@ -346,6 +355,31 @@ class CsrHandler:
         await self._publish_issued(event, record)
         await self._note_ledgered(key, record, revision, sequence)
 
+    async def _claim(
+        self, key: str, record: IssuedRecord, corrupt: KvEntry | None
+    ) -> int | tuple[IssuedRecord, KvEntry]:
+        """Store `record` where there is no record, or only an unreadable one (replaced by
+        compare-and-set on its revision): the revision stored. When a readable record got
+        there first, that record and its entry: it is the answer."""
+        value = record.model_dump_json().encode()
+        over = corrupt
+        for _ in range(_CLAIM_ATTEMPTS):
+            try:
+                if over is None:
+                    return await self._issued.create(key, value)
+                revision = await self._issued.update(key, value, last=over.revision)
+                log.warning("unreadable issued record replaced", replaced_revision=over.revision)
+                return revision
+            except RevisionMismatch:
+                existing = await self._issued.get(key)
+            if existing is None:
+                raise TransientError("issued record vanished while racing") from None
+            winner = _read_record(existing)
+            if winner is not None:
+                return winner, existing
+            over = existing
+        raise TransientError("issued record keeps changing under compare-and-set")
+
     async def _append_owed(self, record: IssuedRecord) -> int | None:
         """Append the record's ledger entry if still owed; its sequence, or None if not owed.
 
@@ -355,10 +389,11 @@ class CsrHandler:
         It precedes the answer, so every certificate sent is in the ledger."""
         if record.ledger_sequence is not None or record.ledger_entry is None:
             return None
+        entry = decode_value(LedgerEntry, record.ledger_entry.encode())
+        if isinstance(entry, Undecodable):  # `_read_record` refuses such records: not reached
+            raise TransientError(f"the record's ledger entry is unreadable: {entry}")
         try:
-            return await record_signature(
-                self._ledger, LedgerEntry.model_validate_json(record.ledger_entry)
-            )
+            return await record_signature(self._ledger, entry)
         except PublishError as exc:
             raise TransientError(f"ledger append failed: {exc}") from None
 
@@ -434,6 +469,31 @@ class CsrHandler:
             await self._bus.publish(answer)
         except PublishError as exc:
             raise TransientError(str(exc)) from None
+
+
+_CLAIM_ATTEMPTS = 5
+"""Compare-and-set rounds over unreadable records before giving up for now (nak)."""
+
+
+def _read_record(entry: KvEntry) -> IssuedRecord | None:
+    """The record in `entry`, or None (logged) when it cannot be read: junk bytes, another
+    schema, or a ledger entry inside it that cannot be read. Such a record answers nothing;
+    the issuance is signed again and the record replaced by compare-and-set."""
+    record = decode_value(IssuedRecord, entry.value)
+    if not isinstance(record, Undecodable) and record.ledger_entry is not None:
+        inner = decode_value(LedgerEntry, record.ledger_entry.encode())
+        if isinstance(inner, Undecodable):
+            record = Undecodable(inner.reason, f"its ledger entry: {inner.message}")
+    if isinstance(record, Undecodable):
+        log.warning(
+            "issued record unreadable; treated as absent and replaced",
+            key=entry.key,
+            revision=entry.revision,
+            reason=record.reason,
+            error=record.message,
+        )
+        return None
+    return record
 
 
 class StatusHandler:

@@ -1,10 +1,12 @@
 """What the issuer signed, by issuance: the KV bucket `meshtrust-issued`.
 
-One entry per issuance (`<cluster>.<issuance id>`), written once with create-if-absent, never
-updated. A CSR asked again (a redelivery, an agent's re-send after a timeout, another replica
-racing for the same issuance) finds the entry and gets the same certificate back instead of a new
-serial. The entry also remembers which CSR it answered (SHA-256 of the PEM), so an issuance id
-reused for a different CSR is refused rather than answered with someone else's certificate.
+One entry per issuance (`<cluster>.<issuance id>`), written once with create-if-absent; updated
+only by compare-and-set: to note its ledger sequence, or to replace an entry that cannot be read
+(which answers nothing, so the issuance is signed again). A CSR asked again (a redelivery, an
+agent's re-send after a timeout, another replica racing for the same issuance) finds the entry and
+gets the same certificate back instead of a new serial. The entry also remembers which CSR it
+answered (SHA-256 of the PEM), so an issuance id reused for a different CSR is refused rather than
+answered with someone else's certificate.
 
 Only public data is stored: certificates and fingerprints, never a key.
 Deliberately not here: expiry of old entries (they are small; a later sweep may drop entries

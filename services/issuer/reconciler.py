@@ -44,7 +44,15 @@ from services.issuer.policies import DeclarationInput, Verdict, check_declaratio
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
 from shared.bus import Bucket, KvEntry, RevisionMismatch
-from shared.events import DesiredKind, DesiredObject, InvalidName, desired_key, parse_desired_key
+from shared.events import (
+    DesiredKind,
+    DesiredObject,
+    InvalidName,
+    Undecodable,
+    decode_value,
+    desired_key,
+    parse_desired_key,
+)
 from shared.k8s import (
     Controller,
     ControllerSettings,
@@ -354,7 +362,7 @@ class Declarations:
                     self._desired.get(kv_key), self._live_identity(resource, key)
                 )
             if entry is not None:
-                existing = _parse(entry.value)
+                existing = _parse(entry)
                 if existing == desired:
                     return Done()
                 if (
@@ -417,8 +425,17 @@ class Declarations:
             controller.queue.add(ObjectKey(cluster, name))
 
 
-def _parse(value: bytes) -> DesiredObject | None:
-    try:
-        return DesiredObject.model_validate_json(value)
-    except ValidationError:
+def _parse(entry: KvEntry) -> DesiredObject | None:
+    """The entry's value, or None when it cannot be read: then it is replaced (compare-and-set
+    on its revision) by the value the declaration calls for, as a stale one would be."""
+    value = decode_value(DesiredObject, entry.value)
+    if isinstance(value, Undecodable):
+        log.warning(
+            "desired entry unreadable; replacing it",
+            key=entry.key,
+            revision=entry.revision,
+            reason=value.reason,
+            error=value.message,
+        )
         return None
+    return value

@@ -3,7 +3,14 @@
 Pure data and validation: nothing here does I/O.
 """
 
-from shared.events.codec import DEFAULT_MAX_BYTES, InvalidEvent, decode, encode
+from shared.events.codec import (
+    DEFAULT_MAX_BYTES,
+    InvalidEvent,
+    Undecodable,
+    decode,
+    decode_value,
+    encode,
+)
 from shared.events.desired import (
     DESIRED_BUCKET,
     DesiredKind,
@@ -81,12 +88,14 @@ __all__ = [
     "StatusChanged",
     "StatusChangedData",
     "TraceContext",
+    "Undecodable",
     "any_cluster",
     "check_cluster_name",
     "check_object_name",
     "cluster_events",
     "cluster_prefix",
     "decode",
+    "decode_value",
     "desired_key",
     "encode",
     "new_issuance_id",

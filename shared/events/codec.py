@@ -1,18 +1,29 @@
 """Bytes <-> events. Decoding checks everything a consumer must not trust.
 
 `decode` refuses, each with a distinct reason (`InvalidEvent.reason`): a message over the size
-limit, bytes that are not UTF-8 JSON, an unknown event type, JSON that does not fit the model, and
-an envelope whose cluster or type disagrees with the subject it arrived on. Reasons and messages
-name the field at fault but never echo the payload (it could hold anything).
+limit, bytes that are not UTF-8 JSON (nesting too deep and numbers too big included), JSON that
+is not an object, an unknown event type, JSON that does not fit the model, and an envelope whose
+cluster or type disagrees with the subject it arrived on. Reasons and messages name the field at
+fault but never echo the payload (it could hold anything).
+
+`decode_value` does the same for the JSON records kept in KV buckets (desired state, issued
+records): it returns the model or an `Undecodable` saying why, never raises.
+
+Both are total: whatever the bytes, the result is the model or the documented refusal, never
+another exception. The bytes are parsed once, by pydantic-core (whose parser limits nesting and
+refuses out-of-range numbers); the refusal is classified from pydantic's own error list, never
+by parsing the payload a second time with another parser (`json.loads` raised `RecursionError`
+on ~200 KB of nested brackets, and `ValueError` on a 5,000-digit integer).
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from shared.events.enums import EventType
 from shared.events.models import Envelope, Event
 from shared.events.names import InvalidName
 from shared.events.subjects import PREFIX, parse_subject
@@ -38,30 +49,76 @@ def encode(event: Envelope) -> bytes:
 
 
 def decode(data: bytes, *, subject: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Event:
-    """Parse and validate one message; `subject`, when given, must agree with the envelope."""
+    """Parse and validate one message; `subject`, when given, must agree with the envelope.
+
+    Raises `InvalidEvent`, and nothing else, for any bytes that are not a valid event."""
     if len(data) > max_bytes:
         raise InvalidEvent("TooLarge", f"message of {len(data)} bytes exceeds {max_bytes}")
-    try:
-        event = _EVENT.validate_json(data)  # the fast path: pydantic-core parses and validates
-    except ValidationError as exc:
-        raise _classify(data, exc) from None
+    outcome = _validate(_EVENT.validate_json, data)
+    if isinstance(outcome, Undecodable):
+        raise InvalidEvent(outcome.reason, outcome.message)
     if subject is not None:
-        _check_subject(event, subject)
-    return event
+        _check_subject(outcome, subject)
+    return outcome
 
 
-def _classify(data: bytes, exc: ValidationError) -> InvalidEvent:
-    """Say precisely why `data` is not an event (the slow path, for refused messages only)."""
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """Why stored bytes are not a valid record: `reason` (CamelCase) and `message`, neither of
+    which quotes the bytes. Callers ignore the value with a logged reason; it never means
+    "absent"."""
+
+    reason: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+def decode_value(
+    model: type[M], data: bytes | None, *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> M | Undecodable:
+    """The record `model` stored as JSON `data` (a KV value), or why it is not one."""
+    if data is None:
+        return Undecodable("Empty", "no value")
+    if len(data) > max_bytes:
+        return Undecodable("TooLarge", f"value of {len(data)} bytes exceeds {max_bytes}")
+    return _validate(model.model_validate_json, data)
+
+
+def _validate(validate: Callable[[bytes], T], data: bytes) -> T | Undecodable:
     try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        return InvalidEvent("NotJson", f"payload is not UTF-8 JSON ({type(error).__name__})")
-    if not isinstance(raw, dict):
-        return InvalidEvent("NotAnObject", "payload is JSON but not an object")
-    kind = raw.get("type")
-    if kind not in EventType._value2member_map_:
-        return InvalidEvent("UnknownType", f"unknown event type {str(kind)[:64]!r}")
-    return InvalidEvent("SchemaMismatch", _describe(exc))
+        return validate(data)
+    except ValidationError as exc:
+        return _classify(exc)
+    except (ValueError, TypeError, RecursionError) as exc:
+        # Not seen from pydantic-core (its parser reports these as `json_invalid`); kept so
+        # that the functions stay total whatever a future parser raises.
+        return Undecodable("NotJson", f"payload cannot be parsed ({type(exc).__name__})")
+
+
+def _classify(exc: ValidationError) -> Undecodable:
+    """Say precisely why the bytes were refused, from pydantic's first error (the slow path,
+    for refused payloads only)."""
+    errors = exc.errors(include_input=False, include_url=False)
+    if not errors:
+        return Undecodable("SchemaMismatch", "refused without a reason")
+    first = errors[0]
+    kind, at_root, ctx = first["type"], not first["loc"], first.get("ctx") or {}
+    if kind == "json_invalid":
+        # pydantic-core's parser error: a position and a kind ("recursion limit exceeded",
+        # "number out of range", "expected value"), never the payload itself.
+        why = str(ctx.get("error") or "invalid")[:120]
+        return Undecodable("NotJson", f"payload is not UTF-8 JSON ({why})")
+    if at_root and kind in ("dict_type", "model_type", "model_attributes_type"):
+        return Undecodable("NotAnObject", "payload is JSON but not an object")
+    if at_root and kind in ("union_tag_invalid", "union_tag_not_found"):
+        return Undecodable("UnknownType", f"unknown event type {str(ctx.get('tag'))[:64]!r}")
+    return Undecodable("SchemaMismatch", _describe(exc))
 
 
 def _check_subject(event: Event, subject: str) -> None:

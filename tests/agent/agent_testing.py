@@ -41,9 +41,10 @@ from shared.events import (
 )
 from shared.k8s.backoff import BackoffPolicy
 from shared.k8s.client import KubeClient
+from shared.k8s.errors import AlreadyExists, NotFound
 from shared.k8s.informer import InformerSettings
 from shared.k8s.models import IssuedCertificate, State
-from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS
+from shared.k8s.resources import CONFIG_MAPS, ISSUED_CERTIFICATES, NAMESPACES, SECRETS
 from shared.pki import (
     Bundle,
     KeyAlgorithm,
@@ -114,6 +115,32 @@ def ic_body(
         "metadata": {"name": name, "namespace": namespace},
         "spec": spec,
     }
+
+
+TRUST_BUNDLE = ("meshtrust-system", "meshtrust-trust-bundle")
+"""The agent's default trust bundle ConfigMap (`MESHTRUST_AGENT_TRUST_BUNDLE`)."""
+
+
+async def put_trust_bundle(kube: KubeClient, roots_pem: str) -> None:
+    """Create or replace the trust bundle ConfigMap with `roots_pem`."""
+    namespace, name = TRUST_BUNDLE
+    with contextlib.suppress(AlreadyExists):
+        await kube.create(
+            NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+        )
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {"roots.pem": roots_pem},
+    }
+    try:
+        current = await kube.get(CONFIG_MAPS, name, namespace=namespace)
+    except NotFound:
+        await kube.create(CONFIG_MAPS, body)
+        return
+    body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+    await kube.replace(CONFIG_MAPS, body)
 
 
 @dataclass

@@ -16,8 +16,10 @@ from agent.agent_testing import (
     FakeBouncer,
     FakeIssuer,
     make_signing_ca,
+    put_trust_bundle,
     running_consumers,
 )
+from cryptography.hazmat.primitives import serialization
 from k8s.harness import crd_documents, eventually
 
 from services.agent.settings import AgentSettings
@@ -26,7 +28,11 @@ from shared.events import EventType
 from shared.k8s.client import KubeClient
 from shared.k8s.config import KubeSettings
 from shared.k8s.errors import KubeError
-from shared.k8s.resources import CUSTOM_RESOURCE_DEFINITIONS, ISSUED_CERTIFICATES, NAMESPACES
+from shared.k8s.resources import (
+    CUSTOM_RESOURCE_DEFINITIONS,
+    ISSUED_CERTIFICATES,
+    NAMESPACES,
+)
 from shared.pki import SigningCA
 from shared.runtime.health import HealthSettings
 
@@ -83,7 +89,17 @@ async def namespace(kube: KubeClient) -> str:
 
 
 @pytest.fixture
-def make_settings(nats_settings: NatsSettings, kubeconfig: Path) -> Callable[..., AgentSettings]:
+async def trust_bundle(kube: KubeClient, signing_ca: SigningCA) -> str:
+    """The cluster's trust bundle, pinning the test issuer's root; its PEM."""
+    roots = signing_ca.root.public_bytes(serialization.Encoding.PEM).decode()
+    await put_trust_bundle(kube, roots)
+    return roots
+
+
+@pytest.fixture
+def make_settings(
+    nats_settings: NatsSettings, kubeconfig: Path, trust_bundle: str
+) -> Callable[..., AgentSettings]:
     def make(**overrides: Any) -> AgentSettings:
         options: dict[str, Any] = {
             "cluster": "east",

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.agent_testing import AgentProcess, Audit, FakeIssuer, ic_body, state_of
-from k8s.harness import eventually
+from structlog.testing import capture_logs
 
 from services.agent.objects import (
     DECLARATION_GENERATION,
@@ -20,6 +20,7 @@ from shared.events import DESIRED_BUCKET, DesiredKind, DesiredObject, desired_ke
 from shared.k8s.client import KubeClient
 from shared.k8s.errors import NotFound
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS
+from support.waiting import eventually
 
 
 def desired(
@@ -205,3 +206,61 @@ async def test_a_changed_signing_ca_is_issued_again_once(
     assert len({r.issuance for r in issuer.requests}) == 2
     ic = await kube.get(ISSUED_CERTIFICATES, "istio-ca", namespace=namespace)
     assert ic["metadata"]["generation"] == 1  # an annotation: no spec change
+
+
+async def test_an_unreadable_desired_value_is_ignored_never_read_as_a_deletion(
+    kube: KubeClient, namespace: str, agent: AgentProcess, bus: Bus
+) -> None:
+    bucket = await bus.bucket(DESIRED_BUCKET)
+    key = desired_key("east", DesiredKind.ISSUED_CERTIFICATE, "istio-ca")
+    spec = ic_body("istio-ca", namespace)["spec"]
+    good = desired(DesiredKind.ISSUED_CERTIFICATE, "istio-ca", namespace, spec)
+    await bucket.put(key, good.model_dump_json().encode())
+
+    async def finished() -> dict[str, Any] | None:
+        ic = await get_or_none(kube, ISSUED_CERTIFICATES, namespace, "istio-ca")
+        return ic if ic and (ic.get("status") or {}).get("state") == "FINISHED" else None
+
+    before = await eventually(finished, within=20, message="istio-ca issued")
+    assert before is not None
+
+    def left_alone(logs: list[dict[str, Any]]) -> bool:
+        return any(
+            e["event"] == "desired entry unreadable; its object is left as it is"
+            and e["kv_key"] == key
+            for e in logs
+        )
+
+    with capture_logs() as logs:
+        # what a reply-subject injection stored under east's key: a PubAck
+        await bucket.put(key, b'{"stream":"KV_meshtrust-desired","seq":3}')
+        await eventually(
+            lambda: any(e["event"].startswith("desired entry unreadable") for e in logs),
+            message="the junk value seen",
+        )
+        # A restart: the snapshot holds only the junk, and no good value was seen before it.
+        await agent.kill()
+        await agent.start()
+        await eventually(lambda: left_alone(logs), within=20, message="the key reconciled")
+    unreadable = [e for e in logs if e["event"].startswith("desired entry unreadable; ignored")]
+    assert unreadable
+    assert {e["reason"] for e in unreadable} == {"SchemaMismatch"}
+    after = await get_or_none(kube, ISSUED_CERTIFICATES, namespace, "istio-ca")
+    assert after is not None, "a junk desired value deleted the IssuedCertificate"
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]
+    assert after["status"]["issuanceId"] == before["status"]["issuanceId"]
+
+    # the declaration's next good value is applied again
+    changed = {**spec, "org": "meshtrust-two"}
+    await bucket.put(
+        key,
+        desired(DesiredKind.ISSUED_CERTIFICATE, "istio-ca", namespace, changed, generation=2)
+        .model_dump_json()
+        .encode(),
+    )
+
+    async def updated() -> bool:
+        ic = await get_or_none(kube, ISSUED_CERTIFICATES, namespace, "istio-ca")
+        return ic is not None and ic["spec"]["org"] == "meshtrust-two"
+
+    await eventually(updated, within=20, message="the next good value applied")

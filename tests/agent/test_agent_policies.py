@@ -18,10 +18,12 @@ from services.agent.policies import (
     IssuedView,
     KeyMaterial,
     Observed,
+    Refuse,
     Send,
     Timing,
     Verdict,
     Wait,
+    refusal_error,
 )
 from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, State
 from shared.pki import BundleInfo
@@ -49,6 +51,12 @@ INFO = BundleInfo(
     public_key_fingerprint="p",
 )
 GOOD = IssuedView(issuance="i-current", info=INFO, problem=None)
+REFUSED = Verdict(
+    issuance="i-current",
+    kind="refused",
+    reason="UntrustedRoot",
+    message="the certificate's root is not one of the roots pinned in ns/bundle",
+)
 
 
 def status(state: State, **values: Any) -> IssuedCertificateStatus:
@@ -244,13 +252,32 @@ CASES: list[tuple[str, Observed, Decision]] = [
         Fail("HostsMismatch", "the issuer denied the CSR: HostsMismatch: extra host"),
     ),
     (
-        "a certificate that failed the bundle check fails the issuance",
+        "a refused certificate is reported and the issuance stays requested",
+        requested(verdict=REFUSED),
+        Refuse("UntrustedRoot", refusal_error(REFUSED)),
+    ),
+    (
+        "a refusal already reported goes on waiting for the real answer",
+        requested(verdict=REFUSED, status=status(State.REQUESTED, error=refusal_error(REFUSED))),
+        Wait(50.0),
+    ),
+    (
+        "a refusal already reported still re-sends the CSR when it is due",
         requested(
-            verdict=Verdict(
-                issuance="i-current", kind="rejected", reason="Expired", message="expired"
-            )
+            verdict=REFUSED,
+            status=status(State.REQUESTED, error=refusal_error(REFUSED)),
+            key=key(requested_at=NOW - dt.timedelta(seconds=61)),
         ),
-        Fail("Expired", "the issuer's certificate failed the bundle check: expired"),
+        Send(attempt=2, wait=60.0),
+    ),
+    (
+        "the real answer after a refusal completes the issuance",
+        requested(
+            verdict=REFUSED,
+            status=status(State.REQUESTED, error=refusal_error(REFUSED)),
+            issued=GOOD,
+        ),
+        Complete(INFO),
     ),
     (
         "a lost key Secret starts a new issuance",

@@ -41,7 +41,7 @@ async def ready(port: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("others")
+@pytest.mark.usefixtures("others", "trust_bundle")
 async def test_the_agent_process_survives_sigkill_in_requested_and_stops_on_sigterm(
     kube: KubeClient,
     namespace: str,

@@ -76,6 +76,7 @@ def usage(service: str) -> Usage:
 class Grant:
     need: Need
     namespace: str  # EVERYWHERE for a ClusterRoleBinding
+    name: str | None = None  # one of the rule's resourceNames; None: any object
 
 
 def _rules(docs: list[Document], kind: str, name: str, namespace: str | None) -> list[dict]:
@@ -108,12 +109,13 @@ def grants(folder: str, service_account: str, docs: list[Document] | None = None
         ref = binding.body["roleRef"]
         where = EVERYWHERE if binding.kind == "ClusterRoleBinding" else str(binding.namespace)
         for rule in _rules(docs, ref["kind"], ref["name"], binding.namespace):
-            assert "resourceNames" not in rule, "resourceNames: extend this test first"
+            names: list[str | None] = list(rule.get("resourceNames") or [None])
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
                     for verb in rule["verbs"]:
                         assert "*" not in (group, resource, verb), f"wildcard in {ref['name']}"
-                        out.add(Grant(Need(group, resource, verb), where))
+                        for name in names:
+                            out.add(Grant(Need(group, resource, verb), where, name))
     return out
 
 
@@ -147,8 +149,26 @@ def _bounced_namespaces() -> set[str]:
     return out
 
 
+def _trust_bundle() -> tuple[str, str]:
+    """The agent's trust bundle ConfigMap, as deployed (else the setting's default)."""
+    from services.agent.settings import AgentSettings
+
+    default = AgentSettings.model_fields["trust_bundle"].default
+    namespace, _, name = _env("agent").get("MESHTRUST_AGENT_TRUST_BUNDLE", default).partition("/")
+    return namespace, name
+
+
+def named(service: str, item: Need) -> str | None:
+    """The one object `service` requests `item` of, when its code names a single object."""
+    if service == "agent" and item.resource == "configmaps":
+        return _trust_bundle()[1]
+    return None
+
+
 def scope(service: str, item: Need) -> set[str]:
     """The namespaces where `service` makes requests of `item`, as deployed."""
+    if service == "agent" and item.resource == "configmaps":
+        return {_trust_bundle()[0]}
     if service == "issuer":
         if item.resource == "secrets":
             return {_env("issuer")["MESHTRUST_ISSUER_SIGNING_NAMESPACE"]}
@@ -159,10 +179,11 @@ def scope(service: str, item: Need) -> set[str]:
     return _bounced_namespaces()
 
 
-def _covered(item: Need, namespace: str, granted: set[Grant]) -> bool:
-    return Grant(item, EVERYWHERE) in granted or (
-        namespace != EVERYWHERE and Grant(item, namespace) in granted
-    )
+def _covered(item: Need, namespace: str, granted: set[Grant], name: str | None = None) -> bool:
+    """Granted there (or everywhere), for any object or for the one named."""
+    places = {EVERYWHERE, namespace}
+    names = {None, name}
+    return any(Grant(item, place, n) in granted for place in places for n in names)
 
 
 FOLDER = {"issuer": "management", "agent": "remote", "bouncer": "remote"}
@@ -273,9 +294,24 @@ def test_rbac_covers_every_request_where_the_service_makes_it(service: str) -> N
         f"{item} in {namespace} (used at {usage(service).needs[item][0]})"
         for item in sorted(usage(service).needs)
         for namespace in sorted(scope(service, item))
-        if not _covered(item, namespace, granted)
+        if not _covered(item, namespace, granted, named(service, item))
     ]
     assert missing == []
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_rbac_names_the_object_where_the_service_reads_only_one(service: str) -> None:
+    account = _deployment(service).body["spec"]["template"]["spec"]["serviceAccountName"]
+    for grant in grants(FOLDER[service], account):
+        if grant.name is not None or named(service, grant.need) is not None:
+            assert grant.name == named(service, grant.need), grant
+
+
+def test_the_agent_may_read_its_trust_bundle_and_nothing_else_of_configmaps() -> None:
+    granted = grants("remote", "meshtrust-agent")
+    namespace, name = _trust_bundle()
+    configmaps = {g for g in granted if g.need.resource == "configmaps"}
+    assert configmaps == {Grant(Need("", "configmaps", "get"), namespace, name)}
 
 
 @pytest.mark.parametrize("service", SERVICES)

@@ -15,8 +15,10 @@
 
 from __future__ import annotations
 
+import base64
 import importlib
 import importlib.metadata
+import json
 import re
 import shlex
 import subprocess
@@ -104,6 +106,33 @@ def test_the_seeds_root_ca_program_prints_a_signing_secret() -> None:
     decl = documents(REPO / "deploy" / "examples" / "declarations.yaml")
     ic = next(d for d in decl if d.kind == "IssuedCertificate")
     assert ic.body["spec"]["signingCertificateSecret"] == secret["metadata"]
+
+
+def test_the_seeds_trust_bundle_program_pins_the_root_of_the_root_ca_secret() -> None:
+    environment = SERVICE["seed"]["environment"]
+    made = subprocess.run(
+        [sys.executable, "-c", environment["ROOT_CA"]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    root_pem = yaml.safe_load(made.stdout)["stringData"]["root-cert.pem"]
+    # what `kubectl get secret root-ca -o json` gives the program: data, base64
+    secret = {"data": {"root-cert.pem": base64.b64encode(root_pem.encode()).decode()}}
+    result = subprocess.run(
+        [sys.executable, "-c", environment["TRUST_BUNDLE"]],
+        input=json.dumps(secret),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    configmap = yaml.safe_load(result.stdout)
+    example = documents(REPO / "deploy" / "examples" / "trust-bundle.yaml")[0].body
+    assert configmap["metadata"] == {k: example["metadata"][k] for k in ("name", "namespace")}
+    assert configmap["data"] == {"roots.pem": root_pem}
+    assert "PRIVATE" not in result.stdout
 
 
 @pytest.mark.parametrize("name", sorted(SERVICE))

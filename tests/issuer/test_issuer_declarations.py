@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from structlog.testing import capture_logs
 
 from issuer.issuer_testing import (
     SYSTEM_NAMESPACE,
@@ -275,3 +276,29 @@ async def test_a_declaration_the_issuer_cannot_read_is_failed_and_not_published(
         request = await agent.send(agent.request(raw, csr_pem=agent.csr_for(raw)))
         answer = await w.answers.denied(request.issuance)
         assert answer.data.reason == "InvalidDeclaration"
+
+
+async def test_an_unreadable_desired_value_is_replaced_by_the_declared_one(
+    tmp_path: Path, nats_settings: NatsSettings
+) -> None:
+    async with world(tmp_path, nats_settings) as w:
+        bucket = await desired(w)
+        await w.create(declaration("east", "istio-ca"))
+        key = "east.issuedcertificates.istio-ca"
+        # what a reply-subject injection stored there: a PubAck, not a DesiredObject
+        await bucket.put(key, b'{"stream":"MESHTRUST","seq":7}')
+        with capture_logs() as logs:
+            async with running(w.settings()):
+
+                async def repaired() -> DesiredObject | None:
+                    entry = await bucket.get(key)
+                    if entry is None or entry.value.startswith(b'{"stream"'):
+                        return None
+                    return DesiredObject.model_validate_json(entry.value)
+
+                value = await eventually(repaired, message="the junk value replaced")
+        assert value is not None
+        assert (value.cluster, value.name, value.generation) == ("east", "istio-ca", 1)
+        unreadable = [e for e in logs if e["event"] == "desired entry unreadable; replacing it"]
+        assert unreadable
+        assert unreadable[0]["reason"] == "SchemaMismatch"

@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from nats.js.api import DiscardPolicy
+from structlog.testing import capture_logs
 
 from issuer.issuer_testing import (
     SYSTEM_NAMESPACE,
@@ -30,7 +31,7 @@ from issuer.issuer_testing import (
     world,
 )
 from services.issuer.handlers import CsrHandler
-from services.issuer.issued import ISSUED_BUCKET
+from services.issuer.issued import ISSUED_BUCKET, IssuedRecord
 from services.issuer.ledger import open_ledger
 from services.issuer.signer import SigningCAs
 from shared.bus import Delivery, NatsSettings
@@ -400,3 +401,48 @@ async def test_a_failed_early_read_of_the_signing_secret_falls_back_to_a_read_of
         w.api.faults.fail_next(1, status=500, path_contains="/secrets/root-ca")
         cert = await signed_by_a_csr_handler(w, informer, decl)
         cert.verify_directly_issued_by(w.hierarchy.signer.cert)
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b'{"stream":"MESHTRUST","seq":9}',
+        b"[" * 100_000,
+        b"\xff\xfe not json",
+        b'{"schema_version":1,"cluster":"east"}',
+    ],
+    ids=["a PubAck", "nested JSON", "invalid UTF-8", "a record missing its fields"],
+)
+async def test_an_unreadable_issued_record_is_replaced_by_compare_and_set_and_answered(
+    tmp_path: Path, nats_settings: NatsSettings, junk: bytes
+) -> None:
+    async with world(tmp_path, nats_settings) as w, running(w.settings()):
+        east = w.agent("east")
+        ca = await declared(w, declaration("east", "istio-ca"))
+        issued = await w.bus.bucket(ISSUED_BUCKET)
+        request = east.request(ca)
+        key = f"east.{request.issuance}"
+        junk_revision = await issued.put(key, junk)
+
+        with capture_logs() as logs:
+            await east.send(request)
+            answer = await w.answers.issued(request.issuance)
+
+        entry = await issued.get(key)
+        assert entry is not None
+        assert entry.revision > junk_revision
+        record = IssuedRecord.model_validate_json(entry.value)
+        assert record.serial_number == answer.data.serial_number
+        assert record.answers(cluster="east", name="istio-ca", csr_pem=request.data.csr_pem)
+        events = [e["event"] for e in logs]
+        assert "issued record unreadable; treated as absent and replaced" in events
+        assert "unreadable issued record replaced" in events
+        # the repaired record answers the agent's re-send with the same certificate
+        again = CsrRequested.model_validate(
+            {**request.model_dump(), "data": {**request.data.model_dump(), "attempt": 2}}
+        )
+        await east.send(again)
+        await eventually(lambda: len(w.answers.by_issuance[request.issuance]) == 2)
+        second = w.answers.by_issuance[request.issuance][1]
+        assert isinstance(second, CertificateIssued)
+        assert second.data.serial_number == answer.data.serial_number

@@ -1,0 +1,229 @@
+"""The agent's pinned trust: which roots a `certificate.issued` must chain to, and what it must be.
+
+A `certificate.issued` is only a claim made by whoever could publish on the subject. The agent
+installs the certificate only if it holds up on facts from its own cluster:
+
+- the **trust bundle**, a ConfigMap of this cluster named by `MESHTRUST_AGENT_TRUST_BUNDLE`
+  (`<namespace>/<name>`), key `roots.pem`: one or more PEM root certificates, written by an
+  administrator when the agent is installed (public data: no Secret needed);
+- the **IssuedCertificate** (declared names, org and lifetime) and the **key Secret** (the
+  CSR this issuance sent).
+
+`judge` is the chain of small policies (pure but for the bundle check it is handed, which runs
+in a thread), first failure wins, each `(reason, message)`: the
+event's root must be one of the pinned roots [`TrustBundleMissing`, `TrustBundleInvalid`,
+`UntrustedRoot`]; the bundle check (`shared.pki.check_bundle`: key and certificate, chain in
+order to that root and valid now, CA extensions, declared hosts and org) must pass [its own
+reasons, e.g. `ChainBroken`, `HostsMismatch`, `OrgMismatch`]; the certificate must be for the
+CSR's key [`KeyMismatch`], live no longer than declared [`ValidityTooLong`], and be the one the
+event describes [`SerialMismatch`, `ValidityMismatch`]. A refusal never moves the issuance to
+FAILED: the agent keeps waiting for (and re-asking for) the issuer's real answer, so that a
+forged event cannot end an issuance either.
+
+Deliberately not here: changing the bundle. Only an administrator writes the ConfigMap (the agent
+may only read it); root rotation (a later issue) will accept a new root only when it comes
+cross-signed by a root already pinned (docs/agent.md, "Trust bundle").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from shared.events import CertificateIssuedData
+from shared.k8s.client import KubeClient
+from shared.k8s.errors import KubeError, NotFound
+from shared.k8s.resources import CONFIG_MAPS
+from shared.pki import Bundle, BundleInfo, PkiError, fingerprint
+from shared.pki.pem import load_certificates
+from shared.runtime import TransientError
+from shared.runtime.logging import get_logger
+
+log = get_logger(__name__)
+
+TRUST_BUNDLE_KEY = "roots.pem"
+"""The ConfigMap key holding the pinned roots (PEM, one or more certificates)."""
+
+VALIDITY_SLACK = dt.timedelta(hours=1)
+"""How much longer than declared a certificate may live: the issuer backdates notBefore for
+clock skew (5 minutes by default, `MESHTRUST_ISSUER_BACKDATE`); an hour covers any sane value
+and is nothing next to a lifetime of days (the attack seen had notAfter 2035)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a `certificate.issued` is not installed: a stable `reason` and a sentence."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrustAnchors:
+    """The pinned roots, by SHA-256 fingerprint of their DER."""
+
+    fingerprints: frozenset[str]
+    source: str
+    """`<namespace>/<name>` of the ConfigMap they came from."""
+
+
+class _BundleError(PkiError):
+    pass
+
+
+def parse_trust_bundle(configmap: Mapping[str, Any] | None, *, ref: str) -> TrustAnchors | Refusal:
+    """The roots of the trust bundle ConfigMap `ref` (None: it does not exist), or why not."""
+    create = (
+        f"create ConfigMap {ref} with key {TRUST_BUNDLE_KEY} holding the mesh's root "
+        "certificate(s) (PEM); until then every certificate is refused"
+    )
+    if configmap is None:
+        return Refusal("TrustBundleMissing", f"the trust bundle does not exist: {create}")
+    pem = (configmap.get("data") or {}).get(TRUST_BUNDLE_KEY)
+    if not isinstance(pem, str) or not pem.strip():
+        return Refusal("TrustBundleInvalid", f"{ref} has no {TRUST_BUNDLE_KEY}: {create}")
+    try:
+        roots = load_certificates(
+            pem.encode(), field=f"{ref} {TRUST_BUNDLE_KEY}", error=_BundleError
+        )
+    except PkiError as exc:
+        return Refusal("TrustBundleInvalid", f"{exc.message}: {create}")
+    for root in roots:
+        if root.issuer != root.subject:
+            return Refusal(
+                "TrustBundleInvalid",
+                f"{ref} {TRUST_BUNDLE_KEY} holds a certificate that is not a root (its issuer is "
+                "not its subject): pin roots only",
+            )
+    return TrustAnchors(fingerprints=frozenset(fingerprint(r) for r in roots), source=ref)
+
+
+async def judge(
+    *,
+    anchors: TrustAnchors | Refusal,
+    data: CertificateIssuedData,
+    bundle: Bundle,
+    csr_pem: bytes,
+    declared: dt.timedelta,
+    check: Callable[[Bundle], Awaitable[BundleInfo]],
+) -> Refusal | BundleInfo:
+    """Whether the answer `data` (assembled with our key into `bundle`) may be installed: the
+    facts of the bundle, or the first refusal. `check` is the bundle check (`check_bundle` with
+    the declared hosts and org, at now)."""
+    if refusal := check_root(anchors, data.root_cert_pem):
+        return refusal
+    try:
+        info = await check(bundle)
+    except PkiError as exc:  # BundleInvalid included
+        return Refusal(exc.reason, exc.message)
+    if refusal := check_issued(info=info, data=data, csr_pem=csr_pem, declared=declared):
+        return refusal
+    return info
+
+
+def check_root(anchors: TrustAnchors | Refusal, root_cert_pem: str) -> Refusal | None:
+    """The event's root must be exactly one certificate, and one of the pinned roots."""
+    if isinstance(anchors, Refusal):
+        return anchors
+    try:
+        roots = load_certificates(root_cert_pem.encode(), field="root_cert_pem", error=_BundleError)
+    except PkiError as exc:
+        return Refusal("UntrustedRoot", exc.message)
+    if len(roots) != 1 or fingerprint(roots[0]) not in anchors.fingerprints:
+        return Refusal(
+            "UntrustedRoot",
+            f"the certificate's root is not one of the roots pinned in {anchors.source}",
+        )
+    return None
+
+
+def check_issued(
+    *,
+    info: BundleInfo,
+    data: CertificateIssuedData,
+    csr_pem: bytes,
+    declared: dt.timedelta,
+) -> Refusal | None:
+    """What the bundle check cannot know: the certificate is for this issuance's CSR key,
+    lives no longer than declared, and is the one the event describes."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError:
+        return Refusal("CsrUnreadable", "the CSR stored in the key Secret cannot be read")
+    public = csr.public_key()
+    if (
+        not isinstance(public, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
+        or fingerprint(public) != info.public_key_fingerprint
+    ):
+        return Refusal("KeyMismatch", "the certificate is not for the key of this issuance's CSR")
+    lifetime = info.not_after - info.not_before
+    if lifetime > declared + VALIDITY_SLACK:
+        return Refusal(
+            "ValidityTooLong",
+            f"the certificate is valid from {info.not_before.isoformat()} to "
+            f"{info.not_after.isoformat()}, longer than the declared {_duration(declared)}",
+        )
+    if info.serial != int(data.serial_number, 16):
+        return Refusal(
+            "SerialMismatch",
+            f"the event says serial {data.serial_number}, the certificate {info.serial:x}",
+        )
+    if (data.not_before, data.not_after) != (info.not_before, info.not_after):
+        return Refusal(
+            "ValidityMismatch", "the event's notBefore/notAfter are not the certificate's"
+        )
+    return None
+
+
+def _duration(delta: dt.timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400}d"
+    return f"{seconds}s"
+
+
+class TrustBundle:
+    """Reads the trust bundle ConfigMap (`get` only: the RBAC grants nothing else on it).
+
+    `load` reads it fresh, for each `certificate.issued` judged: a bundle an administrator
+    fixed counts at once. `has_loaded` (readiness) says whether the last read found usable
+    roots; `refresh` re-reads it for readiness between certificates."""
+
+    def __init__(self, kube: KubeClient, *, ref: str) -> None:
+        self._kube = kube
+        self.ref = ref
+        namespace, _, name = ref.partition("/")
+        self._namespace, self._name = namespace, name
+        self.last: TrustAnchors | Refusal | None = None
+
+    @property
+    def has_loaded(self) -> bool:
+        return isinstance(self.last, TrustAnchors)
+
+    async def load(self) -> TrustAnchors | Refusal:
+        """The pinned roots, or why there are none; `TransientError` if the API fails."""
+        try:
+            raw: dict[str, Any] | None = await self._kube.get(
+                CONFIG_MAPS, self._name, namespace=self._namespace
+            )
+        except NotFound:
+            raw = None
+        except KubeError as exc:
+            raise TransientError(f"reading trust bundle {self.ref}: {exc}") from None
+        result = parse_trust_bundle(raw, ref=self.ref)
+        if isinstance(result, Refusal) and not isinstance(self.last, Refusal):
+            log.warning("trust bundle unusable", ref=self.ref, reason=result.reason)
+        self.last = result
+        return result
+
+    async def refresh(self) -> None:
+        """`load` for readiness: an API failure keeps the last answer."""
+        try:
+            await self.load()
+        except TransientError as exc:
+            log.info("trust bundle not read", ref=self.ref, error=exc.message)
