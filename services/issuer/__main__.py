@@ -29,8 +29,13 @@ from shared.k8s.config import client_from_settings
 from shared.runtime import Component, configure_logging, get_logger, supervise
 from shared.runtime.health import HealthServer
 from shared.runtime.memory import freeze_start_up
+from shared.runtime.usage import answer_arguments
 
 log = get_logger(__name__)
+
+SUMMARY = """The meshtrust issuer (management cluster): publishes the declared IssuedCertificates,
+signs the remote clusters' CSRs with the CA of signingCertificateSecret, records every
+signature in the ledger, mirrors remote status onto the declarations."""
 
 
 def _utcnow() -> datetime:
@@ -161,6 +166,9 @@ async def serve(
 def main() -> int:
     """Exit 0 after a clean stop; 1, with the reason logged, when the bus, the API or the
     ledger cannot be reached or used at start (the supervisor restarts us)."""
+    answer_arguments(
+        sys.argv[1:], program="meshtrust-issuer", summary=SUMMARY, settings=IssuerSettings
+    )
     settings = IssuerSettings()
     configure_logging(settings.logging)
     freeze_start_up()
