@@ -7,8 +7,14 @@ container runs with host networking and listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from containers.containerkit import docker_available
+
+# testcontainers' reaper (Ryuk) is an image from a registry, which machines like CI's cannot
+# reach; every fixture here removes what it started instead.
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -174,5 +174,14 @@ docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^meshtr
 
 # --- 5. The tests ---------------------------------------------------------------------------
 step "pytest -m containers"
+rc=0
 MESHTRUST_TEST_IMAGE=meshtrust:dev MESHTRUST_TEST_RUNTIME_IMAGE=meshtrust:0.1.0 \
-    "$BIN/python" -m pytest -m containers tests/containers "$@"
+    "$BIN/python" -m pytest -m containers tests/containers "$@" || rc=$?
+if ((rc == 5)); then
+    # pytest's "no tests collected" (e.g. a -k that matches nothing) is not a failure of the
+    # stack; that tests/containers always has tests is checked by make test
+    # (tests/deploy/test_container_selection.py).
+    say "WARNING: pytest collected no container test (exit 5); not counted as a failure"
+    rc=0
+fi
+exit "$rc"
