@@ -61,7 +61,7 @@ trap 'exit 130' INT TERM
 PRIVATE_PID=""
 stop_private_dockerd() {
     [[ -n $PRIVATE_PID ]] || return 0
-    say "stopping the private dockerd (pid $PRIVATE_PID)"
+    step "stop the private dockerd (pid $PRIVATE_PID)"
     kill -TERM "$PRIVATE_PID" 2>/dev/null || true
     local deadline=$((SECONDS + 60))
     while kill -0 "$PRIVATE_PID" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
@@ -70,9 +70,10 @@ stop_private_dockerd() {
         kill -KILL "$PRIVATE_PID" 2>/dev/null || true
     fi
     PRIVATE_PID=""
+    step_done
 }
 
-step "docker"
+step "find Docker"
 # The classic builder: it needs no frontend image and is what docker.io 20.10 runs without buildx.
 export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
 if [[ -n ${DOCKER_HOST:-} ]] || docker info >/dev/null 2>&1; then
@@ -85,15 +86,16 @@ else
     fi
     if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null \
         || ! command -v debootstrap >/dev/null; then
-        say "installing docker.io, docker-compose and debootstrap from Debian"
+        step "apt-get install docker.io docker-compose debootstrap"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             docker.io docker-compose debootstrap >/dev/null
     fi
+    step "private dockerd"
     mkdir -p "$STATE"
     SOCKET=$STATE/docker.sock
     if [[ -f $STATE/docker.pid ]] && kill -0 "$(cat "$STATE/docker.pid")" 2>/dev/null; then
-        say "a dockerd of an earlier run still holds $STATE (pid $(cat "$STATE/docker.pid"))"
+        say "a dockerd of an earlier run still holds $STATE: stop it (kill $(cat "$STATE/docker.pid"))"
         exit 1
     fi
     # Every container of the tests runs with host networking: no bridge, no iptables rules.

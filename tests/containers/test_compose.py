@@ -37,6 +37,7 @@ from e2e.e2e_testing import (
     status_of,
 )
 
+from devstack.stack import MGMT
 from shared.pki import Bundle, check_bundle
 from support.waiting import eventually
 
@@ -95,6 +96,15 @@ async def test_the_stack_issues_in_every_cluster_what_make_demo_checks(
                 assert bounced == pods.bounced_names(cluster)
         entries = await check_one_key_and_one_signature(world, finished, known=set())
         assert {e["cluster"] for e in entries.values()} == {"east", "west"}
+
+        # docs/deploy.md's look at mgmt (kubectl in the seed's container) shows the issuer's
+        # mirror of every cluster's state.
+        def mirrored() -> bool:
+            out = stack.kubectl(MGMT, "get", "ic", "-A", "--no-headers")
+            rows = [line.split() for line in out.splitlines()]
+            return {row[0] for row in rows if "FINISHED" in row} == {"east", "west"}
+
+        await asyncio.to_thread(wait_for, mirrored, within=60, what="mgmt shows FINISHED")
         keys = {c: (await world.secret(c, ISSUED_SECRET) or {})["ca-key.pem"] for c in finished}
     await no_key_material_on_the_bus(stack, keys)
 
