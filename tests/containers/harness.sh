@@ -69,6 +69,10 @@ stop_private_dockerd() {
         say "dockerd did not stop within 60 s: SIGKILL"
         kill -KILL "$PRIVATE_PID" 2>/dev/null || true
     fi
+    # dockerd leaves its default network namespace bind-mounted under the exec root: unmount
+    # what it left, so that the state directory can be deleted (a cold run starts that way).
+    awk -v root="$STATE/exec/" 'index($2, root) == 1 { print $2 }' /proc/mounts \
+        | sort -r | xargs -r -n 1 umount -l
     PRIVATE_PID=""
     step_done
 }
