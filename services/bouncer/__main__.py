@@ -7,6 +7,7 @@ Settings from the environment, logging, the bus, the Kubernetes client, the comp
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from services.bouncer.handlers import BounceRequestHandler
 from services.bouncer.reconciler import Bouncer, Deadlines
@@ -17,8 +18,12 @@ from shared.k8s.config import client_from_settings
 from shared.runtime import configure_logging, get_logger, supervise
 from shared.runtime.health import HealthServer
 from shared.runtime.memory import freeze_start_up
+from shared.runtime.usage import answer_arguments
 
 log = get_logger(__name__)
+
+SUMMARY = """The meshtrust bouncer (each remote cluster): restarts the pods of a PodBounceDirective,
+in order, once per issuance."""
 
 
 def consumer_settings(settings: BouncerSettings) -> ConsumerSettings:
@@ -73,6 +78,9 @@ async def serve(
 
 
 def main() -> None:
+    answer_arguments(
+        sys.argv[1:], program="meshtrust-bouncer", summary=SUMMARY, settings=BouncerSettings
+    )
     settings = BouncerSettings()  # the cluster comes from the environment
     configure_logging(settings.logging)
     freeze_start_up()

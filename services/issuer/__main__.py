@@ -31,13 +31,17 @@ from shared.runtime import Component, configure_logging, get_logger, supervise
 from shared.runtime.errors import TransientError
 from shared.runtime.health import HealthServer
 from shared.runtime.memory import freeze_start_up
+from shared.runtime.usage import answer_arguments
 
 log = get_logger(__name__)
 
-USAGE = """usage: meshtrust-issuer [provision]
+SUMMARY = """The meshtrust issuer (management cluster): publishes the declared IssuedCertificates,
+signs the remote clusters' CSRs with the CA of signingCertificateSecret, records every
+signature in the ledger, mirrors remote status onto the declarations.
 
-Serve: sign CSRs and publish desired state (settings from MESHTRUST_* variables).
-provision: create or update the JetStream streams and buckets the issuer owns, then exit."""
+`meshtrust-issuer provision` instead creates or updates what the issuer owns on JetStream (the
+streams, buckets, ledger and the consumers of MESHTRUST_ISSUER_CLUSTERS) and exits: run it with
+the provisioner's NATS identity (docs/bus.md)."""
 
 
 def _utcnow() -> datetime:
@@ -196,13 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     ledger cannot be reached or used at start (the supervisor restarts us).
 
     `meshtrust-issuer provision` provisions JetStream and exits instead of serving."""
-    args = sys.argv[1:] if argv is None else argv
-    if args in (["-h"], ["--help"]):
-        print(USAGE)
-        return 0
-    if args not in ([], ["provision"]):
-        print(USAGE, file=sys.stderr)
-        return 2
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args != ["provision"]:
+        answer_arguments(
+            args, program="meshtrust-issuer [provision]", summary=SUMMARY, settings=IssuerSettings
+        )
     settings = IssuerSettings()
     configure_logging(settings.logging)
     if args == ["provision"]:

@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devstack.stack import MGMT, REPO, ROOT_CA_SECRET, Stack
 from devstack.stack import status as processes_alive
@@ -565,3 +567,33 @@ async def wait_issuer_idle(stack: Stack, *, within: float) -> None:
                     f"{info.num_ack_pending} unacknowledged"
                 )
             await asyncio.sleep(0.05)
+
+
+def private_key_forms(cluster: str, key_pem: bytes) -> list[tuple[str, bytes]]:
+    """The ways a private key could be written into a message: its PEM body (whole, and line
+    by line), its DER (PKCS#8 and the traditional form), raw and base64, and its secret
+    number in hex."""
+    key = load_private_key(key_pem)
+    body = [line for line in key_pem.splitlines() if line and not line.startswith(b"-----")]
+    forms = [(f"{cluster} ca-key.pem body", b"".join(body))]
+    # Every full 64-character line (the last one may be short and too common to be telling).
+    forms += [
+        (f"{cluster} ca-key.pem line {i}", line) for i, line in enumerate(body) if len(line) == 64
+    ]
+    for label, fmt in (
+        ("PKCS#8", serialization.PrivateFormat.PKCS8),
+        ("traditional", serialization.PrivateFormat.TraditionalOpenSSL),
+    ):
+        der = key.private_bytes(serialization.Encoding.DER, fmt, serialization.NoEncryption())
+        forms += [
+            (f"{cluster} {label} DER", der),
+            (f"{cluster} {label} DER, base64", base64.b64encode(der)),
+            (f"{cluster} {label} DER, url-safe base64", base64.urlsafe_b64encode(der).rstrip(b"=")),
+            (f"{cluster} {label} DER, hex", der.hex().encode()),
+        ]
+    if isinstance(key, rsa.RSAPrivateKey):
+        secret = key.private_numbers().d
+    else:
+        secret = key.private_numbers().private_value
+    forms.append((f"{cluster} private number, hex", f"{secret:x}".encode()))
+    return forms

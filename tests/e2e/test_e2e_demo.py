@@ -8,14 +8,12 @@ follows them to FINISHED; the others use what it left (and get it there themselv
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import json
 import re
 from collections.abc import Iterator
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from e2e.e2e_testing import (
     HOSTS,
@@ -33,6 +31,7 @@ from e2e.e2e_testing import (
     issuer_bus,
     ledger,
     openssl_verify,
+    private_key_forms,
     read_stream,
     recorded_bounces,
     running_stack,
@@ -213,7 +212,9 @@ async def test_no_private_key_travels_on_the_bus(stack: Stack) -> None:
             cacerts = await world.secret(cluster, ISSUED_SECRET)
             assert cacerts is not None
             keys[cluster] = cacerts["ca-key.pem"]
-    forbidden = {name: needle for c, pem in keys.items() for name, needle in _forms(c, pem)}
+    forbidden = {
+        name: needle for c, pem in keys.items() for name, needle in private_key_forms(c, pem)
+    }
 
     messages = await events(stack)
     assert {m["type"] for m in messages} >= {
@@ -239,33 +240,3 @@ async def test_no_private_key_travels_on_the_bus(stack: Stack) -> None:
             assert b"PRIVATE KEY" not in entry.data, where
             for name, needle in forbidden.items():
                 assert needle not in entry.data, f"{where} holds {name}"
-
-
-def _forms(cluster: str, key_pem: bytes) -> list[tuple[str, bytes]]:
-    """The ways a private key could be written into a message: its PEM body (whole, and line
-    by line), its DER (PKCS#8 and the traditional form), raw and base64, and its secret
-    number in hex."""
-    key = load_private_key(key_pem)
-    body = [line for line in key_pem.splitlines() if line and not line.startswith(b"-----")]
-    forms = [(f"{cluster} ca-key.pem body", b"".join(body))]
-    # Every full 64-character line (the last one may be short and too common to be telling).
-    forms += [
-        (f"{cluster} ca-key.pem line {i}", line) for i, line in enumerate(body) if len(line) == 64
-    ]
-    for label, fmt in (
-        ("PKCS#8", serialization.PrivateFormat.PKCS8),
-        ("traditional", serialization.PrivateFormat.TraditionalOpenSSL),
-    ):
-        der = key.private_bytes(serialization.Encoding.DER, fmt, serialization.NoEncryption())
-        forms += [
-            (f"{cluster} {label} DER", der),
-            (f"{cluster} {label} DER, base64", base64.b64encode(der)),
-            (f"{cluster} {label} DER, url-safe base64", base64.urlsafe_b64encode(der).rstrip(b"=")),
-            (f"{cluster} {label} DER, hex", der.hex().encode()),
-        ]
-    if isinstance(key, rsa.RSAPrivateKey):
-        secret = key.private_numbers().d
-    else:
-        secret = key.private_numbers().private_value
-    forms.append((f"{cluster} private number, hex", f"{secret:x}".encode()))
-    return forms
