@@ -3,8 +3,9 @@
 nats-server (with docker-compose's generated configuration), one emulated cluster and the
 issuer, each in its own container of meshtrust:0.1.0 as the Deployments run it: uid 10001, a
 read-only root filesystem (only a tmpfs for JetStream's store), no capabilities, host networking
-on 127.0.0.1. The issuer must become ready, provision the bus as its NATS user, and stop cleanly
-on SIGTERM without an init process (the Dockerfile's promise).
+on 127.0.0.1. `meshtrust-issuer provision` must provision the bus as the provisioner and exit 0;
+then the issuer, whose own NATS identity may not create streams, must become ready on it and
+stop cleanly on SIGTERM without an init process (the Dockerfile's promise).
 """
 
 from __future__ import annotations
@@ -99,9 +100,24 @@ def mgmt(ports: dict[str, int], tmp_path: Path) -> Iterator[Path]:
         yield kubeconfig
 
 
-async def test_the_issuer_runs_read_only_provisions_the_bus_and_stops_on_sigterm(
+async def test_the_provisioner_then_the_issuer_run_read_only_and_stop_on_sigterm(
     ports: dict[str, int], nats: DockerContainer, mgmt: Path
 ) -> None:
+    provision = restricted(
+        DockerContainer(RUNTIME_IMAGE)
+        .with_command("meshtrust-issuer provision")
+        .with_envs(
+            MESHTRUST_NATS_URLS=f"nats://127.0.0.1:{ports['nats']}",
+            MESHTRUST_NATS_USER="provisioner",
+            MESHTRUST_NATS_PASSWORD=PASSWORDS["provisioner"],
+            MESHTRUST_ISSUER_CLUSTERS="east,west",
+        )
+    )
+    with provision:
+        wrapped = provision.get_wrapped_container()
+        status = wrapped.wait(timeout=60)["StatusCode"]
+        out, err = provision.get_logs()
+        assert status == 0, (out + err).decode()[-3000:]
     issuer = restricted(
         DockerContainer(RUNTIME_IMAGE)
         .with_command("meshtrust-issuer")
@@ -110,6 +126,8 @@ async def test_the_issuer_runs_read_only_provisions_the_bus_and_stops_on_sigterm
             MESHTRUST_NATS_URLS=f"nats://127.0.0.1:{ports['nats']}",
             MESHTRUST_NATS_USER="issuer",
             MESHTRUST_NATS_PASSWORD=PASSWORDS["issuer"],
+            MESHTRUST_NATS_PROVISION="false",
+            MESHTRUST_ISSUER_CLUSTERS="east,west",
             MESHTRUST_KUBE_KUBECONFIG="/kube/mgmt.kubeconfig",
             MESHTRUST_HEALTH_HOST="127.0.0.1",
             MESHTRUST_HEALTH_PORT=str(ports["health"]),
@@ -128,7 +146,7 @@ async def test_the_issuer_runs_read_only_provisions_the_bus_and_stops_on_sigterm
         assert wrapped.attrs["HostConfig"]["ReadonlyRootfs"] is True
         assert wrapped.attrs["Config"]["User"] == "10001:10001"
 
-        # What the issuer provisioned, seen as its own NATS user.
+        # What the provisioner made, and the issuer's own durables, seen as the issuer.
         settings = NatsSettings(
             urls=(f"nats://127.0.0.1:{ports['nats']}",),
             user="issuer",
@@ -141,6 +159,8 @@ async def test_the_issuer_runs_read_only_provisions_the_bus_and_stops_on_sigterm
             assert (await js.stream_info("MESHTRUST")).config.name == "MESHTRUST"
             assert (await js.stream_info("MESHTRUST_LEDGER")).config.deny_delete is True
             assert (await js.stream_info("KV_meshtrust-desired")).config.name
+            assert (await js.consumer_info("MESHTRUST", "agent-east")).name == "agent-east"
+            assert (await js.consumer_info("MESHTRUST", "issuer")).name == "issuer"
 
         # SIGTERM (docker stop) ends it cleanly within the grace period: exit 0, no SIGKILL.
         wrapped.stop(timeout=30)
