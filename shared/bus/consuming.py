@@ -111,6 +111,26 @@ class ConsumerSettings:
     extra_config: dict[str, object] = field(default_factory=dict)
 
 
+def durable_config(
+    settings: ConsumerSettings, *, start_sequence: int | None = None
+) -> ConsumerConfig:
+    """The durable pull consumer `settings` describe; from `start_sequence` when it is made
+    again after it disappeared (what was handled before is in its completion records)."""
+    s = settings
+    return ConsumerConfig(
+        name=s.durable,
+        durable_name=s.durable,
+        filter_subjects=list(s.filter_subjects),
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_sequence else DeliverPolicy.ALL,
+        opt_start_seq=start_sequence or None,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=s.ack_wait,
+        max_deliver=s.max_deliver,
+        max_ack_pending=s.max_ack_pending or s.max_in_flight + s.batch,
+        **s.extra_config,  # type: ignore[arg-type]
+    )
+
+
 def nak_delay(num_delivered: int, *, initial: float, cap: float, rng: random.Random) -> float:
     """Capped exponential backoff with +-20 % jitter (pure; unit-tested)."""
     base = min(cap, initial * 2.0 ** max(0, num_delivered - 1))
@@ -145,21 +165,7 @@ class Consumer:
 
     def consumer_config(self, *, start_sequence: int | None = None) -> ConsumerConfig:
         """The durable's configuration; from `start_sequence` when it is re-created."""
-        s = self._settings
-        return ConsumerConfig(
-            name=s.durable,
-            durable_name=s.durable,
-            filter_subjects=list(s.filter_subjects),
-            deliver_policy=(
-                DeliverPolicy.BY_START_SEQUENCE if start_sequence else DeliverPolicy.ALL
-            ),
-            opt_start_seq=start_sequence or None,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=s.ack_wait,
-            max_deliver=s.max_deliver,
-            max_ack_pending=s.max_ack_pending or s.max_in_flight + s.batch,
-            **s.extra_config,  # type: ignore[arg-type]
-        )
+        return durable_config(self._settings, start_sequence=start_sequence)
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         js = self._connection.js

@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared.bus.connection import Connection
-from shared.bus.consuming import ConsumerSettings
+from shared.bus.consuming import ConsumerSettings, durable_config
 from shared.events import DESIRED_BUCKET, EventType, check_cluster_name, subject
 from shared.runtime.errors import TransientError
 from shared.runtime.logging import get_logger
@@ -97,19 +97,7 @@ class EventConsumerSpec:
     def config(self, *, start_sequence: int | None = None) -> ConsumerConfig:
         """The consumer's configuration; from `start_sequence` when it is re-created after
         it disappeared (what was handled before is in its completion records)."""
-        return ConsumerConfig(
-            name=self.durable,
-            durable_name=self.durable,
-            filter_subjects=list(self.filter_subjects),
-            deliver_policy=(
-                DeliverPolicy.BY_START_SEQUENCE if start_sequence else DeliverPolicy.ALL
-            ),
-            opt_start_seq=start_sequence or None,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.ack_wait,
-            max_deliver=self.max_deliver,
-            max_ack_pending=self.max_ack_pending,
-        )
+        return durable_config(self.consumer_settings(provision=True), start_sequence=start_sequence)
 
     def consumer_settings(self, *, provision: bool, **knobs: Any) -> ConsumerSettings:
         """The service's side of this consumer; `knobs`: what it tunes for itself."""

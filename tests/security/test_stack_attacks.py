@@ -35,6 +35,7 @@ from shared.bus.publishing import MSG_ID
 from shared.bus.reading import read_stream
 from shared.events import encode
 from support.events import sample_events
+from support.secured_nats import raw_connection
 
 REMOTES = ["east", "west"]
 TARGETS = (
@@ -75,18 +76,8 @@ async def world(stack: Stack) -> AsyncIterator[World]:
 
 
 async def connect(stack: Stack, user: str) -> Client:
-    settings = stack.nats_settings(user)
-    return await nats.connect(
-        servers=list(settings.urls),
-        nkeys_seed=str(settings.nkeys_seed_file),
-        inbox_prefix=settings.inbox_prefix,
-        allow_reconnect=False,
-        error_cb=_quiet,
-    )
-
-
-async def _quiet(exc: Exception) -> None:
-    """Permission violations land here; the tests assert on what the hub stored."""
+    """A raw connection as `user`, as an attacker would make it."""
+    return await raw_connection(stack.nats_settings(user))
 
 
 async def hub_state(stack: Stack) -> dict[str, object]:

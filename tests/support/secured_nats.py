@@ -10,6 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import nats
+from nats.aio.client import Client
+
 from devstack.natsconfig import ISSUER_USER, PROVISIONER_USER, nkeys_for, render, user_names
 from devstack.natsserver import NatsServer
 from shared.bus import Bus, NatsSettings
@@ -38,6 +41,11 @@ class SecuredNats:
         )
         return settings.model_copy(update=overrides)
 
+    async def connect_raw(self, user: str) -> Client:
+        """A bare nats-py connection as `user`, as an attacker would make it (no library of
+        ours in between)."""
+        return await raw_connection(self.settings(user))
+
     async def provision(self, clusters: tuple[str, ...]) -> None:
         """What `meshtrust-issuer provision` does, as the provisioner."""
         async with Bus.connect(self.settings(PROVISIONER_USER, provision=True)) as bus:
@@ -47,6 +55,21 @@ class SecuredNats:
             fleet = FleetConsumers(bus.connection)
             for cluster in clusters:
                 await fleet.ensure(cluster)
+
+
+async def raw_connection(settings: NatsSettings) -> Client:
+    assert settings.nkeys_seed_file is not None
+    return await nats.connect(
+        servers=list(settings.urls),
+        nkeys_seed=str(settings.nkeys_seed_file),
+        inbox_prefix=settings.inbox_prefix,
+        allow_reconnect=False,
+        error_cb=_quiet,
+    )
+
+
+async def _quiet(exc: Exception) -> None:
+    """Permission violations arrive here; attack tests assert on what was stored instead."""
 
 
 def ledger(bus: Bus) -> Ledger:
