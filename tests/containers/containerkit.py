@@ -4,7 +4,7 @@
 whatever `docker-compose` is on PATH) merged with `compose.host.yml` (host networking, loopback
 ports). It also answers the part of `devstack.stack.Stack`'s interface that the end-to-end
 helpers (`tests/e2e/e2e_testing.py`) use: `remotes`, `kubeconfig(cluster)`, `info.nats_url`,
-`passwords()`, `kubectl(...)`, so that the compose stack is checked by the same code as the
+`nats_settings(user)`, `kubectl(...)`, so that the compose stack is checked by the same code as the
 demo's.
 
 The one change to the user's file: nats' `ports:` mapping is dropped (written to a copy), since
@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import SecretStr
 
 from devstack.natsconfig import user_names
 from devstack.stack import MGMT, REPO
+from shared.bus import NatsSettings
 
 HERE = Path(__file__).resolve().parent
 IMAGE = os.environ.get("MESHTRUST_TEST_IMAGE", "meshtrust:dev")
@@ -208,8 +210,16 @@ class ComposeStack:
     def kubeconfig(self, cluster: str) -> Path:
         return self.workdir / f"{cluster}.kubeconfig"
 
-    def passwords(self) -> dict[str, str]:
-        return dict(self._passwords)
+    def nats_settings(self, user: str, **overrides: object) -> NatsSettings:
+        """Settings that connect as `user` (compose's stack authenticates by password)."""
+        settings = NatsSettings(
+            urls=(self.info.nats_url,),
+            user=user,
+            password=SecretStr(self._passwords[user]),
+            inbox_prefix="_INBOX" if user in ("issuer", "provisioner") else f"_INBOX_{user}",
+            provision=False,
+        )
+        return settings.model_copy(update=overrides)
 
     def kubectl(self, cluster: str, *args: str, stdin: str | None = None) -> str:
         """kubectl in the seed's image, as docs/deploy.md tells users to run it."""
