@@ -263,7 +263,7 @@ class Server:
                 obj = self.ops.create(rt, version, namespace or "", body, ctx)
                 return self._respond(obj, 201, ctx, rt, version, accept)
             if method == "DELETE":
-                body = _delete_options(await self._body(request, optional=True), q)
+                body = _delete_options(await self._body(request, optional=True), q, ctx)
                 out = self.ops.delete_collection(
                     rt,
                     version,
@@ -304,7 +304,7 @@ class Server:
             )
             return self._respond(obj, 201 if created else 200, ctx, rt, version, accept)
         if method == "DELETE" and sub is None:
-            body = _delete_options(await self._body(request, optional=True), q)
+            body = _delete_options(await self._body(request, optional=True), q, ctx)
             out, _ = self.ops.delete(rt, version, ns, name, body, ctx)
             return self._respond(out, 200, ctx, rt, version, "")
         raise errors.method_not_allowed()
@@ -741,9 +741,30 @@ def _escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _delete_options(body: Any, q: Any) -> Obj:
-    """DeleteOptions from the body, completed by the query parameters clients may use instead."""
+def _delete_options(body: Any, q: Any, ctx: Context) -> Obj:
+    """DeleteOptions from the body, completed by the query parameters clients may use instead.
+    `dryRun` is read from both: client-go and kubectl send it in the body. A value other than
+    `All` is a 422 on DeleteOptions, as kube's ValidateDeleteOptions answers."""
     options: Obj = dict(body) if isinstance(body, dict) else {}
+    dry_run = options.get("dryRun") or []
+    if not isinstance(dry_run, list) or not all(isinstance(d, str) for d in dry_run):
+        raise errors.bad_request("DeleteOptions.dryRun: expected a list of strings")
+    if any(value != "All" for value in dry_run):
+        # field.NotSupported of the whole list, which Go renders with %#v
+        listed = ", ".join(json.dumps(v) for v in dry_run)
+        raise errors.invalid(
+            "DeleteOptions",
+            "meta.k8s.io",
+            "",
+            [
+                errors.Cause(
+                    "FieldValueNotSupported",
+                    f'Unsupported value: []string{{{listed}}}: supported values: "All"',
+                    "dryRun",
+                )
+            ],
+        )
+    ctx.dry_run = ctx.dry_run or bool(dry_run)
     if "propagationPolicy" in q:
         options.setdefault("propagationPolicy", q["propagationPolicy"])
     if "orphanDependents" in q:

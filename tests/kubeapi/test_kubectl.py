@@ -290,3 +290,13 @@ async def test_imperative_create_of_namespace_configmap_and_secret(kubectl: Kube
     ns = await kubectl.json("get", "ns", "team")
     assert "generateName" not in ns["metadata"]
     assert ns["status"]["phase"] == "Active"
+
+
+async def test_delete_with_server_dry_run_keeps_the_object(kubectl: Kubectl) -> None:
+    await kubectl("create", "namespace", "team")
+    await kubectl("create", "configmap", "c", "-n", "team", "--from-literal=a=1")
+    res = await kubectl("delete", "configmap", "c", "-n", "team", "--dry-run=server")
+    assert res.out.strip() == 'configmap "c" deleted from team namespace (server dry run)'
+    await kubectl("delete", "namespace", "team", "--dry-run=server")
+    assert (await kubectl.json("get", "cm", "c", "-n", "team"))["data"] == {"a": "1"}
+    assert (await kubectl.json("get", "ns", "team"))["status"]["phase"] == "Active"
