@@ -402,6 +402,20 @@ class Operations:
                 ],
             )
         omd = old["metadata"]
+        if imd.get("uid") and imd["uid"] != omd["uid"]:
+            # rest.BeforeUpdate keeps the stored uid only when none is sent; another is refused
+            raise errors.invalid(
+                rt.kind,
+                rt.group,
+                name,
+                [
+                    Cause(
+                        "FieldValueInvalid",
+                        f"Invalid value: {json.dumps(imd['uid'])}: field is immutable",
+                        "metadata.uid",
+                    )
+                ],
+            )
         if subresource == "status":
             # Shallow: stored objects are never changed in place, and below only the top level
             # and the metadata (copied) are written to.

@@ -308,6 +308,29 @@ async def test_dry_run_in_the_delete_options_body_deletes_nothing(k8s: ApiClient
     ]
 
 
+async def test_a_put_that_changes_the_uid_is_422_immutable(k8s: ApiClient) -> None:
+    v1 = client.CoreV1Api(k8s)
+    cm = await v1.create_namespaced_config_map("default", {"metadata": {"name": "a"}})
+    body = {"metadata": {"name": "a", "uid": "0000-not-the-uid"}, "data": {"k": "v"}}
+    with pytest.raises(client.ApiException) as err:
+        await v1.replace_namespaced_config_map("a", "default", body)
+    assert err.value.status == 422
+    st = status_of(err.value)
+    assert st["message"] == (
+        'ConfigMap "a" is invalid: metadata.uid: Invalid value: "0000-not-the-uid": '
+        "field is immutable"
+    )
+    assert st["details"]["causes"][0]["field"] == "metadata.uid"
+    with pytest.raises(client.ApiException) as err:
+        await v1.patch_namespaced_config_map("a", "default", {"metadata": {"uid": "other"}})
+    assert err.value.status == 422
+    kept = await v1.read_namespaced_config_map("a", "default")
+    assert kept.metadata.uid == cm.metadata.uid
+    assert kept.data is None
+    body["metadata"]["uid"] = cm.metadata.uid  # the same uid (or none) is an ordinary update
+    assert (await v1.replace_namespaced_config_map("a", "default", body)).data == {"k": "v"}
+
+
 async def test_namespace_deletion_removes_its_objects_then_itself(k8s: ApiClient) -> None:
     v1 = client.CoreV1Api(k8s)
     ns = await v1.create_namespace({"metadata": {"name": "doomed"}})
