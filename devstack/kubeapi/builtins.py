@@ -388,6 +388,21 @@ def _immutable_data(obj: Obj, old: Obj) -> list[Cause]:
     return causes
 
 
+DEFAULT_GRACE_PERIOD = 30  # seconds: core/v1 DefaultTerminationGracePeriodSeconds
+
+
+def pod_grace_period(pod: Obj, options: Obj) -> int:
+    """The grace period of a Pod's deletion, as the pod strategy's CheckGracefulDelete decides
+    it: the options' `gracePeriodSeconds`, else the Pod's `terminationGracePeriodSeconds`; 0 (at
+    once) for a Pod never bound to a node or already terminated; a negative one is 1."""
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    asked = options.get("gracePeriodSeconds")
+    period = int(asked if asked is not None else spec.get("terminationGracePeriodSeconds", 0) or 0)
+    if not spec.get("nodeName") or status.get("phase") in ("Succeeded", "Failed"):
+        period = 0
+    return 1 if period < 0 else period
+
+
 def _pod_spec_immutable(spec: Obj, old: Obj) -> list[Cause]:
     def blank(s: Obj) -> Obj:
         s = copy.deepcopy(s)

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 _HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 MANAGER = "kube-controller-manager"
 RETRY_DELAY = 0.1  # seconds before a pass retries writes that failed (conflicts, races)
+NODE = "node-1"  # the one node every Pod is bound to (there is no Node object)
 
 
 def pod_template_hash(template: Obj) -> str:
@@ -192,11 +193,16 @@ class OwnerGraph:
 
 
 class Controllers:
-    def __init__(self, ops: Operations, *, pod_ready_delay: float) -> None:
+    def __init__(
+        self, ops: Operations, *, pod_ready_delay: float, pod_termination_delay: float | None
+    ) -> None:
         self.ops = ops
         self.pod_ready_delay = pod_ready_delay
+        self.pod_termination_delay = pod_termination_delay
         self._dirty = asyncio.Event()
         self._first_seen: dict[str, float] = {}
+        self._terminating_since: dict[str, float] = {}
+        """When (monotonic) the kubelet first saw each Pod in its grace period."""
         self._ip_counter = 0
         self._retry = False
         self._workload_due: float | None = None
@@ -795,6 +801,11 @@ class Controllers:
             md = p["metadata"]
             uid = md["uid"]
             seen.add(uid)
+            if md.get("deletionGracePeriodSeconds"):
+                wait = self._terminate(pod_rt, p, now)
+                if wait is not None:
+                    due = wait if due is None else min(due, wait)
+                continue
             if md.get("deletionTimestamp") or (p.get("status") or {}).get("phase") != "Pending":
                 continue
             first = self._first_seen.setdefault(uid, now)
@@ -803,10 +814,36 @@ class Controllers:
                 due = wait if due is None else min(due, wait)
                 continue
             self._start_pod(pod_rt, p)
-        for uid in list(self._first_seen):
-            if uid not in seen:
-                del self._first_seen[uid]
+        for timers in (self._first_seen, self._terminating_since):
+            for uid in [uid for uid in timers if uid not in seen]:
+                del timers[uid]
         return due
+
+    def _terminate(self, pod_rt: ResourceType, p: Obj, now: float) -> float | None:
+        """A Pod in its grace period: its containers stop `pod_termination_delay` seconds after
+        the kubelet sees it terminating (at most the grace period), then the kubelet deletes it
+        with grace 0 and its uid as a precondition, as kube's kubelet does. Returns the seconds
+        left, or None once deleted."""
+        md = p["metadata"]
+        since = self._terminating_since.setdefault(md["uid"], now)
+        grace = float(md["deletionGracePeriodSeconds"])
+        stop = (
+            grace if self.pod_termination_delay is None else min(grace, self.pod_termination_delay)
+        )
+        wait = since + stop - now
+        if wait > 0:
+            return wait
+        self._try(
+            "kubelet delete",
+            self.ops.delete,
+            pod_rt,
+            "v1",
+            md["namespace"],
+            md["name"],
+            {"gracePeriodSeconds": 0, "preconditions": {"uid": md["uid"]}},
+            Context(manager="kubelet"),
+        )
+        return None
 
     def _start_pod(self, pod_rt: ResourceType, p: Obj) -> None:
         now = utcnow()
@@ -850,6 +887,12 @@ class Controllers:
             ],
         }
         md = p["metadata"]
+        if not (p.get("spec") or {}).get("nodeName"):
+            # the scheduler's binding first (a bound Pod is deleted gracefully)
+            bound = self._try("bind", self.ops.bind, pod_rt, md["namespace"], md["name"], NODE)
+            if bound is None:
+                return
+            new["metadata"]["resourceVersion"] = bound["metadata"]["resourceVersion"]
         self._try(
             "kubelet",
             self.ops.update,

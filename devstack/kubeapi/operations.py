@@ -17,7 +17,7 @@ import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import builtins, crds, errors, managedfields, patching, schema, selectors
@@ -36,8 +36,19 @@ APPLY_PATCH_CBOR = "application/apply-patch+cbor"
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery/pkg/util/rand
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def utcnow() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime(TIME_FORMAT)
+
+
+def _later(timestamp: str, seconds: int) -> str:
+    """`timestamp` (metav1.Time) moved by `seconds`."""
+    moved = datetime.strptime(timestamp, TIME_FORMAT).replace(tzinfo=UTC) + timedelta(
+        seconds=seconds
+    )
+    return moved.strftime(TIME_FORMAT)
 
 
 @dataclass
@@ -501,10 +512,12 @@ class Operations:
             return self.render(rt, version, new, shared=True)
         if (
             nmd.get("deletionTimestamp")
+            and not nmd.get("deletionGracePeriodSeconds")
             and not nmd.get("finalizers")
             and not self._spec_finalizers(rt, new)
         ):
-            # The update that empties the finalizers of a terminating object is its deletion:
+            # The update that empties the finalizers of a terminating object is its deletion
+            # (not while a grace period runs: a terminating Pod's status writes keep it):
             # watchers see one DELETED event (with the last stored state, as etcd's delete
             # returns it); the caller gets the object it asked for, at the deletion's RV.
             gone = self.store.delete(rt.key, namespace if rt.namespaced else "", name)
@@ -703,6 +716,8 @@ class Operations:
                     )
                 ],
             )
+        if md.get("deletionTimestamp") and md.get("deletionGracePeriodSeconds"):
+            return self._shorten_grace_period(rt, version, obj, options, ctx)
         finalizers = list(md.get("finalizers") or [])
         if (
             policy == "Foreground"
@@ -718,15 +733,17 @@ class Operations:
             and crds.CLEANUP_FINALIZER not in finalizers
         ):
             finalizers.append(crds.CLEANUP_FINALIZER)
-        graceful = bool(finalizers) or bool(self._spec_finalizers(rt, obj))
+        grace = builtins.pod_grace_period(obj, options) if rt.builtin and rt.kind == "Pod" else 0
+        graceful = bool(grace) or bool(finalizers) or bool(self._spec_finalizers(rt, obj))
         if graceful:
             if md.get("deletionTimestamp") and finalizers == list(md.get("finalizers") or []):
                 return self.render(rt, version, obj, shared=True), False
             new = copy.deepcopy(obj)
             nmd = new["metadata"]
             if not nmd.get("deletionTimestamp"):
-                nmd["deletionTimestamp"] = self.clock()
-                nmd["deletionGracePeriodSeconds"] = 0
+                # A Pod's grace period: the kubelet (`controllers`) removes it when it ends.
+                nmd["deletionTimestamp"] = _later(self.clock(), grace)
+                nmd["deletionGracePeriodSeconds"] = grace
                 if rt.has_generation and "generation" in nmd:
                     nmd["generation"] += 1
             nmd["finalizers"] = finalizers
@@ -766,6 +783,37 @@ class Operations:
             "status": "Success",
             "details": details,
         }, True
+
+    def _shorten_grace_period(
+        self, rt: ResourceType, version: str, obj: Obj, options: Obj, ctx: Context
+    ) -> tuple[Obj, bool]:
+        """A delete of an object already in its grace period (rest.BeforeDelete): only a
+        shorter `gracePeriodSeconds` changes anything; 0 without finalizers deletes it now."""
+        md = obj["metadata"]
+        asked = options.get("gracePeriodSeconds")
+        current = int(md["deletionGracePeriodSeconds"])
+        if asked is None or int(asked) >= current:
+            return self.render(rt, version, obj, shared=True), False
+        period = max(int(asked), 0)
+        if period == 0 and not md.get("finalizers"):
+            if ctx.dry_run:
+                return self.render(rt, version, obj, shared=True), True
+            gone = self.store.delete(rt.key, md.get("namespace", ""), md["name"])
+            self._after_delete(rt, gone)
+            return self.render(rt, version, gone, shared=True), True
+        new = copy.deepcopy(obj)
+        new["metadata"]["deletionTimestamp"] = _later(md["deletionTimestamp"], period - current)
+        new["metadata"]["deletionGracePeriodSeconds"] = period
+        if ctx.dry_run:
+            return self.render(rt, version, new, shared=True), False
+        return self.render(rt, version, self.store.update(rt.key, new), shared=True), False
+
+    def bind(self, rt: ResourceType, namespace: str, name: str, node: str) -> Obj:
+        """What a `pods/binding` does (the scheduler's write): sets `spec.nodeName`, through
+        the store, since a Pod's spec is otherwise immutable."""
+        new = copy.deepcopy(self._existing(rt, namespace, name))
+        new["spec"]["nodeName"] = node
+        return self.store.update(rt.key, new)
 
     def _after_delete(self, rt: ResourceType, gone: Obj) -> None:
         if rt.builtin and rt.kind == "CustomResourceDefinition":
