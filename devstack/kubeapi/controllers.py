@@ -10,10 +10,11 @@ pass reconciles everything, in this order:
   new ReplicaSet and scales the old ones down as the new Pods turn ready) and status counts;
 - ReplicaSet -> Pods (generateName `<rs>-`, labels from the template, controller ownerRef),
   replacing deleted Pods, and status counts;
-- a kubelet: every Pending Pod turns Running and Ready `pod_ready_delay` seconds after it was
-  first seen.
+- a scheduler and kubelet: every Pending Pod is bound to `NODE` and turns Running and Ready
+  `pod_ready_delay` seconds after it was first seen; a Pod in its grace period is deleted
+  `pod_termination_delay` seconds (at most the grace period) after it was first seen so.
 Passes are cheap at test sizes (tens to hundreds of objects).  Not emulated: scheduling
-(`spec.nodeName` stays unset), container restarts, probes, minReadySeconds, maxSurge arithmetic.
+decisions, container restarts, probes, minReadySeconds, maxSurge arithmetic.
 """
 
 from __future__ import annotations
