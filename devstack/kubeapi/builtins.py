@@ -16,27 +16,21 @@ import copy
 import re
 from typing import Any
 
-from . import selectors
+from . import selectors, validation
 from .errors import Cause
 from .resources import ResourceType
+from .validation import DNS1123_LABEL, LABEL_MSG
 
 Obj = dict[str, Any]
 
 DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-CONFIGMAP_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 
 SUBDOMAIN_MSG = (
     "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or "
     "'.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used "
     "for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
-)
-LABEL_MSG = (
-    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and "
-    "must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used "
-    "for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
 )
 
 
@@ -222,7 +216,7 @@ def _validate_pod_spec(spec: Any, path: str) -> list[Cause]:
     containers = spec.get("containers")
     if not containers:
         return [Cause("FieldValueRequired", "Required value", f"{path}.containers")]
-    causes: list[Cause] = []
+    causes = validation.containers(spec, path) + validation.restart_policy(spec, path)
     names: set[str] = set()
     for i, c in enumerate(containers):
         p = f"{path}.containers[{i}]"
@@ -262,7 +256,11 @@ def _validate_selector_template(obj: Obj) -> list[Cause]:
             )
         )
     causes.extend(_validate_pod_spec(template.get("spec"), "spec.template.spec"))
-    return causes
+    if isinstance(template.get("spec"), dict):
+        causes += validation.restart_policy(
+            template["spec"], "spec.template.spec", allowed=("Always",)
+        )
+    return validation.replicas(spec) + causes
 
 
 def _default_workload(obj: Obj, deployment: bool) -> None:
@@ -286,20 +284,12 @@ def _default_workload(obj: Obj, deployment: bool) -> None:
 
 
 def _secret_data(obj: Obj) -> list[Cause]:
+    """Fold `stringData` into base64 `data` (as the v1 conversion does), then validate."""
     causes: list[Cause] = []
-    data = obj.get("data") or {}
-    for k, v in data.items():
-        if not CONFIGMAP_KEY.fullmatch(k):
-            causes.append(
-                Cause(
-                    "FieldValueInvalid",
-                    f'Invalid value: "{k}": a valid config key must consist of alphanumeric '
-                    "characters, '-', '_' or '.'",
-                    f"data[{k}]",
-                )
-            )
+    decoded: dict[str, bytes] = {}
+    for k, v in (obj.get("data") or {}).items():
         try:
-            base64.b64decode(v, validate=True)
+            decoded[k] = base64.b64decode(v, validate=True)
         except (binascii.Error, TypeError, ValueError):
             causes.append(
                 Cause(
@@ -308,8 +298,9 @@ def _secret_data(obj: Obj) -> list[Cause]:
             )
     string_data = obj.pop("stringData", None) or {}
     for k, v in string_data.items():
-        obj.setdefault("data", {})[k] = base64.b64encode(str(v).encode()).decode()
-    return causes
+        decoded[k] = str(v).encode()
+        obj.setdefault("data", {})[k] = base64.b64encode(decoded[k]).decode()
+    return causes or validation.secret(obj, decoded)
 
 
 def prepare(rt: ResourceType, obj: Obj, old: Obj | None) -> list[Cause]:
@@ -337,6 +328,7 @@ def prepare(rt: ResourceType, obj: Obj, old: Obj | None) -> list[Cause]:
                     )
                 )
     elif kind == "ConfigMap":
+        causes += validation.config_map(obj)
         if old is not None:
             causes += _immutable_data(obj, old)
     elif kind == "Pod":

@@ -38,6 +38,7 @@ Obj = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ADMIN_PREFIX = "/_emulator"
+MAX_REQUEST_BYTES = 3 * 1024 * 1024  # kube-apiserver's MaxRequestBodyBytes
 DEFAULT_WATCH_TIMEOUT = 1800.0
 WATCH_LINES_KEPT = 1024  # encoded watch lines remembered (see Server._lines)
 # what kube-apiserver's system:public-info-viewer role lets anonymous clients read
@@ -103,7 +104,7 @@ class Server:
         of a kind gets the same bytes for one write, so it is serialised once."""
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware], client_max_size=16 * 1024 * 1024)
+        app = web.Application(middlewares=[self._middleware], client_max_size=MAX_REQUEST_BYTES)
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         return app
 
@@ -312,7 +313,7 @@ class Server:
     # --- bodies and responses ------------------------------------------------------------------
 
     async def _body(self, request: web.Request, *, optional: bool = False) -> Any:
-        raw = await request.read()
+        raw = await _read(request)
         if not raw.strip():
             if optional:
                 return None
@@ -335,7 +336,7 @@ class Server:
             raise errors.bad_request(f"couldn't get version/kind; json parse error: {exc}") from exc
 
     async def _patch_body(self, request: web.Request) -> Any:
-        raw = await request.read()
+        raw = await _read(request)
         ct = request.content_type
         if ct not in (MERGE_PATCH, JSON_PATCH, STRATEGIC_PATCH, APPLY_PATCH):
             raise errors.ApiError(
@@ -720,6 +721,18 @@ class Server:
         except (ValueError, TypeError) as exc:
             raise errors.bad_request(str(exc)) from exc
         return _json_response({"ok": True})
+
+
+async def _read(request: web.Request) -> bytes:
+    """The request body; over MAX_REQUEST_BYTES a 413 Status, as kube-apiserver answers."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise errors.ApiError(
+            413,
+            "RequestEntityTooLarge",
+            f"Request entity too large: limit is {MAX_REQUEST_BYTES}",
+        ) from exc
 
 
 def _check_acceptable_or_table(accept: str) -> None:
