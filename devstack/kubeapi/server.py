@@ -41,6 +41,25 @@ ADMIN_PREFIX = "/_emulator"
 MAX_REQUEST_BYTES = 3 * 1024 * 1024  # kube-apiserver's MaxRequestBodyBytes
 DEFAULT_WATCH_TIMEOUT = 1800.0
 WATCH_LINES_KEPT = 1024  # encoded watch lines remembered (see Server._lines)
+# kube-apiserver's health checks per endpoint, in the order `?verbose` lists them
+_CHECKS = (
+    "ping",
+    "log",
+    "etcd",
+    "etcd-readiness",
+    "informer-sync",
+    "poststarthook/start-apiserver-admission-initializer",
+    "poststarthook/generic-apiserver-start-informers",
+    "poststarthook/start-apiextensions-informers",
+    "poststarthook/start-apiextensions-controllers",
+    "poststarthook/crd-informer-synced",
+    "poststarthook/start-kube-apiserver-admission-initializer",
+)
+HEALTH_CHECKS = {
+    "healthz": tuple(c for c in _CHECKS if c not in ("etcd-readiness", "informer-sync")),
+    "livez": tuple(c for c in _CHECKS if c not in ("etcd-readiness", "informer-sync")),
+    "readyz": (*_CHECKS, "shutdown"),
+}
 # what kube-apiserver's system:public-info-viewer role lets anonymous clients read
 PUBLIC_PATHS = frozenset(
     {"/version", "/version/", "/healthz", "/livez", "/readyz"}
@@ -143,8 +162,8 @@ class Server:
             return await self._admin(request, parts[1:])
         if path == "/version":
             return _json_response(discovery.version_info())
-        if path in ("/healthz", "/livez", "/readyz"):
-            return web.Response(text="ok", content_type="text/plain")
+        if parts and parts[0] in HEALTH_CHECKS:
+            return self._health(request, parts)
         if path == "/openapi/v3":
             return _json_response(openapi.root(self.registry))
         if path.startswith("/openapi/v3/"):
@@ -171,6 +190,22 @@ class Server:
                 return _json_response(doc)
             return await self._resource_request(request, group, parts[2], parts[3:])
         raise errors.path_not_found()
+
+    def _health(self, request: web.Request, parts: list[str]) -> web.Response:
+        """`/readyz`, `/livez`, `/healthz`: `ok`, one check's `ok` at `/<endpoint>/<check>`, or
+        with `?verbose` every check as `[+]name ok` and `<endpoint> check passed` (an
+        `?exclude=name` check is listed as excluded), as kube-apiserver's healthz package."""
+        endpoint, checks = parts[0], HEALTH_CHECKS[parts[0]]
+        if len(parts) > 1:
+            if "/".join(parts[1:]) not in checks:
+                raise errors.path_not_found()
+            return web.Response(text="ok", content_type="text/plain")
+        if "verbose" not in request.query:
+            return web.Response(text="ok", content_type="text/plain")
+        excluded = set(request.query.getall("exclude", []))
+        lines = [f"[+]{c} excluded: ok" if c in excluded else f"[+]{c} ok" for c in checks]
+        lines.append(f"{endpoint} check passed")
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     def _discovery_root(self, request: web.Request, *, legacy: bool) -> web.Response:
         if discovery.wants_aggregated(request.headers.get("Accept", "")):
