@@ -831,6 +831,8 @@ class Operations:
         label_selector: str | None,
         field_selector: str | None,
     ) -> Obj:
+        """Delete every selected object; answers the list of them as they were before (what
+        kube's Store.DeleteCollection returns)."""
         listed = self.list_collection(
             rt, version, namespace, label_selector=label_selector, field_selector=field_selector
         )
@@ -841,9 +843,7 @@ class Operations:
             except errors.ApiError as exc:
                 if exc.code != 404:
                     raise
-        out = dict(listed)
-        out["items"] = []
-        return out
+        return listed
 
     # --- owner references (used by delete and by the garbage collector) -------------------------
 
