@@ -60,6 +60,7 @@ KNOWN_FIELDS: dict[str, frozenset[str]] = {
     "Secret": frozenset({*_TYPE_META, "data", "stringData", "type", "immutable"}),
     "ConfigMap": frozenset({*_TYPE_META, "data", "binaryData", "immutable"}),
     "Pod": frozenset({*_TYPE_META, "spec", "status"}),
+    "Service": frozenset({*_TYPE_META, "spec", "status"}),
     "Event": frozenset(
         {
             *_TYPE_META,
@@ -344,6 +345,8 @@ def prepare(rt: ResourceType, obj: Obj, old: Obj | None) -> list[Cause]:
             obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
         elif not causes:
             causes += _pod_spec_immutable(spec, old.get("spec") or {})
+    elif kind == "Service":
+        causes += _prepare_service(obj, old)
     elif kind in ("Deployment", "ReplicaSet"):
         _default_workload(obj, kind == "Deployment")
         causes += _validate_selector_template(obj)
@@ -358,6 +361,30 @@ def prepare(rt: ResourceType, obj: Obj, old: Obj | None) -> list[Cause]:
                 )
             )
     return causes
+
+
+def _prepare_service(obj: Obj, old: Obj | None) -> list[Cause]:
+    """The defaults of SetDefaults_Service and the service REST storage (the cluster IP itself
+    is allocated by `operations`); ports are required but for ExternalName Services."""
+    spec = obj.setdefault("spec", {})
+    kind = spec.setdefault("type", "ClusterIP")
+    if kind != "ExternalName":
+        spec.setdefault("sessionAffinity", "None")
+        spec.setdefault("ipFamilies", ["IPv4"])
+        spec.setdefault("ipFamilyPolicy", "SingleStack")
+        spec.setdefault("internalTrafficPolicy", "Cluster")
+        if not spec.get("ports"):
+            return [validation.required("spec.ports")]
+    for port in spec.get("ports") or []:
+        if isinstance(port, dict):
+            port.setdefault("protocol", "TCP")
+            port.setdefault("targetPort", port.get("port"))
+    if old is None:
+        obj["status"] = {"loadBalancer": {}}
+    elif (old.get("spec") or {}).get("clusterIP"):
+        spec.setdefault("clusterIP", old["spec"]["clusterIP"])
+        spec.setdefault("clusterIPs", old["spec"].get("clusterIPs", [old["spec"]["clusterIP"]]))
+    return []
 
 
 def _immutable_data(obj: Obj, old: Obj) -> list[Cause]:

@@ -149,8 +149,27 @@ class KubeAPI:
         sockets = getattr(server, "sockets", None)
         assert sockets, "the site is not listening"
         self.port = int(sockets[0].getsockname()[1])
+        self._ensure_kubernetes_service()
         self.store.listeners.append(lambda _ev: self._state_dirty.set())
         self._supervisor = asyncio.create_task(self._supervise(), name=f"kubeapi[{self.name}]")
+
+    def _ensure_kubernetes_service(self) -> None:
+        """The `kubernetes` Service in `default` that kube-apiserver keeps, pointing at us."""
+        services = self.registry.by_key("/services")
+        assert services is not None
+        if self.store.peek(services.key, "default", "kubernetes") is not None:
+            return
+        body = {
+            "metadata": {
+                "name": "kubernetes",
+                "labels": {"component": "apiserver", "provider": "kubernetes"},
+            },
+            "spec": {
+                "clusterIP": "10.96.0.1",
+                "ports": [{"name": "https", "port": 443, "targetPort": self.port}],
+            },
+        }
+        self.ops.create(services, "v1", "default", body, Context(manager="kube-apiserver"))
 
     async def _supervise(self) -> None:
         async with asyncio.TaskGroup() as tg:

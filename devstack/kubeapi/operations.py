@@ -332,6 +332,8 @@ class Operations:
         self._validate_common(rt, version, obj, None, ctx)
         if self.store.peek(rt.key, md.get("namespace", ""), name) is not None:
             raise errors.already_exists(rt.plural, rt.group, name)
+        if rt.builtin and rt.kind == "Service":
+            self._allocate_cluster_ip(obj)
         now = self.clock()
         md["uid"] = str(uuid.uuid4())
         md["creationTimestamp"] = now
@@ -360,6 +362,21 @@ class Operations:
         if rt.kind == "CustomResourceDefinition" and rt.builtin:
             self.registry.add(crds.resource_type(stored))
         return self.render(rt, version, stored, shared=True)
+
+    def _allocate_cluster_ip(self, svc: Obj) -> None:
+        """A free address of the service CIDR 10.96.0.0/12 (from 10.96.0.1, which the
+        `kubernetes` Service gets) for a Service that asks for none; `None` stays headless."""
+        spec = svc["spec"]
+        if spec.get("type") == "ExternalName" or spec.get("clusterIP"):
+            if spec.get("clusterIP"):
+                spec.setdefault("clusterIPs", [spec["clusterIP"]])
+            return
+        used = {(o.get("spec") or {}).get("clusterIP") for o in self.store.objects_of("/services")}
+        n = 1
+        while (ip := f"10.96.{n // 256}.{n % 256}") in used or n % 256 in (0, 255):
+            n += 1
+        spec["clusterIP"] = ip
+        spec["clusterIPs"] = [ip]
 
     # --- update --------------------------------------------------------------------------------
 

@@ -124,6 +124,17 @@ def builtin_resources() -> list[ResourceType]:
             return_deleted=True,
         ),
         _builtin("", "v1", "events", "event", "Event", short_names=["ev"]),
+        _builtin(
+            "",
+            "v1",
+            "services",
+            "service",
+            "Service",
+            short_names=["svc"],
+            categories=["all"],
+            status=True,
+            return_deleted=True,
+        ),
         _builtin("coordination.k8s.io", "v1", "leases", "lease", "Lease"),
         _builtin(
             "apps",

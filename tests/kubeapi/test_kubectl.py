@@ -8,6 +8,8 @@ import json
 
 import yaml
 
+from devstack.kubeapi import KubeAPI
+
 from .conftest import WIDGET_CRD, Kubectl, deployment, eventually
 
 WIDGET_YAML = """
@@ -300,3 +302,22 @@ async def test_delete_with_server_dry_run_keeps_the_object(kubectl: Kubectl) -> 
     await kubectl("delete", "namespace", "team", "--dry-run=server")
     assert (await kubectl.json("get", "cm", "c", "-n", "team"))["data"] == {"a": "1"}
     assert (await kubectl.json("get", "ns", "team"))["status"]["phase"] == "Active"
+
+
+async def test_cluster_info_and_the_kubernetes_service(kubectl: Kubectl, api: KubeAPI) -> None:
+    info = await kubectl("cluster-info")
+    assert f"Kubernetes control plane is running at {api.url}" in info.out
+    row = (await kubectl("get", "svc", "kubernetes", "--no-headers")).out.split()
+    assert row[:5] == ["kubernetes", "ClusterIP", "10.96.0.1", "<none>", "443/TCP"]
+    svc = yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
+        }
+    )
+    await kubectl("apply", "-f", "-", stdin=svc)
+    web = await kubectl.json("get", "svc", "web")
+    assert web["spec"]["clusterIP"] not in ("", "10.96.0.1")
+    assert web["spec"]["ports"] == [{"port": 80, "protocol": "TCP", "targetPort": 80}]
