@@ -321,3 +321,21 @@ async def test_cluster_info_and_the_kubernetes_service(kubectl: Kubectl, api: Ku
     web = await kubectl.json("get", "svc", "web")
     assert web["spec"]["clusterIP"] not in ("", "10.96.0.1")
     assert web["spec"]["ports"] == [{"port": 80, "protocol": "TCP", "targetPort": 80}]
+
+
+async def test_imperative_create_deployment_sends_protobuf_and_works(kubectl: Kubectl) -> None:
+    res = await kubectl(
+        "create", "deployment", "web", "--image=nginx:1.27", "--replicas=2", "--port=80"
+    )
+    assert res.out.strip() == "deployment.apps/web created"
+    created = await kubectl.json("get", "deploy", "web")
+    spec = created["spec"]
+    assert spec["replicas"] == 2
+    assert spec["selector"] == {"matchLabels": {"app": "web"}}
+    assert spec["template"]["metadata"]["labels"] == {"app": "web"}
+    [container] = spec["template"]["spec"]["containers"]
+    assert (container["name"], container["image"]) == ("nginx", "nginx:1.27")
+    assert container["ports"] == [{"containerPort": 80, "protocol": "TCP"}]
+    await kubectl("rollout", "status", "deploy/web", "--timeout=20s")
+    await kubectl("create", "deployment", "idle", "--image=nginx:1.27", "--replicas=0")
+    assert (await kubectl.json("get", "deploy", "idle"))["spec"]["replicas"] == 0
