@@ -339,3 +339,15 @@ async def test_imperative_create_deployment_sends_protobuf_and_works(kubectl: Ku
     await kubectl("rollout", "status", "deploy/web", "--timeout=20s")
     await kubectl("create", "deployment", "idle", "--image=nginx:1.27", "--replicas=0")
     assert (await kubectl.json("get", "deploy", "idle"))["spec"]["replicas"] == 0
+
+
+async def test_explain_reads_kubes_schemas_of_builtin_kinds(kubectl: Kubectl) -> None:
+    pod = (await kubectl("explain", "pod.spec.containers.name")).out
+    assert "KIND:       Pod" in pod
+    assert "FIELD: name <string>" in pod
+    assert "Name of the container specified as a DNS_LABEL." in pod
+    replicas = (await kubectl("explain", "deployment.spec.replicas")).out
+    assert "GROUP:      apps" in replicas
+    assert "FIELD: replicas <integer>" in replicas
+    secret = (await kubectl("explain", "secret", "--recursive")).out
+    assert "stringData\t<map[string]string>" in secret
