@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from . import crds, errors, selectors
+from . import crds, errors, events, selectors
 from .operations import Context, Operations, utcnow
 from .resources import ResourceType
 from .store import Event
@@ -284,6 +284,26 @@ class Controllers:
                 log.warning("%s: %s", what, exc)
             self._retry = True  # try again after RETRY_DELAY, not in a hot loop
             return None
+
+    def _event(self, rt: ResourceType, obj: Obj, reason: str, message: str, component: str) -> None:
+        """Record a Normal Event about `obj`, as the named controller's EventRecorder does; a
+        failure to record is logged, never retried (events are best effort in kube too)."""
+        body = events.event(
+            about=events.reference(rt, obj),
+            reason=reason,
+            message=message,
+            component=component,
+            now=utcnow(),
+        )
+        try:
+            events.record(self.ops, self._ctx(), body)
+        except errors.ApiError as exc:
+            log.warning("event %s: %s", reason, exc)
+
+    def _scaling_event(self, d_rt: ResourceType, d: Obj, rs_name: str, was: int, now: int) -> None:
+        direction = "up" if now > was else "down"
+        message = f"Scaled {direction} replica set {rs_name} from {was} to {now}"
+        self._event(d_rt, d, "ScalingReplicaSet", message, "deployment-controller")
 
     def _namespaces(self) -> None:
         ns_rt = self._rt("/namespaces")
@@ -544,6 +564,8 @@ class Controllers:
                 if new_rs is None:
                     continue
                 owned.append(new_rs)
+                if desired > 0:
+                    self._scaling_event(d_rt, d, new_rs["metadata"]["name"], 0, desired)
             else:
                 revision = int(
                     (new_rs["metadata"].get("annotations") or {}).get(
@@ -556,7 +578,7 @@ class Controllers:
                     upd["metadata"].setdefault("annotations", {})[
                         "deployment.kubernetes.io/desired-replicas"
                     ] = str(desired)
-                    self._try(
+                    if self._try(
                         "scale replicaset",
                         self.ops.update,
                         rs_rt,
@@ -565,7 +587,9 @@ class Controllers:
                         upd["metadata"]["name"],
                         upd,
                         self._ctx(),
-                    )
+                    ):
+                        was = int(new_rs["spec"].get("replicas", 0))
+                        self._scaling_event(d_rt, d, upd["metadata"]["name"], was, desired)
             recreate = (spec.get("strategy") or {}).get("type") == "Recreate"
             new_ready = int((new_rs.get("status") or {}).get("readyReplicas", 0))
             budget = 0 if recreate else max(0, desired - new_ready)
@@ -584,7 +608,7 @@ class Controllers:
                 if rs["spec"].get("replicas") != want:
                     upd = copy.deepcopy(rs)
                     upd["spec"]["replicas"] = want
-                    self._try(
+                    if self._try(
                         "scale old replicaset",
                         self.ops.update,
                         rs_rt,
@@ -593,7 +617,9 @@ class Controllers:
                         rs["metadata"]["name"],
                         upd,
                         self._ctx(),
-                    )
+                    ):
+                        was = int(rs["spec"].get("replicas", 0))
+                        self._scaling_event(d_rt, d, rs["metadata"]["name"], was, want)
             if (md.get("annotations") or {}).get("deployment.kubernetes.io/revision") != str(
                 revision
             ):
@@ -732,13 +758,18 @@ class Controllers:
                     }
                     if tmd.get("annotations"):
                         body["metadata"]["annotations"] = dict(tmd["annotations"])
-                    if (
-                        self._try(
-                            "create pod", self.ops.create, pod_rt, "v1", ns, body, self._ctx()
-                        )
-                        is None
-                    ):
+                    pod = self._try(
+                        "create pod", self.ops.create, pod_rt, "v1", ns, body, self._ctx()
+                    )
+                    if pod is None:
                         break
+                    self._event(
+                        rs_rt,
+                        rs,
+                        "SuccessfulCreate",
+                        f"Created pod: {pod['metadata']['name']}",
+                        "replicaset-controller",
+                    )
             elif len(active) > desired:
                 # not-ready pods go first, then the newest (as the ReplicaSet controller ranks them)
                 doomed = sorted(
@@ -749,7 +780,7 @@ class Controllers:
                     ),
                 )
                 for p in doomed[: len(active) - desired]:
-                    self._try(
+                    if self._try(
                         "delete pod",
                         self.ops.delete,
                         pod_rt,
@@ -758,7 +789,14 @@ class Controllers:
                         p["metadata"]["name"],
                         None,
                         self._ctx(),
-                    )
+                    ):
+                        self._event(
+                            rs_rt,
+                            rs,
+                            "SuccessfulDelete",
+                            f"Deleted pod: {p['metadata']['name']}",
+                            "replicaset-controller",
+                        )
             live = [
                 p
                 for p in self.ops.store.objects_of(pod_rt.key, ns)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import builtins, crds, errors, managedfields, patching, schema, selectors
+from . import builtins, crds, errors, events, managedfields, patching, schema, selectors
 from .errors import Cause
 from .resources import Registry, ResourceType
 from .store import Store
@@ -106,7 +106,7 @@ class Operations:
         out = obj if shared else copy.deepcopy(obj)
         rendered = {"apiVersion": rt.api_version(version), "kind": rt.kind}
         rendered.update({k: v for k, v in out.items() if k not in ("apiVersion", "kind")})
-        return rendered
+        return events.from_core(rendered) if rt.group == events.GROUP else rendered
 
     def _check_namespace(self, rt: ResourceType, namespace: str, name: str, creating: bool) -> None:
         if not rt.namespaced:
@@ -269,6 +269,8 @@ class Operations:
             raise errors.bad_request("the body of the request was not a JSON object")
         _check_type_meta(rt, version, body)
         obj = copy.deepcopy(body)
+        if rt.group == events.GROUP:
+            obj = events.to_core(obj)
         md = obj.get("metadata")
         if not isinstance(md, dict):
             md = obj["metadata"] = {}
@@ -401,6 +403,8 @@ class Operations:
         # A PUT's body was parsed for this request alone: it is ours to change. A patch's merged
         # object may share parts with the stored one.
         incoming = copy.deepcopy(body) if from_patch else body
+        if rt.group == events.GROUP:
+            incoming = events.to_core(incoming)
         imd: Obj = incoming["metadata"] if isinstance(incoming.get("metadata"), dict) else {}
         if imd.get("name") and imd["name"] != name:
             raise errors.bad_request(

@@ -119,7 +119,7 @@ class Server:
         self.registry = api.registry
         self.streams: set[asyncio.Task[Any]] = set()
         self._lines: dict[tuple[int, str, str], bytes] = {}
-        """Watch lines already encoded, by (resourceVersion, event type, version): every watcher
+        """Watch lines already encoded, by (resourceVersion, event type, apiVersion): every watcher
         of a kind gets the same bytes for one write, so it is serialised once."""
 
     def app(self) -> web.Application:
@@ -646,7 +646,7 @@ class Server:
             def line(ev: Event, kind: str, obj: Obj) -> bytes:
                 if as_table or obj is not ev.obj:  # a table, or an object made for this watch
                     return encode(kind, self.ops.render(rt, version, obj, shared=True))
-                key = (ev.rv, kind, version)
+                key = (ev.rv, kind, rt.api_version(version))  # Events: v1 or events.k8s.io/v1
                 cached = self._lines.get(key)
                 if cached is None:
                     cached = encode(kind, self.ops.render(rt, version, obj, shared=True))

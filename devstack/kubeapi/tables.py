@@ -13,7 +13,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from . import selectors
+from . import events, selectors
 from .resources import ResourceType
 
 Obj = dict[str, Any]
@@ -217,6 +217,7 @@ def _service_cells(o: Obj, age_cell: str) -> list[Any]:
 
 
 def _event_cells(o: Obj) -> list[Any]:
+    o = events.to_core(o)  # an events.k8s.io/v1 Event has the same columns
     inv = o.get("involvedObject") or {}
     last = o.get("lastTimestamp") or o.get("eventTime") or o["metadata"].get("creationTimestamp")
     first = o.get("firstTimestamp") or o.get("eventTime") or o["metadata"].get("creationTimestamp")
