@@ -12,6 +12,7 @@ from devstack.kubeapi import KubeAPI
 
 from .conftest import WIDGET_CRD, Kubectl, deployment, eventually
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 WIDGET_YAML = """
 apiVersion: example.com/v1
 kind: Widget
@@ -351,3 +352,43 @@ async def test_explain_reads_kubes_schemas_of_builtin_kinds(kubectl: Kubectl) ->
     assert "FIELD: replicas <integer>" in replicas
     secret = (await kubectl("explain", "secret", "--recursive")).out
     assert "stringData\t<map[string]string>" in secret
+
+
+async def test_server_side_apply_takes_over_from_client_side_apply(kubectl: Kubectl) -> None:
+    await install_crd(kubectl)
+    await kubectl("apply", "-f", "-", stdin=WIDGET_YAML)
+    # kube's CSA -> SSA upgrade: fields recorded in last-applied and unchanged since are
+    # kubectl's to change, although kubectl-client-side-apply owns them
+    upgraded = await kubectl(
+        "apply", "--server-side", "-f", "-", stdin=WIDGET_YAML.replace("size: 3", "size: 4")
+    )
+    assert upgraded.out.strip() == "widget.example.com/w1 serverside-applied"
+    obj = await kubectl.json("get", "widget", "w1", "--show-managed-fields")
+    assert obj["spec"]["size"] == 4
+    owners = {m["manager"]: m["fieldsV1"] for m in obj["metadata"]["managedFields"]}
+    assert "f:size" in owners["kubectl"]["f:spec"]
+    assert "f:size" not in owners.get("kubectl-client-side-apply", {}).get("f:spec", {})
+    last = json.loads(obj["metadata"]["annotations"][LAST_APPLIED])
+    assert last["spec"] == {"size": 4, "tags": ["a"]}
+    # a field someone else changed since the last apply is not taken over
+    await kubectl("apply", "-f", "-", stdin=WIDGET_YAML.replace("tags: [a]", "tags: [b]"))
+    await kubectl(
+        "patch",
+        "widget",
+        "w1",
+        "--type=merge",
+        "-p",
+        '{"spec":{"tags":["c"]}}',
+        "--field-manager=other",
+    )
+    conflict = await kubectl(
+        "apply",
+        "--server-side",
+        "-f",
+        "-",
+        stdin=WIDGET_YAML.replace("tags: [a]", "tags: [d]"),
+        check=False,
+    )
+    assert conflict.rc != 0
+    assert 'conflict with "other"' in conflict.err
+    assert "kubectl-client-side-apply" not in conflict.err
