@@ -20,7 +20,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import builtins, crds, errors, events, managedfields, patching, schema, selectors
+from . import (
+    builtins,
+    crds,
+    errors,
+    events,
+    managedfields,
+    patching,
+    schema,
+    selectors,
+    validation,
+)
 from .errors import Cause
 from .resources import Registry, ResourceType
 from .store import Store
@@ -436,18 +446,8 @@ class Operations:
         omd = old["metadata"]
         if imd.get("uid") and imd["uid"] != omd["uid"]:
             # rest.BeforeUpdate keeps the stored uid only when none is sent; another is refused
-            raise errors.invalid(
-                rt.kind,
-                rt.group,
-                name,
-                [
-                    Cause(
-                        "FieldValueInvalid",
-                        f"Invalid value: {json.dumps(imd['uid'])}: field is immutable",
-                        "metadata.uid",
-                    )
-                ],
-            )
+            immutable = validation.invalid("metadata.uid", imd["uid"], "field is immutable")
+            raise errors.invalid(rt.kind, rt.group, name, [immutable])
         if subresource == "status":
             # Shallow: stored objects are never changed in place, and below only the top level
             # and the metadata (copied) are written to.
