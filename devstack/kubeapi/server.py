@@ -55,11 +55,8 @@ _CHECKS = (
     "poststarthook/crd-informer-synced",
     "poststarthook/start-kube-apiserver-admission-initializer",
 )
-HEALTH_CHECKS = {
-    "healthz": tuple(c for c in _CHECKS if c not in ("etcd-readiness", "informer-sync")),
-    "livez": tuple(c for c in _CHECKS if c not in ("etcd-readiness", "informer-sync")),
-    "readyz": (*_CHECKS, "shutdown"),
-}
+_LIVE_CHECKS = tuple(c for c in _CHECKS if c not in ("etcd-readiness", "informer-sync"))
+HEALTH_CHECKS = {"healthz": _LIVE_CHECKS, "livez": _LIVE_CHECKS, "readyz": (*_CHECKS, "shutdown")}
 # what kube-apiserver's system:public-info-viewer role lets anonymous clients read
 PUBLIC_PATHS = frozenset(
     {"/version", "/version/", "/healthz", "/livez", "/readyz"}
