@@ -1,7 +1,7 @@
 """`meshtrust-kubeapi`: run one or more emulated clusters until SIGINT/SIGTERM.
 
     meshtrust-kubeapi --listen 127.0.0.1:0 --kubeconfig /tmp/east.kubeconfig [--name east] [--tls]
-        [--token TOKEN] [--state FILE] [--pod-ready-delay 0.5]
+        [--token TOKEN] [--state FILE] [--pod-ready-delay 0.5] [--pod-termination-delay 0.5]
     meshtrust-kubeapi --cluster mgmt=127.0.0.1:0:/tmp/mgmt.kubeconfig \
                       --cluster east=127.0.0.1:0:/tmp/east.kubeconfig [--tls] ...
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from shared.runtime.memory import freeze_start_up
 
-from .cluster import KubeAPI
+from .cluster import DEFAULT_POD_TERMINATION_DELAY, KubeAPI
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,10 @@ def _cluster(text: str) -> ClusterSpec:
     return ClusterSpec(name, parts[0] or "127.0.0.1", int(parts[1]), parts[2])
 
 
+def _termination_delay(value: str) -> float | None:
+    return None if value == "grace" else float(value)
+
+
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[ClusterSpec]]:
     p = argparse.ArgumentParser(prog="meshtrust-kubeapi", description="Kubernetes API emulator")
     p.add_argument("--listen", help="HOST:PORT to serve one cluster on (PORT 0 picks a free port)")
@@ -68,6 +72,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[Cluster
     p.add_argument("--state", help="JSON file to keep state in across restarts")
     p.add_argument(
         "--pod-ready-delay", type=float, default=0.5, help="seconds until a Pod turns Ready"
+    )
+    p.add_argument(
+        "--pod-termination-delay",
+        type=_termination_delay,
+        default=DEFAULT_POD_TERMINATION_DELAY,
+        help="seconds a deleted Pod's containers take to stop, at most its grace period "
+        "('grace' waits the whole grace period)",
     )
     p.add_argument(
         "--bookmark-interval", type=float, default=1.0, help="seconds between watch bookmarks"
@@ -103,6 +114,7 @@ async def serve(args: argparse.Namespace, specs: list[ClusterSpec]) -> None:
                 tls=args.tls,
                 token=args.token,
                 pod_ready_delay=args.pod_ready_delay,
+                pod_termination_delay=args.pod_termination_delay,
                 state_file=state,
                 bookmark_interval=args.bookmark_interval,
             )

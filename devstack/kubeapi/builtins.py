@@ -16,27 +16,21 @@ import copy
 import re
 from typing import Any
 
-from . import selectors
+from . import selectors, validation
 from .errors import Cause
 from .resources import ResourceType
+from .validation import DNS1123_LABEL, LABEL_MSG
 
 Obj = dict[str, Any]
 
 DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-CONFIGMAP_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 
 SUBDOMAIN_MSG = (
     "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or "
     "'.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used "
     "for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
-)
-LABEL_MSG = (
-    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and "
-    "must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used "
-    "for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
 )
 
 
@@ -66,6 +60,7 @@ KNOWN_FIELDS: dict[str, frozenset[str]] = {
     "Secret": frozenset({*_TYPE_META, "data", "stringData", "type", "immutable"}),
     "ConfigMap": frozenset({*_TYPE_META, "data", "binaryData", "immutable"}),
     "Pod": frozenset({*_TYPE_META, "spec", "status"}),
+    "Service": frozenset({*_TYPE_META, "spec", "status"}),
     "Event": frozenset(
         {
             *_TYPE_META,
@@ -222,7 +217,7 @@ def _validate_pod_spec(spec: Any, path: str) -> list[Cause]:
     containers = spec.get("containers")
     if not containers:
         return [Cause("FieldValueRequired", "Required value", f"{path}.containers")]
-    causes: list[Cause] = []
+    causes = validation.containers(spec, path) + validation.restart_policy(spec, path)
     names: set[str] = set()
     for i, c in enumerate(containers):
         p = f"{path}.containers[{i}]"
@@ -262,7 +257,11 @@ def _validate_selector_template(obj: Obj) -> list[Cause]:
             )
         )
     causes.extend(_validate_pod_spec(template.get("spec"), "spec.template.spec"))
-    return causes
+    if isinstance(template.get("spec"), dict):
+        causes += validation.restart_policy(
+            template["spec"], "spec.template.spec", allowed=("Always",)
+        )
+    return validation.replicas(spec) + causes
 
 
 def _default_workload(obj: Obj, deployment: bool) -> None:
@@ -286,20 +285,12 @@ def _default_workload(obj: Obj, deployment: bool) -> None:
 
 
 def _secret_data(obj: Obj) -> list[Cause]:
+    """Fold `stringData` into base64 `data` (as the v1 conversion does), then validate."""
     causes: list[Cause] = []
-    data = obj.get("data") or {}
-    for k, v in data.items():
-        if not CONFIGMAP_KEY.fullmatch(k):
-            causes.append(
-                Cause(
-                    "FieldValueInvalid",
-                    f'Invalid value: "{k}": a valid config key must consist of alphanumeric '
-                    "characters, '-', '_' or '.'",
-                    f"data[{k}]",
-                )
-            )
+    decoded: dict[str, bytes] = {}
+    for k, v in (obj.get("data") or {}).items():
         try:
-            base64.b64decode(v, validate=True)
+            decoded[k] = base64.b64decode(v, validate=True)
         except (binascii.Error, TypeError, ValueError):
             causes.append(
                 Cause(
@@ -308,8 +299,9 @@ def _secret_data(obj: Obj) -> list[Cause]:
             )
     string_data = obj.pop("stringData", None) or {}
     for k, v in string_data.items():
-        obj.setdefault("data", {})[k] = base64.b64encode(str(v).encode()).decode()
-    return causes
+        decoded[k] = str(v).encode()
+        obj.setdefault("data", {})[k] = base64.b64encode(decoded[k]).decode()
+    return causes or validation.secret(obj, decoded)
 
 
 def prepare(rt: ResourceType, obj: Obj, old: Obj | None) -> list[Cause]:
@@ -337,6 +329,7 @@ def prepare(rt: ResourceType, obj: Obj, old: Obj | None) -> list[Cause]:
                     )
                 )
     elif kind == "ConfigMap":
+        causes += validation.config_map(obj)
         if old is not None:
             causes += _immutable_data(obj, old)
     elif kind == "Pod":
@@ -352,6 +345,8 @@ def prepare(rt: ResourceType, obj: Obj, old: Obj | None) -> list[Cause]:
             obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
         elif not causes:
             causes += _pod_spec_immutable(spec, old.get("spec") or {})
+    elif kind == "Service":
+        causes += _prepare_service(obj, old)
     elif kind in ("Deployment", "ReplicaSet"):
         _default_workload(obj, kind == "Deployment")
         causes += _validate_selector_template(obj)
@@ -366,6 +361,30 @@ def prepare(rt: ResourceType, obj: Obj, old: Obj | None) -> list[Cause]:
                 )
             )
     return causes
+
+
+def _prepare_service(obj: Obj, old: Obj | None) -> list[Cause]:
+    """The defaults of SetDefaults_Service and the service REST storage (the cluster IP itself
+    is allocated by `operations`); ports are required but for ExternalName Services."""
+    spec = obj.setdefault("spec", {})
+    kind = spec.setdefault("type", "ClusterIP")
+    if kind != "ExternalName":
+        spec.setdefault("sessionAffinity", "None")
+        spec.setdefault("ipFamilies", ["IPv4"])
+        spec.setdefault("ipFamilyPolicy", "SingleStack")
+        spec.setdefault("internalTrafficPolicy", "Cluster")
+        if not spec.get("ports"):
+            return [validation.required("spec.ports")]
+    for port in spec.get("ports") or []:
+        if isinstance(port, dict):
+            port.setdefault("protocol", "TCP")
+            port.setdefault("targetPort", port.get("port"))
+    if old is None:
+        obj["status"] = {"loadBalancer": {}}
+    elif (old.get("spec") or {}).get("clusterIP"):
+        spec.setdefault("clusterIP", old["spec"]["clusterIP"])
+        spec.setdefault("clusterIPs", old["spec"].get("clusterIPs", [old["spec"]["clusterIP"]]))
+    return []
 
 
 def _immutable_data(obj: Obj, old: Obj) -> list[Cause]:
@@ -386,6 +405,21 @@ def _immutable_data(obj: Obj, old: Obj) -> list[Cause]:
         if (obj.get(f) or {}) != (old.get(f) or {})
     )
     return causes
+
+
+DEFAULT_GRACE_PERIOD = 30  # seconds: core/v1 DefaultTerminationGracePeriodSeconds
+
+
+def pod_grace_period(pod: Obj, options: Obj) -> int:
+    """The grace period of a Pod's deletion, as the pod strategy's CheckGracefulDelete decides
+    it: the options' `gracePeriodSeconds`, else the Pod's `terminationGracePeriodSeconds`; 0 (at
+    once) for a Pod never bound to a node or already terminated; a negative one is 1."""
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    asked = options.get("gracePeriodSeconds")
+    period = int(asked if asked is not None else spec.get("terminationGracePeriodSeconds", 0) or 0)
+    if not spec.get("nodeName") or status.get("phase") in ("Succeeded", "Failed"):
+        period = 0
+    return 1 if period < 0 else period
 
 
 def _pod_spec_immutable(spec: Obj, old: Obj) -> list[Cause]:

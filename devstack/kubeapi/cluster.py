@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 STATE_WRITE_DEBOUNCE = 0.2  # seconds between a write and the state file catching up
+DEFAULT_POD_TERMINATION_DELAY = 0.5
+"""Seconds a deleted Pod stays Terminating by default: containers that stop promptly on SIGTERM
+(most do), so that tests and the devstack's rollouts stay fast."""
 
 
 class KubeAPI:
@@ -46,6 +49,9 @@ class KubeAPI:
       tls: serve HTTPS with a freshly generated CA (carried by the kubeconfig).
       token: require `Authorization: Bearer <token>` on every API request.
       pod_ready_delay: seconds from a Pod's creation until the emulated kubelet makes it Ready.
+      pod_termination_delay: seconds a deleted Pod's containers take to stop (at most its grace
+        period, `terminationGracePeriodSeconds`, 30 by default), after which the kubelet removes
+        it; None waits the whole grace period, as for containers that ignore SIGTERM.
       state_file: load state from this JSON file if it exists, and keep it up to date.
       bookmark_interval: seconds between BOOKMARK events on watches that allow them
         (kube-apiserver sends them about once a minute; tests want them sooner).
@@ -61,6 +67,7 @@ class KubeAPI:
         tls: bool = False,
         token: str | None = None,
         pod_ready_delay: float = 0.5,
+        pod_termination_delay: float | None = DEFAULT_POD_TERMINATION_DELAY,
         state_file: str | os.PathLike[str] | None = None,
         bookmark_interval: float = 1.0,
         max_history: int = 20_000,
@@ -77,7 +84,9 @@ class KubeAPI:
         self.registry = Registry()
         self.ops = Operations(self.store, self.registry)
         self.faults = Faults(self.store)
-        self.controllers = Controllers(self.ops, pod_ready_delay=pod_ready_delay)
+        self.controllers = Controllers(
+            self.ops, pod_ready_delay=pod_ready_delay, pod_termination_delay=pod_termination_delay
+        )
         self._certs: tlsgen.ServerCerts | None = None
         self._runner: web.AppRunner | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -140,8 +149,27 @@ class KubeAPI:
         sockets = getattr(server, "sockets", None)
         assert sockets, "the site is not listening"
         self.port = int(sockets[0].getsockname()[1])
+        self._ensure_kubernetes_service()
         self.store.listeners.append(lambda _ev: self._state_dirty.set())
         self._supervisor = asyncio.create_task(self._supervise(), name=f"kubeapi[{self.name}]")
+
+    def _ensure_kubernetes_service(self) -> None:
+        """The `kubernetes` Service in `default` that kube-apiserver keeps, pointing at us."""
+        services = self.registry.by_key("/services")
+        assert services is not None
+        if self.store.peek(services.key, "default", "kubernetes") is not None:
+            return
+        body = {
+            "metadata": {
+                "name": "kubernetes",
+                "labels": {"component": "apiserver", "provider": "kubernetes"},
+            },
+            "spec": {
+                "clusterIP": "10.96.0.1",
+                "ports": [{"name": "https", "port": 443, "targetPort": self.port}],
+            },
+        }
+        self.ops.create(services, "v1", "default", body, Context(manager="kube-apiserver"))
 
     async def _supervise(self) -> None:
         async with asyncio.TaskGroup() as tg:

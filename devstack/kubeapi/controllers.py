@@ -10,10 +10,11 @@ pass reconciles everything, in this order:
   new ReplicaSet and scales the old ones down as the new Pods turn ready) and status counts;
 - ReplicaSet -> Pods (generateName `<rs>-`, labels from the template, controller ownerRef),
   replacing deleted Pods, and status counts;
-- a kubelet: every Pending Pod turns Running and Ready `pod_ready_delay` seconds after it was
-  first seen.
+- a scheduler and kubelet: every Pending Pod is bound to `NODE` and turns Running and Ready
+  `pod_ready_delay` seconds after it was first seen; a Pod in its grace period is deleted
+  `pod_termination_delay` seconds (at most the grace period) after it was first seen so.
 Passes are cheap at test sizes (tens to hundreds of objects).  Not emulated: scheduling
-(`spec.nodeName` stays unset), container restarts, probes, minReadySeconds, maxSurge arithmetic.
+decisions, container restarts, probes, minReadySeconds, maxSurge arithmetic.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from . import crds, errors, selectors
+from . import crds, errors, events, selectors
 from .operations import Context, Operations, utcnow
 from .resources import ResourceType
 from .store import Event
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 _HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 MANAGER = "kube-controller-manager"
 RETRY_DELAY = 0.1  # seconds before a pass retries writes that failed (conflicts, races)
+NODE = "node-1"  # the one node every Pod is bound to (there is no Node object)
 
 
 def pod_template_hash(template: Obj) -> str:
@@ -192,11 +194,16 @@ class OwnerGraph:
 
 
 class Controllers:
-    def __init__(self, ops: Operations, *, pod_ready_delay: float) -> None:
+    def __init__(
+        self, ops: Operations, *, pod_ready_delay: float, pod_termination_delay: float | None
+    ) -> None:
         self.ops = ops
         self.pod_ready_delay = pod_ready_delay
+        self.pod_termination_delay = pod_termination_delay
         self._dirty = asyncio.Event()
         self._first_seen: dict[str, float] = {}
+        self._terminating_since: dict[str, float] = {}
+        """When (monotonic) the kubelet first saw each Pod in its grace period."""
         self._ip_counter = 0
         self._retry = False
         self._workload_due: float | None = None
@@ -277,6 +284,26 @@ class Controllers:
                 log.warning("%s: %s", what, exc)
             self._retry = True  # try again after RETRY_DELAY, not in a hot loop
             return None
+
+    def _event(self, rt: ResourceType, obj: Obj, reason: str, message: str, component: str) -> None:
+        """Record a Normal Event about `obj`, as the named controller's EventRecorder does; a
+        failure to record is logged, never retried (events are best effort in kube too)."""
+        body = events.event(
+            about=events.reference(rt, obj),
+            reason=reason,
+            message=message,
+            component=component,
+            now=utcnow(),
+        )
+        try:
+            events.record(self.ops, self._ctx(), body)
+        except errors.ApiError as exc:
+            log.warning("event %s: %s", reason, exc)
+
+    def _scaling_event(self, d_rt: ResourceType, d: Obj, rs_name: str, was: int, now: int) -> None:
+        direction = "up" if now > was else "down"
+        message = f"Scaled {direction} replica set {rs_name} from {was} to {now}"
+        self._event(d_rt, d, "ScalingReplicaSet", message, "deployment-controller")
 
     def _namespaces(self) -> None:
         ns_rt = self._rt("/namespaces")
@@ -537,6 +564,8 @@ class Controllers:
                 if new_rs is None:
                     continue
                 owned.append(new_rs)
+                if desired > 0:
+                    self._scaling_event(d_rt, d, new_rs["metadata"]["name"], 0, desired)
             else:
                 revision = int(
                     (new_rs["metadata"].get("annotations") or {}).get(
@@ -549,7 +578,7 @@ class Controllers:
                     upd["metadata"].setdefault("annotations", {})[
                         "deployment.kubernetes.io/desired-replicas"
                     ] = str(desired)
-                    self._try(
+                    if self._try(
                         "scale replicaset",
                         self.ops.update,
                         rs_rt,
@@ -558,7 +587,9 @@ class Controllers:
                         upd["metadata"]["name"],
                         upd,
                         self._ctx(),
-                    )
+                    ):
+                        was = int(new_rs["spec"].get("replicas", 0))
+                        self._scaling_event(d_rt, d, upd["metadata"]["name"], was, desired)
             recreate = (spec.get("strategy") or {}).get("type") == "Recreate"
             new_ready = int((new_rs.get("status") or {}).get("readyReplicas", 0))
             budget = 0 if recreate else max(0, desired - new_ready)
@@ -577,7 +608,7 @@ class Controllers:
                 if rs["spec"].get("replicas") != want:
                     upd = copy.deepcopy(rs)
                     upd["spec"]["replicas"] = want
-                    self._try(
+                    if self._try(
                         "scale old replicaset",
                         self.ops.update,
                         rs_rt,
@@ -586,7 +617,9 @@ class Controllers:
                         rs["metadata"]["name"],
                         upd,
                         self._ctx(),
-                    )
+                    ):
+                        was = int(rs["spec"].get("replicas", 0))
+                        self._scaling_event(d_rt, d, rs["metadata"]["name"], was, want)
             if (md.get("annotations") or {}).get("deployment.kubernetes.io/revision") != str(
                 revision
             ):
@@ -725,13 +758,18 @@ class Controllers:
                     }
                     if tmd.get("annotations"):
                         body["metadata"]["annotations"] = dict(tmd["annotations"])
-                    if (
-                        self._try(
-                            "create pod", self.ops.create, pod_rt, "v1", ns, body, self._ctx()
-                        )
-                        is None
-                    ):
+                    pod = self._try(
+                        "create pod", self.ops.create, pod_rt, "v1", ns, body, self._ctx()
+                    )
+                    if pod is None:
                         break
+                    self._event(
+                        rs_rt,
+                        rs,
+                        "SuccessfulCreate",
+                        f"Created pod: {pod['metadata']['name']}",
+                        "replicaset-controller",
+                    )
             elif len(active) > desired:
                 # not-ready pods go first, then the newest (as the ReplicaSet controller ranks them)
                 doomed = sorted(
@@ -742,7 +780,7 @@ class Controllers:
                     ),
                 )
                 for p in doomed[: len(active) - desired]:
-                    self._try(
+                    if self._try(
                         "delete pod",
                         self.ops.delete,
                         pod_rt,
@@ -751,7 +789,14 @@ class Controllers:
                         p["metadata"]["name"],
                         None,
                         self._ctx(),
-                    )
+                    ):
+                        self._event(
+                            rs_rt,
+                            rs,
+                            "SuccessfulDelete",
+                            f"Deleted pod: {p['metadata']['name']}",
+                            "replicaset-controller",
+                        )
             live = [
                 p
                 for p in self.ops.store.objects_of(pod_rt.key, ns)
@@ -795,6 +840,11 @@ class Controllers:
             md = p["metadata"]
             uid = md["uid"]
             seen.add(uid)
+            if md.get("deletionGracePeriodSeconds"):
+                wait = self._terminate(pod_rt, p, now)
+                if wait is not None:
+                    due = wait if due is None else min(due, wait)
+                continue
             if md.get("deletionTimestamp") or (p.get("status") or {}).get("phase") != "Pending":
                 continue
             first = self._first_seen.setdefault(uid, now)
@@ -803,10 +853,36 @@ class Controllers:
                 due = wait if due is None else min(due, wait)
                 continue
             self._start_pod(pod_rt, p)
-        for uid in list(self._first_seen):
-            if uid not in seen:
-                del self._first_seen[uid]
+        for timers in (self._first_seen, self._terminating_since):
+            for uid in [uid for uid in timers if uid not in seen]:
+                del timers[uid]
         return due
+
+    def _terminate(self, pod_rt: ResourceType, p: Obj, now: float) -> float | None:
+        """A Pod in its grace period: its containers stop `pod_termination_delay` seconds after
+        the kubelet sees it terminating (at most the grace period), then the kubelet deletes it
+        with grace 0 and its uid as a precondition, as kube's kubelet does. Returns the seconds
+        left, or None once deleted."""
+        md = p["metadata"]
+        since = self._terminating_since.setdefault(md["uid"], now)
+        grace = float(md["deletionGracePeriodSeconds"])
+        stop = (
+            grace if self.pod_termination_delay is None else min(grace, self.pod_termination_delay)
+        )
+        wait = since + stop - now
+        if wait > 0:
+            return wait
+        self._try(
+            "kubelet delete",
+            self.ops.delete,
+            pod_rt,
+            "v1",
+            md["namespace"],
+            md["name"],
+            {"gracePeriodSeconds": 0, "preconditions": {"uid": md["uid"]}},
+            Context(manager="kubelet"),
+        )
+        return None
 
     def _start_pod(self, pod_rt: ResourceType, p: Obj) -> None:
         now = utcnow()
@@ -850,6 +926,12 @@ class Controllers:
             ],
         }
         md = p["metadata"]
+        if not (p.get("spec") or {}).get("nodeName"):
+            # the scheduler's binding first (a bound Pod is deleted gracefully)
+            bound = self._try("bind", self.ops.bind, pod_rt, md["namespace"], md["name"], NODE)
+            if bound is None:
+                return
+            new["metadata"]["resourceVersion"] = bound["metadata"]["resourceVersion"]
         self._try(
             "kubelet",
             self.ops.update,

@@ -19,6 +19,10 @@ from . import errors, patching
 Obj = dict[str, Any]
 Entry = dict[str, Any]
 IGNORED_TOP = ("f:status",)
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+UPGRADING_MANAGER = "kubectl"
+"""The only manager whose server-side applies upgrade from client-side apply (kube's choice:
+other managers opt out by their name)."""
 
 
 def _object_fields(obj: Obj, subresource: str | None) -> dict[str, Any]:
@@ -177,6 +181,13 @@ def apply(
                 if leaf in owned
                 and patching.value_at(live, leaf) != patching.value_at(config, leaf)
             )
+    if conflicts and not force and manager == UPGRADING_MANAGER and live is not None:
+        # lastAppliedManager: kubectl's first server-side apply may take over the fields that
+        # its client-side applies recorded and that nobody has changed since
+        allowed = _unchanged_since_last_applied(live)
+        conflicts_left = [(leaf, e) for leaf, e in conflicts if leaf not in allowed]
+        force = not conflicts_left
+        conflicts = conflicts if force else conflicts_left
     if conflicts and not force:
         causes = [
             errors.Cause(
@@ -213,4 +224,42 @@ def apply(
             merged = patching.remove_fields(merged, really)
     entries = [e for e in entries if e is not mine and e.get("fieldsV1")]
     entries.append(_entry(manager, "Apply", api_version, now, subresource, new_fs))
+    if manager == UPGRADING_MANAGER and subresource is None and _last_applied(merged) is not None:
+        # lastAppliedUpdater: keep the annotation in step, for a later client-side apply
+        merged["metadata"]["annotations"][LAST_APPLIED] = _build_last_applied(config)
     return merged, entries
+
+
+def _last_applied(obj: Obj) -> str | None:
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(LAST_APPLIED)
+    return value if isinstance(value, str) and value else None
+
+
+def _unchanged_since_last_applied(live: Obj) -> set[tuple[str, ...]]:
+    """The leaves of the last-applied configuration whose live value is still the applied one
+    (kube: its field set minus what Compare finds modified, added or removed)."""
+    raw = _last_applied(live)
+    if raw is None:
+        return set()
+    try:
+        last = json.loads(raw)
+    except ValueError:
+        return set()
+    if not isinstance(last, dict):
+        return set()
+    return {
+        leaf
+        for leaf in patching.leaves(patching.field_set(last))
+        if patching.value_at(last, leaf) == patching.value_at(live, leaf)
+    }
+
+
+def _build_last_applied(config: Obj) -> str:
+    """The applied configuration without the annotation itself, encoded as kubectl's is (Go's
+    JSON of a map: sorted keys, no spaces, a final newline)."""
+    copied = copy.deepcopy(config)
+    annotations = (copied.get("metadata") or {}).get("annotations")
+    if isinstance(annotations, dict):
+        annotations.pop(LAST_APPLIED, None)
+    return json.dumps(copied, sort_keys=True, separators=(",", ":")) + "\n"

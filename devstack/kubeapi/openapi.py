@@ -5,9 +5,11 @@ What kubectl needs from it: every served kind has a PATCH operation tagged with
 kubectl leaves validation to the server (`fieldValidation=Strict`) instead of validating with
 the protobuf `/openapi/v2` this emulator does not serve.  Custom resources get their CRD schema
 as the component schema (with the GVK extension, as kube-apiserver publishes it).  Built-in
-kinds get a deliberately loose component schema *without* the GVK extension: kubectl then
-computes client-side-apply strategic merge patches from its compiled-in Go types, which are
-exact, instead of from a partial schema here.
+kinds get kube's own schemas (`builtin_schemas`, with descriptions, GVK and patch extensions):
+`kubectl explain` reads them, and kubectl computes client-side-apply strategic merge patches
+from their `x-kubernetes-patch-*` extensions, as against kube-apiserver.  A document is built
+once per set of served resources of its group/version (`document` caches it): the built-in
+schemas are ~360 KB of JSON.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import weakref
 from typing import Any
 
+from . import builtin_schemas
 from .discovery import KUBE_VERSION
 from .resources import Registry, ResourceType
 
@@ -42,6 +46,7 @@ def _def_name(rt: ResourceType, version: str) -> str:
             "": "core",
             "apps": "apps",
             "coordination.k8s.io": "coordination",
+            "events.k8s.io": "events",
             "apiextensions.k8s.io": "apiextensions",
         }
         if rt.group == "apiextensions.k8s.io":
@@ -103,7 +108,9 @@ def _doc(registry: Registry, group: str, version: str) -> Obj:
         gvk = {"group": group, "version": version, "kind": rt.kind}
         dname = _def_name(rt, version)
         ref = {"$ref": f"#/components/schemas/{dname}"}
-        if rt.builtin:
+        if rt.builtin and dname in builtin_schemas.definitions():
+            schemas.update(builtin_schemas.closure([dname]))
+        elif rt.builtin:
             schemas[dname] = {
                 "type": "object",
                 "properties": {
@@ -259,9 +266,30 @@ def group_versions(registry: Registry) -> list[tuple[str, str]]:
     return out
 
 
+_Cached = tuple[list[ResourceType], Obj, str]
+_documents: weakref.WeakKeyDictionary[Registry, dict[tuple[str, str], _Cached]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Per registry (cluster), (group, version) -> (the resource types it was built from, document,
+hash). Holding the types keeps them alive, so comparing them by identity below cannot be fooled
+by reused ids; a cluster's documents go with its registry."""
+
+
 def document(registry: Registry, group: str, version: str) -> tuple[Obj, str]:
+    """The group/version's document and its hash, rebuilt only when its resources changed (a
+    CRD added, changed or removed replaces its ResourceType)."""
+    served = registry.in_group_version(group, version)
+    mine = _documents.setdefault(registry, {})
+    cached = mine.get((group, version))
+    if (
+        cached is not None
+        and len(cached[0]) == len(served)
+        and all(a is b for a, b in zip(cached[0], served, strict=True))
+    ):
+        return cached[1], cached[2]
     doc = _doc(registry, group, version)
     digest = hashlib.sha512(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:64].upper()
+    mine[(group, version)] = (served, doc, digest)
     return doc, digest
 
 

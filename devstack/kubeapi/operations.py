@@ -17,10 +17,20 @@ import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import builtins, crds, errors, managedfields, patching, schema, selectors
+from . import (
+    builtins,
+    crds,
+    errors,
+    events,
+    managedfields,
+    patching,
+    schema,
+    selectors,
+    validation,
+)
 from .errors import Cause
 from .resources import Registry, ResourceType
 from .store import Store
@@ -36,8 +46,19 @@ APPLY_PATCH_CBOR = "application/apply-patch+cbor"
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery/pkg/util/rand
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def utcnow() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime(TIME_FORMAT)
+
+
+def _later(timestamp: str, seconds: int) -> str:
+    """`timestamp` (metav1.Time) moved by `seconds`."""
+    moved = datetime.strptime(timestamp, TIME_FORMAT).replace(tzinfo=UTC) + timedelta(
+        seconds=seconds
+    )
+    return moved.strftime(TIME_FORMAT)
 
 
 @dataclass
@@ -95,7 +116,7 @@ class Operations:
         out = obj if shared else copy.deepcopy(obj)
         rendered = {"apiVersion": rt.api_version(version), "kind": rt.kind}
         rendered.update({k: v for k, v in out.items() if k not in ("apiVersion", "kind")})
-        return rendered
+        return events.from_core(rendered) if rt.group == events.GROUP else rendered
 
     def _check_namespace(self, rt: ResourceType, namespace: str, name: str, creating: bool) -> None:
         if not rt.namespaced:
@@ -258,6 +279,8 @@ class Operations:
             raise errors.bad_request("the body of the request was not a JSON object")
         _check_type_meta(rt, version, body)
         obj = copy.deepcopy(body)
+        if rt.group == events.GROUP:
+            obj = events.to_core(obj)
         md = obj.get("metadata")
         if not isinstance(md, dict):
             md = obj["metadata"] = {}
@@ -321,6 +344,8 @@ class Operations:
         self._validate_common(rt, version, obj, None, ctx)
         if self.store.peek(rt.key, md.get("namespace", ""), name) is not None:
             raise errors.already_exists(rt.plural, rt.group, name)
+        if rt.builtin and rt.kind == "Service":
+            self._allocate_cluster_ip(obj)
         now = self.clock()
         md["uid"] = str(uuid.uuid4())
         md["creationTimestamp"] = now
@@ -350,6 +375,21 @@ class Operations:
             self.registry.add(crds.resource_type(stored))
         return self.render(rt, version, stored, shared=True)
 
+    def _allocate_cluster_ip(self, svc: Obj) -> None:
+        """A free address of the service CIDR 10.96.0.0/12 (from 10.96.0.1, which the
+        `kubernetes` Service gets) for a Service that asks for none; `None` stays headless."""
+        spec = svc["spec"]
+        if spec.get("type") == "ExternalName" or spec.get("clusterIP"):
+            if spec.get("clusterIP"):
+                spec.setdefault("clusterIPs", [spec["clusterIP"]])
+            return
+        used = {(o.get("spec") or {}).get("clusterIP") for o in self.store.objects_of("/services")}
+        n = 1
+        while (ip := f"10.96.{n // 256}.{n % 256}") in used or n % 256 in (0, 255):
+            n += 1
+        spec["clusterIP"] = ip
+        spec["clusterIPs"] = [ip]
+
     # --- update --------------------------------------------------------------------------------
 
     def update(
@@ -373,6 +413,8 @@ class Operations:
         # A PUT's body was parsed for this request alone: it is ours to change. A patch's merged
         # object may share parts with the stored one.
         incoming = copy.deepcopy(body) if from_patch else body
+        if rt.group == events.GROUP:
+            incoming = events.to_core(incoming)
         imd: Obj = incoming["metadata"] if isinstance(incoming.get("metadata"), dict) else {}
         if imd.get("name") and imd["name"] != name:
             raise errors.bad_request(
@@ -402,6 +444,10 @@ class Operations:
                 ],
             )
         omd = old["metadata"]
+        if imd.get("uid") and imd["uid"] != omd["uid"]:
+            # rest.BeforeUpdate keeps the stored uid only when none is sent; another is refused
+            immutable = validation.invalid("metadata.uid", imd["uid"], "field is immutable")
+            raise errors.invalid(rt.kind, rt.group, name, [immutable])
         if subresource == "status":
             # Shallow: stored objects are never changed in place, and below only the top level
             # and the metadata (copied) are written to.
@@ -487,10 +533,12 @@ class Operations:
             return self.render(rt, version, new, shared=True)
         if (
             nmd.get("deletionTimestamp")
+            and not nmd.get("deletionGracePeriodSeconds")
             and not nmd.get("finalizers")
             and not self._spec_finalizers(rt, new)
         ):
-            # The update that empties the finalizers of a terminating object is its deletion:
+            # The update that empties the finalizers of a terminating object is its deletion
+            # (not while a grace period runs: a terminating Pod's status writes keep it):
             # watchers see one DELETED event (with the last stored state, as etcd's delete
             # returns it); the caller gets the object it asked for, at the deletion's RV.
             gone = self.store.delete(rt.key, namespace if rt.namespaced else "", name)
@@ -689,6 +737,8 @@ class Operations:
                     )
                 ],
             )
+        if md.get("deletionTimestamp") and md.get("deletionGracePeriodSeconds"):
+            return self._shorten_grace_period(rt, version, obj, options, ctx)
         finalizers = list(md.get("finalizers") or [])
         if (
             policy == "Foreground"
@@ -704,15 +754,17 @@ class Operations:
             and crds.CLEANUP_FINALIZER not in finalizers
         ):
             finalizers.append(crds.CLEANUP_FINALIZER)
-        graceful = bool(finalizers) or bool(self._spec_finalizers(rt, obj))
+        grace = builtins.pod_grace_period(obj, options) if rt.builtin and rt.kind == "Pod" else 0
+        graceful = bool(grace) or bool(finalizers) or bool(self._spec_finalizers(rt, obj))
         if graceful:
             if md.get("deletionTimestamp") and finalizers == list(md.get("finalizers") or []):
                 return self.render(rt, version, obj, shared=True), False
             new = copy.deepcopy(obj)
             nmd = new["metadata"]
             if not nmd.get("deletionTimestamp"):
-                nmd["deletionTimestamp"] = self.clock()
-                nmd["deletionGracePeriodSeconds"] = 0
+                # A Pod's grace period: the kubelet (`controllers`) removes it when it ends.
+                nmd["deletionTimestamp"] = _later(self.clock(), grace)
+                nmd["deletionGracePeriodSeconds"] = grace
                 if rt.has_generation and "generation" in nmd:
                     nmd["generation"] += 1
             nmd["finalizers"] = finalizers
@@ -753,6 +805,37 @@ class Operations:
             "details": details,
         }, True
 
+    def _shorten_grace_period(
+        self, rt: ResourceType, version: str, obj: Obj, options: Obj, ctx: Context
+    ) -> tuple[Obj, bool]:
+        """A delete of an object already in its grace period (rest.BeforeDelete): only a
+        shorter `gracePeriodSeconds` changes anything; 0 without finalizers deletes it now."""
+        md = obj["metadata"]
+        asked = options.get("gracePeriodSeconds")
+        current = int(md["deletionGracePeriodSeconds"])
+        if asked is None or int(asked) >= current:
+            return self.render(rt, version, obj, shared=True), False
+        period = max(int(asked), 0)
+        if period == 0 and not md.get("finalizers"):
+            if ctx.dry_run:
+                return self.render(rt, version, obj, shared=True), True
+            gone = self.store.delete(rt.key, md.get("namespace", ""), md["name"])
+            self._after_delete(rt, gone)
+            return self.render(rt, version, gone, shared=True), True
+        new = copy.deepcopy(obj)
+        new["metadata"]["deletionTimestamp"] = _later(md["deletionTimestamp"], period - current)
+        new["metadata"]["deletionGracePeriodSeconds"] = period
+        if ctx.dry_run:
+            return self.render(rt, version, new, shared=True), False
+        return self.render(rt, version, self.store.update(rt.key, new), shared=True), False
+
+    def bind(self, rt: ResourceType, namespace: str, name: str, node: str) -> Obj:
+        """What a `pods/binding` does (the scheduler's write): sets `spec.nodeName`, through
+        the store, since a Pod's spec is otherwise immutable."""
+        new = copy.deepcopy(self._existing(rt, namespace, name))
+        new["spec"]["nodeName"] = node
+        return self.store.update(rt.key, new)
+
     def _after_delete(self, rt: ResourceType, gone: Obj) -> None:
         if rt.builtin and rt.kind == "CustomResourceDefinition":
             spec = gone.get("spec") or {}
@@ -769,6 +852,8 @@ class Operations:
         label_selector: str | None,
         field_selector: str | None,
     ) -> Obj:
+        """Delete every selected object; answers the list of them as they were before (what
+        kube's Store.DeleteCollection returns)."""
         listed = self.list_collection(
             rt, version, namespace, label_selector=label_selector, field_selector=field_selector
         )
@@ -779,9 +864,7 @@ class Operations:
             except errors.ApiError as exc:
                 if exc.code != 404:
                     raise
-        out = dict(listed)
-        out["items"] = []
-        return out
+        return listed
 
     # --- owner references (used by delete and by the garbage collector) -------------------------
 

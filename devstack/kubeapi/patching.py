@@ -285,12 +285,13 @@ def remove_fields(obj: Any, fields: dict[str, Any], field_name: str | None = Non
 
 
 def subtract(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Field set a minus b (leaves of a not in b)."""
+    """Field set a minus b (leaves of a not in b). A leaf of b does not cover its children in a:
+    applying `labels: {}` owns the empty map, not the keys applied before."""
     out: dict[str, Any] = {}
     for k, v in a.items():
         if k not in b:
             out[k] = v
-        elif v and b[k]:
+        elif v:
             rest = subtract(v, b[k])
             if rest:
                 out[k] = rest

@@ -1,7 +1,8 @@
 """Decoding of `application/vnd.kubernetes.protobuf` request bodies, for the kinds kubectl's
-imperative generators send that way (`kubectl create namespace|configmap|secret`).
+imperative generators send that way (`kubectl create namespace|configmap|secret|deployment`).
 
-Only decoding, only Namespace, ConfigMap and Secret (field numbers from k8s.io/api
+Only decoding, only Namespace, ConfigMap, Secret and the Deployment fields `kubectl create
+deployment` and common manifests set (field numbers from k8s.io/api
 `generated.proto`); anything else is a 415, and responses are always JSON (clients that send
 protobuf also accept JSON).  The wire format is the `k8s\\x00` magic followed by a
 `runtime.Unknown` envelope whose `raw` field holds the object.
@@ -41,7 +42,74 @@ OBJECT_META: Schema = {
     13: ("ownerReferences", ("repeated", OWNER_REF)),
     14: ("finalizers", "repeated:string"),
 }
+LABEL_SELECTOR: Schema = {
+    1: ("matchLabels", "map:string"),
+    2: (
+        "matchExpressions",
+        (
+            "repeated",
+            {1: ("key", "string"), 2: ("operator", "string"), 3: ("values", "repeated:string")},
+        ),
+    ),
+}
+INT_OR_STRING: Schema = {1: ("type", "int"), 2: ("intVal", "int"), 3: ("strVal", "string")}
+CONTAINER: Schema = {
+    1: ("name", "string"),
+    2: ("image", "string"),
+    3: ("command", "repeated:string"),
+    4: ("args", "repeated:string"),
+    5: ("workingDir", "string"),
+    6: (
+        "ports",
+        (
+            "repeated",
+            {
+                1: ("name", "string"),
+                2: ("hostPort", "int"),
+                3: ("containerPort", "int"),
+                4: ("protocol", "string"),
+                5: ("hostIP", "string"),
+            },
+        ),
+    ),
+    7: ("env", ("repeated", {1: ("name", "string"), 2: ("value", "string")})),
+    8: ("resources", {1: ("limits", "map:quantity"), 2: ("requests", "map:quantity")}),
+    13: ("terminationMessagePath", "string"),
+    14: ("imagePullPolicy", "string"),
+    20: ("terminationMessagePolicy", "string"),
+}
+POD_SPEC: Schema = {
+    2: ("containers", ("repeated", CONTAINER)),
+    3: ("restartPolicy", "string"),
+    4: ("terminationGracePeriodSeconds", "int?"),
+    6: ("dnsPolicy", "string"),
+    7: ("nodeSelector", "map:string"),
+    8: ("serviceAccountName", "string"),
+    19: ("schedulerName", "string"),
+    20: ("initContainers", ("repeated", CONTAINER)),
+}
+# What `kubectl create deployment NAME --image=... [--replicas=N] [--port=P]` sends.
+DEPLOYMENT_SPEC: Schema = {
+    1: ("replicas", "int?"),
+    2: ("selector", LABEL_SELECTOR),
+    3: ("template", {1: ("metadata", OBJECT_META), 2: ("spec", POD_SPEC)}),
+    4: (
+        "strategy",
+        {
+            1: ("type", "string"),
+            2: (
+                "rollingUpdate",
+                {1: ("maxUnavailable", INT_OR_STRING), 2: ("maxSurge", INT_OR_STRING)},
+            ),
+        },
+    ),
+    5: ("minReadySeconds", "int"),
+    6: ("revisionHistoryLimit", "int?"),
+    7: ("paused", "bool"),
+    9: ("progressDeadlineSeconds", "int?"),
+}
 KINDS: dict[tuple[str, str], Schema] = {
+    ("apps/v1", "Deployment"): {1: ("metadata", OBJECT_META), 2: ("spec", DEPLOYMENT_SPEC)},
     ("v1", "Namespace"): {
         1: ("metadata", OBJECT_META),
         2: ("spec", {1: ("finalizers", "repeated:string")}),
@@ -115,17 +183,20 @@ def _decode(buf: bytes, schema: Schema) -> Obj:
             obj[name] = bytes(val).decode()
         elif typ == "bytes":
             obj[name] = bytes(val)
-        elif typ == "int":
+        elif typ in ("int", "int?"):  # int?: a pointer in Go, so a 0 sent is kept
             obj[name] = val - (1 << 64) if val >= 1 << 63 else val
         elif typ == "bool":
             obj[name] = bool(val)
         elif typ == "repeated:string":
             obj.setdefault(name, []).append(bytes(val).decode())
         elif isinstance(typ, str) and typ.startswith("map:"):
-            entry = _decode(val, {1: ("k", "string"), 2: ("v", typ[4:])})
+            value_type = {"map:quantity": {1: ("string", "string")}}.get(typ, typ[4:])
+            entry = _decode(val, {1: ("k", "string"), 2: ("v", value_type)})
             value = entry.get("v", b"" if typ == "map:bytes" else "")
             if typ == "map:bytes":
                 value = base64.b64encode(value).decode()
+            elif typ == "map:quantity":
+                value = value.get("string", "0") if isinstance(value, dict) else "0"
             obj.setdefault(name, {})[entry.get("k", "")] = value
         elif isinstance(typ, tuple):
             obj.setdefault(name, []).append(_decode(val, typ[1]))
@@ -144,7 +215,8 @@ def decode(body: bytes) -> Obj:
         415,
         "UnsupportedMediaType",
         "the body of the request was in an unknown format - accepted media types include: "
-        "application/json, application/yaml (protobuf only for Namespace, ConfigMap, Secret)",
+        "application/json, application/yaml (protobuf only for Namespace, ConfigMap, Secret, "
+        "Deployment)",
     )
     if not body.startswith(MAGIC):
         raise unsupported
@@ -161,4 +233,18 @@ def decode(body: bytes) -> Obj:
     for ts in ("creationTimestamp", "deletionTimestamp"):
         if isinstance(md.get(ts), dict):
             md[ts] = _time(md[ts])
+    _int_or_string(obj)
     return {"apiVersion": key[0], "kind": key[1], **obj}
+
+
+def _int_or_string(node: Any) -> None:
+    """intstr.IntOrString messages (type 0: intVal, 1: strVal) as JSON writes them."""
+    if isinstance(node, list):
+        for item in node:
+            _int_or_string(item)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            if isinstance(v, dict) and set(v) <= {"type", "intVal", "strVal"} and v:
+                node[k] = v.get("strVal", "") if v.get("type") == 1 else v.get("intVal", 0)
+            else:
+                _int_or_string(v)

@@ -8,7 +8,7 @@ and holds no objects (see `store.py`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
@@ -36,10 +36,18 @@ class ResourceType:
     version_subresources: dict[str, dict[str, Any]] = field(default_factory=dict)
     selectable_fields: dict[str, list[str]] = field(default_factory=dict)  # version -> jsonPaths
     crd_name: str | None = None
+    storage_key: str | None = None
+    """Set for a resource served from another one's objects (events.k8s.io Events are the
+    core Events): that resource's key."""
 
     @property
     def key(self) -> str:
-        """The storage key prefix: one per resource, whatever the version asked for."""
+        """The storage key prefix: one per stored resource, whatever the version asked for."""
+        return self.storage_key or self.resource_id
+
+    @property
+    def resource_id(self) -> str:
+        """`group/plural`: how the registry knows it."""
         return f"{self.group}/{self.plural}"
 
     @property
@@ -124,7 +132,22 @@ def builtin_resources() -> list[ResourceType]:
             return_deleted=True,
         ),
         _builtin("", "v1", "events", "event", "Event", short_names=["ev"]),
+        _builtin(
+            "",
+            "v1",
+            "services",
+            "service",
+            "Service",
+            short_names=["svc"],
+            categories=["all"],
+            status=True,
+            return_deleted=True,
+        ),
         _builtin("coordination.k8s.io", "v1", "leases", "lease", "Lease"),
+        replace(
+            _builtin("events.k8s.io", "v1", "events", "event", "Event", short_names=["ev"]),
+            storage_key="/events",
+        ),
         _builtin(
             "apps",
             "v1",
@@ -173,7 +196,7 @@ class Registry:
             self.add(rt)
 
     def add(self, rt: ResourceType) -> None:
-        self._by_key[rt.key] = rt
+        self._by_key[rt.resource_id] = rt
 
     def remove(self, key: str) -> None:
         self._by_key.pop(key, None)
@@ -185,6 +208,7 @@ class Registry:
         return rt
 
     def by_key(self, key: str) -> ResourceType | None:
+        """The resource `group/plural` (for a stored resource, its storage key)."""
         return self._by_key.get(key)
 
     def by_kind(self, group: str, kind: str) -> ResourceType | None:
@@ -194,7 +218,8 @@ class Registry:
         return None
 
     def all(self) -> list[ResourceType]:
-        return list(self._by_key.values())
+        """The stored resources, each once (not the views of another's objects)."""
+        return [rt for rt in self._by_key.values() if rt.storage_key is None]
 
     def groups(self) -> dict[str, list[str]]:
         """group -> served versions (preferred first), in a stable order; core group excluded."""

@@ -200,6 +200,16 @@ FIELDS_BY_KIND: dict[str, dict[str, Callable[[Obj], str]]] = {
     },
     "ReplicaSet": {"status.replicas": _path("status", "replicas")},
 }
+# events.k8s.io/v1's field labels, on the stored (core) Events they are views of
+EVENTS_V1_FIELDS: dict[str, Callable[[Obj], str]] = {
+    **{
+        f"regarding.{f}": _path("involvedObject", f)
+        for f in ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")
+    },
+    "reason": _path("reason"),
+    "reportingController": _path("reportingComponent"),
+    "type": _path("type"),
+}
 
 
 @dataclass(frozen=True)
@@ -221,7 +231,9 @@ def parse_field_selector(
     if not text:
         return []
     allowed = dict(_COMMON)
-    if rt.builtin:
+    if rt.builtin and rt.group == "events.k8s.io":
+        allowed.update(EVENTS_V1_FIELDS)
+    elif rt.builtin:
         allowed.update(FIELDS_BY_KIND.get(rt.kind, {}))
     else:
         for path in rt.selectable_fields.get(version, []):

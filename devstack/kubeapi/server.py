@@ -38,8 +38,25 @@ Obj = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ADMIN_PREFIX = "/_emulator"
+MAX_REQUEST_BYTES = 3 * 1024 * 1024  # kube-apiserver's MaxRequestBodyBytes
 DEFAULT_WATCH_TIMEOUT = 1800.0
 WATCH_LINES_KEPT = 1024  # encoded watch lines remembered (see Server._lines)
+# kube-apiserver's health checks per endpoint, in the order `?verbose` lists them
+_CHECKS = (
+    "ping",
+    "log",
+    "etcd",
+    "etcd-readiness",
+    "informer-sync",
+    "poststarthook/start-apiserver-admission-initializer",
+    "poststarthook/generic-apiserver-start-informers",
+    "poststarthook/start-apiextensions-informers",
+    "poststarthook/start-apiextensions-controllers",
+    "poststarthook/crd-informer-synced",
+    "poststarthook/start-kube-apiserver-admission-initializer",
+)
+_LIVE_CHECKS = tuple(c for c in _CHECKS if c not in ("etcd-readiness", "informer-sync"))
+HEALTH_CHECKS = {"healthz": _LIVE_CHECKS, "livez": _LIVE_CHECKS, "readyz": (*_CHECKS, "shutdown")}
 # what kube-apiserver's system:public-info-viewer role lets anonymous clients read
 PUBLIC_PATHS = frozenset(
     {"/version", "/version/", "/healthz", "/livez", "/readyz"}
@@ -99,11 +116,11 @@ class Server:
         self.registry = api.registry
         self.streams: set[asyncio.Task[Any]] = set()
         self._lines: dict[tuple[int, str, str], bytes] = {}
-        """Watch lines already encoded, by (resourceVersion, event type, version): every watcher
+        """Watch lines already encoded, by (resourceVersion, event type, apiVersion): every watcher
         of a kind gets the same bytes for one write, so it is serialised once."""
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware], client_max_size=16 * 1024 * 1024)
+        app = web.Application(middlewares=[self._middleware], client_max_size=MAX_REQUEST_BYTES)
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         return app
 
@@ -142,8 +159,8 @@ class Server:
             return await self._admin(request, parts[1:])
         if path == "/version":
             return _json_response(discovery.version_info())
-        if path in ("/healthz", "/livez", "/readyz"):
-            return web.Response(text="ok", content_type="text/plain")
+        if parts and parts[0] in HEALTH_CHECKS:
+            return self._health(request, parts)
         if path == "/openapi/v3":
             return _json_response(openapi.root(self.registry))
         if path.startswith("/openapi/v3/"):
@@ -170,6 +187,22 @@ class Server:
                 return _json_response(doc)
             return await self._resource_request(request, group, parts[2], parts[3:])
         raise errors.path_not_found()
+
+    def _health(self, request: web.Request, parts: list[str]) -> web.Response:
+        """`/readyz`, `/livez`, `/healthz`: `ok`, one check's `ok` at `/<endpoint>/<check>`, or
+        with `?verbose` every check as `[+]name ok` and `<endpoint> check passed` (an
+        `?exclude=name` check is listed as excluded), as kube-apiserver's healthz package."""
+        endpoint, checks = parts[0], HEALTH_CHECKS[parts[0]]
+        if len(parts) > 1:
+            if "/".join(parts[1:]) not in checks:
+                raise errors.path_not_found()
+            return web.Response(text="ok", content_type="text/plain")
+        if "verbose" not in request.query:
+            return web.Response(text="ok", content_type="text/plain")
+        excluded = set(request.query.getall("exclude", []))
+        lines = [f"[+]{c} excluded: ok" if c in excluded else f"[+]{c} ok" for c in checks]
+        lines.append(f"{endpoint} check passed")
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     def _discovery_root(self, request: web.Request, *, legacy: bool) -> web.Response:
         if discovery.wants_aggregated(request.headers.get("Accept", "")):
@@ -263,7 +296,7 @@ class Server:
                 obj = self.ops.create(rt, version, namespace or "", body, ctx)
                 return self._respond(obj, 201, ctx, rt, version, accept)
             if method == "DELETE":
-                body = _delete_options(await self._body(request, optional=True), q)
+                body = _delete_options(await self._body(request, optional=True), q, ctx)
                 out = self.ops.delete_collection(
                     rt,
                     version,
@@ -304,7 +337,7 @@ class Server:
             )
             return self._respond(obj, 201 if created else 200, ctx, rt, version, accept)
         if method == "DELETE" and sub is None:
-            body = _delete_options(await self._body(request, optional=True), q)
+            body = _delete_options(await self._body(request, optional=True), q, ctx)
             out, _ = self.ops.delete(rt, version, ns, name, body, ctx)
             return self._respond(out, 200, ctx, rt, version, "")
         raise errors.method_not_allowed()
@@ -312,7 +345,7 @@ class Server:
     # --- bodies and responses ------------------------------------------------------------------
 
     async def _body(self, request: web.Request, *, optional: bool = False) -> Any:
-        raw = await request.read()
+        raw = await _read(request)
         if not raw.strip():
             if optional:
                 return None
@@ -335,7 +368,7 @@ class Server:
             raise errors.bad_request(f"couldn't get version/kind; json parse error: {exc}") from exc
 
     async def _patch_body(self, request: web.Request) -> Any:
-        raw = await request.read()
+        raw = await _read(request)
         ct = request.content_type
         if ct not in (MERGE_PATCH, JSON_PATCH, STRATEGIC_PATCH, APPLY_PATCH):
             raise errors.ApiError(
@@ -610,7 +643,7 @@ class Server:
             def line(ev: Event, kind: str, obj: Obj) -> bytes:
                 if as_table or obj is not ev.obj:  # a table, or an object made for this watch
                     return encode(kind, self.ops.render(rt, version, obj, shared=True))
-                key = (ev.rv, kind, version)
+                key = (ev.rv, kind, rt.api_version(version))  # Events: v1 or events.k8s.io/v1
                 cached = self._lines.get(key)
                 if cached is None:
                     cached = encode(kind, self.ops.render(rt, version, obj, shared=True))
@@ -722,6 +755,18 @@ class Server:
         return _json_response({"ok": True})
 
 
+async def _read(request: web.Request) -> bytes:
+    """The request body; over MAX_REQUEST_BYTES a 413 Status, as kube-apiserver answers."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise errors.ApiError(
+            413,
+            "RequestEntityTooLarge",
+            f"Request entity too large: limit is {MAX_REQUEST_BYTES}",
+        ) from exc
+
+
 def _check_acceptable_or_table(accept: str) -> None:
     if _wants_table(accept):
         return
@@ -741,9 +786,30 @@ def _escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _delete_options(body: Any, q: Any) -> Obj:
-    """DeleteOptions from the body, completed by the query parameters clients may use instead."""
+def _delete_options(body: Any, q: Any, ctx: Context) -> Obj:
+    """DeleteOptions from the body, completed by the query parameters clients may use instead.
+    `dryRun` is read from both: client-go and kubectl send it in the body. A value other than
+    `All` is a 422 on DeleteOptions, as kube's ValidateDeleteOptions answers."""
     options: Obj = dict(body) if isinstance(body, dict) else {}
+    dry_run = options.get("dryRun") or []
+    if not isinstance(dry_run, list) or not all(isinstance(d, str) for d in dry_run):
+        raise errors.bad_request("DeleteOptions.dryRun: expected a list of strings")
+    if any(value != "All" for value in dry_run):
+        # field.NotSupported of the whole list, which Go renders with %#v
+        listed = ", ".join(json.dumps(v) for v in dry_run)
+        raise errors.invalid(
+            "DeleteOptions",
+            "meta.k8s.io",
+            "",
+            [
+                errors.Cause(
+                    "FieldValueNotSupported",
+                    f'Unsupported value: []string{{{listed}}}: supported values: "All"',
+                    "dryRun",
+                )
+            ],
+        )
+    ctx.dry_run = ctx.dry_run or bool(dry_run)
     if "propagationPolicy" in q:
         options.setdefault("propagationPolicy", q["propagationPolicy"])
     if "orphanDependents" in q:

@@ -13,7 +13,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from . import selectors
+from . import events, selectors
 from .resources import ResourceType
 
 Obj = dict[str, Any]
@@ -196,7 +196,28 @@ def _rs_cells(o: Obj) -> list[Any]:
     ]
 
 
+def _service_cells(o: Obj, age_cell: str) -> list[Any]:
+    spec = o.get("spec") or {}
+    ports = ",".join(
+        f"{p.get('port')}/{p.get('protocol', 'TCP')}"
+        if not p.get("nodePort")
+        else f"{p.get('port')}:{p['nodePort']}/{p.get('protocol', 'TCP')}"
+        for p in spec.get("ports") or []
+    )
+    selector = ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector") or {}).items()))
+    return [
+        o["metadata"]["name"],
+        spec.get("type", "ClusterIP"),
+        spec.get("clusterIP") or "<none>",
+        ",".join(spec.get("externalIPs") or []) or "<none>",
+        ports or "<none>",
+        age_cell,
+        selector or "<none>",
+    ]
+
+
 def _event_cells(o: Obj) -> list[Any]:
+    o = events.to_core(o)  # an events.k8s.io/v1 Event has the same columns
     inv = o.get("involvedObject") or {}
     last = o.get("lastTimestamp") or o.get("eventTime") or o["metadata"].get("creationTimestamp")
     first = o.get("firstTimestamp") or o.get("eventTime") or o["metadata"].get("creationTimestamp")
@@ -289,6 +310,15 @@ BUILTIN_COLUMNS: dict[str, list[Obj]] = {
         _col("Count", "integer", priority=1, desc="The number of times this event has occurred."),
         _col("Name", priority=1, fmt="name", desc=_NAME_DESC),
     ],
+    "Service": [
+        _col("Name", fmt="name", desc=_NAME_DESC),
+        _col("Type", desc="The type of the service."),
+        _col("Cluster-IP", desc="The IP address of the service."),
+        _col("External-IP", desc="The external IP address of the service."),
+        _col("Port(s)", desc="The ports of the service."),
+        _col("Age", desc=_AGE_DESC),
+        _col("Selector", priority=1, desc="Route service traffic to pods with matching labels."),
+    ],
     "Lease": [
         _col("Name", fmt="name", desc=_NAME_DESC),
         _col("Holder", desc="The holder of the lease"),
@@ -363,6 +393,8 @@ def _builtin_cells(kind: str, o: Obj) -> list[Any]:
         return _event_cells(o)
     if kind == "Lease":
         return [md["name"], (o.get("spec") or {}).get("holderIdentity") or "", a]
+    if kind == "Service":
+        return _service_cells(o, a)
     if kind == "Deployment":
         return _deploy_cells(o)
     if kind == "ReplicaSet":

@@ -19,7 +19,7 @@ from k8s.harness import crd_documents
 
 from devstack.kubeapi import KubeAPI
 from services.bouncer.__main__ import serve
-from services.bouncer.policies import RESTARTED_FOR, is_ready
+from services.bouncer.policies import RESTARTED_FOR, is_ready, is_terminating
 from services.bouncer.settings import BouncerSettings
 from shared.bus import Bus, ConsumerSettings, Delivery, NatsSettings
 from shared.events import (
@@ -71,8 +71,18 @@ def pod_ready_delay() -> float:
 
 
 @pytest.fixture
-async def cluster(pod_ready_delay: float) -> AsyncIterator[KubeAPI]:
-    async with KubeAPI(name=CLUSTER, pod_ready_delay=pod_ready_delay) as api:
+def pod_termination_delay() -> float | None:
+    """Seconds a deleted pod stays Terminating (None: its whole 30 s grace period)."""
+    return 0.5
+
+
+@pytest.fixture
+async def cluster(
+    pod_ready_delay: float, pod_termination_delay: float | None
+) -> AsyncIterator[KubeAPI]:
+    async with KubeAPI(
+        name=CLUSTER, pod_ready_delay=pod_ready_delay, pod_termination_delay=pod_termination_delay
+    ) as api:
         yield api
 
 
@@ -169,7 +179,9 @@ class Mesh:
         return len(ours) == istiod and len(theirs) == gateways
 
     async def pods(self, namespace: str, app: str) -> list[dict[str, Any]]:
-        return (await self.kube.list(PODS, namespace=namespace, label_selector={"app": app})).items
+        """The live pods: not those Terminating after a bounce (they linger for a while)."""
+        listed = await self.kube.list(PODS, namespace=namespace, label_selector={"app": app})
+        return [p for p in listed.items if not is_terminating(p)]
 
     async def names(self, namespace: str, app: str) -> set[str]:
         return {p["metadata"]["name"] for p in await self.pods(namespace, app)}
@@ -239,14 +251,21 @@ class PodLog:
     """Every pod change in the cluster, in resourceVersion order (one watch sees them so)."""
 
     events: list[tuple[str, str, str, bool]] = field(default_factory=list)
-    """(type, namespace, name, ready)."""
+    """(type, namespace, name, ready); type DELETING marks where a pod's deletion began (its
+    deletionTimestamp appeared, or it went at once), before its MODIFIED or DELETED event."""
     created: list[tuple[str, str, str | None]] = field(default_factory=list)
     """(namespace, name, its RESTARTED_FOR annotation) of every pod that appeared."""
+    _deleting: set[tuple[str, str]] = field(default_factory=set)
 
     def __call__(self, event: InformerEvent) -> None:
-        self.events.append(
-            (event.type.value, event.key.namespace, event.key.name, is_ready(event.object))
-        )
+        key = (event.key.namespace, event.key.name)
+        ready = is_ready(event.object)
+        if key not in self._deleting and (
+            event.type.value == "DELETED" or is_terminating(event.object)
+        ):
+            self._deleting.add(key)
+            self.events.append(("DELETING", *key, ready))
+        self.events.append((event.type.value, *key, ready))
         if event.type.value == "ADDED":
             annotations = event.object["metadata"].get("annotations") or {}
             self.created.append(
@@ -254,10 +273,11 @@ class PodLog:
             )
 
     def deleted(self, namespace: str | None = None) -> list[str]:
+        """The pods whose deletion began, in order."""
         return [
             name
             for kind, ns, name, _ in self.events
-            if kind == "DELETED" and (namespace is None or ns == namespace)
+            if kind == "DELETING" and (namespace is None or ns == namespace)
         ]
 
 

@@ -10,10 +10,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from devstack.kubeapi import KubeAPI
-from services.bouncer.policies import RESTARTED_FOR, is_ready
+from services.bouncer.policies import RESTARTED_FOR, is_ready, is_terminating
 from shared.bus import MSG_ID, NatsSettings
 from shared.events import encode, new_issuance_id
-from shared.k8s.resources import DEPLOYMENTS
+from shared.k8s.resources import DEPLOYMENTS, PODS
 from support.waiting import eventually
 
 from .conftest import (
@@ -67,7 +67,7 @@ async def test_the_second_selector_is_not_bounced_before_the_first_ones_replacem
     # then (only then) the first gateway pod deleted.
     events = pod_log.events
     first_gateway_delete = next(
-        i for i, (kind, ns, _, _) in enumerate(events) if kind == "DELETED" and ns == GATEWAYS
+        i for i, (kind, ns, _, _) in enumerate(events) if kind == "DELETING" and ns == GATEWAYS
     )
     replacement_ready = next(
         i
@@ -79,7 +79,7 @@ async def test_the_second_selector_is_not_bounced_before_the_first_ones_replacem
     assert all(
         i < first_gateway_delete
         for i, (kind, ns, _, _) in enumerate(events)
-        if kind == "DELETED" and ns == ISTIO
+        if kind == "DELETING" and ns == ISTIO
     )
     assert set(pod_log.deleted(GATEWAYS)) == gateways_before
 
@@ -201,6 +201,41 @@ async def test_a_redelivered_request_deletes_nothing_and_a_new_issuance_bounces_
     assert status["issuanceId"] == second_issuance
     assert [set(e["bouncedPods"]) for e in status["podsBounced"]] == [istiod_now, gateways_now]
     assert sorted(pod_log.deleted()) == sorted([*deleted_once, *istiod_now, *gateways_now])
+
+
+@pytest.mark.parametrize("pod_termination_delay", [None])
+async def test_bounced_pods_still_terminating_are_neither_replacements_nor_bounced_again(
+    mesh: Mesh, agent: Agent, pod_log: PodLog, cluster: KubeAPI, settings: object
+) -> None:
+    # Every deleted pod stays Terminating (and Ready, as its containers stop) for its whole
+    # 30 s grace period, as on a cluster whose workloads take their time to stop.
+    await mesh.install(istiod=1, gateways=2)
+    await mesh.directive(selector(ISTIO, "istiod", 1), selector(GATEWAYS, "gateway", 2))
+    first, second = new_issuance_id(), new_issuance_id()
+    await mesh.certificate(first)
+    istiod_before = await mesh.names(ISTIO, "istiod")
+    gateways_before = await mesh.names(GATEWAYS, "gateway")
+
+    async with running_bouncer(settings):  # type: ignore[arg-type]
+        await agent.ask(first)
+        answer = await agent.answer(first)
+        assert answer.data.error is None
+        lingering = await mesh.kube.list(PODS, namespace=GATEWAYS)
+        terminating = {p["metadata"]["name"] for p in lingering.items if is_terminating(p)}
+        assert terminating == gateways_before
+        assert all(is_ready(p) for p in lingering.items)
+        replacements = await mesh.names(GATEWAYS, "gateway")
+        assert len(replacements) == 2
+        assert replacements.isdisjoint(gateways_before)
+
+        await mesh.certificate(second)
+        await agent.ask(second)
+        again = await agent.answer(second)
+
+    assert again.data.error is None
+    assert [set(s.pods) for s in again.data.selectors][1] == replacements
+    assert sorted(pod_log.deleted(GATEWAYS)) == sorted([*gateways_before, *replacements])
+    assert istiod_before.isdisjoint(await mesh.names(ISTIO, "istiod"))
 
 
 @pytest.mark.parametrize("pod_ready_delay", [3600.0])

@@ -26,7 +26,9 @@ KUBECTL = BIN / "kubectl"
 
 @pytest.fixture
 async def api() -> AsyncIterator[KubeAPI]:
-    async with KubeAPI(name="east", pod_ready_delay=0.05, bookmark_interval=0.2) as cluster:
+    async with KubeAPI(
+        name="east", pod_ready_delay=0.05, pod_termination_delay=0.05, bookmark_interval=0.2
+    ) as cluster:
         yield cluster
 
 

@@ -12,6 +12,8 @@ import yaml
 from kubernetes_asyncio import client
 
 from devstack.kubeapi import KubeAPI
+from devstack.kubeapi.__main__ import parse_args
+from devstack.kubeapi.cluster import DEFAULT_POD_TERMINATION_DELAY
 
 from .conftest import Kubectl, make_client
 
@@ -128,3 +130,10 @@ async def test_cli_with_tls_token_and_state_survives_a_restart(tmp_path: Path) -
         assert got["metadata"]["name"] == "kept"
     finally:
         assert await stop(proc) == 0
+
+
+def test_pod_termination_delay_option_defaults_short_and_grace_waits_the_whole_period() -> None:
+    base = ["--listen", "127.0.0.1:0", "--kubeconfig", "/dev/null"]
+    assert parse_args(base)[0].pod_termination_delay == DEFAULT_POD_TERMINATION_DELAY == 0.5
+    assert parse_args([*base, "--pod-termination-delay", "2"])[0].pod_termination_delay == 2.0
+    assert parse_args([*base, "--pod-termination-delay", "grace"])[0].pod_termination_delay is None

@@ -284,6 +284,53 @@ async def test_delete_preconditions_are_checked(k8s: ApiClient) -> None:
     )
 
 
+async def test_dry_run_in_the_delete_options_body_deletes_nothing(k8s: ApiClient) -> None:
+    """client-go, controller-runtime and `kubectl delete --dry-run=server` send dryRun in the
+    DeleteOptions body, not in the query."""
+    v1 = client.CoreV1Api(k8s)
+    await v1.create_namespaced_config_map("default", {"metadata": {"name": "a"}})
+    await v1.create_namespace({"metadata": {"name": "kept"}})
+    await v1.delete_namespaced_config_map("a", "default", body={"dryRun": ["All"]})
+    await v1.delete_namespace("kept", body={"dryRun": ["All"]})
+    assert (await v1.read_namespaced_config_map("a", "default")).metadata.name == "a"
+    ns = await v1.read_namespace("kept")
+    assert ns.metadata.deletion_timestamp is None
+    assert ns.status.phase == "Active"
+    with pytest.raises(client.ApiException) as err:
+        await v1.delete_namespaced_config_map("a", "default", body={"dryRun": ["Some"]})
+    assert err.value.status == 422
+    assert status_of(err.value)["details"]["causes"] == [
+        {
+            "reason": "FieldValueNotSupported",
+            "message": 'Unsupported value: []string{"Some"}: supported values: "All"',
+            "field": "dryRun",
+        }
+    ]
+
+
+async def test_a_put_that_changes_the_uid_is_422_immutable(k8s: ApiClient) -> None:
+    v1 = client.CoreV1Api(k8s)
+    cm = await v1.create_namespaced_config_map("default", {"metadata": {"name": "a"}})
+    body = {"metadata": {"name": "a", "uid": "0000-not-the-uid"}, "data": {"k": "v"}}
+    with pytest.raises(client.ApiException) as err:
+        await v1.replace_namespaced_config_map("a", "default", body)
+    assert err.value.status == 422
+    st = status_of(err.value)
+    assert st["message"] == (
+        'ConfigMap "a" is invalid: metadata.uid: Invalid value: "0000-not-the-uid": '
+        "field is immutable"
+    )
+    assert st["details"]["causes"][0]["field"] == "metadata.uid"
+    with pytest.raises(client.ApiException) as err:
+        await v1.patch_namespaced_config_map("a", "default", {"metadata": {"uid": "other"}})
+    assert err.value.status == 422
+    kept = await v1.read_namespaced_config_map("a", "default")
+    assert kept.metadata.uid == cm.metadata.uid
+    assert kept.data is None
+    body["metadata"]["uid"] = cm.metadata.uid  # the same uid (or none) is an ordinary update
+    assert (await v1.replace_namespaced_config_map("a", "default", body)).data == {"k": "v"}
+
+
 async def test_namespace_deletion_removes_its_objects_then_itself(k8s: ApiClient) -> None:
     v1 = client.CoreV1Api(k8s)
     ns = await v1.create_namespace({"metadata": {"name": "doomed"}})

@@ -74,3 +74,24 @@ async def test_unknown_paths_are_404_status(http: aiohttp.ClientSession, k8s: Ap
         async with http.get(path) as resp:
             assert resp.status == 404
             assert (await resp.json())["kind"] == "Status"
+
+
+async def test_health_endpoints_list_their_checks_when_verbose(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with http.get("/readyz") as resp:
+        assert await resp.text() == "ok"
+    async with http.get("/readyz", params={"verbose": ""}) as resp:
+        lines = (await resp.text()).splitlines()
+    assert lines[0] == "[+]ping ok"
+    assert "[+]etcd ok" in lines
+    assert "[+]shutdown ok" in lines
+    assert lines[-1] == "readyz check passed"
+    async with http.get("/livez?verbose&exclude=etcd") as resp:
+        lines = (await resp.text()).splitlines()
+    assert "[+]etcd excluded: ok" in lines
+    assert lines[-1] == "livez check passed"
+    async with http.get("/readyz/ping") as resp:
+        assert (resp.status, await resp.text()) == (200, "ok")
+    async with http.get("/readyz/nothing") as resp:
+        assert resp.status == 404

@@ -8,8 +8,11 @@ import json
 
 import yaml
 
+from devstack.kubeapi import KubeAPI
+
 from .conftest import WIDGET_CRD, Kubectl, deployment, eventually
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 WIDGET_YAML = """
 apiVersion: example.com/v1
 kind: Widget
@@ -290,3 +293,102 @@ async def test_imperative_create_of_namespace_configmap_and_secret(kubectl: Kube
     ns = await kubectl.json("get", "ns", "team")
     assert "generateName" not in ns["metadata"]
     assert ns["status"]["phase"] == "Active"
+
+
+async def test_delete_with_server_dry_run_keeps_the_object(kubectl: Kubectl) -> None:
+    await kubectl("create", "namespace", "team")
+    await kubectl("create", "configmap", "c", "-n", "team", "--from-literal=a=1")
+    res = await kubectl("delete", "configmap", "c", "-n", "team", "--dry-run=server")
+    assert res.out.strip() == 'configmap "c" deleted from team namespace (server dry run)'
+    await kubectl("delete", "namespace", "team", "--dry-run=server")
+    assert (await kubectl.json("get", "cm", "c", "-n", "team"))["data"] == {"a": "1"}
+    assert (await kubectl.json("get", "ns", "team"))["status"]["phase"] == "Active"
+
+
+async def test_cluster_info_and_the_kubernetes_service(kubectl: Kubectl, api: KubeAPI) -> None:
+    info = await kubectl("cluster-info")
+    assert f"Kubernetes control plane is running at {api.url}" in info.out
+    row = (await kubectl("get", "svc", "kubernetes", "--no-headers")).out.split()
+    assert row[:5] == ["kubernetes", "ClusterIP", "10.96.0.1", "<none>", "443/TCP"]
+    svc = yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
+        }
+    )
+    await kubectl("apply", "-f", "-", stdin=svc)
+    web = await kubectl.json("get", "svc", "web")
+    assert web["spec"]["clusterIP"] not in ("", "10.96.0.1")
+    assert web["spec"]["ports"] == [{"port": 80, "protocol": "TCP", "targetPort": 80}]
+
+
+async def test_imperative_create_deployment_sends_protobuf_and_works(kubectl: Kubectl) -> None:
+    res = await kubectl(
+        "create", "deployment", "web", "--image=nginx:1.27", "--replicas=2", "--port=80"
+    )
+    assert res.out.strip() == "deployment.apps/web created"
+    created = await kubectl.json("get", "deploy", "web")
+    spec = created["spec"]
+    assert spec["replicas"] == 2
+    assert spec["selector"] == {"matchLabels": {"app": "web"}}
+    assert spec["template"]["metadata"]["labels"] == {"app": "web"}
+    [container] = spec["template"]["spec"]["containers"]
+    assert (container["name"], container["image"]) == ("nginx", "nginx:1.27")
+    assert container["ports"] == [{"containerPort": 80, "protocol": "TCP"}]
+    await kubectl("rollout", "status", "deploy/web", "--timeout=20s")
+    await kubectl("create", "deployment", "idle", "--image=nginx:1.27", "--replicas=0")
+    assert (await kubectl.json("get", "deploy", "idle"))["spec"]["replicas"] == 0
+
+
+async def test_explain_reads_kubes_schemas_of_builtin_kinds(kubectl: Kubectl) -> None:
+    pod = (await kubectl("explain", "pod.spec.containers.name")).out
+    assert "KIND:       Pod" in pod
+    assert "FIELD: name <string>" in pod
+    assert "Name of the container specified as a DNS_LABEL." in pod
+    replicas = (await kubectl("explain", "deployment.spec.replicas")).out
+    assert "GROUP:      apps" in replicas
+    assert "FIELD: replicas <integer>" in replicas
+    secret = (await kubectl("explain", "secret", "--recursive")).out
+    assert "stringData\t<map[string]string>" in secret
+
+
+async def test_server_side_apply_takes_over_from_client_side_apply(kubectl: Kubectl) -> None:
+    await install_crd(kubectl)
+    await kubectl("apply", "-f", "-", stdin=WIDGET_YAML)
+    # kube's CSA -> SSA upgrade: fields recorded in last-applied and unchanged since are
+    # kubectl's to change, although kubectl-client-side-apply owns them
+    upgraded = await kubectl(
+        "apply", "--server-side", "-f", "-", stdin=WIDGET_YAML.replace("size: 3", "size: 4")
+    )
+    assert upgraded.out.strip() == "widget.example.com/w1 serverside-applied"
+    obj = await kubectl.json("get", "widget", "w1", "--show-managed-fields")
+    assert obj["spec"]["size"] == 4
+    owners = {m["manager"]: m["fieldsV1"] for m in obj["metadata"]["managedFields"]}
+    assert "f:size" in owners["kubectl"]["f:spec"]
+    assert "f:size" not in owners.get("kubectl-client-side-apply", {}).get("f:spec", {})
+    last = json.loads(obj["metadata"]["annotations"][LAST_APPLIED])
+    assert last["spec"] == {"size": 4, "tags": ["a"]}
+    # a field someone else changed since the last apply is not taken over
+    await kubectl("apply", "-f", "-", stdin=WIDGET_YAML.replace("tags: [a]", "tags: [b]"))
+    await kubectl(
+        "patch",
+        "widget",
+        "w1",
+        "--type=merge",
+        "-p",
+        '{"spec":{"tags":["c"]}}',
+        "--field-manager=other",
+    )
+    conflict = await kubectl(
+        "apply",
+        "--server-side",
+        "-f",
+        "-",
+        stdin=WIDGET_YAML.replace("tags: [a]", "tags: [d]"),
+        check=False,
+    )
+    assert conflict.rc != 0
+    assert 'conflict with "other"' in conflict.err
+    assert "kubectl-client-side-apply" not in conflict.err

@@ -145,8 +145,15 @@ async def test_list_at_an_exact_resource_version(labelled: client.CoreV1Api) -> 
     assert then.metadata.resource_version == rv
 
 
-async def test_delete_collection_with_a_label_selector(labelled: client.CoreV1Api) -> None:
-    await labelled.delete_collection_namespaced_config_map("default", label_selector="env=prod")
+async def test_delete_collection_with_a_label_selector_answers_the_deleted_objects(
+    labelled: client.CoreV1Api,
+) -> None:
+    raw = await labelled.delete_collection_namespaced_config_map(
+        "default", label_selector="env=prod", _preload_content=False
+    )
+    answered = json.loads(await raw.read())
+    assert answered["kind"] == "ConfigMapList"
+    assert [i["metadata"]["name"] for i in answered["items"]] == ["a", "c"]
     left = await labelled.list_namespaced_config_map("default")
     assert [i.metadata.name for i in left.items] == ["b", "d"]
 

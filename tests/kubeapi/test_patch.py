@@ -131,6 +131,23 @@ async def test_server_side_apply_creates_updates_and_removes_fields_it_no_longer
     assert updated["metadata"]["generation"] == 2
 
 
+async def test_server_side_apply_of_an_empty_map_removes_the_managers_keys(
+    k8s: ApiClient,
+) -> None:
+    v1 = client.CoreV1Api(k8s)
+
+    async def apply(labels: dict[str, str]) -> dict[str, str] | None:
+        cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": labels}}
+        await v1.patch_namespaced_config_map_with_http_info(
+            "c", "default", cm, field_manager="alice", _content_type=APPLY
+        )
+        return (await v1.read_namespaced_config_map("c", "default")).metadata.labels
+
+    assert await apply({"a": "1", "b": "2"}) == {"a": "1", "b": "2"}
+    assert not await apply({})
+    assert await apply({"c": "3"}) == {"c": "3"}
+
+
 async def test_server_side_apply_conflicts_with_another_manager_unless_forced(
     widgets: client.CustomObjectsApi,
 ) -> None:
