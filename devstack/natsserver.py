@@ -48,6 +48,8 @@ class NatsServer:
         self.host = host
         self.port = port or free_port(host)
         self.monitor_port = monitor_port or free_port(host)
+        self._picked = not port and not monitor_port
+        """The ports were picked here: a start that loses them to another process picks again."""
         self.store_dir = store_dir
         self.config_file = config_file
         self.server_name = server_name
@@ -82,7 +84,22 @@ class NatsServer:
         return cmd
 
     def start(self, *, timeout: float = 15.0) -> None:
-        """Start and wait until JetStream answers healthy (or raise with the log's tail)."""
+        """Start and wait until JetStream answers healthy (or raise with the log's tail).
+
+        A port picked free here may be taken by another process before the server binds it
+        (many servers start at once in the tests): then, on the first start only, new ports are
+        picked and the start is tried again, up to three times."""
+        for attempt in range(3):
+            try:
+                self._start_once(timeout)
+                return
+            except RuntimeError as exc:
+                lost = "address already in use" in str(exc)
+                if not (lost and self._picked and attempt < 2):
+                    raise
+                self.port, self.monitor_port = free_port(self.host), free_port(self.host)
+
+    def _start_once(self, timeout: float) -> None:
         if self._process is not None and self._process.poll() is None:
             raise RuntimeError("nats-server is already running")
         self.store_dir.mkdir(parents=True, exist_ok=True)
@@ -92,6 +109,7 @@ class NatsServer:
                 self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         self._wait_healthy(timeout)
+        self._picked = False  # bound: a restart (after kill) keeps these ports
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
