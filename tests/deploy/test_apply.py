@@ -27,6 +27,7 @@ NOT_SERVED = {
     "Role",
     "RoleBinding",
     "PodDisruptionBudget",
+    "Job",
 }
 CRDS = (
     "crd/issuedcertificates.certificates.smh.solo.io",

@@ -296,26 +296,36 @@ def test_the_issuer_deployment_makes_valid_settings(clean_environment: pytest.Mo
     assert settings.clusters == ("east", "west")  # type: ignore[attr-defined]
 
 
-def test_the_issuers_init_container_provisions_with_the_provisioners_identity(
+def test_jetstream_is_provisioned_by_a_job_no_meshtrust_service_account_can_read(
     clean_environment: pytest.MonkeyPatch,
 ) -> None:
-    (doc,) = [d for d in DEPLOYED if d.name == "meshtrust-issuer"]
-    (config,) = list(documents(REPO / "deploy" / "management" / "issuer-config.yaml"))
-    (init,) = doc.body["spec"]["template"]["spec"]["initContainers"]
-    assert init["command"] == ["meshtrust-issuer", "provision"]
-    for key, value in _kubelet_env(init, config.body["data"], pod="meshtrust-issuer-abc").items():
+    docs = list(documents(REPO / "deploy" / "management" / "provision-job.yaml"))
+    (job,) = [d for d in docs if d.body["kind"] == "Job"]
+    namespace = job.body["metadata"]["namespace"]
+    assert namespace != "meshtrust-system", "the issuer may read Secrets in meshtrust-system"
+    pod = job.body["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["command"] == ["meshtrust-issuer", "provision"]
+    for key, value in _kubelet_env(container, {}, pod="meshtrust-provision-x").items():
         clean_environment.setenv(key, value)
     cls = settings_class_of("meshtrust-issuer")
     assert cls is not None
-    settings = cls()
-    assert settings.nats.stream_replicas == 3  # type: ignore[attr-defined]
-    assert settings.clusters == ("east", "west")  # type: ignore[attr-defined]
-    seed = str(settings.nats.nkeys_seed_file)  # type: ignore[attr-defined]
-    assert seed.startswith("/etc/meshtrust/provisioner/")
-    mounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
-    volumes = {v["name"]: v for v in doc.body["spec"]["template"]["spec"]["volumes"]}
-    assert volumes[mounts["/etc/meshtrust/provisioner"]]["secret"]["secretName"] == (
-        "meshtrust-provisioner-nats"
-    )
-    (issuer,) = containers(doc)
-    assert "/etc/meshtrust/provisioner" not in {m["mountPath"] for m in issuer["volumeMounts"]}
+    settings: Any = cls()
+    assert settings.nats.stream_replicas == 3
+    assert settings.clusters == ("east", "west")
+    (volume,) = pod["volumes"]
+    assert volume["secret"]["secretName"] == "meshtrust-provisioner-nats"
+    # The issuer's config agrees with the Job on where NATS is and which clusters there are.
+    (config,) = list(documents(REPO / "deploy" / "management" / "issuer-config.yaml"))
+    assert settings.nats.urls == tuple(config.body["data"]["nats-urls"].split(","))
+    assert ",".join(settings.clusters) == config.body["data"]["clusters"]
+    # In the management cluster, no Role of ours is in that namespace, and no ClusterRole of
+    # ours reaches Secrets.
+    for path in (REPO / "deploy" / "management").glob("*rbac*.yaml"):
+        for doc in documents(path):
+            if doc.body["kind"] in ("Role", "RoleBinding"):
+                assert doc.body["metadata"]["namespace"] != namespace, path
+            if doc.body["kind"] == "ClusterRole":
+                for rule in doc.body.get("rules", []):
+                    assert "secrets" not in rule.get("resources", []), path
