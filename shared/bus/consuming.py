@@ -37,6 +37,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import nats.errors
 import nats.js.errors
@@ -55,6 +56,8 @@ log = get_logger(__name__)
 
 KEEP_ALIVE_MAX = 2.0
 """Longest interval between two `in_progress()` of a message being handled (seconds)."""
+FLOOR_REFRESH = 10.0
+"""How often a consumer that may make its durable notes the server's ack floor (seconds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,17 +115,27 @@ class ConsumerSettings:
 
 
 def durable_config(
-    settings: ConsumerSettings, *, start_sequence: int | None = None
+    settings: ConsumerSettings,
+    *,
+    start_sequence: int | None = None,
+    start_time: datetime | None = None,
 ) -> ConsumerConfig:
-    """The durable pull consumer `settings` describe; from `start_sequence` when it is made
-    again after it disappeared (what was handled before is in its completion records)."""
+    """The durable pull consumer `settings` describe; from `start_sequence` (or `start_time`)
+    when it is made again after it disappeared (what was handled before is in its completion
+    records)."""
     s = settings
+    policy = DeliverPolicy.ALL
+    if start_sequence:
+        policy = DeliverPolicy.BY_START_SEQUENCE
+    elif start_time is not None:
+        policy = DeliverPolicy.BY_START_TIME
     return ConsumerConfig(
         name=s.durable,
         durable_name=s.durable,
         filter_subjects=list(s.filter_subjects),
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_sequence else DeliverPolicy.ALL,
+        deliver_policy=policy,
         opt_start_seq=start_sequence or None,
+        opt_start_time=start_time.isoformat().replace("+00:00", "Z") if start_time else None,  # type: ignore[arg-type]
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=s.ack_wait,
         max_deliver=s.max_deliver,
@@ -158,6 +171,8 @@ class Consumer:
         """Stream sequences fetched and not yet acknowledged or terminated."""
         self._newest = 0
         """The newest stream sequence fetched."""
+        self._floor: int | None = None
+        """The durable's ack floor as last read from the server (see `resume_sequence`)."""
 
     @property
     def name(self) -> str:
@@ -191,13 +206,34 @@ class Consumer:
         return await js.pull_subscribe_bind(durable=self._settings.durable, stream=settings.stream)
 
     def resume_sequence(self) -> int | None:
-        """Where a re-created durable must start so that nothing is lost: the oldest message
-        fetched and not yet acknowledged or terminated, else just after the newest one fetched
-        (None before the first fetch: from the beginning). What was handled above it is in the
-        completion records, so it is acknowledged unrun, not handled twice."""
+        """Where a re-created durable must start so that nothing is lost.
+
+        Just after the server's ack floor as last seen (`_floor`, refreshed while consuming):
+        shared by every replica consuming from this durable, so a replica that has nothing
+        unfinished cannot skip a message another one was asked to come back to. Stale, it only
+        starts earlier: what was handled above it is in the completion records, acknowledged
+        unrun. Without a floor seen, the oldest message this one fetched and did not finish,
+        else just after the newest it fetched (None before the first fetch: the beginning)."""
+        if self._floor is not None:
+            return self._floor + 1
         if self._unfinished:
             return min(self._unfinished)
         return self._newest + 1 if self._newest else None
+
+    async def _refresh_floor(self) -> None:
+        """Note the durable's ack floor (where this identity may ask JetStream)."""
+        if not self._settings.provision:
+            return
+        try:
+            info = await self._connection.js.consumer_info(
+                self._connection.settings.stream, self._settings.durable
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.debug("ack floor not read", error_type=type(exc).__name__)
+            return
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else None
+        if floor is not None:
+            self._floor = floor
 
     async def _consumer_missing(self, stop: asyncio.Event, failures: int) -> None:
         """No consumer answered the pull (JetStream's 503: it was deleted, or is not created
@@ -219,7 +255,6 @@ class Consumer:
                 )
             else:
                 log.warning("consumer was missing; re-created", durable=durable, start=start)
-                return
         elif failures == 1:
             log.warning("waiting for consumer (the hub creates it)", durable=durable)
         await _wait(stop, min(1.0, 0.1 * 2**failures))
@@ -327,8 +362,13 @@ class Consumer:
         and at least every `KEEP_ALIVE_MAX` seconds, since a consumer the hub made for a
         cluster (`shared.bus.fleet`) may have a shorter ack wait than this side knows."""
         interval = min(self._settings.ack_wait / 3, KEEP_ALIVE_MAX)
+        refreshed = time.monotonic()
+        await self._refresh_floor()
         while True:
             await asyncio.sleep(interval)
+            if time.monotonic() - refreshed >= FLOOR_REFRESH:
+                refreshed = time.monotonic()
+                await self._refresh_floor()
             due = time.monotonic() - interval
             for msg, started in list(self._in_flight.values()):
                 if started <= due:
@@ -417,7 +457,7 @@ class Consumer:
             delay = exc.retry_after if exc.retry_after is not None else self._delay(delivery)
             log.info("transient failure, redelivering", error=exc.message, retry_in=delay)
             await msg.nak(delay=delay)
-            return False
+            return self._last_delivery(delivery)
         except PermanentError as exc:
             log.warning("permanent failure, terminating", reason=exc.reason, error=exc.message)
             await msg.term()
@@ -426,10 +466,15 @@ class Consumer:
             delay = self._delay(delivery)
             log.exception("handler failed unexpectedly, redelivering", retry_in=delay)
             await msg.nak(delay=delay)
-            return False
+            return self._last_delivery(delivery)
         await self._record_completed(delivery)
         await self._ack(msg, delivery)
         return True
+
+    def _last_delivery(self, delivery: Delivery) -> bool:
+        """Whether JetStream will not deliver this message again (its `max_deliver` is spent):
+        then it is done with, as far as `resume_sequence` is concerned."""
+        return delivery.num_delivered >= self._settings.max_deliver
 
     async def _record_completed(self, delivery: Delivery) -> None:
         if self._completions is None:

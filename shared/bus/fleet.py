@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import nats.errors
@@ -28,6 +29,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from shared.bus.completions import DEFAULT_TTL as RECORDS_TTL
 from shared.bus.connection import Connection
 from shared.bus.consuming import ConsumerSettings, durable_config
 from shared.events import DESIRED_BUCKET, EventType, check_cluster_name, subject
@@ -94,10 +96,17 @@ class EventConsumerSpec:
     def filter_subjects(self) -> tuple[str, ...]:
         return tuple(subject(self.cluster, event) for event in sorted(self.events))
 
-    def config(self, *, start_sequence: int | None = None) -> ConsumerConfig:
-        """The consumer's configuration; from `start_sequence` when it is re-created after
-        it disappeared (what was handled before is in its completion records)."""
-        return durable_config(self.consumer_settings(provision=True), start_sequence=start_sequence)
+    def config(
+        self, *, start_sequence: int | None = None, start_time: datetime | None = None
+    ) -> ConsumerConfig:
+        """The consumer's configuration; from `start_sequence` (or `start_time`) when it is
+        re-created after it disappeared (what was handled before is in its completion
+        records)."""
+        return durable_config(
+            self.consumer_settings(provision=True),
+            start_sequence=start_sequence,
+            start_time=start_time,
+        )
 
     def consumer_settings(self, *, provision: bool, **knobs: Any) -> ConsumerSettings:
         """The service's side of this consumer; `knobs`: what it tunes for itself."""
@@ -238,10 +247,16 @@ class FleetConsumers:
             self._floors[(stream, durable)] = floor or 0
             return
         floor = self._floors.get((stream, durable))
-        if stream == STREAM and floor:
+        if stream == STREAM:
             make = agent_consumer if durable == agent_durable(cluster) else bouncer_consumer
             spec = make(cluster, ack_wait=self._ack_wait)
-            config = spec.config(start_sequence=floor + 1)
+            if floor is not None:
+                config = spec.config(start_sequence=floor + 1)
+            else:
+                # No floor seen (a new cluster, or one whose consumer went while no issuer
+                # ran): from what the completion records still cover, not the whole history.
+                since = datetime.now(UTC) - timedelta(seconds=RECORDS_TTL)
+                config = spec.config(start_time=since)
         await js.add_consumer(stream, config=config)
         log.info("consumer provisioned", stream=stream, durable=durable, after_floor=floor)
 

@@ -386,3 +386,34 @@ async def test_a_consumer_asks_for_one_message_after_a_quiet_fetch_and_batches_i
             assert requests[-1] == 1
     finally:
         await spy.unsubscribe()
+
+
+async def test_a_consumer_whose_durable_is_deleted_makes_it_again_and_loses_nothing(
+    bus: Bus,
+) -> None:
+    """Self-healing: the durable deleted under a running consumer (as the auditor could, before
+    the account model) is made again from the server's ack floor; every event is handled, none
+    twice."""
+    recorder = Recorder()
+    js = bus.connection.js
+    first = [sample_events("east")[1] for _ in range(5)]
+    then = [sample_events("east")[1] for _ in range(5)]
+    async with running(bus.consumer(all_events_consumer(), recorder)):
+        for event in first:
+            await bus.publish(event)
+        await eventually(lambda: len(recorder.events) == len(first), message="first handled")
+
+        async def acked() -> bool:
+            info = await js.consumer_info(bus.settings.stream, "test")
+            return info.num_ack_pending == 0
+
+        await eventually(acked, message="first acknowledged")
+        await js.delete_consumer(bus.settings.stream, "test")
+        for event in then:
+            await bus.publish(event)
+        await eventually(
+            lambda: len(recorder.events) == len(first) + len(then), message="then handled"
+        )
+    assert sorted(recorder.by_issuance.values()) == [1] * (len(first) + len(then))
+    info = await js.consumer_info(bus.settings.stream, "test")
+    assert info.num_pending == 0
