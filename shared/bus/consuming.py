@@ -205,6 +205,33 @@ class Consumer:
             await self._completions.open(provision=self._settings.provision)
         return await js.pull_subscribe_bind(durable=self._settings.durable, stream=settings.stream)
 
+    async def _open(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription:
+        """`_subscribe`, tried again for up to the connection's `connect_deadline` while NATS
+        answers nothing or the completion records cannot be read yet (a server restarting as
+        the service starts); a refusal (`APIError`) or a deadline run out surfaces."""
+        deadline = time.monotonic() + self._connection.settings.connect_deadline
+        delay = 0.1
+        while True:
+            try:
+                return await self._subscribe()
+            except nats.js.errors.APIError:
+                raise
+            except (nats.errors.Error, TimeoutError, TransientError) as exc:
+                if time.monotonic() + delay > deadline or stop.is_set():
+                    if isinstance(exc, TransientError):
+                        raise BusError(
+                            f"cannot open consumer {self._settings.durable}: {exc.message}"
+                        ) from None
+                    raise
+                log.info(
+                    "consumer not open yet, retrying",
+                    durable=self._settings.durable,
+                    error_type=type(exc).__name__,
+                    retry_in=delay,
+                )
+                await _wait(stop, delay)
+                delay = min(2.0, delay * 2)
+
     def resume_sequence(self) -> int | None:
         """Where a re-created durable must start so that nothing is lost.
 
@@ -262,7 +289,7 @@ class Consumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and dispatch until `stop`; returns after in-flight handlers have finished."""
         try:
-            sub = await self._subscribe()
+            sub = await self._open(stop)
         except nats.js.errors.APIError as exc:
             raise BusError(
                 f"cannot open consumer {self._settings.durable}: {exc.description}"
