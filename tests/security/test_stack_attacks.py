@@ -131,22 +131,24 @@ async def test_reply_subjects_aimed_at_the_hub_store_nothing_and_the_stack_issue
     await still_issues(world, before_issuances, size)  # type: ignore[arg-type]
 
 
-async def test_a_forged_certificate_from_a_bouncer_or_another_agent_is_not_stored(
+async def test_a_forged_certificate_or_a_bouncers_csr_is_not_stored_and_the_stack_issues(
     world: World,
 ) -> None:
     stack = world.stack
     before_issuances = await world.issuances()
     async with issuer_bus(stack) as bus:
         last = (await bus.connection.js.stream_info("MESHTRUST")).state.last_seq
-    forged = sample_events("east")[1]  # certificate.issued, for east
-    for user in ("bouncer-east", "agent-west", "agent-east"):
+    csr, forged = sample_events("east")[:2]  # csr.requested, certificate.issued, for east
+    attempts = [
+        ("bouncer-east", "meshtrust.v1.east.certificate.issued", forged),
+        ("agent-west", "meshtrust.v1.east.certificate.issued", forged),
+        ("agent-east", "meshtrust.v1.east.certificate.issued", forged),
+        ("bouncer-east", "meshtrust.v1.east.csr.requested", csr),
+    ]
+    for user, subject, event in attempts:
         client = await connect(stack, user)
         try:
-            await client.publish(
-                "meshtrust.v1.east.certificate.issued",
-                encode(forged),
-                headers={MSG_ID: forged.dedupe_key()},
-            )
+            await client.publish(subject, encode(event), headers={MSG_ID: event.dedupe_key()})
             await client.flush(timeout=2)
         finally:
             await client.close()
