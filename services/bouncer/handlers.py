@@ -110,7 +110,7 @@ class BounceRequestHandler:
                 # The record stays; the redelivered request finds everything done and
                 # publishes again (deduplicated by the issuance's Nats-Msg-Id).
                 raise TransientError(f"bounce.completed not published: {exc}") from None
-            if self._metrics is not None and not published.duplicate:
+            if self._metrics is not None:
                 self._metrics.finished(
                     failed=error is not None, requested=event.time, now=dt.datetime.now(dt.UTC)
                 )

@@ -1,8 +1,9 @@
 """The bouncer's metrics (docs/metrics.md): how long bounces take and how they end.
 
-Both are observed once per bounce: when its `bounce.completed` is first stored in the stream
-(a redelivered request that publishes it again is deduplicated by JetStream, and not counted),
-plus one `retry` per delivery that ended in a transient failure (nak). Labels: `cluster` (this
+Both are observed once per answer: when a `bounce.completed` is stored in the stream. A request
+delivered again (after a lost ack, or a crash) is answered again from the directive's record, and
+counted again (each answer is a message of its own: `BounceCompleted.dedupe_key`); plus one
+`retry` per delivery that ended in a transient failure (nak). Labels: `cluster` (this
 bouncer's) and `outcome` (`completed`, `failed`, `retry`); never an issuance id.
 """
 
@@ -23,16 +24,16 @@ class BouncerMetrics:
         self._cluster = cluster
         self.duration = Histogram(
             "meshtrust_bouncer_bounce_duration_seconds",
-            "From a bounce.requested event's time (set by the agent) to its bounce.completed "
-            "stored, whatever the outcome.",
+            "From a bounce.requested event's time (set by the agent) to a bounce.completed "
+            "answering it stored, whatever the outcome.",
             ["cluster"],
             buckets=BOUNCE_BUCKETS,
             registry=registry,
         )
         self.bounces = Counter(
             "meshtrust_bouncer_bounces",
-            "Bounces by outcome: completed, failed (answered with an error), retry (a delivery "
-            "that failed transiently and comes back).",
+            "Bounce requests answered, by outcome: completed, failed (answered with an error); "
+            "retry: a delivery that failed transiently and comes back.",
             ["cluster", "outcome"],
             registry=registry,
         )
