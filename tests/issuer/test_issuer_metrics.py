@@ -24,8 +24,9 @@ from issuer.issuer_testing import (
 from services.issuer.__main__ import serve
 from services.issuer.settings import IssuerSettings
 from shared.bus import NatsSettings
-from shared.events import CertificateState, StatusChanged, StatusChangedData
+from shared.events import StatusChanged
 from shared.runtime.health import HealthServer
+from support.events import sample_events
 from support.metrics import Scrape, ready_status, scrape
 from support.waiting import eventually
 
@@ -97,20 +98,8 @@ async def test_a_status_report_marks_its_cluster_as_heard_from(
     async with world(tmp_path, nats_settings) as w, replica(w.settings()) as port:
         await w.create(declaration("west", "istio-ca"))
         before = dt.datetime.now(dt.UTC)
-        await w.bus.publish(
-            StatusChanged(
-                source="agent/west",
-                cluster="west",
-                issuance="0" * 32,
-                data=StatusChangedData(
-                    name="istio-ca",
-                    namespace="istio-system",
-                    state=CertificateState.REQUESTED,
-                    observed_generation=1,
-                    declaration_generation=1,
-                ),
-            )
-        )
+        report = next(e for e in sample_events("west") if isinstance(e, StatusChanged))
+        await w.bus.publish(report)
 
         async def heard() -> float | None:
             return (await scrape(port)).value(LAST_SEEN, cluster="west")
