@@ -455,8 +455,6 @@ class CsrHandler:
         log.info(
             "certificate denied", name=event.data.name, reason=verdict.reason, why=verdict.message
         )
-        if self._metrics is not None:
-            self._metrics.denied(event.cluster, verdict.reason)
         answer = CertificateDenied(
             source=self._settings.source,
             cluster=event.cluster,
@@ -476,6 +474,8 @@ class CsrHandler:
             await self._bus.publish(answer)
         except PublishError as exc:
             raise TransientError(str(exc)) from None
+        if self._metrics is not None:  # after the publish: a failed one is retried (nak)
+            self._metrics.denied(event.cluster, verdict.reason)
 
 
 _CLAIM_ATTEMPTS = 5
