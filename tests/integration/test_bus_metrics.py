@@ -21,7 +21,7 @@ async def test_outcomes_redeliveries_and_in_flight_are_counted_per_durable(
     nats_settings: NatsSettings,
 ) -> None:
     registry, elsewhere = new_registry(), new_registry()
-    east, west, bounce = sample_events("east")[0], sample_events("west")[0], sample_events("south")[4]
+    east, west, held = (sample_events(cluster)[0] for cluster in ("east", "west", "south"))
     release = asyncio.Event()
 
     async def behaviour(event: Event, delivery: Delivery) -> None:
@@ -29,7 +29,7 @@ async def test_outcomes_redeliveries_and_in_flight_are_counted_per_durable(
             raise TransientError("not yet", retry_after=0.05)
         if event.cluster == "west":
             raise PermanentError("Refused", "never")
-        if event.id == bounce.id:
+        if event.id == held.id:
             await release.wait()
 
     def value(name: str, **labels: str) -> float | None:
@@ -42,7 +42,7 @@ async def test_outcomes_redeliveries_and_in_flight_are_counted_per_durable(
         await bus.provision()
         recorder = Recorder(behaviour=behaviour)
         async with running(bus.consumer(all_events_consumer("metrics"), recorder)):
-            for event in (east, west, bounce):
+            for event in (east, west, held):
                 await bus.publish(event)
             await eventually(
                 lambda: value(HANDLED, outcome="ack") == 1.0, message="east acked at last"
