@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from devstack.kubeapi import KubeAPI
 from devstack.natsserver import NatsServer
 from shared.bus import MSG_ID
 from shared.events import encode, new_issuance_id
@@ -75,3 +76,33 @@ async def test_readiness_is_false_while_nats_is_down_and_true_after_it_is_back(
         await eventually(lambda: ready(503), within=10, message="not ready without NATS")
         nats_server.start()
         await eventually(lambda: ready(200), within=20, message="ready after the reconnect")
+
+
+async def test_a_delivery_that_fails_transiently_counts_as_a_retry_and_the_answer_once(
+    mesh: Mesh, agent: Agent, cluster: KubeAPI, settings: object
+) -> None:
+    await mesh.install(istiod=1, gateways=1)
+    await mesh.directive(selector(ISTIO, "istiod", 1))
+    issuance = new_issuance_id()
+    await mesh.certificate(issuance)
+    # The first two reads of the directive answer 503: two naks before the bounce runs.
+    cluster.faults.fail_next(2, status=503, path_contains="/podbouncedirectives/istio-ca")
+
+    async with running_bouncer(settings) as bouncer:  # type: ignore[arg-type]
+        stored = await agent.bus.publish(agent.request(issuance))
+        assert (await agent.answer(issuance)).data.error is None
+        # Scraped once the request is acked: the handler has returned, its figures are in.
+        js = agent.bus.connection.js
+
+        async def acked() -> bool:
+            info = await js.consumer_info(agent.bus.settings.stream, "bouncer-east")
+            return bool(info.ack_floor.stream_seq >= stored.sequence and info.num_ack_pending == 0)
+
+        await eventually(acked, message="the request acked")
+        metrics = await scrape(bouncer.health.port)
+
+    assert metrics.value(BOUNCES, cluster="east", outcome="retry") == 2.0
+    assert metrics.value(BOUNCES, cluster="east", outcome="completed") == 1.0
+    assert metrics.value(f"{DURATION}_count", cluster="east") == 1.0
+    assert metrics.value(HANDLED, durable="bouncer-east", outcome="nak") == 2.0
+    assert metrics.value("meshtrust_bus_redeliveries_total", durable="bouncer-east") == 2.0
