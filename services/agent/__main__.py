@@ -22,6 +22,7 @@ from shared.k8s.config import client_from_settings
 from shared.k8s.informer import InformerSettings
 from shared.runtime import configure_logging, get_logger, supervise
 from shared.runtime.memory import freeze_start_up
+from shared.runtime.metrics import new_registry
 from shared.runtime.usage import answer_arguments
 
 log = get_logger(__name__)
@@ -39,7 +40,11 @@ async def serve(
     started: Callable[[Agent], None] | None = None,
 ) -> None:
     """Connect, build and run the agent until `stop` (or a signal); closes what it opened."""
-    async with Bus.connect(settings.nats) as bus, client_from_settings(settings.kube) as kube:
+    registry = new_registry()
+    async with (
+        Bus.connect(settings.nats, registry=registry) as bus,
+        client_from_settings(settings.kube) as kube,
+    ):
         if settings.nats.provision:
             await bus.provision()
         agent = build_agent(
@@ -50,6 +55,7 @@ async def serve(
             rand=rand,
             informer_settings=informer_settings,
             controller_backoff=controller_backoff,
+            registry=registry,
         )
         if started is not None:
             started(agent)

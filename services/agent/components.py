@@ -18,6 +18,7 @@ from typing import Any
 
 from services.agent.desired import DesiredState
 from services.agent.handlers import Handlers
+from services.agent.metrics import AgentMetrics
 from services.agent.objects import MANAGED_SELECTOR, AgentObjects, key_secret_name, owner_of
 from services.agent.policies import Timing
 from services.agent.reconciler import Reconciler, utc_now
@@ -43,6 +44,7 @@ from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
 from shared.runtime import Component
 from shared.runtime.health import HealthServer
+from shared.runtime.metrics import CollectorRegistry, new_registry
 
 Obj = dict[str, Any]
 
@@ -121,8 +123,11 @@ def build_agent(
     rand: Callable[[], float] = random.random,
     informer_settings: InformerSettings | None = None,
     controller_backoff: BackoffPolicy | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> Agent:
-    """The agent's components for one cluster, on open clients."""
+    """The agent's components for one cluster, on open clients; its metrics go to `registry`
+    (the bus's consumer metrics too, when the bus was connected with it), served at /metrics."""
+    registry = registry if registry is not None else new_registry()
     cluster = settings.cluster
     objects = AgentObjects(kube)
     trust = TrustBundle(kube, ref=settings.trust_bundle)
@@ -153,6 +158,7 @@ def build_agent(
     secret_informers = informers_of(SECRETS, label_selector=MANAGED_SELECTOR)
 
     handoff = Handoff(ic_informers)
+    metrics = AgentMetrics(registry, cluster=cluster, informers=ic_informers)
     reconciler = Reconciler(
         cluster=cluster,
         source=settings.source,
@@ -164,6 +170,7 @@ def build_agent(
         rand=rand,
         cached=handoff.cached,
         trust=trust,
+        metrics=metrics,
     )
     controller_settings = ControllerSettings(
         workers=settings.workers, backoff=controller_backoff or BackoffPolicy()
@@ -223,7 +230,7 @@ def build_agent(
             await asyncio.sleep(TRUST_REFRESH_SECONDS)
 
     informers = [*ic_informers, *pbd_informers, *secret_informers]
-    health = HealthServer(settings.health)
+    health = HealthServer(settings.health, registry=registry)
     agent = Agent(
         settings=settings,
         reconciler=reconciler,
@@ -236,7 +243,7 @@ def build_agent(
     )
     health.add_check("kubernetes-caches", lambda: all(i.has_synced for i in informers))
     health.add_check("desired-state", desired.synced.is_set)
-    health.add_check("nats", lambda: bool(bus.connection.nc.is_connected))
+    health.add_check("nats", bus.is_connected)
     health.add_check("trust-bundle", lambda: trust.has_loaded)
     agent.components = [
         health,

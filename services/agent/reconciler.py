@@ -33,6 +33,7 @@ import structlog
 from pydantic import ValidationError
 
 from services.agent import policies
+from services.agent.metrics import AgentMetrics
 from services.agent.objects import (
     DECLARATION_GENERATION,
     DECLARATION_UID,
@@ -120,8 +121,10 @@ class Reconciler:
         rand: Callable[[], float] = random.random,
         cached: Callable[[ObjectKey], Obj | None] = lambda _key: None,
         trust: TrustBundle | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self._cluster = cluster
+        self._metrics = metrics
         self._trust = trust
         """The trust bundle as last read (by the handler or the readiness refresh): an issued
         Secret whose root is not pinned is not fit for use, and is issued again."""
@@ -286,6 +289,9 @@ class Reconciler:
                 self._objects.delete_key_secret(key),
                 self._transition(key, raw, status, new, "Issued", "bundle written"),
             )
+            if self._metrics is not None:  # once per issuance: only this pass writes ISSUED
+                sent_at = key_secret.material.requested_at if key_secret is not None else None
+                self._metrics.issued(key, sent_at=sent_at, now=self._now())
             if o.spec.pod_bounce_directive is not None:
                 await self._send_bounce(key, written, o.spec)
                 return Done()

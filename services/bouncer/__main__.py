@@ -10,6 +10,7 @@ import asyncio
 import sys
 
 from services.bouncer.handlers import BounceRequestHandler
+from services.bouncer.metrics import BouncerMetrics
 from services.bouncer.reconciler import Bouncer, Deadlines
 from services.bouncer.settings import BouncerSettings
 from shared.bus import Bus, ConsumerSettings
@@ -18,6 +19,7 @@ from shared.k8s.config import client_from_settings
 from shared.runtime import configure_logging, get_logger, supervise
 from shared.runtime.health import HealthServer
 from shared.runtime.memory import freeze_start_up
+from shared.runtime.metrics import new_registry
 from shared.runtime.usage import answer_arguments
 
 log = get_logger(__name__)
@@ -46,9 +48,11 @@ async def serve(
     handle_signals: bool = True,
     health: HealthServer | None = None,
 ) -> None:
-    """Run the bouncer until `stop` is set (or SIGTERM/SIGINT)."""
+    """Run the bouncer until `stop` is set (or SIGTERM/SIGINT); `health` serves its probes and
+    metrics (tests pass one to learn its port)."""
+    health = health or HealthServer(settings.health, registry=new_registry())
     async with (
-        Bus.connect(settings.nats) as bus,
+        Bus.connect(settings.nats, registry=health.registry) as bus,
         client_from_settings(settings.kube) as kube,
     ):
         if settings.nats.provision:
@@ -63,11 +67,14 @@ async def serve(
             ),
         )
         handler = BounceRequestHandler(
-            bouncer=bouncer, publisher=bus, cluster=settings.cluster, source=settings.source
+            bouncer=bouncer,
+            publisher=bus,
+            cluster=settings.cluster,
+            source=settings.source,
+            metrics=BouncerMetrics(health.registry, cluster=settings.cluster),
         )
         consumer = bus.consumer(consumer_settings(settings), handler)
-        health = health or HealthServer(settings.health)
-        health.add_check("nats", lambda: bool(bus.connection.nc.is_connected))
+        health.add_check("nats", bus.is_connected)
         log.info("bouncer starting", cluster=settings.cluster, durable=settings.durable)
         await supervise(
             [consumer, health],

@@ -19,10 +19,12 @@ Deliberately not here: any decision about pods (reconciler.py, policies.py).
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Protocol
 
 import structlog
 
+from services.bouncer.metrics import BouncerMetrics
 from services.bouncer.reconciler import Bouncer
 from shared.bus import Delivery, Published, PublishError
 from shared.events import (
@@ -48,8 +50,15 @@ class BounceRequestHandler:
     """Handles `bounce.requested` of one cluster (a `shared.bus.Handler`)."""
 
     def __init__(
-        self, *, bouncer: Bouncer, publisher: Publisher, cluster: str, source: str
+        self,
+        *,
+        bouncer: Bouncer,
+        publisher: Publisher,
+        cluster: str,
+        source: str,
+        metrics: BouncerMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._bouncer = bouncer
         self._publisher = publisher
         self._cluster = cluster
@@ -63,6 +72,14 @@ class BounceRequestHandler:
             raise PermanentError(
                 "WrongCluster", f"this bouncer serves {self._cluster}, not {event.cluster}"
             )
+        try:
+            await self._handle(event, delivery)
+        except TransientError:
+            if self._metrics is not None:
+                self._metrics.retried()
+            raise
+
+    async def _handle(self, event: BounceRequested, delivery: Delivery) -> None:
         data = event.data
         with structlog.contextvars.bound_contextvars(
             directive=f"{data.directive.namespace}/{data.directive.name}"
@@ -93,6 +110,10 @@ class BounceRequestHandler:
                 # The record stays; the redelivered request finds everything done and
                 # publishes again (deduplicated by the issuance's Nats-Msg-Id).
                 raise TransientError(f"bounce.completed not published: {exc}") from None
+            if self._metrics is not None:
+                self._metrics.finished(
+                    failed=error is not None, requested=event.time, now=dt.datetime.now(dt.UTC)
+                )
             log.info(
                 "bounce.completed_published",
                 error=error,

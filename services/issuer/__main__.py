@@ -18,6 +18,7 @@ from services.issuer.components import ControllerComponent, InformerComponent, P
 from services.issuer.handlers import CsrHandler, SigningInFlight, StatusHandler
 from services.issuer.issued import ISSUED_BUCKET, ISSUED_DESCRIPTION
 from services.issuer.ledger import open_ledger
+from services.issuer.metrics import IssuerMetrics
 from services.issuer.reconciler import Declarations
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
@@ -31,6 +32,7 @@ from shared.runtime import Component, configure_logging, get_logger, supervise
 from shared.runtime.errors import TransientError
 from shared.runtime.health import HealthServer
 from shared.runtime.memory import freeze_start_up
+from shared.runtime.metrics import new_registry
 from shared.runtime.usage import answer_arguments
 
 log = get_logger(__name__)
@@ -58,8 +60,11 @@ def compose(
     ledger: Ledger,
     executor: Executor,
     clock: Callable[[], datetime] = _utcnow,
+    health: HealthServer | None = None,
 ) -> list[Component]:
-    """Every component of one issuer replica, wired together."""
+    """Every component of one issuer replica, wired together; the metrics go to the registry
+    `health` serves (the bus's too, when it was connected with that registry)."""
+    health = health or HealthServer(settings.health)
     recorder = EventRecorder(kube, component="meshtrust-issuer", instance=settings.instance)
     signing_cas = SigningCAs()
     fleet = FleetConsumers(
@@ -76,6 +81,7 @@ def compose(
         clock=clock,
     )
     in_flight = SigningInFlight()
+    metrics = IssuerMetrics(health.registry, signing_secrets=declarations.secrets)
     csr_consumer = bus.consumer(
         ConsumerSettings(
             durable=settings.csr_durable,
@@ -86,17 +92,20 @@ def compose(
             fetch_timeout=settings.fetch_timeout,
             ack_wait=settings.ack_wait,
         ),
-        CsrHandler(
-            settings=settings,
-            bus=bus,
-            kube=kube,
-            issued=issued,
-            ledger=ledger,
-            executor=executor,
-            signing_cas=signing_cas,
-            declarations=declarations.certificates,
-            in_flight=in_flight,
-            clock=clock,
+        metrics.heard_from(
+            CsrHandler(
+                settings=settings,
+                bus=bus,
+                kube=kube,
+                issued=issued,
+                ledger=ledger,
+                executor=executor,
+                signing_cas=signing_cas,
+                declarations=declarations.certificates,
+                in_flight=in_flight,
+                clock=clock,
+                metrics=metrics,
+            )
         ),
     )
     status_consumer = bus.consumer(
@@ -108,16 +117,18 @@ def compose(
             max_in_flight=settings.status_in_flight,
             fetch_timeout=settings.fetch_timeout,
         ),
-        StatusHandler(
-            settings=settings,
-            kube=kube,
-            recorder=recorder,
-            declarations=declarations.certificates,
-            in_flight=in_flight,
+        metrics.heard_from(
+            StatusHandler(
+                settings=settings,
+                kube=kube,
+                recorder=recorder,
+                declarations=declarations.certificates,
+                in_flight=in_flight,
+            )
         ),
     )
-    health = HealthServer(settings.health)
     health.add_check("informers-synced", declarations.synced)
+    health.add_check("nats", bus.is_connected)
     return [
         health,
         InformerComponent("informer:issuedcertificates", declarations.certificates),
@@ -143,9 +154,15 @@ async def serve(
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
     clock: Callable[[], datetime] = _utcnow,
+    health: HealthServer | None = None,
 ) -> None:
-    """Run one issuer replica until `stop` is set (or SIGTERM/SIGINT)."""
-    async with Bus.connect(settings.nats) as bus, client_from_settings(settings.kube) as kube:
+    """Run one issuer replica until `stop` is set (or SIGTERM/SIGINT); `health` serves its
+    probes and metrics (tests pass one to learn its port)."""
+    health = health or HealthServer(settings.health, registry=new_registry())
+    async with (
+        Bus.connect(settings.nats, registry=health.registry) as bus,
+        client_from_settings(settings.kube) as kube,
+    ):
         ledger = open_ledger(bus)
         if settings.nats.provision:
             await _provision(bus, ledger, settings)
@@ -165,6 +182,7 @@ async def serve(
                 ledger=ledger,
                 executor=executor,
                 clock=clock,
+                health=health,
             )
             log.info("issuer starting", instance=settings.instance)
             await supervise(

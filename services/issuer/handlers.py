@@ -37,6 +37,7 @@ from pydantic import ValidationError
 
 from services.issuer.issued import IssuedRecord, csr_digest, issued_key, serial_hex
 from services.issuer.ledger import LedgerEntry, record_signature
+from services.issuer.metrics import IssuerMetrics
 from services.issuer.mirror import mirrored_status
 from services.issuer.policies import CsrInput, Verdict, authorise
 from services.issuer.settings import IssuerSettings
@@ -148,8 +149,10 @@ class CsrHandler:
         declarations: Informer | None = None,
         in_flight: SigningInFlight | None = None,
         clock: Clock = _utcnow,
+        metrics: IssuerMetrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._in_flight = in_flight or SigningInFlight()
         self._bus = bus
         self._kube = kube
@@ -343,6 +346,8 @@ class CsrHandler:
             await self._answer_again(event, *claimed)
             return
         revision = claimed
+        if self._metrics is not None:
+            self._metrics.signed(event.cluster, requested=event.time, now=self._clock())
         sequence = await self._append_owed(record)
         log.info(
             "certificate signed",
@@ -469,6 +474,8 @@ class CsrHandler:
             await self._bus.publish(answer)
         except PublishError as exc:
             raise TransientError(str(exc)) from None
+        if self._metrics is not None:  # after the publish: a failed one is retried (nak)
+            self._metrics.denied(event.cluster, verdict.reason)
 
 
 _CLAIM_ATTEMPTS = 5

@@ -14,11 +14,13 @@ from contextlib import asynccontextmanager
 
 from nats.js.api import ConsumerConfig
 from nats.js.kv import KeyValue
+from prometheus_client import CollectorRegistry
 
 from shared.bus.completions import records_stream_config
 from shared.bus.connection import Connection, open_connection
 from shared.bus.consuming import Consumer, ConsumerSettings, Handler
 from shared.bus.kv import Bucket
+from shared.bus.metrics import ConsumerMetrics
 from shared.bus.provisioning import ensure_kv, ensure_stream, stream_config
 from shared.bus.publishing import Published, Publisher
 from shared.bus.settings import NatsSettings
@@ -30,19 +32,30 @@ DEFAULT_BUCKETS: dict[str, str] = {
 
 
 class Bus:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(
+        self, connection: Connection, *, registry: CollectorRegistry | None = None
+    ) -> None:
+        """`registry`: where the consumers' metrics go (`shared.bus.metrics`); a private one,
+        scraped by nobody, when none is given (test clients, CLI tools)."""
         self.connection = connection
         self.settings = connection.settings
         self._publisher = Publisher(connection)
+        self.metrics = ConsumerMetrics(registry if registry is not None else CollectorRegistry())
 
     @classmethod
     @asynccontextmanager
-    async def connect(cls, settings: NatsSettings) -> AsyncIterator[Bus]:
+    async def connect(
+        cls, settings: NatsSettings, *, registry: CollectorRegistry | None = None
+    ) -> AsyncIterator[Bus]:
         connection = await open_connection(settings)
         try:
-            yield cls(connection)
+            yield cls(connection, registry=registry)
         finally:
             await connection.close()
+
+    def is_connected(self) -> bool:
+        """Connected to NATS now (False while reconnecting): a readiness check."""
+        return bool(self.connection.nc.is_connected)
 
     async def provision(self, buckets: dict[str, str] | None = None) -> None:
         """Create or update the stream and the buckets (idempotent; every replica may run it)."""
@@ -61,7 +74,7 @@ class Bus:
         return await self._publisher.publish(event)
 
     def consumer(self, settings: ConsumerSettings, handler: Handler) -> Consumer:
-        return Consumer(self.connection, settings, handler)
+        return Consumer(self.connection, settings, handler, metrics=self.metrics)
 
     async def bucket(
         self,

@@ -48,6 +48,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared.bus.completions import DEFAULT_LINGER, DEFAULT_TTL, CompletionLog, RecordFailed
 from shared.bus.connection import BusError, Connection
+from shared.bus.metrics import ConsumerMetrics, Outcome
 from shared.events import DEFAULT_MAX_BYTES, Event, EventType, InvalidEvent, decode
 from shared.runtime.errors import PermanentError, TransientError
 from shared.runtime.logging import get_logger
@@ -154,11 +155,17 @@ class Consumer:
     """Runs one durable pull consumer until `stop` is set. Has `name` and `run` (a Component)."""
 
     def __init__(
-        self, connection: Connection, settings: ConsumerSettings, handler: Handler
+        self,
+        connection: Connection,
+        settings: ConsumerSettings,
+        handler: Handler,
+        *,
+        metrics: ConsumerMetrics | None = None,
     ) -> None:
         self._connection = connection
         self._settings = settings
         self._handler = handler
+        self._metrics = metrics
         self._free = settings.max_in_flight
         self._quiet = True
         """The last fetch found nothing (or none was made yet): see `_fetch_size`."""
@@ -363,6 +370,8 @@ class Consumer:
             for msg in msgs:
                 self._free -= 1
                 self._in_flight[id(msg)] = (msg, now)
+                if self._metrics is not None:
+                    self._metrics.in_flight.labels(durable=self._settings.durable).inc()
                 handlers.create_task(self._handle(msg))
 
     def _fetch_size(self) -> int:
@@ -428,6 +437,8 @@ class Consumer:
                 stream_sequence=sequence,
                 num_delivered=meta.num_delivered,
             )
+            if self._metrics is not None and delivery.num_delivered > 1:
+                self._metrics.redelivered.labels(durable=self._settings.durable).inc()
             if await self._handle_one(msg, delivery):
                 self._unfinished.discard(sequence)
         except nats.errors.Error as exc:
@@ -439,6 +450,8 @@ class Consumer:
             log.warning("ignoring a message that is not a JetStream delivery")
         finally:
             del self._in_flight[id(msg)]
+            if self._metrics is not None:
+                self._metrics.in_flight.labels(durable=self._settings.durable).dec()
             self._free += 1
             self._slot_freed.set()
 
@@ -459,6 +472,7 @@ class Consumer:
                 seq=delivery.stream_sequence,
             )
             await msg.term()
+            self._outcome("term")
             return True
         # What identifies the message, on every log line below, the handler's included. Each
         # message is handled in a task of its own, whose context is a copy: bound here, it
@@ -478,25 +492,34 @@ class Consumer:
             ):
                 log.info("redelivery of a handled message; acknowledging it again")
                 await self._ack(msg, delivery)
+                self._outcome("ack")
                 return True
             await self._handler(event, delivery)
         except TransientError as exc:
             delay = exc.retry_after if exc.retry_after is not None else self._delay(delivery)
             log.info("transient failure, redelivering", error=exc.message, retry_in=delay)
             await msg.nak(delay=delay)
+            self._outcome("nak")
             return self._last_delivery(delivery)
         except PermanentError as exc:
             log.warning("permanent failure, terminating", reason=exc.reason, error=exc.message)
             await msg.term()
+            self._outcome("term")
             return True
         except Exception:
             delay = self._delay(delivery)
             log.exception("handler failed unexpectedly, redelivering", retry_in=delay)
             await msg.nak(delay=delay)
+            self._outcome("nak")
             return self._last_delivery(delivery)
         await self._record_completed(delivery)
         await self._ack(msg, delivery)
+        self._outcome("ack")
         return True
+
+    def _outcome(self, outcome: Outcome) -> None:
+        if self._metrics is not None:
+            self._metrics.outcome(self._settings.durable, outcome)
 
     def _last_delivery(self, delivery: Delivery) -> bool:
         """Whether JetStream will not deliver this message again (its `max_deliver` is spent):

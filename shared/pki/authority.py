@@ -40,7 +40,14 @@ from shared.pki.fingerprints import fingerprint
 from shared.pki.keys import PrivateKey, load_private_key, public_key_der, signature_hash
 from shared.pki.pem import certificates_to_pem, describe_certificate, load_certificates, spki_of
 
-__all__ = ["CA_KEY_USAGE", "ISTIO_FIELDS", "TLS_FIELDS", "SigningCA", "load_signing_ca"]
+__all__ = [
+    "CA_KEY_USAGE",
+    "ISTIO_FIELDS",
+    "TLS_FIELDS",
+    "SigningCA",
+    "load_signing_ca",
+    "signing_ca_expiry",
+]
 
 ISTIO_FIELDS = ("ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem")
 TLS_FIELDS = ("tls.crt", "tls.key", "ca.crt")
@@ -193,6 +200,15 @@ def load_signing_ca(data: Mapping[str, bytes], *, now: dt.datetime) -> SigningCA
             "intermediate CA below it, only end-entity certificates",
         )
     return ca
+
+
+def signing_ca_expiry(data: Mapping[str, bytes]) -> tuple[dt.datetime, dt.datetime]:
+    """(the signing CA certificate's notAfter, its root's) from a signing Secret's ``data``
+    (base64-decoded), for metrics: reads only the certificates, never the key, checks nothing
+    else (InvalidSigningCA when the certificates cannot be read)."""
+    cert_field, _, root_field, _ = _form_of(data)
+    cert, root = _load(data, cert_field)[0], _load(data, root_field)[0]
+    return cert.not_valid_after_utc, root.not_valid_after_utc
 
 
 def _form_of(data: Mapping[str, bytes]) -> tuple[str, str, str, str | None]:

@@ -1,11 +1,15 @@
-"""Health endpoints for Kubernetes probes: `GET /healthz` (alive) and `GET /readyz` (ready).
+"""Health endpoints for Kubernetes probes: `GET /healthz` (alive) and `GET /readyz` (ready),
+and the service's Prometheus metrics at `GET /metrics` on the same port.
 
 `/healthz` answers 200 while the event loop runs: a wedged loop fails the liveness probe.
 `/readyz` answers 200 only when every registered check passes (for example: connected to NATS,
 informer caches synced), else 503 with the failing checks named, so a rollout waits for a
 replica that can actually work. The server is a `Component` (`run(stop)`).
 
-Deliberately not here: metrics (a later Prometheus endpoint can share this server).
+`/metrics` serves the registry the service passed (`shared.runtime.metrics`; an empty one with
+only the process figures when none was).
+
+Deliberately not here: the metrics themselves (each service's `metrics.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from aiohttp import web
 from pydantic import Field
 
 from shared.runtime.logging import get_logger
+from shared.runtime.metrics import CONTENT_TYPE_LATEST, CollectorRegistry, new_registry, render
 from shared.runtime.settings import MeshtrustSettings
 
 log = get_logger(__name__)
@@ -34,8 +39,12 @@ class HealthServer:
 
     name = "health"
 
-    def __init__(self, settings: HealthSettings) -> None:
+    def __init__(
+        self, settings: HealthSettings, *, registry: CollectorRegistry | None = None
+    ) -> None:
         self._settings = settings
+        self.registry = registry if registry is not None else new_registry()
+        """What `/metrics` serves: the service's registry."""
         self._checks: dict[str, ReadinessCheck] = {}
         self.port: int | None = None
         self.started = asyncio.Event()
@@ -65,10 +74,17 @@ class HealthServer:
             return web.Response(status=503, text="not ready: " + ", ".join(failed) + "\n")
         return web.Response(text="ok\n")
 
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        response = web.Response(body=render(self.registry))
+        # aiohttp refuses a content type with parameters in the constructor: set the header.
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
     async def run(self, stop: asyncio.Event) -> None:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:

@@ -78,7 +78,7 @@ def _name(cn: str) -> x509.Name:
     )
 
 
-def make_ca(cn: str, parent: TestCA | None = None) -> TestCA:
+def make_ca(cn: str, parent: TestCA | None = None, *, days: int = 3650) -> TestCA:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     signer = parent.key if parent else key
@@ -89,7 +89,7 @@ def make_ca(cn: str, parent: TestCA | None = None) -> TestCA:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=3650))
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+from prometheus_client import Counter
 
 from shared.runtime.health import HealthServer, HealthSettings
+from shared.runtime.metrics import BoundedLabels, new_registry
+from support.metrics import scrape
 
 
 async def test_readiness_follows_the_checks_and_liveness_does_not() -> None:
@@ -29,3 +32,29 @@ async def test_readiness_follows_the_checks_and_liveness_does_not() -> None:
         async with http.get(f"{base}/readyz") as answer:
             assert answer.status == 200
         stop.set()
+
+
+async def test_metrics_serves_the_registry_it_was_given_in_the_text_format() -> None:
+    registry = new_registry(process=False)
+    Counter("meshtrust_test_things", "Things.", ["kind"], registry=registry).labels("a").inc(3)
+    server = HealthServer(HealthSettings(host="127.0.0.1", port=0), registry=registry)
+    stop = asyncio.Event()
+    async with asyncio.TaskGroup() as group:
+        group.create_task(server.run(stop))
+        await server.started.wait()
+        try:
+            metrics = await scrape(server.port)
+        finally:
+            stop.set()
+    assert metrics.value("meshtrust_test_things_total", kind="a") == 3.0
+    assert metrics.types["meshtrust_test_things"] == "counter"
+
+
+def test_bounded_labels_keep_the_first_values_and_fold_the_rest_into_other() -> None:
+    reasons = BoundedLabels(2, known=("HostsMismatch",))
+    assert [reasons(r) for r in ("HostsMismatch", "WeakKey", "Novel", "WeakKey")] == [
+        "HostsMismatch",
+        "WeakKey",
+        "other",
+        "WeakKey",
+    ]

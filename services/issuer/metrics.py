@@ -1,0 +1,139 @@
+"""The issuer's metrics (docs/metrics.md): signatures and denials, how long a CSR waited for its
+signature, when each cluster was last heard from, and when the signing CAs expire.
+
+The signing CAs' expiry is read at scrape time from the signing Secrets informer's cache (the
+certificates only, never a key), cached per Secret version so that a scrape parses nothing that
+did not change. The rest is observed by the handlers.
+
+Labels: `cluster` (the clusters whose events reach the issuer: only clusters with a NATS identity
+can publish), `reason` (the policies' fixed codes, bounded again by `BoundedLabels`), and a
+signing Secret's `namespace` and `name`; never an issuance id.
+
+Deliberately not here: the consumers' metrics (`shared.bus.metrics`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from shared.bus import Delivery, Handler
+from shared.events import Event
+from shared.k8s.informer import Informer
+from shared.pki.authority import signing_ca_expiry
+from shared.pki.errors import InvalidSigningCA
+from shared.runtime.metrics import DURATION_BUCKETS, BoundedLabels
+
+MAX_REASONS = 32
+"""Distinct denial reasons kept as labels; later ones count as `other` (the policies have far
+fewer)."""
+
+
+class IssuerMetrics:
+    def __init__(self, registry: CollectorRegistry, *, signing_secrets: Informer | None) -> None:
+        self.signing_duration = Histogram(
+            "meshtrust_issuer_signing_duration_seconds",
+            "From a csr.requested event's time (set by the agent) to its certificate signed and "
+            "recorded; a certificate sent again for a request answered before is not observed.",
+            ["cluster"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.signatures = Counter(
+            "meshtrust_issuer_signatures",
+            "Certificates signed (each new signature once; answering a request again is not one).",
+            ["cluster"],
+            registry=registry,
+        )
+        self.denials = Counter(
+            "meshtrust_issuer_denials",
+            "CSRs denied, by the policy's reason code.",
+            ["cluster", "reason"],
+            registry=registry,
+        )
+        self.last_seen = Gauge(
+            "meshtrust_issuer_cluster_last_seen_timestamp_seconds",
+            "When the issuer last received an event from the cluster (csr.requested or "
+            "status.changed; Unix time).",
+            ["cluster"],
+            registry=registry,
+        )
+        self._reasons = BoundedLabels(MAX_REASONS)
+        if signing_secrets is not None:
+            registry.register(_SigningCACollector(signing_secrets))
+
+    def signed(self, cluster: str, *, requested: dt.datetime, now: dt.datetime) -> None:
+        self.signatures.labels(cluster).inc()
+        self.signing_duration.labels(cluster).observe(max(0.0, (now - requested).total_seconds()))
+
+    def denied(self, cluster: str, reason: str) -> None:
+        self.denials.labels(cluster, self._reasons(reason)).inc()
+
+    def heard_from(self, handler: Handler) -> Handler:
+        """`handler`, noting first that the event's cluster was heard from."""
+
+        async def heard(event: Event, delivery: Delivery) -> None:
+            self.last_seen.labels(event.cluster).set_to_current_time()
+            await handler(event, delivery)
+
+        return heard
+
+
+class _SigningCACollector(Collector):
+    def __init__(self, secrets: Informer) -> None:
+        self._secrets = secrets
+        self._cache: dict[tuple[str, str], tuple[float, float] | None] = {}
+        """(uid, resourceVersion) -> (CA notAfter, root notAfter), None: not a signing Secret."""
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        ca, root = self._families()
+        seen: set[tuple[str, str]] = set()
+        for secret in self._secrets.items():
+            meta = secret.get("metadata") or {}
+            version = (str(meta.get("uid") or ""), str(meta.get("resourceVersion") or ""))
+            seen.add(version)
+            if version not in self._cache:
+                self._cache[version] = _expiry(secret.get("data") or {})
+            expiry = self._cache[version]
+            if expiry is None:
+                continue
+            labels = [str(meta.get("namespace") or ""), str(meta.get("name") or "")]
+            ca.add_metric(labels, expiry[0])
+            root.add_metric(labels, expiry[1])
+        for gone in self._cache.keys() - seen:
+            del self._cache[gone]
+        yield from (ca, root)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "meshtrust_issuer_signing_ca_expiration_timestamp_seconds",
+                "The signing CA certificate's notAfter, per signing Secret (Unix time).",
+                labels=("namespace", "name"),
+            ),
+            GaugeMetricFamily(
+                "meshtrust_issuer_root_ca_expiration_timestamp_seconds",
+                "The notAfter of the root a signing Secret chains to (Unix time).",
+                labels=("namespace", "name"),
+            ),
+        )
+
+
+def _expiry(data: Mapping[str, Any]) -> tuple[float, float] | None:
+    try:
+        decoded = {str(k): base64.b64decode(str(v), validate=True) for k, v in data.items()}
+        ca, root = signing_ca_expiry(decoded)
+    except (binascii.Error, ValueError, InvalidSigningCA):
+        return None
+    return ca.timestamp(), root.timestamp()
