@@ -38,7 +38,15 @@ from pydantic import ValidationError
 from services.issuer.issued import IssuedRecord, csr_digest, issued_key, serial_hex
 from services.issuer.ledger import LedgerEntry, record_signature
 from services.issuer.mirror import mirrored_status
-from services.issuer.policies import CsrInput, Verdict, authorise
+from services.issuer.policies import (
+    CsrInput,
+    SigningProblem,
+    SigningState,
+    Verdict,
+    authorise,
+    forbidden_secret,
+    scope_problem,
+)
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, sign
 from shared.bus import Bucket, Bus, Delivery, KvEntry, PublishError, RevisionMismatch
@@ -53,7 +61,14 @@ from shared.events import (
     Undecodable,
     decode_value,
 )
-from shared.k8s import EventRecorder, KubeClient, KubeError, NotFound, update_model_status
+from shared.k8s import (
+    EventRecorder,
+    Forbidden,
+    KubeClient,
+    KubeError,
+    NotFound,
+    update_model_status,
+)
 from shared.k8s.early import read_early, spec_ref
 from shared.k8s.informer import Informer
 from shared.k8s.models import IssuedCertificate, ObjectKey
@@ -77,13 +92,32 @@ def is_cluster_namespace(namespace: str, settings: IssuerSettings) -> bool:
     return namespace not in settings.excluded_namespaces
 
 
+_Secret = Mapping[str, Any] | SigningProblem | None
+"""The signing Secret as read (None: absent), or why it may not be used."""
+
+
+async def _signing_secret(kube: KubeClient, ref: ObjectKey) -> _Secret:
+    """The signing Secret (None: absent), or `SigningSecretForbidden` when the API server
+    refuses the read (403: a person must grant it; retrying would not help)."""
+    try:
+        return await _get_or_none(kube, SECRETS, ref.name, ref.namespace, forbidden_ok=True)
+    except Forbidden as exc:
+        return forbidden_secret(ref.namespace, ref.name, exc.message)
+
+
 async def _get_or_none(
-    kube: KubeClient, resource: Resource, name: str, namespace: str
+    kube: KubeClient, resource: Resource, name: str, namespace: str, *, forbidden_ok: bool = False
 ) -> dict[str, Any] | None:
+    """The object, None if absent; other errors are transient (403 raised with `forbidden_ok`;
+    401, our own token not valid yet, stays transient)."""
     try:
         return await kube.get(resource, name, namespace=namespace)
     except NotFound:
         return None
+    except Forbidden as exc:
+        if forbidden_ok and exc.code == 403:
+            raise
+        raise TransientError(f"reading {resource.kind} {namespace}/{name}: {exc}") from None
     except KubeError as exc:
         raise TransientError(f"reading {resource.kind} {namespace}/{name}: {exc}") from None
 
@@ -204,7 +238,7 @@ class CsrHandler:
 
     async def _read_state_or_why(
         self, event: CsrRequested
-    ) -> tuple[IssuedCertificate | None, dict[str, Any] | None] | _Unreadable | KubeError:
+    ) -> tuple[IssuedCertificate | None, _Secret] | _Unreadable | KubeError:
         """The state, or why it cannot be read: returned, not raised, since the record read
         beside it decides first (a signed issuance is answered again from its record even while
         the declaration is unreadable or the API is down)."""
@@ -213,9 +247,7 @@ class CsrHandler:
         except (_Unreadable, KubeError) as exc:
             return exc
 
-    async def _read_state(
-        self, event: CsrRequested
-    ) -> tuple[IssuedCertificate | None, dict[str, Any] | None]:
+    async def _read_state(self, event: CsrRequested) -> tuple[IssuedCertificate | None, _Secret]:
         cluster, name = event.cluster, event.data.name
         if not is_cluster_namespace(cluster, self._settings):
             return None, None
@@ -223,6 +255,8 @@ class CsrHandler:
         # declaration almost always names the same one: read both at once, and read the
         # Secret again only if the live declaration names another.
         guess = self._signing_ref_cached(cluster, name)
+        if guess is not None and not self._settings.signs_from(guess.namespace):
+            guess = None  # a Secret outside the signing namespaces is never read
         raw, early = await concurrently(
             _get_or_none(self._kube, ISSUED_CERTIFICATES, name, cluster),
             read_early(self._kube, SECRETS, guess),
@@ -237,9 +271,12 @@ class CsrHandler:
                 f"IssuedCertificate {cluster}/{name} cannot be read by the issuer; see its status"
             ) from None
         ref = declaration.spec.signing_certificate_secret
+        problem = scope_problem(ref.namespace, ref.name, self._settings.signing_namespaces)
+        if problem is not None:
+            return declaration, problem
         if early.answers(ObjectKey(ref.namespace, ref.name)):
             return declaration, early.object
-        return declaration, await _get_or_none(self._kube, SECRETS, ref.name, ref.namespace)
+        return declaration, await _signing_secret(self._kube, ObjectKey(ref.namespace, ref.name))
 
     def _signing_ref_cached(self, cluster: str, name: str) -> ObjectKey | None:
         """The signing Secret the cached declaration names, if it is cached."""
@@ -253,12 +290,14 @@ class CsrHandler:
         self,
         event: CsrRequested,
         declaration: IssuedCertificate | None,
-        secret: Mapping[str, Any] | None,
+        secret: _Secret,
         now: datetime,
     ) -> Verdict | Signed:
         """Authorise and sign (runs in the signing executor)."""
-        signing = None
-        if declaration is not None:
+        signing: SigningState | None = None
+        if isinstance(secret, SigningProblem):
+            signing = secret
+        elif declaration is not None:
             ref = declaration.spec.signing_certificate_secret
             signing, _ = self._cas.load(secret, namespace=ref.namespace, name=ref.name, now=now)
         verdict = authorise(
@@ -268,6 +307,7 @@ class CsrHandler:
                 declaration=declaration,
                 signing=signing,
                 policy=self._policy,
+                signing_namespaces=self._settings.signing_namespaces,
             )
         )
         if verdict.denied:
