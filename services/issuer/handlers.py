@@ -14,10 +14,12 @@ terminates them). Both are idempotent, as redeliveries require.
    readable record means answering from that one).
 2. Read the declaration `<cluster>/<name>` and its signing Secret *live* from the API (not from a
    cache that may lag behind a generation bump), and decide with `policies.authorise`.
-3. Sign in the signing executor (CPU-bound), append to the ledger, record the answer with
-   create-if-absent (a replica that loses the race sends the winner's certificate), publish
-   `certificate.issued`. Denials publish `certificate.denied`; they are not recorded, so a
-   request denied for a missing declaration succeeds once the declaration exists.
+3. Take a token from the cluster's issuance bucket (`quota.py`; none left: deny `RateLimited`
+   with `retry_after`, not recorded). Sign in the signing executor (CPU-bound), append to the
+   ledger, record the answer with create-if-absent (a replica that loses the race sends the
+   winner's certificate), publish `certificate.issued`. Denials publish `certificate.denied`;
+   they are not recorded, so a request denied for a missing declaration succeeds once the
+   declaration exists.
 
 Kubernetes and bus failures are transient (nak with backoff). Nothing here logs or raises
 anything from the CSR but names and fingerprints.
@@ -30,7 +32,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -47,6 +49,7 @@ from services.issuer.policies import (
     forbidden_secret,
     scope_problem,
 )
+from services.issuer.quota import IssuanceQuota
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, sign
 from shared.bus import Bucket, Bus, Delivery, KvEntry, PublishError, RevisionMismatch
@@ -162,6 +165,20 @@ MIRROR_YIELD_SECONDS = 0.05
 """The longest a status report waits for CSRs in flight: a few signatures' time."""
 
 
+class _RateLimited:
+    """The cluster's issuance bucket is empty: deny `RateLimited`, re-send at `at`."""
+
+    def __init__(self, cluster: str, at: datetime, settings: IssuerSettings) -> None:
+        self.at = at.replace(microsecond=0) + timedelta(seconds=1)  # rounded up, never early
+        self.verdict = Verdict(
+            "RateLimited",
+            f"cluster {cluster} is over its issuance rate ({settings.issuance_burst} at once, "
+            f"then {settings.issuance_per_hour:g} an hour): the CSR was not signed; send it "
+            f"again at or after {self.at.isoformat()}",
+            denied=True,
+        )
+
+
 class _Unreadable(Exception):
     """The declaration exists but does not fit the model (say so, rather than 'no such')."""
 
@@ -196,6 +213,9 @@ class CsrHandler:
         """The issuer's IssuedCertificate informer: only to guess which Secret to read."""
         self._clock = clock
         self._policy = settings.key_policy()
+        self._quota = IssuanceQuota(
+            per_hour=settings.issuance_per_hour, burst=settings.issuance_burst
+        )
 
     async def __call__(self, event: Event, delivery: Delivery) -> None:
         if not isinstance(event, CsrRequested):
@@ -228,6 +248,9 @@ class CsrHandler:
             self._executor,
             functools.partial(self._decide, event, declaration, secret, self._clock()),
         )
+        if isinstance(outcome, _RateLimited):
+            await self._deny(event, outcome.verdict, declaration, retry_after=outcome.at)
+            return
         if isinstance(outcome, Verdict):
             await self._deny(event, outcome, declaration)
             return
@@ -292,7 +315,7 @@ class CsrHandler:
         declaration: IssuedCertificate | None,
         secret: _Secret,
         now: datetime,
-    ) -> Verdict | Signed:
+    ) -> Verdict | _RateLimited | Signed:
         """Authorise and sign (runs in the signing executor)."""
         signing: SigningState | None = None
         if isinstance(secret, SigningProblem):
@@ -312,6 +335,10 @@ class CsrHandler:
         )
         if verdict.denied:
             return verdict
+        # Only a signature takes a token (an answer from the record never gets here).
+        retry_at = self._quota.take(event.cluster, now)
+        if retry_at is not None:
+            return _RateLimited(event.cluster, retry_at, self._settings)
         # The chain allowed it, so both are there and the CA loaded.
         assert declaration is not None
         assert isinstance(signing, SigningCA)
@@ -485,7 +512,12 @@ class CsrHandler:
             raise TransientError(str(exc)) from None
 
     async def _deny(
-        self, event: CsrRequested, verdict: Verdict, declaration: IssuedCertificate | None
+        self,
+        event: CsrRequested,
+        verdict: Verdict,
+        declaration: IssuedCertificate | None,
+        *,
+        retry_after: datetime | None = None,
     ) -> None:
         log.info(
             "certificate denied", name=event.data.name, reason=verdict.reason, why=verdict.message
@@ -503,6 +535,7 @@ class CsrHandler:
                 attempt=event.data.attempt,
                 reason=verdict.reason,
                 message=verdict.message[:4096],
+                retry_after=retry_after,
             ),
         )
         try:

@@ -67,6 +67,22 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
         description="Allowed CSR curves, comma-separated (P-256, P-384: what Istio supports).",
     )
 
+    # --- how many ---
+    issuance_per_hour: float = Field(
+        default=10.0,
+        gt=0,
+        description="New signatures per cluster per hour, per replica, once the burst is "
+        "spent (a token bucket; answers sent again from meshtrust-issued do not count). Ten an "
+        "hour is far above a fleet's need (a cluster renews a handful of intermediates a "
+        "year) and far below a flood; a denied CSR (RateLimited) carries the time to re-send.",
+    )
+    issuance_burst: int = Field(
+        default=5,
+        ge=1,
+        description="New signatures a cluster may have at once (the bucket's size): room for a "
+        "cluster's intermediates re-issued together after a CA rotation.",
+    )
+
     # --- which declarations ---
     excluded_namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
         default=DEFAULT_EXCLUDED_NAMESPACES,
