@@ -172,41 +172,40 @@ class FakeIssuer:
         ic = IssuedCertificate.from_object(listed.items[0])
         if self.mode == "limit":
             self.mode = "sign"
-            await self.bus.publish(
-                CertificateDenied(
-                    source="issuer/test",
-                    cluster=event.cluster,
-                    issuance=event.issuance,
-                    data=CertificateDeniedData(
-                        name=data.name,
-                        declaration_generation=data.declaration_generation,
-                        attempt=data.attempt,
-                        reason="RateLimited",
-                        message="cluster is over its issuance rate",
-                        retry_after=self.retry_after,
-                    ),
-                )
+            await self.deny(
+                event, "RateLimited", "cluster is over its issuance rate", self.retry_after
             )
             return
         if self.mode == "deny":
-            await self.bus.publish(
-                CertificateDenied(
-                    source="issuer/test",
-                    cluster=event.cluster,
-                    issuance=event.issuance,
-                    data=CertificateDeniedData(
-                        name=data.name,
-                        declaration_generation=data.declaration_generation,
-                        attempt=data.attempt,
-                        reason=self.deny_reason,
-                        message=self.deny_message,
-                    ),
-                )
-            )
+            await self.deny(event, self.deny_reason, self.deny_message)
             return
         answer = self.sign(event, ic)
         self.answers.append(answer)
         await self.bus.publish(answer)
+
+    async def deny(
+        self,
+        event: CsrRequested,
+        reason: str,
+        message: str,
+        retry_after: dt.datetime | None = None,
+    ) -> None:
+        data = event.data
+        await self.bus.publish(
+            CertificateDenied(
+                source="issuer/test",
+                cluster=event.cluster,
+                issuance=event.issuance,
+                data=CertificateDeniedData(
+                    name=data.name,
+                    declaration_generation=data.declaration_generation,
+                    attempt=data.attempt,
+                    reason=reason,
+                    message=message,
+                    retry_after=retry_after,
+                ),
+            )
+        )
 
     def sign(self, event: CsrRequested, ic: IssuedCertificate) -> CertificateIssued:
         data = event.data

@@ -24,14 +24,11 @@ from issuer.issuer_testing import (
     secret_body,
     world,
 )
-from issuer.test_issuer_signing import ledger_entries
-from services.issuer.handlers import CsrHandler
-from services.issuer.issued import ISSUED_BUCKET
-from services.issuer.ledger import open_ledger
+from issuer.test_issuer_signing import handled_once, ledger_entries
 from services.issuer.reconciler import Declarations
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
-from shared.bus import Delivery, NatsSettings
+from shared.bus import NatsSettings
 from shared.events import DESIRED_BUCKET
 from shared.k8s import EventRecorder, Forbidden, IssuedCertificate, KubeClient, RequeueAfter
 from shared.k8s.models import ObjectKey
@@ -197,21 +194,9 @@ async def test_a_csr_whose_signing_secret_is_forbidden_is_denied_not_retried(
 ) -> None:
     async with world(tmp_path, nats_settings) as w, refusing(w) as kube:
         body = await w.create(declaration("east", "istio-ca"))
-        ledger = open_ledger(w.bus)
-        await ledger.ensure()
-        with ThreadPoolExecutor(max_workers=1) as executor:
-            handler = CsrHandler(
-                settings=w.settings(),
-                bus=w.bus,
-                kube=kube,
-                issued=await w.bus.bucket(ISSUED_BUCKET, history=1),
-                ledger=ledger,
-                executor=executor,
-                signing_cas=SigningCAs(),
-            )
-            request = w.agent("east").request(body)
-            # Handled without raising: acked, not nak'ed into an endless redelivery.
-            await handler(request, Delivery(subject="", stream_sequence=1, num_delivered=1))
+        request = w.agent("east").request(body)
+        # Handled without raising: acked, not nak'ed into an endless redelivery.
+        await handled_once(w, request, kube=kube)
         answer = await w.answers.denied(request.issuance)
         assert answer.data.reason == "SigningSecretForbidden"
         assert "Grant the issuer's ServiceAccount get" in answer.data.message
