@@ -49,13 +49,7 @@ ENV = {
     # A killed issuer or bouncer leaves its message unacknowledged: JetStream redelivers it to
     # the restarted process after ack_wait (default 30 s; 5 s keeps the module quick). The
     # bouncer's and the agent's consumers are the hub's: the issuer's cluster ack wait.
-    # The module's tests share one issuer and each re-issues every cluster's certificate: more
-    # than the default burst of 5 new signatures per cluster and hour (tests/issuer test it).
-    "issuer": {
-        "MESHTRUST_ISSUER_ACK_WAIT": "5",
-        "MESHTRUST_ISSUER_CLUSTER_ACK_WAIT": "5",
-        "MESHTRUST_ISSUER_ISSUANCE_BURST": "1000",
-    },
+    "issuer": {"MESHTRUST_ISSUER_ACK_WAIT": "5", "MESHTRUST_ISSUER_CLUSTER_ACK_WAIT": "5"},
     "bouncer": {"MESHTRUST_BOUNCER_ACK_WAIT": "5"},
     # An agent killed while handling certificate.issued is answered again by its own re-send
     # (a new attempt) after this, or by the redelivery after the cluster ack wait.
