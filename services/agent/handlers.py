@@ -208,6 +208,7 @@ class Handlers:
             kind="denied",
             reason=event.data.reason,
             message=f"{event.data.reason}: {event.data.message}",
+            retry_after=event.data.retry_after,
         )
         await self._objects.set_verdict(key, verdict)
         self._requeue(key)

@@ -156,12 +156,23 @@ def read_verdict(ic: Mapping[str, Any], issuance: str | None) -> Verdict | None:
             kind=value["kind"],
             reason=str(value.get("reason") or ""),
             message=str(value.get("message") or ""),
+            retry_after=_aware(value.get("retry_after")),
         )
     except (ValueError, KeyError, TypeError):
         return None
     if verdict.issuance != issuance or verdict.kind not in ("denied", "refused", "bounced"):
         return None
     return verdict
+
+
+def _aware(value: object) -> dt.datetime | None:
+    """An ISO 8601 time with its offset (raises ValueError/TypeError for anything else)."""
+    if value is None:
+        return None
+    parsed = dt.datetime.fromisoformat(str(value))
+    if parsed.tzinfo is None:
+        raise ValueError("a time without an offset")
+    return parsed
 
 
 def _int(value: str | None) -> int | None:
@@ -322,6 +333,9 @@ class AgentObjects:
                 "kind": verdict.kind,
                 "reason": verdict.reason,
                 "message": verdict.message[:4000],
+                "retry_after": (
+                    verdict.retry_after.isoformat() if verdict.retry_after is not None else None
+                ),
             },
             separators=(",", ":"),
         )

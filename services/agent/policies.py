@@ -74,6 +74,8 @@ class Verdict:
     kind: Literal["denied", "refused", "bounced"]
     reason: str = ""
     message: str = ""
+    retry_after: dt.datetime | None = None
+    """With a `denied` of reason `RateLimited`: the CSR may be sent again from then on."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -370,7 +372,11 @@ def _requested(o: Observed, *, now: dt.datetime, timing: Timing) -> Decision:
     if issued is not None and issued.issuance == issuance and issued.info is not None:
         return Complete(issued.info)
     verdict = o.verdict
-    if verdict is not None and verdict.kind == "denied":
+    if verdict is not None and verdict.kind == "denied" and verdict.reason == RATE_LIMITED:
+        limited = _rate_limited(o, verdict, now=now, timing=timing)
+        if limited is not None:
+            return limited
+    elif verdict is not None and verdict.kind == "denied":
         return Fail(verdict.reason or "Denied", f"the issuer denied the CSR: {verdict.message}")
     if verdict is not None and verdict.kind == "refused":
         error = refusal_error(verdict)
@@ -388,6 +394,38 @@ def _requested(o: Observed, *, now: dt.datetime, timing: Timing) -> Decision:
     if not o.sent:
         return Send(attempt=key.attempt, wait=timing.resend_after - elapsed)
     return Wait(max(0.0, timing.resend_after - elapsed))
+
+
+RATE_LIMITED = "RateLimited"
+"""The issuer's denial for a cluster over its issuance rate: not a failure, a time to wait."""
+
+
+def _rate_limited(
+    o: Observed, verdict: Verdict, *, now: dt.datetime, timing: Timing
+) -> Decision | None:
+    """Over the issuer's rate: say so (status.error, staying REQUESTED), send nothing before
+    `retry_after`, then send the next attempt once; None: decide as without the verdict (the
+    key is gone, or the re-send after `retry_after` went out and waits for its answer)."""
+    error = rate_limited_error(verdict)
+    if o.status.error != error:
+        return Refuse(RATE_LIMITED, error)
+    key = o.key
+    if key is None or key.issuance != o.status.issuance_id or verdict.retry_after is None:
+        return None  # no time given (an older issuer): the usual re-send timing
+    if now < verdict.retry_after:
+        return Wait(_seconds(verdict.retry_after - now))
+    if key.requested_at is None or key.requested_at < verdict.retry_after:
+        return Send(attempt=key.attempt + 1, wait=timing.resend_after)
+    return None
+
+
+def rate_limited_error(verdict: Verdict) -> str:
+    """status.error while REQUESTED after a RateLimited denial."""
+    when = verdict.retry_after.isoformat() if verdict.retry_after is not None else "later"
+    return (
+        f"the issuer rate-limited this cluster's CSRs ({verdict.message}); the CSR is sent "
+        f"again at {when}"
+    )
 
 
 def refusal_error(verdict: Verdict) -> str:

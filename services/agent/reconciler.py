@@ -49,6 +49,7 @@ from services.agent.objects import (
     secret_bytes,
 )
 from services.agent.policies import (
+    RATE_LIMITED,
     Bounce,
     Complete,
     Decision,
@@ -303,6 +304,8 @@ class Reconciler:
             warning = (
                 "TrustBundleUnavailable"
                 if decision.reason in ("TrustBundleMissing", "TrustBundleInvalid")
+                else RATE_LIMITED
+                if decision.reason == RATE_LIMITED
                 else "UntrustedCertificate"
             )
             await self._transition(

@@ -133,7 +133,12 @@ def compose(
         health,
         InformerComponent("informer:issuedcertificates", declarations.certificates),
         InformerComponent("informer:podbouncedirectives", declarations.directives),
-        InformerComponent("informer:secrets", declarations.secrets),
+        *(
+            InformerComponent(f"informer:secrets:{namespace}", secrets)
+            for namespace, secrets in zip(
+                settings.signing_namespaces or ("*",), declarations.secrets, strict=True
+            )
+        ),
         ControllerComponent(declarations.certificate_controller, declarations.informers),
         ControllerComponent(declarations.directive_controller, declarations.informers),
         PeriodicComponent(
@@ -184,7 +189,16 @@ async def serve(
                 clock=clock,
                 health=health,
             )
-            log.info("issuer starting", instance=settings.instance)
+            log.info(
+                "issuer starting",
+                instance=settings.instance,
+                signing_namespaces=list(settings.signing_namespaces),
+            )
+            if not settings.signing_namespaces:
+                log.warning(
+                    "no signing namespaces: any Secret a declaration names may sign "
+                    "(set MESHTRUST_ISSUER_SIGNING_NAMESPACES; docs/issuer.md)"
+                )
             await supervise(
                 components, grace=settings.grace, stop=stop, handle_signals=handle_signals
             )

@@ -14,10 +14,12 @@ terminates them). Both are idempotent, as redeliveries require.
    readable record means answering from that one).
 2. Read the declaration `<cluster>/<name>` and its signing Secret *live* from the API (not from a
    cache that may lag behind a generation bump), and decide with `policies.authorise`.
-3. Sign in the signing executor (CPU-bound), append to the ledger, record the answer with
-   create-if-absent (a replica that loses the race sends the winner's certificate), publish
-   `certificate.issued`. Denials publish `certificate.denied`; they are not recorded, so a
-   request denied for a missing declaration succeeds once the declaration exists.
+3. Take a token from the cluster's issuance bucket (`quota.py`; none left: deny `RateLimited`
+   with `retry_after`, not recorded). Sign in the signing executor (CPU-bound), append to the
+   ledger, record the answer with create-if-absent (a replica that loses the race sends the
+   winner's certificate), publish `certificate.issued`. Denials publish `certificate.denied`;
+   they are not recorded, so a request denied for a missing declaration succeeds once the
+   declaration exists.
 
 Kubernetes and bus failures are transient (nak with backoff). Nothing here logs or raises
 anything from the CSR but names and fingerprints.
@@ -30,7 +32,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -39,7 +41,16 @@ from services.issuer.issued import IssuedRecord, csr_digest, issued_key, serial_
 from services.issuer.ledger import LedgerEntry, record_signature
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.mirror import mirrored_status
-from services.issuer.policies import CsrInput, Verdict, authorise
+from services.issuer.policies import (
+    CsrInput,
+    SigningProblem,
+    SigningState,
+    Verdict,
+    authorise,
+    forbidden_secret,
+    scope_problem,
+)
+from services.issuer.quota import IssuanceQuota
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, sign
 from shared.bus import Bucket, Bus, Delivery, KvEntry, PublishError, RevisionMismatch
@@ -54,7 +65,14 @@ from shared.events import (
     Undecodable,
     decode_value,
 )
-from shared.k8s import EventRecorder, KubeClient, KubeError, NotFound, update_model_status
+from shared.k8s import (
+    EventRecorder,
+    Forbidden,
+    KubeClient,
+    KubeError,
+    NotFound,
+    update_model_status,
+)
 from shared.k8s.early import read_early, spec_ref
 from shared.k8s.informer import Informer
 from shared.k8s.models import IssuedCertificate, ObjectKey
@@ -78,13 +96,32 @@ def is_cluster_namespace(namespace: str, settings: IssuerSettings) -> bool:
     return namespace not in settings.excluded_namespaces
 
 
+_Secret = Mapping[str, Any] | SigningProblem | None
+"""The signing Secret as read (None: absent), or why it may not be used."""
+
+
+async def _signing_secret(kube: KubeClient, ref: ObjectKey) -> _Secret:
+    """The signing Secret (None: absent), or `SigningSecretForbidden` when the API server
+    refuses the read (403: a person must grant it; retrying would not help)."""
+    try:
+        return await _get_or_none(kube, SECRETS, ref.name, ref.namespace, forbidden_ok=True)
+    except Forbidden as exc:
+        return forbidden_secret(ref.namespace, ref.name, exc.message)
+
+
 async def _get_or_none(
-    kube: KubeClient, resource: Resource, name: str, namespace: str
+    kube: KubeClient, resource: Resource, name: str, namespace: str, *, forbidden_ok: bool = False
 ) -> dict[str, Any] | None:
+    """The object, None if absent; other errors are transient (403 raised with `forbidden_ok`;
+    401, our own token not valid yet, stays transient)."""
     try:
         return await kube.get(resource, name, namespace=namespace)
     except NotFound:
         return None
+    except Forbidden as exc:
+        if forbidden_ok and exc.code == 403:
+            raise
+        raise TransientError(f"reading {resource.kind} {namespace}/{name}: {exc}") from None
     except KubeError as exc:
         raise TransientError(f"reading {resource.kind} {namespace}/{name}: {exc}") from None
 
@@ -129,6 +166,20 @@ MIRROR_YIELD_SECONDS = 0.05
 """The longest a status report waits for CSRs in flight: a few signatures' time."""
 
 
+class _RateLimited:
+    """The cluster's issuance bucket is empty: deny `RateLimited`, re-send at `at`."""
+
+    def __init__(self, cluster: str, at: datetime, settings: IssuerSettings) -> None:
+        self.at = at.replace(microsecond=0) + timedelta(seconds=1)  # rounded up, never early
+        self.verdict = Verdict(
+            "RateLimited",
+            f"cluster {cluster} is over its issuance rate ({settings.issuance_burst} at once, "
+            f"then {settings.issuance_per_hour:g} an hour): the CSR was not signed; send it "
+            f"again at or after {self.at.isoformat()}",
+            denied=True,
+        )
+
+
 class _Unreadable(Exception):
     """The declaration exists but does not fit the model (say so, rather than 'no such')."""
 
@@ -165,6 +216,9 @@ class CsrHandler:
         """The issuer's IssuedCertificate informer: only to guess which Secret to read."""
         self._clock = clock
         self._policy = settings.key_policy()
+        self._quota = IssuanceQuota(
+            per_hour=settings.issuance_per_hour, burst=settings.issuance_burst
+        )
 
     async def __call__(self, event: Event, delivery: Delivery) -> None:
         if not isinstance(event, CsrRequested):
@@ -197,6 +251,9 @@ class CsrHandler:
             self._executor,
             functools.partial(self._decide, event, declaration, secret, self._clock()),
         )
+        if isinstance(outcome, _RateLimited):
+            await self._deny(event, outcome.verdict, declaration, retry_after=outcome.at)
+            return
         if isinstance(outcome, Verdict):
             await self._deny(event, outcome, declaration)
             return
@@ -207,7 +264,7 @@ class CsrHandler:
 
     async def _read_state_or_why(
         self, event: CsrRequested
-    ) -> tuple[IssuedCertificate | None, dict[str, Any] | None] | _Unreadable | KubeError:
+    ) -> tuple[IssuedCertificate | None, _Secret] | _Unreadable | KubeError:
         """The state, or why it cannot be read: returned, not raised, since the record read
         beside it decides first (a signed issuance is answered again from its record even while
         the declaration is unreadable or the API is down)."""
@@ -216,9 +273,7 @@ class CsrHandler:
         except (_Unreadable, KubeError) as exc:
             return exc
 
-    async def _read_state(
-        self, event: CsrRequested
-    ) -> tuple[IssuedCertificate | None, dict[str, Any] | None]:
+    async def _read_state(self, event: CsrRequested) -> tuple[IssuedCertificate | None, _Secret]:
         cluster, name = event.cluster, event.data.name
         if not is_cluster_namespace(cluster, self._settings):
             return None, None
@@ -226,6 +281,8 @@ class CsrHandler:
         # declaration almost always names the same one: read both at once, and read the
         # Secret again only if the live declaration names another.
         guess = self._signing_ref_cached(cluster, name)
+        if guess is not None and not self._settings.signs_from(guess.namespace):
+            guess = None  # a Secret outside the signing namespaces is never read
         raw, early = await concurrently(
             _get_or_none(self._kube, ISSUED_CERTIFICATES, name, cluster),
             read_early(self._kube, SECRETS, guess),
@@ -240,9 +297,12 @@ class CsrHandler:
                 f"IssuedCertificate {cluster}/{name} cannot be read by the issuer; see its status"
             ) from None
         ref = declaration.spec.signing_certificate_secret
+        problem = scope_problem(ref.namespace, ref.name, self._settings.signing_namespaces)
+        if problem is not None:
+            return declaration, problem
         if early.answers(ObjectKey(ref.namespace, ref.name)):
             return declaration, early.object
-        return declaration, await _get_or_none(self._kube, SECRETS, ref.name, ref.namespace)
+        return declaration, await _signing_secret(self._kube, ObjectKey(ref.namespace, ref.name))
 
     def _signing_ref_cached(self, cluster: str, name: str) -> ObjectKey | None:
         """The signing Secret the cached declaration names, if it is cached."""
@@ -256,12 +316,14 @@ class CsrHandler:
         self,
         event: CsrRequested,
         declaration: IssuedCertificate | None,
-        secret: Mapping[str, Any] | None,
+        secret: _Secret,
         now: datetime,
-    ) -> Verdict | Signed:
+    ) -> Verdict | _RateLimited | Signed:
         """Authorise and sign (runs in the signing executor)."""
-        signing = None
-        if declaration is not None:
+        signing: SigningState | None = None
+        if isinstance(secret, SigningProblem):
+            signing = secret
+        elif declaration is not None:
             ref = declaration.spec.signing_certificate_secret
             signing, _ = self._cas.load(secret, namespace=ref.namespace, name=ref.name, now=now)
         verdict = authorise(
@@ -271,10 +333,15 @@ class CsrHandler:
                 declaration=declaration,
                 signing=signing,
                 policy=self._policy,
+                signing_namespaces=self._settings.signing_namespaces,
             )
         )
         if verdict.denied:
             return verdict
+        # Only a signature takes a token (an answer from the record never gets here).
+        retry_at = self._quota.take(event.cluster, now)
+        if retry_at is not None:
+            return _RateLimited(event.cluster, retry_at, self._settings)
         # The chain allowed it, so both are there and the CA loaded.
         assert declaration is not None
         assert isinstance(signing, SigningCA)
@@ -450,7 +517,12 @@ class CsrHandler:
             raise TransientError(str(exc)) from None
 
     async def _deny(
-        self, event: CsrRequested, verdict: Verdict, declaration: IssuedCertificate | None
+        self,
+        event: CsrRequested,
+        verdict: Verdict,
+        declaration: IssuedCertificate | None,
+        *,
+        retry_after: datetime | None = None,
     ) -> None:
         log.info(
             "certificate denied", name=event.data.name, reason=verdict.reason, why=verdict.message
@@ -468,6 +540,7 @@ class CsrHandler:
                 attempt=event.data.attempt,
                 reason=verdict.reason,
                 message=verdict.message[:4096],
+                retry_after=retry_after,
             ),
         )
         try:

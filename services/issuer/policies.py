@@ -4,11 +4,13 @@ Each policy is `func(input) -> Verdict(reason, message, denied)`; a chain runs i
 order and the first denial wins. Two chains:
 
 - `DECLARATION_CHAIN` decides whether a declaration may be published to its cluster at all: the
-  signing Secret must exist and hold a usable CA, and hosts and org must fit in a certificate.
+  signing Secret must be in one of the issuer's signing namespaces, exist and hold a usable CA,
+  and hosts and org must fit in a certificate.
   A denial here is written to the management object as FAILED with the message as its error.
 - `CSR_CHAIN` authorises one `csr.requested` against the declaration the issuer owns for the
   cluster in the subject: the declaration exists (in *that* cluster's namespace), is the same
-  object and generation the agent answers, is not being deleted, its signing CA is usable, and
+  object and generation the agent answers, is not being deleted, its signing Secret is in a
+  signing namespace, its signing CA is usable, and
   the CSR passes the PKI core's check (hosts and org exactly as declared, proof of possession,
   key policy). A denial here becomes `certificate.denied` with the reason.
 
@@ -30,13 +32,16 @@ from shared.pki.names import parse_hosts, subject_for
 __all__ = [
     "CSR_CHAIN",
     "DECLARATION_CHAIN",
+    "SIGNING_SECRET_FORBIDDEN",
     "CsrInput",
     "DeclarationInput",
     "SigningProblem",
     "Verdict",
     "authorise",
     "check_declaration",
+    "forbidden_secret",
     "run_chain",
+    "scope_problem",
 ]
 
 
@@ -57,17 +62,54 @@ class SigningProblem:
     """Why a declaration's signing CA cannot be used right now."""
 
     reason: str
-    """`SigningSecretMissing` or `SigningSecretInvalid`."""
+    """`SigningSecretMissing`, `SigningSecretInvalid`, `SigningSecretOutOfScope` or
+    `SigningSecretForbidden`."""
     message: str
 
 
 SigningState = SigningCA | SigningProblem
 
 
+def scope_problem(namespace: str, name: str, scope: Sequence[str]) -> SigningProblem | None:
+    """Why the Secret `namespace/name` may not sign under the signing namespaces `scope`, or
+    None when it may (an empty scope is the permissive mode: any namespace).
+
+    The handlers ask this before reading the Secret (one outside the scope is never read);
+    the chains ask it again from the declaration, so no path signs with such a CA."""
+    if not scope or namespace in scope:
+        return None
+    where = scope[0] if len(scope) == 1 else f"one of {', '.join(scope)}"
+    return SigningProblem(
+        "SigningSecretOutOfScope",
+        f"signingCertificateSecret {namespace}/{name} is outside the issuer's signing "
+        f"namespaces ({', '.join(scope)}): the issuer signs only with CA Secrets there "
+        "(MESHTRUST_ISSUER_SIGNING_NAMESPACES, set by its administrator). Point "
+        f"signingCertificateSecret at a CA Secret in {where}, or have the administrator "
+        f"add namespace {namespace} to that setting",
+    )
+
+
+SIGNING_SECRET_FORBIDDEN = "SigningSecretForbidden"  # noqa: S105 - a reason code, not a password
+
+
+def forbidden_secret(namespace: str, name: str, server_message: str) -> SigningProblem:
+    """The API server refused (403) to let the issuer read the signing Secret: waiting will not
+    help, a person must grant the read or change the reference."""
+    return SigningProblem(
+        SIGNING_SECRET_FORBIDDEN,
+        f"the issuer may not read signingCertificateSecret {namespace}/{name} (403 Forbidden: "
+        f"{server_message[:300]}). Grant the issuer's ServiceAccount get on that Secret (a "
+        f"Role and RoleBinding in namespace {namespace}), or point signingCertificateSecret "
+        "at a CA Secret the issuer may read",
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeclarationInput:
     declaration: IssuedCertificate
     signing: SigningState
+    signing_namespaces: tuple[str, ...] = ()
+    """The issuer's signing namespaces; empty: any (the permissive mode)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +122,8 @@ class CsrInput:
     signing: SigningState | None
     """None when there is no declaration to take a signing Secret from."""
     policy: KeyPolicy
+    signing_namespaces: tuple[str, ...] = ()
+    """The issuer's signing namespaces; empty: any (the permissive mode)."""
 
 
 T = TypeVar("T")
@@ -101,6 +145,18 @@ def _deny(reason: str, message: str) -> Verdict:
 # --- declarations ------------------------------------------------------------------------------
 
 
+def _in_scope(declaration: IssuedCertificate, scope: tuple[str, ...]) -> Verdict:
+    ref = declaration.spec.signing_certificate_secret
+    problem = scope_problem(ref.namespace, ref.name, scope)
+    return ALLOWED if problem is None else _deny(problem.reason, problem.message)
+
+
+def signing_secret_in_scope(value: DeclarationInput) -> Verdict:
+    """Only the administrator's signing namespaces hold CAs that may sign (whatever Secret a
+    declaration's author names)."""
+    return _in_scope(value.declaration, value.signing_namespaces)
+
+
 def signing_ca_usable(value: DeclarationInput) -> Verdict:
     """A declaration whose signing Secret is missing or invalid cannot be served."""
     if isinstance(value.signing, SigningProblem):
@@ -120,6 +176,7 @@ def names_fit_a_certificate(value: DeclarationInput) -> Verdict:
 
 
 DECLARATION_CHAIN: tuple[Callable[[DeclarationInput], Verdict], ...] = (
+    signing_secret_in_scope,
     signing_ca_usable,
     names_fit_a_certificate,
 )
@@ -184,6 +241,11 @@ def generation_is_current(value: CsrInput) -> Verdict:
     return ALLOWED
 
 
+def signing_secret_allowed(value: CsrInput) -> Verdict:
+    assert value.declaration is not None
+    return _in_scope(value.declaration, value.signing_namespaces)
+
+
 def signing_ca_ready(value: CsrInput) -> Verdict:
     if isinstance(value.signing, SigningProblem):
         return _deny(value.signing.reason, value.signing.message)
@@ -218,6 +280,7 @@ CSR_CHAIN: tuple[Callable[[CsrInput], Verdict], ...] = (
     same_declaration,
     not_being_deleted,
     generation_is_current,
+    signing_secret_allowed,
     signing_ca_ready,
     declaration_fits,
     csr_matches_declaration,

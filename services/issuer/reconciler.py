@@ -8,7 +8,8 @@ the current state, decide, and write at most once:
   `<cluster>.issuedcertificates.<name>`: uid, generation, spec as declared, the namespace of its
   `issuedCertificateSecret` (where the agent applies it) and the fingerprint of its signing
   chain. A change of the signing Secret's CA changes that fingerprint, and so the value: the
-  agent re-issues (docs/issuer.md). If the signing Secret is missing or invalid, or the spec
+  agent re-issues (docs/issuer.md). If the signing Secret is outside the signing namespaces
+  (never read, then), forbidden to the issuer (403), missing or invalid, or the spec
   cannot be issued, the declaration gets FAILED with an `issuer: ...` error and nothing is
   published (a value published before stays: a broken Secret must not tear down the clusters'
   certificates); once fixed, the error is cleared (PENDING) and publishing resumes.
@@ -40,7 +41,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.issuer.mirror import ISSUER_ERROR_PREFIX, cleared_status, issuer_failed
-from services.issuer.policies import DeclarationInput, Verdict, check_declaration
+from services.issuer.policies import (
+    SIGNING_SECRET_FORBIDDEN,
+    DeclarationInput,
+    SigningProblem,
+    SigningState,
+    Verdict,
+    check_declaration,
+    forbidden_secret,
+    scope_problem,
+)
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
 from shared.bus import Bucket, KvEntry, RevisionMismatch
@@ -58,6 +68,7 @@ from shared.k8s import (
     ControllerSettings,
     Done,
     EventRecorder,
+    Forbidden,
     Informer,
     InformerEvent,
     KubeClient,
@@ -132,7 +143,11 @@ class Declarations:
         self._clock = clock
         self.certificates = Informer(kube, ISSUED_CERTIFICATES)
         self.directives = Informer(kube, POD_BOUNCE_DIRECTIVES)
-        self.secrets = Informer(kube, SECRETS, namespace=settings.signing_namespace)
+        # One informer per signing namespace (a Role in each suffices); unscoped, one for all.
+        self.secrets = [
+            Informer(kube, SECRETS, namespace=namespace)
+            for namespace in settings.signing_namespaces or (None,)
+        ]
         workers = ControllerSettings(workers=settings.workers)
         self.certificate_controller = Controller(
             name="issuer-certificates", reconcile=self.reconcile_certificate, settings=workers
@@ -140,7 +155,8 @@ class Declarations:
         # The desired state is a function of spec, uid, generation and the signing Secret,
         # never of status: the status mirror's writes (two per issuance) wake nothing here.
         self.certificate_controller.watch(self.certificates, map_to=unless_status_only)
-        self.certificate_controller.watch(self.secrets, map_to=self._certificates_signed_by)
+        for secrets in self.secrets:
+            self.certificate_controller.watch(secrets, map_to=self._certificates_signed_by)
         self.directive_controller = Controller(
             name="issuer-directives", reconcile=self.reconcile_directive, settings=workers
         )
@@ -149,7 +165,7 @@ class Declarations:
 
     @property
     def informers(self) -> list[Informer]:
-        return [self.certificates, self.directives, self.secrets]
+        return [self.certificates, self.directives, *self.secrets]
 
     def synced(self) -> bool:
         return all(informer.has_synced for informer in self.informers)
@@ -199,17 +215,32 @@ class Declarations:
         # Three independent reads at once: the signing Secret, and what `_publish` compares
         # against (the bucket's entry, and the live declaration that proves the cache current).
         secret, entry, live = await concurrently(
-            _live(self._kube, SECRETS, ObjectKey(ref.namespace, ref.name)),
+            self._signing_secret(ref.namespace, ref.name),
             self._desired.get(kv_key),
             _live(self._kube, ISSUED_CERTIFICATES, key),
         )
-        signing, chain_fingerprint = await asyncio.get_running_loop().run_in_executor(
-            self._executor,
-            functools.partial(
-                self._cas.load, secret, namespace=ref.namespace, name=ref.name, now=self._clock()
-            ),
+        signing: SigningState
+        chain_fingerprint: str | None = None
+        if isinstance(secret, SigningProblem):
+            signing = secret
+        else:
+            signing, chain_fingerprint = await asyncio.get_running_loop().run_in_executor(
+                self._executor,
+                functools.partial(
+                    self._cas.load,
+                    secret,
+                    namespace=ref.namespace,
+                    name=ref.name,
+                    now=self._clock(),
+                ),
+            )
+        verdict = check_declaration(
+            DeclarationInput(
+                declaration=declaration,
+                signing=signing,
+                signing_namespaces=self._settings.signing_namespaces,
+            )
         )
-        verdict = check_declaration(DeclarationInput(declaration=declaration, signing=signing))
         desired: DesiredObject | None = None
         if not verdict.denied:
             try:
@@ -231,12 +262,29 @@ class Declarations:
                 )
         if desired is None:
             await self._fail(declaration, verdict.message)
+            if verdict.reason == SIGNING_SECRET_FORBIDDEN:
+                # Granting the read makes no event that reaches us: look again, unhurried.
+                return RequeueAfter(self._settings.sweep_interval)
             return Done()
         if issuer_failed(declaration.status):
             await self._clear_failure(declaration)
         return await self._publish(
             kv_key, desired, key, ISSUED_CERTIFICATES, read=(entry, _identity(live))
         )
+
+    async def _signing_secret(self, namespace: str, name: str) -> Obj | SigningProblem | None:
+        """The signing Secret as the API has it now (None if gone), or why it may not be used:
+        outside the signing namespaces (then it is not read at all), or the API server forbids
+        the issuer to read it (403: a person must act, so not retried like an outage)."""
+        problem = scope_problem(namespace, name, self._settings.signing_namespaces)
+        if problem is not None:
+            return problem
+        try:
+            return await _live(self._kube, SECRETS, ObjectKey(namespace, name))
+        except Forbidden as exc:
+            if exc.code != 403:  # 401: our own token is not (yet) valid; transient
+                raise
+            return forbidden_secret(namespace, name, exc.message)
 
     async def _fail(self, declaration: IssuedCertificate, message: str) -> None:
         error = ISSUER_ERROR_PREFIX + message

@@ -12,7 +12,7 @@ import socket
 from datetime import timedelta
 from typing import Annotated, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from shared.bus import NatsSettings
@@ -67,6 +67,22 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
         description="Allowed CSR curves, comma-separated (P-256, P-384: what Istio supports).",
     )
 
+    # --- how many ---
+    issuance_per_hour: float = Field(
+        default=10.0,
+        gt=0,
+        description="New signatures per cluster per hour, per replica, once the burst is "
+        "spent (a token bucket; answers sent again from meshtrust-issued do not count). Ten an "
+        "hour is far above a fleet's need (a cluster renews a handful of intermediates a "
+        "year) and far below a flood; a denied CSR (RateLimited) carries the time to re-send.",
+    )
+    issuance_burst: int = Field(
+        default=5,
+        ge=1,
+        description="New signatures a cluster may have at once (the bucket's size): room for a "
+        "cluster's intermediates re-issued together after a CA rotation.",
+    )
+
     # --- which declarations ---
     excluded_namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
         default=DEFAULT_EXCLUDED_NAMESPACES,
@@ -80,9 +96,21 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
         "made at provisioning and kept from the issuer's start. Any other cluster gets its "
         "consumers when its first declaration is published.",
     )
-    signing_namespace: str | None = Field(
-        default=None,
-        description="Watch signing Secrets only in this namespace; unset watches all namespaces.",
+    signing_namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        validation_alias=AliasChoices(
+            "signing_namespaces",
+            "signing_namespace",
+            "MESHTRUST_ISSUER_SIGNING_NAMESPACES",
+            "MESHTRUST_ISSUER_SIGNING_NAMESPACE",
+        ),
+        description="The namespaces whose Secrets may sign, comma-separated "
+        "(`MESHTRUST_ISSUER_SIGNING_NAMESPACES`, or the older single-value "
+        "`MESHTRUST_ISSUER_SIGNING_NAMESPACE`). A declaration whose signingCertificateSecret "
+        "is elsewhere is FAILED and its CSRs denied: who may sign with which CA is the "
+        "administrator's choice, not the declaration author's. Only these namespaces' Secrets "
+        "are watched. Empty (the default) is the permissive mode: any namespace's Secret may "
+        "sign and Secrets are watched cluster-wide (docs/issuer.md).",
     )
     sweep_interval: float = Field(
         default=300.0,
@@ -131,7 +159,9 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
     health: HealthSettings = Field(default_factory=HealthSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
-    @field_validator("ecdsa_curves", "excluded_namespaces", "clusters", mode="before")
+    @field_validator(
+        "ecdsa_curves", "excluded_namespaces", "clusters", "signing_namespaces", mode="before"
+    )
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
@@ -155,6 +185,10 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
     def _policy_is_possible(self) -> Self:
         self.key_policy()  # raises ValueError, which pydantic reports against the settings
         return self
+
+    def signs_from(self, namespace: str) -> bool:
+        """Whether a Secret in `namespace` may be a signing CA (any, when unscoped)."""
+        return not self.signing_namespaces or namespace in self.signing_namespaces
 
     @property
     def source(self) -> str:

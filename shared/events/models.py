@@ -18,9 +18,17 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    model_serializer,
+)
 
 from shared.events.enums import CertificateState, EventType
 from shared.events.names import ClusterName, IssuanceId, NamespaceName, ObjectName
@@ -94,6 +102,19 @@ class CertificateDeniedData(_Model):
     attempt: int = Field(ge=1)
     reason: Reason
     message: Message
+    retry_after: AwareDatetime | None = Field(
+        default=None,
+        description="Set with reason RateLimited: send the CSR again at or after this time, "
+        "not before. Absent from the JSON when not set, so that a denial without it reads as "
+        "it did before the field existed (schema_version 1).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_retry(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("retry_after") is None:
+            data.pop("retry_after", None)
+        return data
 
 
 class BounceRequestedData(_Model):

@@ -145,7 +145,8 @@ async def put_trust_bundle(kube: KubeClient, roots_pem: str) -> None:
 
 @dataclass
 class FakeIssuer:
-    """Answers csr.requested: `sign` (default), `deny`, or `silent` (no answer at all)."""
+    """Answers csr.requested: `sign` (default), `deny`, `silent` (no answer at all), or
+    `limit`: deny the next one `RateLimited` with `retry_after`, then sign."""
 
     bus: Bus
     kube: KubeClient
@@ -153,12 +154,15 @@ class FakeIssuer:
     mode: str = "sign"
     deny_reason: str = "HostsMismatch"
     deny_message: str = "hosts differ from the declaration"
+    retry_after: dt.datetime | None = None
     requests: list[CsrRequested] = field(default_factory=list)
+    received_at: list[dt.datetime] = field(default_factory=list)
     answers: list[CertificateIssued] = field(default_factory=list)
 
     async def __call__(self, event: Event, delivery: Delivery) -> None:
         assert isinstance(event, CsrRequested)
         self.requests.append(event)
+        self.received_at.append(utc_now())
         if self.mode == "silent":
             return
         data = event.data
@@ -166,25 +170,42 @@ class FakeIssuer:
             ISSUED_CERTIFICATES, field_selector=f"metadata.name={data.name}"
         )
         ic = IssuedCertificate.from_object(listed.items[0])
-        if self.mode == "deny":
-            await self.bus.publish(
-                CertificateDenied(
-                    source="issuer/test",
-                    cluster=event.cluster,
-                    issuance=event.issuance,
-                    data=CertificateDeniedData(
-                        name=data.name,
-                        declaration_generation=data.declaration_generation,
-                        attempt=data.attempt,
-                        reason=self.deny_reason,
-                        message=self.deny_message,
-                    ),
-                )
+        if self.mode == "limit":
+            self.mode = "sign"
+            await self.deny(
+                event, "RateLimited", "cluster is over its issuance rate", self.retry_after
             )
+            return
+        if self.mode == "deny":
+            await self.deny(event, self.deny_reason, self.deny_message)
             return
         answer = self.sign(event, ic)
         self.answers.append(answer)
         await self.bus.publish(answer)
+
+    async def deny(
+        self,
+        event: CsrRequested,
+        reason: str,
+        message: str,
+        retry_after: dt.datetime | None = None,
+    ) -> None:
+        data = event.data
+        await self.bus.publish(
+            CertificateDenied(
+                source="issuer/test",
+                cluster=event.cluster,
+                issuance=event.issuance,
+                data=CertificateDeniedData(
+                    name=data.name,
+                    declaration_generation=data.declaration_generation,
+                    attempt=data.attempt,
+                    reason=reason,
+                    message=message,
+                    retry_after=retry_after,
+                ),
+            )
+        )
 
     def sign(self, event: CsrRequested, ic: IssuedCertificate) -> CertificateIssued:
         data = event.data

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from agent.agent_testing import (
     AgentProcess,
     Audit,
@@ -10,6 +12,7 @@ from agent.agent_testing import (
     ic_body,
     ic_status,
     state_of,
+    utc_now,
     wait_status,
 )
 from k8s.harness import eventually
@@ -56,6 +59,42 @@ async def test_a_denied_csr_fails_with_the_issuers_reason_then_retries_with_back
     assert status["failedAttempts"] == 0
     assert status["error"] == ""
     assert "FAILED" in audit.states("istio-ca")
+
+
+async def test_a_rate_limited_csr_is_sent_again_at_its_retry_time_and_never_fails(
+    kube: KubeClient, namespace: str, agent: AgentProcess, issuer: FakeIssuer, audit: Audit
+) -> None:
+    # The agent's own re-send is 30 s away: only the retry time can bring the second send.
+    issuer.mode = "limit"
+    issuer.retry_after = utc_now() + dt.timedelta(seconds=2)
+    await kube.create(ISSUED_CERTIFICATES, ic_body("istio-ca", namespace))
+
+    limited = await wait_status(
+        kube,
+        namespace,
+        "istio-ca",
+        lambda s: "rate-limited" in s.get("error", ""),
+        message="the rate limit reported",
+    )
+    assert limited["state"] == "REQUESTED"
+    assert issuer.retry_after.isoformat() in limited["error"]
+
+    await wait_status(
+        kube,
+        namespace,
+        "istio-ca",
+        lambda s: s.get("state") == "FINISHED",
+        message="FINISHED after the retry time",
+    )
+    first, *later = issuer.requests
+    assert later, "the CSR was sent again"
+    # Not before the retry time; the same issuance (the same key), as its next attempt.
+    assert all(at >= issuer.retry_after for at in issuer.received_at[1:])
+    assert {r.issuance for r in later} == {first.issuance}
+    assert later[0].data.attempt == first.data.attempt + 1
+    assert "FAILED" not in audit.states("istio-ca")
+    status = await ic_status(kube, namespace, "istio-ca")
+    assert status["error"] == ""
 
 
 async def test_invalid_specs_fail_naming_the_field_and_publish_nothing(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from services.agent.policies import (
     Timing,
     Verdict,
     Wait,
+    rate_limited_error,
     refusal_error,
 )
 from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, State
@@ -56,6 +58,15 @@ REFUSED = Verdict(
     kind="refused",
     reason="UntrustedRoot",
     message="the certificate's root is not one of the roots pinned in ns/bundle",
+)
+
+
+LIMITED = Verdict(
+    issuance="i-current",
+    kind="denied",
+    reason="RateLimited",
+    message="RateLimited: cluster east is over its issuance rate",
+    retry_after=NOW + dt.timedelta(minutes=10),
 )
 
 
@@ -250,6 +261,55 @@ CASES: list[tuple[str, Observed, Decision]] = [
             )
         ),
         Fail("HostsMismatch", "the issuer denied the CSR: HostsMismatch: extra host"),
+    ),
+    (
+        "a rate-limited CSR is reported, not failed, and the issuance stays requested",
+        requested(verdict=LIMITED),
+        Refuse("RateLimited", rate_limited_error(LIMITED)),
+    ),
+    (
+        "a rate-limited CSR is not sent again before its retry time, even when a re-send is due",
+        requested(
+            verdict=LIMITED,
+            status=status(State.REQUESTED, error=rate_limited_error(LIMITED)),
+            key=key(requested_at=NOW - dt.timedelta(minutes=30)),
+        ),
+        Wait(600.0),
+    ),
+    (
+        "a rate-limited CSR is sent again, as the next attempt, once its retry time has come",
+        requested(
+            verdict=replace(LIMITED, retry_after=NOW),
+            status=status(
+                State.REQUESTED, error=rate_limited_error(replace(LIMITED, retry_after=NOW))
+            ),
+        ),
+        Send(attempt=2, wait=60),
+    ),
+    (
+        "a rate-limited CSR sent again after its retry time waits for that answer",
+        requested(
+            verdict=replace(LIMITED, retry_after=NOW - dt.timedelta(seconds=30)),
+            status=status(
+                State.REQUESTED,
+                error=rate_limited_error(
+                    replace(LIMITED, retry_after=NOW - dt.timedelta(seconds=30))
+                ),
+            ),
+            key=key(attempt=2, requested_at=NOW - dt.timedelta(seconds=10)),
+        ),
+        Wait(50.0),
+    ),
+    (
+        "a rate limit without a retry time keeps the usual re-send timing",
+        requested(
+            verdict=replace(LIMITED, retry_after=None),
+            status=status(
+                State.REQUESTED, error=rate_limited_error(replace(LIMITED, retry_after=None))
+            ),
+            key=key(requested_at=NOW - dt.timedelta(seconds=61)),
+        ),
+        Send(attempt=2, wait=60),
     ),
     (
         "a refused certificate is reported and the issuance stays requested",

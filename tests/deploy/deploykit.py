@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import AliasChoices
 
 from shared.runtime import MeshtrustSettings
 
@@ -124,6 +125,12 @@ def setting_variables(cls: type[MeshtrustSettings]) -> set[str]:
         for alias in (info.alias, info.validation_alias):
             if isinstance(alias, str):
                 names.add(alias.upper())
+            elif isinstance(alias, AliasChoices):  # e.g. a setting's older, single-value name
+                names |= {
+                    c.upper()
+                    for c in alias.choices
+                    if isinstance(c, str) and c.upper().startswith("MESHTRUST_")
+                }
     return names
 
 

@@ -12,7 +12,7 @@ rules").
 
 **Where they apply.** The namespaces each service acts in follow from its settings in the
 Deployment (agent: `MESHTRUST_AGENT_NAMESPACES`; issuer: cluster-wide, Secrets only in
-`MESHTRUST_ISSUER_SIGNING_NAMESPACE`) and from the example declarations (the bouncer acts where
+`MESHTRUST_ISSUER_SIGNING_NAMESPACES`) and from the example declarations (the bouncer acts where
 the directive's selectors point). Grants are computed from the manifests as Kubernetes does:
 ClusterRoleBinding = everywhere, RoleBinding = its namespace, each to the ServiceAccount of the
 Deployment.
@@ -171,7 +171,8 @@ def scope(service: str, item: Need) -> set[str]:
         return {_trust_bundle()[0]}
     if service == "issuer":
         if item.resource == "secrets":
-            return {_env("issuer")["MESHTRUST_ISSUER_SIGNING_NAMESPACE"]}
+            scoped = _env("issuer")["MESHTRUST_ISSUER_SIGNING_NAMESPACES"]
+            return {n.strip() for n in scoped.split(",") if n.strip()}
         return {EVERYWHERE}  # every namespace is a cluster registration
     if service == "agent":
         served = _env("agent").get("MESHTRUST_AGENT_NAMESPACES", "")

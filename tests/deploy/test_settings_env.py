@@ -288,7 +288,7 @@ def test_the_issuer_deployment_makes_valid_settings(clean_environment: pytest.Mo
     cls = settings_class_of("meshtrust-issuer")
     assert cls is not None
     settings = cls()
-    assert settings.signing_namespace == "meshtrust-system"  # type: ignore[attr-defined]
+    assert settings.signing_namespaces == ("meshtrust-system",)  # type: ignore[attr-defined]
     assert "meshtrust-system" in settings.excluded_namespaces  # type: ignore[attr-defined]
     assert len(settings.nats.urls) == 3  # type: ignore[attr-defined]
     # Its NATS identity may not make streams: the init container provisions them.

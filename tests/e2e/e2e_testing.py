@@ -81,9 +81,14 @@ def running_stack(root: Path, **kwargs: Any) -> Iterator[Stack]:
     kubectl caches discovery per host:port under ~/.kube/cache and ports are reused between
     stacks, so every stack gets its own cache directory.
     """
+    # A module's tests share one stack, and most re-issue every cluster's certificate: more
+    # than the issuer's default burst of 5 new signatures per cluster and hour, whose tests
+    # are tests/issuer/test_issuer_quota.py.
+    env = {name: dict(values) for name, values in (kwargs.pop("env", None) or {}).items()}
+    env.setdefault("issuer", {}).setdefault("MESHTRUST_ISSUER_ISSUANCE_BURST", "1000")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KUBECACHEDIR", str(root / "kubecache"))
-        stack = Stack(root / "devstack", **kwargs)
+        stack = Stack(root / "devstack", env=env, **kwargs)
         try:
             stack.up()
             yield stack

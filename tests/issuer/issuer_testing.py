@@ -314,6 +314,8 @@ class World:
             "signing_namespace": SYSTEM_NAMESPACE,
             "fetch_timeout": 0.2,
             "grace": 5.0,
+            # Tests of signing send hundreds of CSRs per cluster; the quota has tests of its own.
+            "issuance_burst": 10_000,
         }
         options.update(overrides)
         return IssuerSettings(**options)

@@ -20,6 +20,8 @@ from services.issuer.policies import (
     SigningProblem,
     authorise,
     check_declaration,
+    forbidden_secret,
+    scope_problem,
 )
 from services.issuer.signer import SigningCAs, chain_fingerprint, missing_secret, sign, ttl_for
 from shared.events import CsrRequestedData
@@ -42,6 +44,11 @@ def decl(generation: int = 1, deleting: bool = False, **spec: Any) -> IssuedCert
     if deleting:
         body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     return IssuedCertificate.from_object(body)
+
+
+def foreign_decl() -> IssuedCertificate:
+    """East's declaration naming a CA Secret in kube-system."""
+    return decl(signingCertificateSecret={"name": "other-ca", "namespace": "kube-system"})
 
 
 @functools.cache
@@ -110,6 +117,24 @@ CSR_CASES: dict[str, tuple[Any, str | None]] = {
         lambda: replace(good(), signing=SigningProblem("SigningSecretInvalid", "bad")),
         "SigningSecretInvalid",
     ),
+    "deny a CSR whose signing Secret is outside the signing namespaces, though its CA loaded": (
+        lambda: replace(
+            good(), declaration=foreign_decl(), signing_namespaces=("meshtrust-system",)
+        ),
+        "SigningSecretOutOfScope",
+    ),
+    "sign a CSR whose signing Secret is in one of several signing namespaces": (
+        lambda: replace(good(), signing_namespaces=("other-system", "meshtrust-system")),
+        None,
+    ),
+    "sign a CSR whose signing Secret is anywhere when no signing namespace is set": (
+        lambda: replace(good(), declaration=foreign_decl(), signing_namespaces=()),
+        None,
+    ),
+    "deny a CSR whose signing Secret the issuer is forbidden to read": (
+        lambda: replace(good(), signing=forbidden_secret("meshtrust-system", "root-ca", "no")),
+        "SigningSecretForbidden",
+    ),
     "deny a CSR whose declaration has an impossible host": (
         lambda: replace(good(), declaration=decl(hosts=["istiod:15012"])),
         "InvalidDeclaration",
@@ -174,6 +199,30 @@ DECLARATION_CASES: dict[str, tuple[Any, str | None]] = {
         ),
         "SigningSecretInvalid",
     ),
+    "fail a declaration whose signing Secret is outside the signing namespaces": (
+        lambda: DeclarationInput(
+            declaration=foreign_decl(), signing=ca(), signing_namespaces=("meshtrust-system",)
+        ),
+        "SigningSecretOutOfScope",
+    ),
+    "fail a declaration whose signing Secret is in another cluster's namespace": (
+        lambda: DeclarationInput(
+            declaration=decl(signingCertificateSecret={"name": "west-ca", "namespace": "west"}),
+            signing=ca(),
+            signing_namespaces=("meshtrust-system",),
+        ),
+        "SigningSecretOutOfScope",
+    ),
+    "publish a declaration whose signing Secret is anywhere when no signing namespace is set": (
+        lambda: DeclarationInput(declaration=foreign_decl(), signing=ca()),
+        None,
+    ),
+    "fail a declaration whose signing Secret the issuer is forbidden to read": (
+        lambda: DeclarationInput(
+            declaration=decl(), signing=forbidden_secret("meshtrust-system", "root-ca", "no")
+        ),
+        "SigningSecretForbidden",
+    ),
     "fail a declaration with a host no certificate can carry": (
         lambda: DeclarationInput(declaration=decl(hosts=["a b"]), signing=ca()),
         "InvalidDeclaration",
@@ -193,7 +242,26 @@ def test_declaration_chain(make: Any, reason: str | None) -> None:
     assert verdict.denied is (reason is not None)
     if reason is not None:
         assert verdict.reason == reason
-    assert len(DECLARATION_CHAIN) == 2
+    assert len(DECLARATION_CHAIN) == 3
+
+
+def test_an_out_of_scope_secret_is_refused_with_the_rule_and_both_fixes() -> None:
+    problem = scope_problem("kube-system", "other-ca", ("meshtrust-system",))
+    assert problem is not None
+    assert problem.reason == "SigningSecretOutOfScope"
+    assert "kube-system/other-ca is outside the issuer's signing namespaces" in problem.message
+    assert "MESHTRUST_ISSUER_SIGNING_NAMESPACES" in problem.message
+    assert "CA Secret in meshtrust-system" in problem.message
+    assert "add namespace kube-system" in problem.message
+    assert scope_problem("meshtrust-system", "root-ca", ("meshtrust-system",)) is None
+    assert scope_problem("kube-system", "other-ca", ()) is None
+
+
+def test_a_forbidden_secret_says_what_to_grant() -> None:
+    problem = forbidden_secret("meshtrust-system", "root-ca", 'secrets "root-ca" is forbidden')
+    assert problem.reason == "SigningSecretForbidden"
+    assert "may not read signingCertificateSecret meshtrust-system/root-ca" in problem.message
+    assert "Grant the issuer's ServiceAccount get on that Secret" in problem.message
 
 
 def test_the_ttl_is_the_declared_lifetime_clamped_by_the_maximum() -> None:

@@ -37,6 +37,7 @@ from services.issuer.signer import SigningCAs
 from shared.bus import Delivery, NatsSettings
 from shared.bus.ledger import Ledger
 from shared.events import CertificateIssued, CsrRequested, encode
+from shared.k8s import KubeClient
 from shared.k8s.informer import Informer
 from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES
@@ -345,26 +346,34 @@ async def frozen_informer(w: World) -> Informer:
     return informer
 
 
-async def signed_by_a_csr_handler(
-    w: World, informer: Informer, body: dict[str, Any]
-) -> x509.Certificate:
-    """The agent's CSR for `body`, handled once by a CsrHandler that guesses from `informer`;
-    the certificate it answered with."""
+async def handled_once(
+    w: World, request: CsrRequested, *, kube: KubeClient, informer: Informer | None = None
+) -> None:
+    """`request` handled once by a CsrHandler of its own, talking to the API through `kube`
+    (returns normally: the consumer would ack)."""
     ledger = open_ledger(w.bus)
     await ledger.ensure()
     with ThreadPoolExecutor(max_workers=1) as executor:
         handler = CsrHandler(
             settings=w.settings(),
             bus=w.bus,
-            kube=w.kube,
+            kube=kube,
             issued=await w.bus.bucket(ISSUED_BUCKET, history=1),
             ledger=ledger,
             executor=executor,
             signing_cas=SigningCAs(),
             declarations=informer,
         )
-        request = w.agent("east").request(body)
         await handler(request, Delivery(subject="", stream_sequence=1, num_delivered=1))
+
+
+async def signed_by_a_csr_handler(
+    w: World, informer: Informer, body: dict[str, Any]
+) -> x509.Certificate:
+    """The agent's CSR for `body`, handled once by a CsrHandler that guesses from `informer`;
+    the certificate it answered with."""
+    request = w.agent("east").request(body)
+    await handled_once(w, request, kube=w.kube, informer=informer)
     answer = await w.answers.issued(request.issuance)
     return x509.load_pem_x509_certificate(answer.data.certificate_pem.encode())
 
