@@ -351,6 +351,8 @@ class Stack:
         else:
             env["MESHTRUST_ISSUER_INSTANCE"] = "issuer-0"
             env["MESHTRUST_ISSUER_CLUSTERS"] = ",".join(self.remotes)
+            # Only the root CA Secret's namespace may hold signing CAs (docs/issuer.md).
+            env["MESHTRUST_ISSUER_SIGNING_NAMESPACES"] = ROOT_CA_SECRET[0]
         env.update(self._extra_env.get(service, {}))
         env.update(self._extra_env.get(name, {}))
         launch = Launch(

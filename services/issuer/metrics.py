@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -37,7 +37,11 @@ fewer)."""
 
 
 class IssuerMetrics:
-    def __init__(self, registry: CollectorRegistry, *, signing_secrets: Informer | None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, *, signing_secrets: Sequence[Informer] = ()
+    ) -> None:
+        """`signing_secrets`: the informers of the signing Secrets (one per signing
+        namespace, or one of every namespace); their CAs' expiry is read when scraped."""
         self.signing_duration = Histogram(
             "meshtrust_issuer_signing_duration_seconds",
             "From a csr.requested event's time (set by the agent) to its certificate signed and "
@@ -66,7 +70,7 @@ class IssuerMetrics:
             registry=registry,
         )
         self._reasons = BoundedLabels(MAX_REASONS)
-        if signing_secrets is not None:
+        if signing_secrets:
             registry.register(_SigningCACollector(signing_secrets))
 
     def signed(self, cluster: str, *, requested: dt.datetime, now: dt.datetime) -> None:
@@ -87,8 +91,8 @@ class IssuerMetrics:
 
 
 class _SigningCACollector(Collector):
-    def __init__(self, secrets: Informer) -> None:
-        self._secrets = secrets
+    def __init__(self, secrets: Sequence[Informer]) -> None:
+        self._secrets = tuple(secrets)
         self._cache: dict[tuple[str, str], tuple[float, float] | None] = {}
         """(uid, resourceVersion) -> (CA notAfter, root notAfter), None: not a signing Secret."""
 
@@ -98,7 +102,7 @@ class _SigningCACollector(Collector):
     def collect(self) -> Iterator[Metric]:
         ca, root = self._families()
         seen: set[tuple[str, str]] = set()
-        for secret in self._secrets.items():
+        for secret in (item for informer in self._secrets for item in informer.items()):
             meta = secret.get("metadata") or {}
             version = (str(meta.get("uid") or ""), str(meta.get("resourceVersion") or ""))
             seen.add(version)
