@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import nats
 import nats.errors
@@ -97,24 +98,37 @@ async def hub_state(stack: Stack) -> dict[str, object]:
     return {"counts": counts, "consumers": consumers, "junk records": junk}
 
 
-async def still_issues(world: World, before: dict[str, str], ledger_size: int) -> None:
-    """No process died, and every cluster gets a fresh certificate, signed once each."""
+@dataclass(frozen=True)
+class Baseline:
+    """What the stack had before an attack: each cluster's issuance, and the signatures."""
+
+    issuances: dict[str, str | None]
+    signatures: int
+
+
+async def baseline(world: World) -> Baseline:
+    return Baseline(await world.issuances(), len(await ledger(world.stack)))
+
+
+async def still_issues(world: World, before: Baseline) -> None:
+    """No process died, the attack signed nothing, and every cluster gets a fresh
+    certificate, signed once each."""
     dead = [name for name, alive in processes_alive(world.stack.root).items() if not alive]
     assert dead == [], f"the attack killed {dead}"
+    assert len(await ledger(world.stack)) == before.signatures, "the attack got a signature"
     await world.redeclare(ttl_days=next(TTL_DAYS), key_algorithm="ECDSA", key_size=256)
-    done = await world.wait_finished(before, within=90)
+    done = await world.wait_finished(before.issuances, within=90)
     assert set(done) == set(REMOTES)
     entries = await ledger(world.stack)
-    assert len(entries) == ledger_size + len(REMOTES), "one signature per fresh issuance"
+    assert len(entries) == before.signatures + len(REMOTES), "one signature per fresh issuance"
 
 
 async def test_reply_subjects_aimed_at_the_hub_store_nothing_and_the_stack_issues(
     world: World,
 ) -> None:
     stack = world.stack
-    before_issuances = await world.issuances()
+    before_all = await baseline(world)
     before = await hub_state(stack)
-    size = len(await ledger(stack))
     legit = {
         "agent-west": ("meshtrust.v1.west.status.changed", sample_events("west")[5]),
         "bouncer-east": ("meshtrust.v1.east.bounce.completed", sample_events("east")[4]),
@@ -128,14 +142,14 @@ async def test_reply_subjects_aimed_at_the_hub_store_nothing_and_the_stack_issue
         finally:
             await client.close()
     assert await hub_state(stack) == before
-    await still_issues(world, before_issuances, size)  # type: ignore[arg-type]
+    await still_issues(world, before_all)
 
 
 async def test_a_forged_certificate_or_a_bouncers_csr_is_not_stored_and_the_stack_issues(
     world: World,
 ) -> None:
     stack = world.stack
-    before_issuances = await world.issuances()
+    before_all = await baseline(world)
     async with issuer_bus(stack) as bus:
         last = (await bus.connection.js.stream_info("MESHTRUST")).state.last_seq
     csr, forged = sample_events("east")[:2]  # csr.requested, certificate.issued, for east
@@ -154,15 +168,14 @@ async def test_a_forged_certificate_or_a_bouncers_csr_is_not_stored_and_the_stac
             await client.close()
     async with issuer_bus(stack) as bus:
         assert (await bus.connection.js.stream_info("MESHTRUST")).state.last_seq == last
-    size = len(await ledger(stack))
-    await still_issues(world, before_issuances, size)  # type: ignore[arg-type]
+    await still_issues(world, before_all)
 
 
 async def test_no_identity_but_the_hubs_can_delete_a_consumer_and_issuance_goes_on(
     world: World,
 ) -> None:
     stack = world.stack
-    before_issuances = await world.issuances()
+    before_all = await baseline(world)
     before = await hub_state(stack)
     for user in ("auditor", "agent-east", "agent-west", "bouncer-east"):
         client = await connect(stack, user)
@@ -175,20 +188,18 @@ async def test_no_identity_but_the_hubs_can_delete_a_consumer_and_issuance_goes_
         finally:
             await client.close()
     assert (await hub_state(stack))["consumers"] == before["consumers"]
-    size = len(await ledger(stack))
-    await still_issues(world, before_issuances, size)  # type: ignore[arg-type]
+    await still_issues(world, before_all)
 
 
 async def test_a_cluster_consumer_deleted_by_the_hub_is_made_again_and_issuance_goes_on(
     world: World,
 ) -> None:
     stack = world.stack
-    before_issuances = await world.issuances()
+    before_all = await baseline(world)
     async with issuer_bus(stack) as bus:
         await bus.connection.js.delete_consumer("MESHTRUST", "agent-east")
         await bus.connection.js.delete_consumer("KV_meshtrust-desired", "desired-west")
-    size = len(await ledger(stack))
-    await still_issues(world, before_issuances, size)  # type: ignore[arg-type]
+    await still_issues(world, before_all)
 
 
 @pytest.mark.parametrize("subject", ["csr.requested", "status.changed"])
@@ -196,7 +207,7 @@ async def test_deeply_nested_json_from_an_agent_stops_no_signing(
     world: World, subject: str
 ) -> None:
     stack = world.stack
-    before_issuances = await world.issuances()
+    before_all = await baseline(world)
     poison = b'{"a":' * 40_000 + b"1" + b"}" * 40_000  # ~200 KB, nested 40,000 deep
     client = await connect(stack, "agent-east")
     try:
@@ -204,5 +215,4 @@ async def test_deeply_nested_json_from_an_agent_stops_no_signing(
         assert json.loads(answer.data)["stream"] == "MESHTRUST"  # stored: the issuer sees it
     finally:
         await client.close()
-    size = len(await ledger(stack))
-    await still_issues(world, before_issuances, size)  # type: ignore[arg-type]
+    await still_issues(world, before_all)
