@@ -136,7 +136,7 @@ def durable_config(
         filter_subjects=list(s.filter_subjects),
         deliver_policy=policy,
         opt_start_seq=start_sequence or None,
-        opt_start_time=start_time.isoformat().replace("+00:00", "Z") if start_time else None,  # type: ignore[arg-type]
+        opt_start_time=start_time,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=s.ack_wait,
         max_deliver=s.max_deliver,

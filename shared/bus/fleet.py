@@ -185,8 +185,9 @@ class FleetConsumers:
     that disappears: at once on JetStream's consumer-deleted advisory, and at every sweep as a
     backstop. A re-created event consumer starts just after the ack floor last seen for it:
     what it handled above the floor is in its completion records, so nothing is lost and
-    nothing handled twice (without a floor seen, from the start of the stream: the records of
-    the last hour skip what was handled, older events are handled again, idempotently).
+    nothing handled twice. Without a floor seen (a new cluster, or a consumer that went while
+    no issuer ran) it starts at what the completion records still cover (their TTL), not at
+    the beginning of the cluster's history.
     """
 
     name = "fleet-consumers"
@@ -215,49 +216,48 @@ class FleetConsumers:
     async def ensure(self, cluster: str) -> None:
         """Make `cluster`'s consumers if missing (once per process; `run` keeps them).
         `TransientError` when JetStream cannot be asked."""
-        if cluster in self._clusters:
-            return
-        await self._ensure_cluster(cluster)
-        self._clusters.add(cluster)
+        if cluster not in self._clusters:
+            await self.check(cluster)
 
     async def check(self, cluster: str) -> None:
         """What a sweep does for `cluster` now: make what is missing, note the ack floors."""
-        await self._ensure_cluster(cluster)
+        events = [
+            agent_consumer(cluster, ack_wait=self._ack_wait),
+            bouncer_consumer(cluster, ack_wait=self._ack_wait),
+        ]
+        for spec in events:
+            await self._ensure_one(STREAM, spec.durable, cluster, spec=spec)
+        await self._ensure_one(DESIRED_STREAM, desired_durable(cluster), cluster)
         self._clusters.add(cluster)
 
-    async def _ensure_cluster(self, cluster: str) -> None:
-        for stream, config in cluster_consumers(cluster, ack_wait=self._ack_wait):
-            try:
-                await self._ensure_one(stream, config, cluster)
-            except (nats.errors.Error, TimeoutError) as exc:
-                raise TransientError(
-                    f"cannot provision consumer {config.durable_name} for {cluster}: "
-                    f"{type(exc).__name__} {exc}"
-                ) from None
-
-    async def _ensure_one(self, stream: str, config: ConsumerConfig, cluster: str) -> None:
+    async def _ensure_one(
+        self, stream: str, durable: str, cluster: str, *, spec: EventConsumerSpec | None = None
+    ) -> None:
+        """Make one consumer if missing: an event consumer (`spec`) from the ack floor last
+        seen, else from what the completion records cover; the desired-state feed as is."""
         js = self._connection.js
-        durable = config.durable_name or ""
         try:
-            info = await js.consumer_info(stream, durable)
-        except nats.js.errors.NotFoundError:
-            pass
-        else:
-            floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
-            self._floors[(stream, durable)] = floor or 0
-            return
-        floor = self._floors.get((stream, durable))
-        if stream == STREAM:
-            make = agent_consumer if durable == agent_durable(cluster) else bouncer_consumer
-            spec = make(cluster, ack_wait=self._ack_wait)
-            if floor is not None:
+            try:
+                info = await js.consumer_info(stream, durable)
+            except nats.js.errors.NotFoundError:
+                pass
+            else:
+                floor = info.ack_floor.stream_seq if info.ack_floor is not None else None
+                self._floors[(stream, durable)] = floor or 0
+                return
+            floor = self._floors.get((stream, durable))
+            if spec is None:
+                config = desired_consumer_config(cluster)
+            elif floor is not None:
                 config = spec.config(start_sequence=floor + 1)
             else:
-                # No floor seen (a new cluster, or one whose consumer went while no issuer
-                # ran): from what the completion records still cover, not the whole history.
                 since = datetime.now(UTC) - timedelta(seconds=RECORDS_TTL)
                 config = spec.config(start_time=since)
-        await js.add_consumer(stream, config=config)
+            await js.add_consumer(stream, config=config)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise TransientError(
+                f"cannot provision consumer {durable} for {cluster}: {type(exc).__name__} {exc}"
+            ) from None
         log.info("consumer provisioned", stream=stream, durable=durable, after_floor=floor)
 
     async def _next_due(self, stop: asyncio.Event) -> set[str]:
@@ -298,7 +298,7 @@ class FleetConsumers:
                     due.add(self._wake.get_nowait())
                 for cluster in sorted(due):
                     try:
-                        await self._ensure_cluster(cluster)
+                        await self.check(cluster)
                     except TransientError as exc:
                         log.warning("consumer upkeep failed", cluster=cluster, error=exc.message)
         finally:
