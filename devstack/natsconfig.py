@@ -60,7 +60,16 @@ PROVISIONER_USER = "provisioner"
 AUDITOR_USER = "auditor"
 """Reads the event stream and the ledger by direct get, nothing else (`meshtrust audit`,
 `meshtrust ledger`)."""
-AUDITOR_INBOX = "_INBOX_auditor"
+HUB_USERS = (ISSUER_USER, PROVISIONER_USER)
+
+
+def inbox_prefix(user: str) -> str:
+    """The reply-subject prefix `user` connects with (`MESHTRUST_NATS_INBOX_PREFIX`) and may
+    subscribe to: its own, except the hub's users, which keep nats-py's default."""
+    return "_INBOX" if user in HUB_USERS else f"_INBOX_{user}"
+
+
+AUDITOR_INBOX = inbox_prefix(AUDITOR_USER)
 API = "$JS.API"
 
 ISSUER_DENIED = (
@@ -89,7 +98,7 @@ class ClusterUser:
 
     @property
     def inbox_prefix(self) -> str:
-        return f"_INBOX_{self.name}"
+        return inbox_prefix(self.name)
 
 
 def users_for(clusters: Iterable[str]) -> list[ClusterUser]:

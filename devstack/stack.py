@@ -41,8 +41,9 @@ from pathlib import Path
 import yaml
 
 from devstack.natsconfig import (
-    ISSUER_USER,
+    HUB_USERS,
     PROVISIONER_USER,
+    inbox_prefix,
     nkeys_for,
     render,
     user_names,
@@ -167,13 +168,13 @@ class Stack:
             processes.append(self._start_kubeapi())
             self._save()
             self._seed()
-            self._provision(nats_url)
-            processes.append(self._start_service("issuer", None, nats_url))
+            self._provision()
+            processes.append(self._start_service("issuer", None))
             self._save()
             self._wait_ready(processes[-1])
             for cluster in self.remotes:
                 for service in ("agent", "bouncer"):
-                    processes.append(self._start_service(service, cluster, nats_url))
+                    processes.append(self._start_service(service, cluster))
                     self._save()
             for process in processes[3:]:
                 self._wait_ready(process)
@@ -217,11 +218,11 @@ class Stack:
             "MESHTRUST_NATS_NKEYS_SEED_FILE": str(self.credentials / f"{user}.nk"),
             "MESHTRUST_NATS_NAME": user,
         }
-        if user not in (ISSUER_USER, PROVISIONER_USER):
-            env["MESHTRUST_NATS_INBOX_PREFIX"] = f"_INBOX_{user}"
+        if user not in HUB_USERS:
+            env["MESHTRUST_NATS_INBOX_PREFIX"] = inbox_prefix(user)
         return env
 
-    def _provision(self, nats_url: str) -> None:
+    def _provision(self) -> None:
         """JetStream's streams and buckets, made by the provisioner (the issuer may not)."""
         env = {
             **os.environ,
@@ -332,7 +333,7 @@ class Stack:
         ]
         self.kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
 
-    def _start_service(self, service: str, cluster: str | None, nats_url: str) -> Process:
+    def _start_service(self, service: str, cluster: str | None) -> Process:
         name = service if cluster is None else f"{service}-{cluster}"
         port = free_port()
         env = {
@@ -425,7 +426,7 @@ class Stack:
         settings = NatsSettings(
             urls=(env["MESHTRUST_NATS_URLS"],),
             nkeys_seed_file=Path(env["MESHTRUST_NATS_NKEYS_SEED_FILE"]),
-            inbox_prefix=env.get("MESHTRUST_NATS_INBOX_PREFIX", "_INBOX"),
+            inbox_prefix=inbox_prefix(user),
             provision=False,
         )
         return settings.model_copy(update=overrides)

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 from pydantic import SecretStr
 
-from devstack.natsconfig import user_names
+from devstack.natsconfig import inbox_prefix, user_names
 from devstack.stack import MGMT, REPO
 from shared.bus import NatsSettings
 
@@ -216,7 +216,7 @@ class ComposeStack:
             urls=(self.info.nats_url,),
             user=user,
             password=SecretStr(self._passwords[user]),
-            inbox_prefix="_INBOX" if user in ("issuer", "provisioner") else f"_INBOX_{user}",
+            inbox_prefix=inbox_prefix(user),
             provision=False,
         )
         return settings.model_copy(update=overrides)

@@ -13,7 +13,7 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client
 
-from devstack.natsconfig import ISSUER_USER, PROVISIONER_USER, nkeys_for, render, user_names
+from devstack.natsconfig import PROVISIONER_USER, inbox_prefix, nkeys_for, render, user_names
 from devstack.natsserver import NatsServer
 from shared.bus import Bus, NatsSettings
 from shared.bus.fleet import FleetConsumers
@@ -30,11 +30,10 @@ class SecuredNats:
         self.credentials = credentials
 
     def settings(self, user: str, **overrides: object) -> NatsSettings:
-        inbox = "_INBOX" if user in (ISSUER_USER, PROVISIONER_USER) else f"_INBOX_{user}"
         settings = NatsSettings(
             urls=(self.server.url,),
             nkeys_seed_file=self.credentials / f"{user}.nk",
-            inbox_prefix=inbox,
+            inbox_prefix=inbox_prefix(user),
             request_timeout=1.0,
             publish_deadline=2.0,
             provision=False,
