@@ -27,7 +27,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from shared.bus import Bus, Delivery, PublishError
 from shared.bus.fleet import FleetConsumers, agent_consumer
 from shared.bus.publishing import MSG_ID
-from shared.events import Event, EventType, encode
+from shared.events import Event, EventType, encode, subject
 from support.events import sample_events
 from support.secured_nats import SecuredNats, ledger, secured_nats
 from support.waiting import eventually
@@ -105,11 +105,12 @@ async def settle(client: Client) -> None:
 
 
 def allowed_publish(user: str) -> tuple[str, bytes]:
-    """A subject `user` may publish on, with a valid event."""
-    events = {e.type: e for e in sample_events(user.split("-", 1)[1] if "-" in user else "west")}
-    if user.startswith("agent-"):
-        return f"meshtrust.v1.{user[6:]}.status.changed", encode(events[EventType.STATUS_CHANGED])
-    return f"meshtrust.v1.{user[8:]}.bounce.completed", encode(events[EventType.BOUNCE_COMPLETED])
+    """A subject a cluster's `user` (`agent-west`, `bouncer-east`) may publish on, with a
+    valid event."""
+    service, _, cluster = user.partition("-")
+    kind = EventType.STATUS_CHANGED if service == "agent" else EventType.BOUNCE_COMPLETED
+    (event,) = [e for e in sample_events(cluster) if e.type == kind]
+    return subject(cluster, kind), encode(event)
 
 
 @pytest.mark.parametrize("attacker", [a for a in ATTACKERS if a != "auditor"])
