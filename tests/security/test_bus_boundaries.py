@@ -27,7 +27,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from shared.bus import Bus, Delivery, PublishError
 from shared.bus.fleet import FleetConsumers, agent_consumer
 from shared.bus.publishing import MSG_ID
-from shared.events import Event, EventType, encode, subject
+from shared.bus.reading import read_stream
+from shared.events import Event, EventType, InvalidEvent, decode, encode, subject
 from support.events import sample_events
 from support.secured_nats import SecuredNats, ledger, secured_nats
 from support.waiting import eventually
@@ -127,12 +128,13 @@ async def test_a_reply_subject_cannot_make_the_hub_store_anything(
         await settle(client)
     finally:
         await client.close()
-    await eventually(lambda: _stored_one_more(hub, before, "MESHTRUST"), message="the event stored")
+    await eventually(lambda: _stored_more(hub, before, 1), message="the event stored")
     assert await hub.counts() == {**before, "MESHTRUST": before["MESHTRUST"] + 1}
 
 
-async def _stored_one_more(hub: Hub, before: dict[str, int], stream: str) -> bool:
-    return (await hub.counts())[stream] == before[stream] + 1
+async def _stored_more(hub: Hub, before: dict[str, int], n: int) -> bool:
+    """The event stream holds exactly `n` messages more than `before`."""
+    return (await hub.counts())["MESHTRUST"] == before["MESHTRUST"] + n
 
 
 @pytest.mark.parametrize("target", CAPTURED)
@@ -351,3 +353,38 @@ async def _exists(js: object, durable: str) -> bool:
     except nats.js.errors.NotFoundError:
         return False
     return True
+
+
+async def test_an_ack_aimed_at_the_publishers_own_subject_is_stored_there_and_nowhere_else(
+    hub: Hub,
+) -> None:
+    """The one reply subject that stores anything is one the publisher imports itself: the ack
+    becomes a message of its own cluster's subject, which it may publish on anyway, and no
+    decoder takes it for an event."""
+    (request,) = [e for e in sample_events("west") if e.type == EventType.BOUNCE_REQUESTED]
+    before = await hub.counts()
+    last = (await hub.issuer.connection.js.stream_info("MESHTRUST")).state.last_seq
+    client = await hub.connect("agent-west")
+    try:
+        await client.publish(
+            subject("west", EventType.BOUNCE_REQUESTED),
+            encode(request),
+            reply=subject("west", EventType.STATUS_CHANGED),
+        )
+        await settle(client)
+    finally:
+        await client.close()
+    await eventually(lambda: _stored_more(hub, before, 2), message="the event and its ack")
+    stored = [
+        m
+        async for m in read_stream(hub.issuer.connection, "MESHTRUST", subject=">", start=last + 1)
+    ]
+    assert [m.subject for m in stored] == [
+        "meshtrust.v1.west.bounce.requested",
+        "meshtrust.v1.west.status.changed",
+    ]
+    with pytest.raises(InvalidEvent):
+        decode(stored[1].data, subject=stored[1].subject)
+    assert {k: v for k, v in (await hub.counts()).items() if k != "MESHTRUST"} == {
+        k: v for k, v in before.items() if k != "MESHTRUST"
+    }
