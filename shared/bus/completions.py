@@ -33,6 +33,7 @@ from shared.bus.connection import BusError, Connection
 from shared.bus.publishing import once_then_retry
 from shared.bus.reading import read_stream
 from shared.bus.settings import NatsSettings
+from shared.runtime.concurrency import raise_if_cancelled
 from shared.runtime.errors import TransientError
 from shared.runtime.logging import get_logger
 from shared.runtime.retry import RetryPolicy
@@ -124,6 +125,7 @@ class CompletionLog:
     async def run(self) -> None:
         """The group-commit writer; runs until cancelled."""
         while True:
+            raise_if_cancelled()
             await self._wake.wait()
             if self._linger > 0:
                 await asyncio.sleep(self._linger)

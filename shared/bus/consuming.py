@@ -50,6 +50,7 @@ from shared.bus.completions import DEFAULT_LINGER, DEFAULT_TTL, CompletionLog, R
 from shared.bus.connection import BusError, Connection
 from shared.bus.metrics import ConsumerMetrics, Outcome
 from shared.events import DEFAULT_MAX_BYTES, Event, EventType, InvalidEvent, decode
+from shared.runtime.concurrency import raise_if_cancelled
 from shared.runtime.errors import PermanentError, TransientError
 from shared.runtime.logging import get_logger
 
@@ -339,6 +340,7 @@ class Consumer:
                 return
             try:
                 msgs = await sub.fetch(self._fetch_size(), timeout=self._settings.fetch_timeout)
+                raise_if_cancelled()
             except nats.js.errors.ServiceUnavailableError:
                 failures += 1
                 self._quiet = True
@@ -347,6 +349,7 @@ class Consumer:
             except TimeoutError:
                 # nats.errors.TimeoutError usually, but nats-py 2.16 also raises the builtin
                 # asyncio.TimeoutError when the fetch deadline ran out early.
+                raise_if_cancelled()
                 failures = 0
                 self._quiet = True
                 continue
@@ -401,6 +404,7 @@ class Consumer:
         refreshed = time.monotonic()
         await self._refresh_floor()
         while True:
+            raise_if_cancelled()
             await asyncio.sleep(interval)
             if time.monotonic() - refreshed >= FLOOR_REFRESH:
                 refreshed = time.monotonic()

@@ -33,6 +33,7 @@ from shared.bus.completions import DEFAULT_TTL as RECORDS_TTL
 from shared.bus.connection import Connection
 from shared.bus.consuming import ConsumerSettings, durable_config
 from shared.events import DESIRED_BUCKET, EventType, check_cluster_name, subject
+from shared.runtime.concurrency import raise_if_cancelled
 from shared.runtime.errors import TransientError
 from shared.runtime.logging import get_logger
 
@@ -293,6 +294,7 @@ class FleetConsumers:
             self._clusters.add(cluster)
         try:
             while not stop.is_set():
+                raise_if_cancelled()
                 due = await self._next_due(stop)
                 while not self._wake.empty():
                     due.add(self._wake.get_nowait())

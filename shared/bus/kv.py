@@ -28,6 +28,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from shared.bus.connection import BusError, Connection
 from shared.bus.reading import read_stream
+from shared.runtime.concurrency import raise_if_cancelled
 from shared.runtime.errors import TransientError
 from shared.runtime.logging import get_logger
 
@@ -175,6 +176,7 @@ class Bucket:
         first and the snapshot read after it, so no change falls between the two; changes the
         snapshot already holds (revision at or below it) are skipped."""
         while True:
+            raise_if_cancelled()
             seen_reconnects = self._connection.reconnects
             try:
                 feed = await self._open_feed(pattern)
@@ -191,6 +193,7 @@ class Bucket:
                     continue
                 yield Snapshot(entries=entries)
                 while self._connection.reconnects == seen_reconnects:
+                    raise_if_cancelled()
                     try:
                         changes = await feed.next(poll)
                     except nats.errors.Error as exc:
