@@ -44,6 +44,7 @@ from shared.pki import (
     private_key_to_pem,
     sign_intermediate,
 )
+from shared.pki.authority import CA_KEY_USAGE
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 TTL = dt.timedelta(days=90)
@@ -57,17 +58,6 @@ SPECS = [
     KeySpec(algorithm=KeyAlgorithm.ECDSA, size=256),
     KeySpec(algorithm=KeyAlgorithm.ECDSA, size=384),
 ]
-KEY_USAGE = x509.KeyUsage(
-    digital_signature=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=True,
-    crl_sign=True,
-    encipher_only=False,
-    decipher_only=False,
-)
 
 
 def label(spec: KeySpec) -> str:
@@ -96,7 +86,7 @@ def make_signer(spec: KeySpec, agent_key: PrivateKey) -> Signer:
         .not_valid_before(NOW - dt.timedelta(days=1))
         .not_valid_after(NOW + dt.timedelta(days=3650))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(KEY_USAGE, critical=True)
+        .add_extension(CA_KEY_USAGE, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), False)
         .sign(root_key, hashes.SHA256() if spec.size != 384 else hashes.SHA384())
     )
@@ -139,7 +129,7 @@ def raw(signer: Signer) -> None:
         .not_valid_before(NOW - dt.timedelta(minutes=5))
         .not_valid_after(NOW + TTL)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(KEY_USAGE, critical=True)
+        .add_extension(CA_KEY_USAGE, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(signer.ca_ski),
