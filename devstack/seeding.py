@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import yaml
 
@@ -38,7 +38,6 @@ def seed(
             "crd/issuedcertificates.certificates.smh.solo.io",
             "crd/podbouncedirectives.certificates.smh.solo.io",
         )  # fmt: skip
-    namespace, name = ROOT_CA_SECRET
     data = create_root_ca(
         org="meshtrust demo",
         common_name="meshtrust demo root CA",
@@ -46,18 +45,15 @@ def seed(
         now=dt.datetime.now(dt.UTC),
         spec=root_key,
     )
-    documents = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": name, "namespace": namespace},
-            "type": "Opaque",
-            "stringData": {k: v.decode() for k, v in data.items()},
-        },
-    ]
-    # Through stdin: the root key is written to no file.
-    kubectl(mgmt, "apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
+    namespace, name = ROOT_CA_SECRET
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "type": "Opaque",
+        "stringData": {k: v.decode() for k, v in data.items()},
+    }
+    _apply_with_namespace(kubectl, mgmt, secret)  # the root key is written to no file
     for cluster in remotes:
         kubectl(cluster, "apply", "-f", str(deploy / "examples" / "workloads.yaml"))
         pin_root(kubectl, cluster, data["root-cert.pem"])
@@ -67,13 +63,17 @@ def pin_root(kubectl: Kubectl, cluster: str, root_pem: bytes) -> None:
     """The agent's trust bundle in `cluster` (deploy/examples/trust-bundle.yaml): the root
     it accepts certificates from. Public; an administrator's step in a real install."""
     namespace, name = TRUST_BUNDLE
-    documents = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": name, "namespace": namespace},
-            "data": {"roots.pem": root_pem.decode()},
-        },
-    ]
-    kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
+    bundle = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {"roots.pem": root_pem.decode()},
+    }
+    _apply_with_namespace(kubectl, cluster, bundle)
+
+
+def _apply_with_namespace(kubectl: Kubectl, cluster: str, body: dict[str, Any]) -> None:
+    """`body` and its namespace, applied through stdin: nothing is written to a file."""
+    name = body["metadata"]["namespace"]
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump_all([namespace, body]))
