@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from shared.pki import (
@@ -39,11 +39,12 @@ from shared.pki import (
     SigningCA,
     build_csr,
     check_csr,
+    create_root_ca,
     generate_private_key,
     load_signing_ca,
-    private_key_to_pem,
     sign_intermediate,
 )
+from shared.pki.authority import CA_KEY_USAGE
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 TTL = dt.timedelta(days=90)
@@ -57,17 +58,6 @@ SPECS = [
     KeySpec(algorithm=KeyAlgorithm.ECDSA, size=256),
     KeySpec(algorithm=KeyAlgorithm.ECDSA, size=384),
 ]
-KEY_USAGE = x509.KeyUsage(
-    digital_signature=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=True,
-    crl_sign=True,
-    encipher_only=False,
-    decipher_only=False,
-)
 
 
 def label(spec: KeySpec) -> str:
@@ -84,30 +74,19 @@ class Signer:
 
 
 def make_signer(spec: KeySpec, agent_key: PrivateKey) -> Signer:
-    """A self-signed root of ``spec``, loaded as our issuer would load it."""
-    root_key = generate_private_key(spec)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"bench root {label(spec)}")])
-    root = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(root_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=1))
-        .not_valid_after(NOW + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(KEY_USAGE, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), False)
-        .sign(root_key, hashes.SHA256() if spec.size != 384 else hashes.SHA384())
-    )
-    root_pem = root.public_bytes(serialization.Encoding.PEM)
-    ca = load_signing_ca(
-        {"tls.crt": root_pem, "tls.key": private_key_to_pem(root_key), "ca.crt": root_pem},
+    """A self-signed root of ``spec`` (made as the demo makes its own), loaded as our issuer would
+    load it."""
+    root = create_root_ca(
+        org=ORG,
+        common_name=f"bench root {label(spec)}",
+        ttl=dt.timedelta(days=3650),
         now=NOW,
+        spec=spec,
     )
+    ca = load_signing_ca(root, now=NOW)
     csr_pem = build_csr(agent_key, org=ORG, name=NAME, hosts=HOSTS)
     csr = check_csr(csr_pem, hosts=HOSTS, org=ORG, policy=KeyPolicy())
-    ski = root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return Signer(spec=spec, ca=ca, csr_pem=csr_pem, csr=csr, ca_ski=ski)
 
 
@@ -139,7 +118,7 @@ def raw(signer: Signer) -> None:
         .not_valid_before(NOW - dt.timedelta(minutes=5))
         .not_valid_after(NOW + TTL)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(KEY_USAGE, critical=True)
+        .add_extension(CA_KEY_USAGE, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(signer.ca_ski),

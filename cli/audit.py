@@ -10,11 +10,11 @@ valid event is listed with the reason it was refused.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from typing import TextIO
+from typing import TextIO, assert_never
 
 from cli.connect import reader_settings
+from cli.running import run_async
 from shared.bus import Bus, BusError
 from shared.bus.reading import StoredMessage, read_stream
 from shared.events import (
@@ -61,7 +61,7 @@ def describe(event: Event) -> str:
             )
         case StatusChanged(data=d):
             return f"{d.namespace}/{d.name} {d.state.value}" + (f": {d.error}" if d.error else "")
-    return ""  # pragma: no cover - the union is exhausted above
+    assert_never(event)
 
 
 def line(stored: StoredMessage) -> tuple[str | None, str]:
@@ -97,9 +97,6 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(_run(args, sys.stdout))
-    except BusError as exc:
-        print(f"meshtrust audit: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+        return run_async("audit", _run(args, sys.stdout), errors=(BusError,))
+    except KeyboardInterrupt:  # how --follow ends
         return 0

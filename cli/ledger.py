@@ -15,12 +15,12 @@ issuer did not, and the operator must see it. Its payload is not shown (it could
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from typing import Any, TextIO
 
 from cli.connect import reader_settings
+from cli.running import run_async
 from shared.bus import Bus, BusError
 from shared.bus.ledger import Ledger, LedgerError
 
@@ -52,11 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return asyncio.run(_run(args, sys.stdout))
-    except (BusError, LedgerError) as exc:
-        print(f"meshtrust ledger: {exc}", file=sys.stderr)
-        return 1
+    return run_async("ledger", _run(args, sys.stdout), errors=(BusError, LedgerError))
 
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:

@@ -10,11 +10,11 @@ else in-cluster configuration.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from cli.running import run_async
 from cli.stack import DEFAULT_ROOT
 from shared.k8s.config import KubeSettings, client_from_settings
 from shared.k8s.errors import KubeError
@@ -40,7 +40,7 @@ def settings_for(args: argparse.Namespace) -> KubeSettings:
 
 
 def rows(items: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    result = []
+    result: list[tuple[str, ...]] = []
     for item in sorted(items, key=lambda i: (i["metadata"]["namespace"], i["metadata"]["name"])):
         status = item.get("status") or {}
         result.append(
@@ -72,8 +72,4 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return asyncio.run(_run(args, sys.stdout))
-    except KubeError as exc:
-        print(f"meshtrust status: {exc}", file=sys.stderr)
-        return 1
+    return run_async("status", _run(args, sys.stdout), errors=(KubeError,))

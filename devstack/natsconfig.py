@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,32 +181,18 @@ def render(
     the local stack and production: the configuration then holds no secret, and each service
     gets only its own seed file).
     """
-    if (passwords is None) == (nkeys is None):
-        raise ValueError("give either passwords or nkeys")
-
-    def credential(user: str) -> dict[str, object]:
-        if nkeys is not None:
-            return {"nkey": nkeys[user]}
-        assert passwords is not None
-        return {"user": user, "password": passwords[user]}
-
-    cluster_users = users_for(clusters)
-    exports: dict[str, tuple[str, set[str]]] = defaultdict(lambda: ("singleton", set()))
-    accounts: dict[str, dict[str, object]] = {}
-
-    def grant(account: str, services: list[tuple[str, str]]) -> list[dict[str, object]]:
-        for name, response in services:
-            exports[name] = (response, exports[name][1] | {account})
-        return [{"service": {"account": HUB_ACCOUNT, "subject": name}} for name, _ in services]
-
-    for user in cluster_users:
-        accounts[user.name] = {
-            "users": [{**credential(user.name), "permissions": permissions(user)}],
-            "imports": grant(user.name, imports_of(user)),
+    credential = _credentials(passwords=passwords, nkeys=nkeys)
+    # account -> (its user's permissions, what it imports from the hub)
+    grants = {user.name: (permissions(user), imports_of(user)) for user in users_for(clusters)}
+    grants[AUDITOR_USER] = (auditor_permissions(), auditor_imports())
+    accounts = {
+        account: {
+            "users": [{**credential(account), "permissions": allowed}],
+            "imports": [
+                {"service": {"account": HUB_ACCOUNT, "subject": name}} for name, _ in services
+            ],
         }
-    accounts[AUDITOR_USER] = {
-        "users": [{**credential(AUDITOR_USER), "permissions": auditor_permissions()}],
-        "imports": grant(AUDITOR_USER, auditor_imports()),
+        for account, (allowed, services) in grants.items()
     }
     hub: dict[str, object] = {
         "jetstream": "enabled",
@@ -214,10 +200,7 @@ def render(
             {**credential(ISSUER_USER), "permissions": issuer_permissions()},
             credential(PROVISIONER_USER),
         ],
-        "exports": [
-            {"service": name, "response_type": response, "accounts": sorted(allowed)}
-            for name, (response, allowed) in sorted(exports.items())
-        ],
+        "exports": _exports({account: services for account, (_, services) in grants.items()}),
     }
     config: dict[str, object] = {
         "host": host,
@@ -226,6 +209,32 @@ def render(
         "jetstream": {"store_dir": store_dir} if store_dir else {},
     }
     return json.dumps(config, indent=2) + "\n"
+
+
+def _credentials(
+    *, passwords: Mapping[str, str] | None, nkeys: Mapping[str, str] | None
+) -> Callable[[str], dict[str, object]]:
+    """user -> how it authenticates: exactly one of `passwords` and `nkeys` is given."""
+    if nkeys is not None and passwords is None:
+        public = nkeys
+        return lambda user: {"nkey": public[user]}
+    if passwords is not None and nkeys is None:
+        secrets = passwords
+        return lambda user: {"user": user, "password": secrets[user]}
+    raise ValueError("give either passwords or nkeys")
+
+
+def _exports(imports: Mapping[str, list[tuple[str, str]]]) -> list[dict[str, object]]:
+    """The hub's exports: every (subject, response type) an account imports, to exactly the
+    accounts that import it."""
+    exports: dict[str, tuple[str, set[str]]] = defaultdict(lambda: ("singleton", set()))
+    for account, services in imports.items():
+        for name, response in services:
+            exports[name] = (response, exports[name][1] | {account})
+    return [
+        {"service": name, "response_type": response, "accounts": sorted(allowed)}
+        for name, (response, allowed) in sorted(exports.items())
+    ]
 
 
 def user_names(clusters: Iterable[str]) -> list[str]:

@@ -20,26 +20,25 @@ Everything is recorded in `.devstack/stack.json` (NATS URL, pids, clusters and t
 kubeconfigs), which `down()` reads to stop it all, services first; it also removes the emulated
 clusters' store (their Secrets hold private keys). Logs are in
 `.devstack/logs/`. Nothing here is imported by shared/ or services/.
+
+This module decides what runs, in which order and with which settings. How a process is
+started, waited for and stopped is in `devstack.processes`; what the clusters hold before the
+services start (step 3), in `devstack.seeding`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from devstack import processes
 from devstack.natsconfig import (
     HUB_USERS,
     PROVISIONER_USER,
@@ -50,39 +49,27 @@ from devstack.natsconfig import (
 )
 from devstack.natsserver import NatsServer
 from devstack.ports import free_port
+from devstack.processes import Launch, Process, StackError
+from devstack.seeding import ROOT_CA_SECRET, seed
 from shared.bus import NatsSettings
 from shared.events import check_cluster_name
-from shared.pki import KeyAlgorithm, KeySpec, create_root_ca
+from shared.pki import KeyAlgorithm, KeySpec
+
+__all__ = [
+    "BIN",
+    "MGMT",
+    "REPO",
+    "ROOT_CA_SECRET",
+    "Process",
+    "Stack",
+    "StackError",
+    "StackInfo",
+    "status",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 MGMT = "mgmt"
 BIN = Path(sys.executable).parent
-ROOT_CA_SECRET = ("meshtrust-system", "root-ca")
-TRUST_BUNDLE = ("meshtrust-system", "meshtrust-trust-bundle")
-"""Each remote cluster's trust bundle ConfigMap (the default of MESHTRUST_AGENT_TRUST_BUNDLE)."""
-
-
-class StackError(RuntimeError):
-    """The stack could not be brought up; the message says which step and why."""
-
-
-@dataclass
-class Process:
-    name: str
-    pid: int
-    log: str
-    health: str | None = None
-
-
-@dataclass(frozen=True)
-class Launch:
-    """How to start one service process again."""
-
-    name: str
-    command: list[str]
-    env: dict[str, str]
-    log: Path
-    health: str
 
 
 @dataclass
@@ -148,36 +135,42 @@ class Stack:
 
     def up(self) -> StackInfo:
         if self.state_file.exists() and any(
-            _alive(p.pid) for p in StackInfo.load(self.state_file).processes
+            processes.alive(p.pid) for p in StackInfo.load(self.state_file).processes
         ):
             raise StackError(f"a stack is running already ({self.state_file}); stop it first")
         self.logs.mkdir(parents=True, exist_ok=True)
-        processes: list[Process] = []
+        started: list[Process] = []
         try:
             nats_url, nats_pid = self._start_nats()
-            processes.append(Process("nats-server", nats_pid, str(self.logs / "nats.log")))
+            started.append(Process("nats-server", nats_pid, str(self.logs / "nats.log")))
             self.info = StackInfo(
                 root=str(self.root),
                 nats_url=nats_url,
                 clusters={
                     c: {"kubeconfig": str(self.kubeconfig(c))} for c in [MGMT, *self.remotes]
                 },
-                processes=processes,
+                processes=started,
             )
             self._save()
-            processes.append(self._start_kubeapi())
+            started.append(self._start_kubeapi())
             self._save()
-            self._seed()
+            seed(
+                self.kubectl,
+                deploy=REPO / "deploy",
+                mgmt=MGMT,
+                remotes=self.remotes,
+                root_key=self.root_key,
+            )
             self._provision()
-            processes.append(self._start_service("issuer", None))
+            started.append(self._start_service("issuer", None))
             self._save()
-            self._wait_ready(processes[-1])
+            processes.wait_ready(started[-1])
             for cluster in self.remotes:
                 for service in ("agent", "bouncer"):
-                    processes.append(self._start_service(service, cluster))
+                    started.append(self._start_service(service, cluster))
                     self._save()
-            for process in processes[3:]:
-                self._wait_ready(process)
+            for process in started[3:]:
+                processes.wait_ready(process)
         except BaseException:
             self.down()
             raise
@@ -262,8 +255,10 @@ class Stack:
         with ready.open("wb") as out, log.open("ab") as err:
             process = subprocess.Popen(command, stdout=out, stderr=err, start_new_session=True)
         self._children["kubeapi"] = process
-        _wait_for(
-            lambda: len(ready.read_text().splitlines()) >= len(clusters) or _exited(process),
+        processes.wait_for(
+            lambda: (
+                len(ready.read_text().splitlines()) >= len(clusters) or processes.exited(process)
+            ),
             within=30,
             what="the emulated clusters to serve",
         )
@@ -283,55 +278,6 @@ class Stack:
         if result.returncode != 0:
             raise StackError(f"kubectl {' '.join(args)} on {cluster}: {result.stderr.strip()}")
         return result.stdout
-
-    def _seed(self) -> None:
-        for cluster in [MGMT, *self.remotes]:
-            self.kubectl(cluster, "apply", "-f", str(REPO / "deploy" / "crds"))
-            self.kubectl(
-                cluster, "wait", "--for=condition=Established", "--timeout=60s",
-                "crd/issuedcertificates.certificates.smh.solo.io",
-                "crd/podbouncedirectives.certificates.smh.solo.io",
-            )  # fmt: skip
-        namespace, name = ROOT_CA_SECRET
-        data = create_root_ca(
-            org="meshtrust demo",
-            common_name="meshtrust demo root CA",
-            ttl=dt.timedelta(days=3650),
-            now=dt.datetime.now(dt.UTC),
-            spec=self.root_key,
-        )
-        documents = [
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": name, "namespace": namespace},
-                "type": "Opaque",
-                "stringData": {k: v.decode() for k, v in data.items()},
-            },
-        ]
-        # Through stdin: the root key is written to no file.
-        self.kubectl(MGMT, "apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
-        for cluster in self.remotes:
-            self.kubectl(
-                cluster, "apply", "-f", str(REPO / "deploy" / "examples" / "workloads.yaml")
-            )
-            self._pin_root(cluster, data["root-cert.pem"])
-
-    def _pin_root(self, cluster: str, root_pem: bytes) -> None:
-        """The agent's trust bundle in `cluster` (deploy/examples/trust-bundle.yaml): the root
-        it accepts certificates from. Public; an administrator's step in a real install."""
-        namespace, name = TRUST_BUNDLE
-        documents = [
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": name, "namespace": namespace},
-                "data": {"roots.pem": root_pem.decode()},
-            },
-        ]
-        self.kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
 
     def _start_service(self, service: str, cluster: str | None) -> Process:
         name = service if cluster is None else f"{service}-{cluster}"
@@ -367,14 +313,7 @@ class Stack:
         return self._launch(launch)
 
     def _launch(self, launch: Launch) -> Process:
-        with launch.log.open("ab") as out:
-            process = subprocess.Popen(
-                launch.command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=launch.env,
-                start_new_session=True,
-            )
+        process = processes.start(launch)
         self._children[launch.name] = process
         return Process(launch.name, process.pid, str(launch.log), health=launch.health)
 
@@ -397,9 +336,11 @@ class Stack:
                 self._nats.stop()
             return
         process = self.process(name)
-        if _alive(process.pid):
+        if processes.alive(process.pid):
             os.kill(process.pid, sig)
-            _wait_for(lambda: not _alive(process.pid), within=30, what=f"{name} to exit")
+            processes.wait_for(
+                lambda: not processes.alive(process.pid), within=30, what=f"{name} to exit"
+            )
         child = self._children.pop(name, None)
         if child is not None:
             child.wait()
@@ -417,7 +358,7 @@ class Stack:
         self.info.processes = [fresh if p.name == name else p for p in self.info.processes]
         self._save()
         if wait_ready and fresh.health is not None:
-            self._wait_ready(fresh)
+            processes.wait_ready(fresh)
         return fresh
 
     def nats_settings(self, user: str, **overrides: object) -> NatsSettings:
@@ -431,20 +372,6 @@ class Stack:
         )
         return settings.model_copy(update=overrides)
 
-    def _wait_ready(self, process: Process) -> None:
-        assert process.health is not None
-
-        def ready() -> bool:
-            if not _alive(process.pid):
-                raise StackError(f"{process.name} exited: see {process.log}")
-            try:
-                with urllib.request.urlopen(process.health, timeout=1) as answer:  # noqa: S310
-                    return bool(answer.status == 200)
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                return False
-
-        _wait_for(ready, within=60, what=f"{process.name} to be ready")
-
     # --- down -----------------------------------------------------------------------------
 
     def down(self, *, timeout: float = 15.0) -> list[str]:
@@ -452,15 +379,11 @@ class Stack:
         if not self.state_file.exists():
             return []
         info = StackInfo.load(self.state_file)
-        stopped = []
-        for process in reversed(info.processes):  # services, then kubeapi, then nats
-            if _alive(process.pid):
-                os.kill(process.pid, signal.SIGTERM)
-                try:
-                    _wait_for(lambda p=process: not _alive(p.pid), within=timeout, what="")
-                except StackError:
-                    os.kill(process.pid, signal.SIGKILL)
-                stopped.append(process.name)
+        stopped = [
+            process.name
+            for process in reversed(info.processes)  # services, then kubeapi, then nats
+            if processes.terminate(process, timeout=timeout)
+        ]
         for child in self._children.values():
             child.wait()
         self._children.clear()
@@ -478,30 +401,4 @@ def status(root: Path) -> dict[str, bool]:
     path = root / "stack.json"
     if not path.exists():
         return {}
-    return {p.name: _alive(p.pid) for p in StackInfo.load(path).processes}
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie child of ours counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _exited(process: subprocess.Popen[bytes]) -> bool:
-    return process.poll() is not None
-
-
-def _wait_for(check: object, *, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise StackError(f"timed out after {within:.0f} s waiting for {what}")
+    return {p.name: processes.alive(p.pid) for p in StackInfo.load(path).processes}
