@@ -5,7 +5,7 @@ This is the part of kube-apiserver's generic registry a client can see: server-f
 concurrency (409 Conflict), the status subresource split, generation rules, finalizers and
 deletionTimestamp, namespace lifecycle checks, pruning/defaulting/validation of custom resources,
 `fieldValidation`, `dryRun`, and consistent paginated lists.  It is HTTP-free: `server.py` maps
-requests onto these calls, and `controllers.py` calls them as kube-controller-manager would.
+requests onto these calls, and `controllers` call them as kube-controller-manager would.
 """
 
 from __future__ import annotations
