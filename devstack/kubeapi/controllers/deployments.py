@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any
 
-from devstack.kubeapi.operations import utcnow
+from devstack.kubeapi.context import utcnow
 from devstack.kubeapi.resources import ResourceType
 
 from .base import Kit, owner_ref, terminating

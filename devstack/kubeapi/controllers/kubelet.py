@@ -12,7 +12,7 @@ import hashlib
 import time
 from typing import Any
 
-from devstack.kubeapi.operations import utcnow
+from devstack.kubeapi.context import utcnow
 from devstack.kubeapi.resources import ResourceType
 
 from .base import Kit
