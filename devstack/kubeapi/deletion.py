@@ -68,22 +68,16 @@ def delete(
 
 
 def _check_preconditions(rt: ResourceType, md: Obj, pre: Obj) -> None:
-    if pre.get("uid") and pre["uid"] != md["uid"]:
-        raise errors.conflict(
-            rt.plural,
-            rt.group,
-            md["name"],
-            f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: "
-            f"{md['uid']}",
-        )
-    if pre.get("resourceVersion") and pre["resourceVersion"] != md["resourceVersion"]:
-        raise errors.conflict(
-            rt.plural,
-            rt.group,
-            md["name"],
-            f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, "
-            f"ResourceVersion in object meta: {md['resourceVersion']}",
-        )
+    """A precondition (uid, resourceVersion) the object does not meet is a 409."""
+    for field, shown in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
+        if pre.get(field) and pre[field] != md[field]:
+            raise errors.conflict(
+                rt.plural,
+                rt.group,
+                md["name"],
+                f"Precondition failed: {shown} in precondition: {pre[field]}, {shown} in object "
+                f"meta: {md[field]}",
+            )
 
 
 def _propagation_policy(options: Obj) -> str:

@@ -219,17 +219,8 @@ class Operations:
 
     # --- delete --------------------------------------------------------------------------------
 
-    def delete(
-        self,
-        rt: ResourceType,
-        version: str,
-        namespace: str,
-        name: str,
-        options: Obj | None,
-        ctx: Context,
-    ) -> tuple[Obj, bool]:
-        """Delete or start deleting; returns (response body, deleted now)."""
-        return deletion.delete(self, rt, version, namespace, name, options, ctx)
+    delete = deletion.delete
+    """Delete or start deleting; returns (response body, deleted now)."""
 
     def delete_collection(
         self,
