@@ -2,7 +2,7 @@
 objects whose owners are all gone are deleted (background); an owner in foreground deletion has
 its dependents deleted, and its `foregroundDeletion` finalizer dropped once none is left.
 
-Not here: orphaning, which is done at delete time (operations.py).
+Not here: orphaning, which is done at delete time (deletion.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ goes (its `kubernetes` finalizer dropped); a deleted CRD has its custom resource
 goes (its cleanup finalizer dropped). Both are the same two steps: delete what is inside, and
 once nothing is left, release the container.
 
-Not here: how the namespace or CRD came to be Terminating (a delete, operations.py).
+Not here: how the namespace or CRD came to be Terminating (a delete, deletion.py).
 """
 
 from __future__ import annotations
