@@ -144,11 +144,9 @@ class KubeAPI:
             self._runner, self.host, self.port, ssl_context=ssl_ctx, reuse_address=True
         )
         await site.start()
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None)
-        assert sockets, "the site is not listening"
-        self.port = int(sockets[0].getsockname()[1])
+        addresses = self._runner.addresses
+        assert addresses, "the site is not listening"
+        self.port = int(addresses[0][1])
         self._ensure_kubernetes_service()
         self.store.listeners.append(lambda _ev: self._state_dirty.set())
         self._supervisor = asyncio.create_task(self._supervise(), name=f"kubeapi[{self.name}]")

@@ -18,12 +18,39 @@ CLEANUP_FINALIZER = "customresourcecleanup.apiextensions.k8s.io"
 
 
 def prepare(crd: Obj, old: Obj | None, now: str) -> list[Cause]:
+    """Validate a CRD (and, on update, its immutable fields); if valid, default it and set its
+    status (accepted names, Established, stored versions). Returns the causes it is invalid."""
     spec = crd.setdefault("spec", {})
+    names = spec.setdefault("names", {})
+    causes = _check_names(crd["metadata"].get("name", ""), spec)
+    if spec.get("scope") not in ("Namespaced", "Cluster"):
+        causes.append(
+            Cause(
+                "FieldValueNotSupported",
+                f'Unsupported value: "{spec.get("scope", "")}": supported values: "Cluster", '
+                '"Namespaced"',
+                "spec.scope",
+            )
+        )
+    causes += _check_versions(spec.get("versions") or [])
+    if old is not None:
+        causes += _check_immutable(spec, old.get("spec") or {})
+    if causes:
+        return causes
+    kind = names.get("kind") or ""
+    names.setdefault("singular", kind.lower())
+    names.setdefault("listKind", f"{kind}List")
+    spec.setdefault("conversion", {"strategy": "None"})
+    for v in spec.get("versions") or []:
+        v.setdefault("served", True)
+    crd["status"] = _status(spec, old, now)
+    return []
+
+
+def _check_names(name: str, spec: Obj) -> list[Cause]:
     causes: list[Cause] = []
     group = spec.get("group") or ""
-    names = spec.setdefault("names", {})
-    plural = names.get("plural") or ""
-    kind = names.get("kind") or ""
+    plural = spec["names"].get("plural") or ""
     if not group:
         causes.append(Cause("FieldValueRequired", "Required value", "spec.group"))
     elif "." not in group:
@@ -36,9 +63,8 @@ def prepare(crd: Obj, old: Obj | None, now: str) -> list[Cause]:
         )
     if not plural:
         causes.append(Cause("FieldValueRequired", "Required value", "spec.names.plural"))
-    if not kind:
+    if not spec["names"].get("kind"):
         causes.append(Cause("FieldValueRequired", "Required value", "spec.names.kind"))
-    name = crd["metadata"].get("name", "")
     if plural and group and name != f"{plural}.{group}":
         causes.append(
             Cause(
@@ -47,16 +73,12 @@ def prepare(crd: Obj, old: Obj | None, now: str) -> list[Cause]:
                 "metadata.name",
             )
         )
-    if spec.get("scope") not in ("Namespaced", "Cluster"):
-        causes.append(
-            Cause(
-                "FieldValueNotSupported",
-                f'Unsupported value: "{spec.get("scope", "")}": supported values: "Cluster", '
-                '"Namespaced"',
-                "spec.scope",
-            )
-        )
-    versions = spec.get("versions") or []
+    return causes
+
+
+def _check_versions(versions: list[Obj]) -> list[Cause]:
+    """Exactly one storage version, and structural schemas."""
+    causes: list[Cause] = []
     if not versions:
         causes.append(
             Cause(
@@ -81,44 +103,34 @@ def prepare(crd: Obj, old: Obj | None, now: str) -> list[Cause]:
                 f"spec.versions[{i}].schema.openAPIV3Schema",
             )
         )
-    if old is not None:
-        ospec = old.get("spec") or {}
-        if group != ospec.get("group"):
-            causes.append(
-                Cause(
-                    "FieldValueInvalid",
-                    f'Invalid value: "{group}": field is immutable',
-                    "spec.group",
-                )
-            )
-        if plural != (ospec.get("names") or {}).get("plural"):
-            causes.append(
-                Cause(
-                    "FieldValueInvalid",
-                    f'Invalid value: "{plural}": field is immutable',
-                    "spec.names.plural",
-                )
-            )
-        if spec.get("scope") != ospec.get("scope"):
-            causes.append(
-                Cause(
-                    "FieldValueInvalid",
-                    f'Invalid value: "{spec.get("scope")}": field is immutable',
-                    "spec.scope",
-                )
-            )
-    if causes:
-        return causes
-    names.setdefault("singular", kind.lower())
-    names.setdefault("listKind", f"{kind}List")
-    spec.setdefault("conversion", {"strategy": "None"})
-    for v in versions:
-        v.setdefault("served", True)
-    storage = next(v["name"] for v in versions if v.get("storage"))
+    return causes
+
+
+def _check_immutable(spec: Obj, ospec: Obj) -> list[Cause]:
+    """The group, the plural and the scope never change."""
+    fields = (
+        (spec.get("group") or "", ospec.get("group"), "spec.group"),
+        (
+            spec["names"].get("plural") or "",
+            (ospec.get("names") or {}).get("plural"),
+            "spec.names.plural",
+        ),
+        (spec.get("scope"), ospec.get("scope"), "spec.scope"),
+    )
+    return [
+        Cause("FieldValueInvalid", f'Invalid value: "{new}": field is immutable', path)
+        for new, was, path in fields
+        if new != was
+    ]
+
+
+def _status(spec: Obj, old: Obj | None, now: str) -> Obj:
+    """Names accepted and Established at once; the storage version added to storedVersions."""
+    storage = next(v["name"] for v in spec["versions"] if v.get("storage"))
     stored = list(((old or {}).get("status") or {}).get("storedVersions") or [])
     if storage not in stored:
         stored.append(storage)
-    crd["status"] = {
+    return {
         "conditions": [
             {
                 "type": "NamesAccepted",
@@ -135,10 +147,9 @@ def prepare(crd: Obj, old: Obj | None, now: str) -> list[Cause]:
                 "message": "the initial names have been accepted",
             },
         ],
-        "acceptedNames": dict(names),
+        "acceptedNames": dict(spec["names"]),
         "storedVersions": stored,
     }
-    return []
 
 
 def _render_versions(versions: list[Obj]) -> str:

@@ -169,18 +169,8 @@ def apply(
             "metadata": config.get("metadata", {}),
             "status": config.get("status", {}),
         }
-    conflicts: list[tuple[tuple[str, ...], Entry]] = []
-    if live is not None:
-        for e in entries:
-            if e is mine:
-                continue
-            owned = set(patching.leaves(e.get("fieldsV1", {})))
-            conflicts.extend(
-                (leaf, e)
-                for leaf in patching.leaves(new_fs)
-                if leaf in owned
-                and patching.value_at(live, leaf) != patching.value_at(config, leaf)
-            )
+    others = [e for e in entries if e is not mine]
+    conflicts = _conflicts(live, config, others, new_fs)
     if conflicts and not force and manager == UPGRADING_MANAGER and live is not None:
         # lastAppliedManager: kubectl's first server-side apply may take over the fields that
         # its client-side applies recorded and that nobody has changed since
@@ -189,45 +179,68 @@ def apply(
         force = not conflicts_left
         conflicts = conflicts if force else conflicts_left
     if conflicts and not force:
-        causes = [
-            errors.Cause(
-                "FieldManagerConflict",
-                f'conflict with "{e["manager"]}"'
-                + (f" using {e['apiVersion']}" if e.get("apiVersion") else ""),
-                render_path(leaf),
-            )
-            for leaf, e in conflicts
-        ]
-        n = len(causes)
-        lines = "\n".join(f"- {c.message}: {c.field}" for c in causes)
-        raise errors.apply_conflict(
-            causes,
-            f"Apply failed with {n} conflict{'s' if n != 1 else ''}: "
-            + (f"{causes[0].message}: {causes[0].field}" if n == 1 else "\n" + lines),
-        )
+        raise _conflict_error(conflicts)
     if conflicts:
         taken = [leaf for leaf, _ in conflicts]
-        for e in entries:
-            if e is not mine:
-                e["fieldsV1"] = patching.remove_paths(e.get("fieldsV1", {}), taken)
-    merged = patching.apply_merge(live or {}, config)
-    # Fields this manager applied before and no longer applies are removed, unless another
-    # manager also owns them.
-    dropped = patching.subtract(prev_fs, new_fs)
-    if dropped:
-        others: dict[str, Any] = {}
-        for e in entries:
-            if e is not mine:
-                others = _union(others, e.get("fieldsV1", {}))
-        really = patching.subtract(dropped, others)
-        if really:
-            merged = patching.remove_fields(merged, really)
-    entries = [e for e in entries if e is not mine and e.get("fieldsV1")]
+        for e in others:
+            e["fieldsV1"] = patching.remove_paths(e.get("fieldsV1", {}), taken)
+    merged = _drop_unapplied(patching.apply_merge(live or {}, config), prev_fs, new_fs, others)
+    entries = [e for e in others if e.get("fieldsV1")]
     entries.append(_entry(manager, "Apply", api_version, now, subresource, new_fs))
     if manager == UPGRADING_MANAGER and subresource is None and _last_applied(merged) is not None:
         # lastAppliedUpdater: keep the annotation in step, for a later client-side apply
         merged["metadata"]["annotations"][LAST_APPLIED] = _build_last_applied(config)
     return merged, entries
+
+
+Conflict = tuple[tuple[str, ...], Entry]
+"""A field (leaf path) the configuration changes and another manager's entry owns."""
+
+
+def _conflicts(live: Obj | None, config: Obj, others: list[Entry], new_fs: Obj) -> list[Conflict]:
+    if live is None:
+        return []
+    conflicts: list[Conflict] = []
+    for e in others:
+        owned = set(patching.leaves(e.get("fieldsV1", {})))
+        conflicts.extend(
+            (leaf, e)
+            for leaf in patching.leaves(new_fs)
+            if leaf in owned and patching.value_at(live, leaf) != patching.value_at(config, leaf)
+        )
+    return conflicts
+
+
+def _conflict_error(conflicts: list[Conflict]) -> errors.ApiError:
+    causes = [
+        errors.Cause(
+            "FieldManagerConflict",
+            f'conflict with "{e["manager"]}"'
+            + (f" using {e['apiVersion']}" if e.get("apiVersion") else ""),
+            render_path(leaf),
+        )
+        for leaf, e in conflicts
+    ]
+    n = len(causes)
+    lines = "\n".join(f"- {c.message}: {c.field}" for c in causes)
+    return errors.apply_conflict(
+        causes,
+        f"Apply failed with {n} conflict{'s' if n != 1 else ''}: "
+        + (f"{causes[0].message}: {causes[0].field}" if n == 1 else "\n" + lines),
+    )
+
+
+def _drop_unapplied(merged: Obj, prev_fs: Obj, new_fs: Obj, others: list[Entry]) -> Obj:
+    """Fields this manager applied before and no longer applies are removed, unless another
+    manager also owns them."""
+    dropped = patching.subtract(prev_fs, new_fs)
+    if not dropped:
+        return merged
+    owned: dict[str, Any] = {}
+    for e in others:
+        owned = _union(owned, e.get("fieldsV1", {}))
+    really = patching.subtract(dropped, owned)
+    return patching.remove_fields(merged, really) if really else merged
 
 
 def _last_applied(obj: Obj) -> str | None:

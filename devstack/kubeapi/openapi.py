@@ -34,6 +34,7 @@ _PATCH_TYPES = [
 ]
 
 OBJECT_META = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+PATCH = "io.k8s.apimachinery.pkg.apis.meta.v1.Patch"
 
 
 def _gv_path(group: str, version: str) -> str:
@@ -56,9 +57,14 @@ def _def_name(rt: ResourceType, version: str) -> str:
     return f"{rev}.{version}.{rt.kind}"
 
 
-def _doc(registry: Registry, group: str, version: str) -> Obj:
-    paths: Obj = {}
-    schemas: Obj = {
+def _meta_schemas() -> Obj:
+    """The apimachinery definitions every group/version's documents refer to."""
+    string_map = {"type": "object", "additionalProperties": {"type": "string", "default": ""}}
+    opaque_list = {
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    }
+    return {
         OBJECT_META: {
             "type": "object",
             "description": "ObjectMeta is metadata that all persisted resources must have.",
@@ -66,31 +72,19 @@ def _doc(registry: Registry, group: str, version: str) -> Obj:
                 "name": {"type": "string"},
                 "generateName": {"type": "string"},
                 "namespace": {"type": "string"},
-                "labels": {
-                    "type": "object",
-                    "additionalProperties": {"type": "string", "default": ""},
-                },
-                "annotations": {
-                    "type": "object",
-                    "additionalProperties": {"type": "string", "default": ""},
-                },
+                "labels": copy.deepcopy(string_map),
+                "annotations": copy.deepcopy(string_map),
                 "finalizers": {"type": "array", "items": {"type": "string", "default": ""}},
-                "ownerReferences": {
-                    "type": "array",
-                    "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-                },
+                "ownerReferences": copy.deepcopy(opaque_list),
                 "uid": {"type": "string"},
                 "resourceVersion": {"type": "string"},
                 "generation": {"type": "integer", "format": "int64"},
                 "creationTimestamp": {"type": "string", "format": "date-time"},
                 "deletionTimestamp": {"type": "string", "format": "date-time"},
-                "managedFields": {
-                    "type": "array",
-                    "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-                },
+                "managedFields": copy.deepcopy(opaque_list),
             },
         },
-        "io.k8s.apimachinery.pkg.apis.meta.v1.Patch": {
+        PATCH: {
             "type": "object",
             "description": "Patch is provided to give a concrete name and type to the Kubernetes "
             "PATCH request body.",
@@ -104,159 +98,130 @@ def _doc(registry: Registry, group: str, version: str) -> Obj:
             "x-kubernetes-preserve-unknown-fields": True,
         },
     }
+
+
+def _doc(registry: Registry, group: str, version: str) -> Obj:
+    paths: Obj = {}
+    schemas = _meta_schemas()
     for rt in registry.in_group_version(group, version):
-        gvk = {"group": group, "version": version, "kind": rt.kind}
         dname = _def_name(rt, version)
-        ref = {"$ref": f"#/components/schemas/{dname}"}
-        if rt.builtin and dname in builtin_schemas.definitions():
-            schemas.update(builtin_schemas.closure([dname]))
-        elif rt.builtin:
-            schemas[dname] = {
-                "type": "object",
-                "properties": {
-                    "apiVersion": {"type": "string"},
-                    "kind": {"type": "string"},
-                    "metadata": {
-                        "allOf": [{"$ref": f"#/components/schemas/{OBJECT_META}"}],
-                        "default": {},
-                    },
-                },
-                "x-kubernetes-preserve-unknown-fields": True,
-            }
-        else:
-            body = copy.deepcopy(
-                rt.schemas.get(version)
-                or {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-            )
-            props = body.setdefault("properties", {})
-            props["apiVersion"] = {"type": "string"}
-            props["kind"] = {"type": "string"}
-            props["metadata"] = {"allOf": [{"$ref": f"#/components/schemas/{OBJECT_META}"}]}
-            body["x-kubernetes-group-version-kind"] = [gvk]
-            schemas[dname] = body
-        prefix = "/" + _gv_path(group, version)
-        if rt.namespaced:
-            coll = f"{prefix}/namespaces/{{namespace}}/{rt.plural}"
-        else:
-            coll = f"{prefix}/{rt.plural}"
-        item = f"{coll}/{{name}}"
-        ok = {"200": {"description": "OK", "content": {"application/json": {"schema": ref}}}}
-        common = [
-            {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
-            {
-                "name": "fieldManager",
-                "in": "query",
-                "schema": {"type": "string", "uniqueItems": True},
-            },
-            {
-                "name": "fieldValidation",
-                "in": "query",
-                "schema": {"type": "string", "uniqueItems": True},
-            },
-        ]
-        patch_body = {
-            "content": {
-                t: {
-                    "schema": {
-                        "$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.Patch"
-                    }
-                }
-                for t in (
-                    _PATCH_TYPES
-                    if rt.builtin
-                    else [t for t in _PATCH_TYPES if "strategic" not in t]
-                )
-            },
-            "required": True,
-        }
-
-        def op(
-            action: str,
-            op_id: str,
-            *,
-            parameters: list[Obj] | None = None,
-            request_body: Obj | None = None,
-            ok: Obj = ok,
-            gvk: Obj = gvk,
-        ) -> Obj:
-            o: Obj = {
-                "operationId": op_id,
-                "responses": ok,
-                "x-kubernetes-action": action,
-                "x-kubernetes-group-version-kind": gvk,
-            }
-            if parameters:
-                o["parameters"] = parameters
-            if request_body:
-                o["requestBody"] = request_body
-            return o
-
-        base = f"{rt.kind}"
-        paths[coll] = {
-            "get": op("list", f"list{base}"),
-            "post": op(
-                "post",
-                f"create{base}",
-                parameters=common,
-                request_body={"content": {"application/json": {"schema": ref}}, "required": True},
-            ),
-            "delete": op("deletecollection", f"deletecollection{base}"),
-        }
-        paths[item] = {
-            "get": op("get", f"read{base}"),
-            "put": op(
-                "put",
-                f"replace{base}",
-                parameters=common,
-                request_body={"content": {"application/json": {"schema": ref}}, "required": True},
-            ),
-            "patch": op(
-                "patch",
-                f"patch{base}",
-                parameters=[
-                    *common,
-                    {
-                        "name": "force",
-                        "in": "query",
-                        "schema": {"type": "boolean", "uniqueItems": True},
-                    },
-                ],
-                request_body=patch_body,
-            ),
-            "delete": op("delete", f"delete{base}"),
-        }
-        if rt.has_status(version):
-            paths[f"{item}/status"] = {
-                "get": op("get", f"read{base}Status"),
-                "put": op(
-                    "put",
-                    f"replace{base}Status",
-                    parameters=common,
-                    request_body={
-                        "content": {"application/json": {"schema": ref}},
-                        "required": True,
-                    },
-                ),
-                "patch": op(
-                    "patch",
-                    f"patch{base}Status",
-                    parameters=[
-                        *common,
-                        {
-                            "name": "force",
-                            "in": "query",
-                            "schema": {"type": "boolean", "uniqueItems": True},
-                        },
-                    ],
-                    request_body=patch_body,
-                ),
-            }
+        schemas.update(_kind_schemas(rt, version, dname))
+        paths.update(_paths(rt, group, version, {"$ref": f"#/components/schemas/{dname}"}))
     return {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": KUBE_VERSION["gitVersion"]},
         "paths": paths,
         "components": {"schemas": schemas},
     }
+
+
+def _kind_schemas(rt: ResourceType, version: str, dname: str) -> Obj:
+    """A kind's component schema (for a built-in kind, with the definitions it refers to): kube's
+    own, else an open object; for a custom resource, its CRD schema with the GVK extension."""
+    meta_ref = {"$ref": f"#/components/schemas/{OBJECT_META}"}
+    if rt.builtin and dname in builtin_schemas.definitions():
+        return builtin_schemas.closure([dname])
+    if rt.builtin:
+        return {
+            dname: {
+                "type": "object",
+                "properties": {
+                    "apiVersion": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "metadata": {"allOf": [meta_ref], "default": {}},
+                },
+                "x-kubernetes-preserve-unknown-fields": True,
+            }
+        }
+    body = copy.deepcopy(
+        rt.schemas.get(version) or {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    )
+    props = body.setdefault("properties", {})
+    props["apiVersion"] = {"type": "string"}
+    props["kind"] = {"type": "string"}
+    props["metadata"] = {"allOf": [meta_ref]}
+    body["x-kubernetes-group-version-kind"] = [_gvk(rt, version)]
+    return {dname: body}
+
+
+def _gvk(rt: ResourceType, version: str) -> Obj:
+    return {"group": rt.group, "version": version, "kind": rt.kind}
+
+
+def _query(name: str, kind: str = "string") -> Obj:
+    return {"name": name, "in": "query", "schema": {"type": kind, "uniqueItems": True}}
+
+
+def _paths(rt: ResourceType, group: str, version: str, ref: Obj) -> Obj:
+    """The collection's, the item's and (if it has one) the status subresource's operations,
+    each tagged with its action and GVK."""
+    prefix = "/" + _gv_path(group, version)
+    if rt.namespaced:
+        coll = f"{prefix}/namespaces/{{namespace}}/{rt.plural}"
+    else:
+        coll = f"{prefix}/{rt.plural}"
+    item = f"{coll}/{{name}}"
+    ops = _Operations(rt, version, ref)
+    paths: Obj = {
+        coll: {
+            "get": ops.op("list", f"list{rt.kind}"),
+            "post": ops.put("post", f"create{rt.kind}"),
+            "delete": ops.op("deletecollection", f"deletecollection{rt.kind}"),
+        },
+        item: {**ops.item(rt.kind), "delete": ops.op("delete", f"delete{rt.kind}")},
+    }
+    if rt.has_status(version):
+        paths[f"{item}/status"] = ops.item(f"{rt.kind}Status")
+    return paths
+
+
+class _Operations:
+    """The operation objects of one kind in one version."""
+
+    def __init__(self, rt: ResourceType, version: str, ref: Obj) -> None:
+        self.gvk = _gvk(rt, version)
+        self.ok = {"200": {"description": "OK", "content": {"application/json": {"schema": ref}}}}
+        self.body = {"content": {"application/json": {"schema": ref}}, "required": True}
+        self.common = [_query("dryRun"), _query("fieldManager"), _query("fieldValidation")]
+        patch_ref = {"$ref": f"#/components/schemas/{PATCH}"}
+        types = _PATCH_TYPES if rt.builtin else [t for t in _PATCH_TYPES if "strategic" not in t]
+        self.patch_body = {"content": {t: {"schema": patch_ref} for t in types}, "required": True}
+
+    def op(
+        self,
+        action: str,
+        op_id: str,
+        *,
+        parameters: list[Obj] | None = None,
+        request_body: Obj | None = None,
+    ) -> Obj:
+        o: Obj = {
+            "operationId": op_id,
+            "responses": self.ok,
+            "x-kubernetes-action": action,
+            "x-kubernetes-group-version-kind": self.gvk,
+        }
+        if parameters:
+            o["parameters"] = parameters
+        if request_body:
+            o["requestBody"] = request_body
+        return o
+
+    def put(self, action: str, op_id: str) -> Obj:
+        return self.op(action, op_id, parameters=self.common, request_body=self.body)
+
+    def item(self, name: str) -> Obj:
+        """get, put and patch of an object (`name`: the kind) or its status (`<kind>Status`)."""
+        return {
+            "get": self.op("get", f"read{name}"),
+            "put": self.put("put", f"replace{name}"),
+            "patch": self.op(
+                "patch",
+                f"patch{name}",
+                parameters=[*self.common, _query("force", "boolean")],
+                request_body=self.patch_body,
+            ),
+        }
 
 
 def group_versions(registry: Registry) -> list[tuple[str, str]]:

@@ -8,7 +8,7 @@ and holds no objects (see `store.py`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
@@ -72,119 +72,102 @@ class ResourceType:
         return "scale" in self.version_subresources.get(version, {})
 
 
-def _builtin(
-    group: str,
-    version: str,
-    plural: str,
-    singular: str,
-    kind: str,
-    *,
-    namespaced: bool = True,
-    short_names: list[str] | None = None,
-    categories: list[str] | None = None,
-    status: bool = False,
-    scale: bool = False,
-    generation: bool = False,
-    return_deleted: bool = False,
-) -> ResourceType:
-    return ResourceType(
-        group=group,
-        versions=[version],
-        storage_version=version,
-        plural=plural,
-        singular=singular,
-        kind=kind,
-        namespaced=namespaced,
-        short_names=short_names or [],
-        categories=categories or [],
-        status_subresource=status,
-        scale_subresource=scale,
-        has_generation=generation,
-        return_deleted_object=return_deleted,
-    )
+@dataclass(frozen=True)
+class _Builtin:
+    """A built-in kind as kube-apiserver serves it (in one version; singular: the kind in lower
+    case)."""
+
+    api_version: str
+    kind: str
+    plural: str
+    short_names: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    namespaced: bool = True
+    status: bool = False
+    scale: bool = False
+    generation: bool = False
+    """Whether the apiserver maintains metadata.generation."""
+    return_deleted: bool = False
+    """Whether DELETE answers the object rather than a Status."""
+    storage_key: str | None = None
+
+    def resource_type(self) -> ResourceType:
+        group, _, version = self.api_version.rpartition("/")
+        return ResourceType(
+            group=group,
+            versions=[version],
+            storage_version=version,
+            plural=self.plural,
+            singular=self.kind.lower(),
+            kind=self.kind,
+            namespaced=self.namespaced,
+            short_names=list(self.short_names),
+            categories=list(self.categories),
+            status_subresource=self.status,
+            scale_subresource=self.scale,
+            has_generation=self.generation,
+            return_deleted_object=self.return_deleted,
+            storage_key=self.storage_key,
+        )
+
+
+_BUILTINS = (
+    _Builtin(
+        "v1", "Namespace", "namespaces", ("ns",), namespaced=False, status=True, return_deleted=True
+    ),
+    _Builtin("v1", "Secret", "secrets"),
+    _Builtin("v1", "ConfigMap", "configmaps", ("cm",)),
+    _Builtin(
+        "v1",
+        "Pod",
+        "pods",
+        ("po",),
+        categories=("all",),
+        status=True,
+        generation=True,
+        return_deleted=True,
+    ),
+    _Builtin("v1", "Event", "events", ("ev",)),
+    _Builtin(
+        "v1", "Service", "services", ("svc",), categories=("all",), status=True, return_deleted=True
+    ),
+    _Builtin("coordination.k8s.io/v1", "Lease", "leases"),
+    _Builtin("events.k8s.io/v1", "Event", "events", ("ev",), storage_key="/events"),
+    _Builtin(
+        "apps/v1",
+        "Deployment",
+        "deployments",
+        ("deploy",),
+        categories=("all",),
+        status=True,
+        scale=True,
+        generation=True,
+    ),
+    _Builtin(
+        "apps/v1",
+        "ReplicaSet",
+        "replicasets",
+        ("rs",),
+        categories=("all",),
+        status=True,
+        scale=True,
+        generation=True,
+    ),
+    _Builtin(
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        ("crd", "crds"),
+        ("api-extensions",),
+        namespaced=False,
+        status=True,
+        generation=True,
+    ),
+)
 
 
 def builtin_resources() -> list[ResourceType]:
-    return [
-        _builtin(
-            "",
-            "v1",
-            "namespaces",
-            "namespace",
-            "Namespace",
-            namespaced=False,
-            short_names=["ns"],
-            status=True,
-            return_deleted=True,
-        ),
-        _builtin("", "v1", "secrets", "secret", "Secret"),
-        _builtin("", "v1", "configmaps", "configmap", "ConfigMap", short_names=["cm"]),
-        _builtin(
-            "",
-            "v1",
-            "pods",
-            "pod",
-            "Pod",
-            short_names=["po"],
-            categories=["all"],
-            status=True,
-            generation=True,
-            return_deleted=True,
-        ),
-        _builtin("", "v1", "events", "event", "Event", short_names=["ev"]),
-        _builtin(
-            "",
-            "v1",
-            "services",
-            "service",
-            "Service",
-            short_names=["svc"],
-            categories=["all"],
-            status=True,
-            return_deleted=True,
-        ),
-        _builtin("coordination.k8s.io", "v1", "leases", "lease", "Lease"),
-        replace(
-            _builtin("events.k8s.io", "v1", "events", "event", "Event", short_names=["ev"]),
-            storage_key="/events",
-        ),
-        _builtin(
-            "apps",
-            "v1",
-            "deployments",
-            "deployment",
-            "Deployment",
-            short_names=["deploy"],
-            categories=["all"],
-            status=True,
-            scale=True,
-            generation=True,
-        ),
-        _builtin(
-            "apps",
-            "v1",
-            "replicasets",
-            "replicaset",
-            "ReplicaSet",
-            short_names=["rs"],
-            categories=["all"],
-            status=True,
-            scale=True,
-            generation=True,
-        ),
-        _builtin(
-            "apiextensions.k8s.io",
-            "v1",
-            "customresourcedefinitions",
-            "customresourcedefinition",
-            "CustomResourceDefinition",
-            namespaced=False,
-            short_names=["crd", "crds"],
-            categories=["api-extensions"],
-            status=True,
-            generation=True,
-        ),
-    ]
+    return [b.resource_type() for b in _BUILTINS]
 
 
 class Registry:

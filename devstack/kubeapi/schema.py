@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,87 +214,86 @@ def validate(
 
 
 def _cause(err: jsonschema.ValidationError) -> list[Cause]:
+    """The causes kube-apiserver's OpenAPI validation reports for a failed keyword."""
     path = _field_path(list(err.absolute_path))
     inst: Any = err.instance
-    kw = err.validator
     arg: Any = err.validator_value
-    node: dict[str, Any] = err.schema if isinstance(err.schema, dict) else {}
-    if kw == "required":
+    if err.validator == "required":
         missing = [r for r in arg if isinstance(inst, dict) and r not in inst]
         return [Cause("FieldValueRequired", "Required value", _join(path, r)) for r in missing]
-    if kw == "type":
-        want = arg if isinstance(arg, str) else "/".join(a for a in arg if a != "null")
-        return [
-            Cause(
-                "FieldValueTypeInvalid",
-                f"Invalid value: {_render(inst)}: {path or 'body'} in body must be of type {want}: "
-                f'"{_type_name(inst)}"',
-                path,
-            )
-        ]
-    if kw == "enum":
-        supported = ", ".join(_render(v) for v in arg if v is not None)
-        return [
-            Cause(
-                "FieldValueNotSupported",
-                f"Unsupported value: {_render(inst)}: supported values: {supported}",
-                path,
-            )
-        ]
-    if kw == "minimum":
-        rel = "greater than" if node.get("exclusiveMinimum") else "greater than or equal to"
-        return [
-            Cause(
-                "FieldValueInvalid",
-                f"Invalid value: {_render(inst)}: {path} in body should be {rel} {arg}",
-                path,
-            )
-        ]
-    if kw == "maximum":
-        rel = "less than" if node.get("exclusiveMaximum") else "less than or equal to"
-        return [
-            Cause(
-                "FieldValueInvalid",
-                f"Invalid value: {_render(inst)}: {path} in body should be {rel} {arg}",
-                path,
-            )
-        ]
-    if kw == "minLength":
-        return [
-            Cause(
-                "FieldValueInvalid",
-                f"Invalid value: {_render(inst)}: {path} in body should be at least {arg} chars "
-                "long",
-                path,
-            )
-        ]
-    if kw == "maxLength":
-        return [Cause("FieldValueTooLong", f"Too long: may not be more than {arg} bytes", path)]
-    if kw == "pattern":
-        return [
-            Cause(
-                "FieldValueInvalid",
-                f"Invalid value: {_render(inst)}: {path} in body should match '{arg}'",
-                path,
-            )
-        ]
-    if kw == "minItems":
-        return [
-            Cause(
-                "FieldValueInvalid",
-                f"Invalid value: {len(inst)}: {path} in body should have at least {arg} items",
-                path,
-            )
-        ]
-    if kw == "maxItems":
-        return [
-            Cause(
-                "FieldValueTooMany", f"Too many: {len(inst)}: must have at most {arg} items", path
-            )
-        ]
-    if kw == "additionalProperties" and arg is False:
+    message = _MESSAGES.get(str(err.validator))
+    if message is None:
         return [Cause("FieldValueInvalid", f"Invalid value: {_render(inst)}: {err.message}", path)]
-    return [Cause("FieldValueInvalid", f"Invalid value: {_render(inst)}: {err.message}", path)]
+    node: dict[str, Any] = err.schema if isinstance(err.schema, dict) else {}
+    reason, text = message(inst, arg, node, path)
+    return [Cause(reason, text, path)]
+
+
+_Message = Callable[[Any, Any, dict[str, Any], str], tuple[str, str]]
+"""(instance, the keyword's value, the schema node, field path) -> (reason, message)."""
+
+
+def _type(inst: Any, arg: Any, node: dict[str, Any], path: str) -> tuple[str, str]:
+    want = arg if isinstance(arg, str) else "/".join(a for a in arg if a != "null")
+    return (
+        "FieldValueTypeInvalid",
+        f"Invalid value: {_render(inst)}: {path or 'body'} in body must be of type {want}: "
+        f'"{_type_name(inst)}"',
+    )
+
+
+def _enum(inst: Any, arg: Any, node: dict[str, Any], path: str) -> tuple[str, str]:
+    supported = ", ".join(_render(v) for v in arg if v is not None)
+    return (
+        "FieldValueNotSupported",
+        f"Unsupported value: {_render(inst)}: supported values: {supported}",
+    )
+
+
+def _bound(relation: str, exclusive: str) -> _Message:
+    """minimum or maximum: `greater than` / `less than`, `or equal to` unless exclusive."""
+
+    def message(inst: Any, arg: Any, node: dict[str, Any], path: str) -> tuple[str, str]:
+        rel = relation if node.get(exclusive) else f"{relation} or equal to"
+        return (
+            "FieldValueInvalid",
+            f"Invalid value: {_render(inst)}: {path} in body should be {rel} {arg}",
+        )
+
+    return message
+
+
+def _invalid(should: str, *, count: bool = False) -> _Message:
+    """FieldValueInvalid: `<path> in body should <should>` ({arg} the keyword's value), shown
+    with the value, or with its length (`count`)."""
+
+    def message(inst: Any, arg: Any, node: dict[str, Any], path: str) -> tuple[str, str]:
+        shown = len(inst) if count else _render(inst)
+        return (
+            "FieldValueInvalid",
+            f"Invalid value: {shown}: {path} in body should " + should.format(arg=arg),
+        )
+
+    return message
+
+
+_MESSAGES: dict[str, _Message] = {
+    "type": _type,
+    "enum": _enum,
+    "minimum": _bound("greater than", "exclusiveMinimum"),
+    "maximum": _bound("less than", "exclusiveMaximum"),
+    "minLength": _invalid("be at least {arg} chars long"),
+    "maxLength": lambda inst, arg, node, path: (
+        "FieldValueTooLong",
+        f"Too long: may not be more than {arg} bytes",
+    ),
+    "pattern": _invalid("match '{arg}'"),
+    "minItems": _invalid("have at least {arg} items", count=True),
+    "maxItems": lambda inst, arg, node, path: (
+        "FieldValueTooMany",
+        f"Too many: {len(inst)}: must have at most {arg} items",
+    ),
+}
 
 
 def check_structural(schema: Any, path: str) -> list[Cause]:

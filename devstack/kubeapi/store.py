@@ -8,10 +8,10 @@ Invariants:
 - writes are synchronous and happen on the event loop, so fanning an event out to watchers'
   queues inside the write keeps every watcher in RV order with no locks.
 
-The store does not validate, default or authorise anything: `operations.py` does that.  Objects
-handed in are owned by the store afterwards and never mutated again; what the writes return is
-the stored object itself, shared (`get` alone copies): callers read it, or copy it to change it,
-as the controllers do with what `objects_of` lists.
+The store does not validate, default or authorise anything: the write pipeline (writes.py) does
+that.  Objects handed in are owned by the store afterwards and never mutated again; what the
+writes return is the stored object itself, shared (`get` alone copies): callers read it, or copy
+it to change it, as the controllers do with what `objects_of` lists.
 """
 
 from __future__ import annotations

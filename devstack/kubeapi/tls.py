@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from shared.pki.authority import CA_KEY_USAGE
+
 
 @dataclass(frozen=True)
 class ServerCerts:
@@ -44,57 +46,26 @@ def generate(name: str, host: str) -> ServerCerts:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"meshtrust-kubeapi {name} CA")])
     ca = (
-        x509.CertificateBuilder()
+        _valid_from(now)
         .subject_name(ca_name)
         .issuer_name(ca_name)
         .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(CA_KEY_USAGE, critical=True)
         .add_extension(
             x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
         )
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = [
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.IPAddress(ipaddress.ip_address("::1")),
-    ]
-    try:
-        ip = ipaddress.ip_address(host)
-        if all(not (isinstance(s, x509.IPAddress) and s.value == ip) for s in sans):
-            sans.append(x509.IPAddress(ip))
-    except ValueError:
-        if host != "localhost":
-            sans.append(x509.DNSName(host))
     cert = (
-        x509.CertificateBuilder()
+        _valid_from(now)
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.SubjectAlternativeName(_sans(host)), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
@@ -108,3 +79,30 @@ def generate(name: str, host: str) -> ServerCerts:
             enc, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ),
     )
+
+
+def _valid_from(now: datetime.datetime) -> x509.CertificateBuilder:
+    """A certificate valid for a year, from five minutes ago (clock skew), with a random serial."""
+    return (
+        x509.CertificateBuilder()
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+    )
+
+
+def _sans(host: str) -> list[x509.GeneralName]:
+    """localhost, 127.0.0.1 and ::1, and the listen host if it is another."""
+    sans: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ]
+    try:
+        ip = ipaddress.ip_address(host)
+        if all(not (isinstance(s, x509.IPAddress) and s.value == ip) for s in sans):
+            sans.append(x509.IPAddress(ip))
+    except ValueError:
+        if host != "localhost":
+            sans.append(x509.DNSName(host))
+    return sans
