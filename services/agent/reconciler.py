@@ -49,7 +49,6 @@ from services.agent.objects import (
     secret_bytes,
 )
 from services.agent.policies import (
-    RATE_LIMITED,
     Bounce,
     Complete,
     Decision,
@@ -64,6 +63,7 @@ from services.agent.policies import (
     Wait,
 )
 from services.agent.trust import TrustAnchors, TrustBundle, check_root
+from shared.api import reasons
 from shared.bus import Bus
 from shared.events import (
     BounceRequested,
@@ -91,6 +91,7 @@ from shared.pki import (
     build_csr,
     generate_private_key,
     private_key_to_pem,
+    serial_hex,
 )
 from shared.pki.keys import KeyAlgorithm as PkiKeyAlgorithm
 from shared.runtime.concurrency import concurrently
@@ -279,7 +280,7 @@ class Reconciler:
                     "error": "",
                     "not_before": info.not_before,
                     "not_after": info.not_after,
-                    "serial_number": f"{info.serial:x}",
+                    "serial_number": serial_hex(info.serial),
                     "renewal_time": renewal,
                 }
             )
@@ -288,7 +289,7 @@ class Reconciler:
             # next pass deletes (`policies.spent_key`).
             _, written = await concurrently(
                 self._objects.delete_key_secret(key),
-                self._transition(key, raw, status, new, "Issued", "bundle written"),
+                self._transition(key, raw, status, new, reasons.ISSUED, "bundle written"),
             )
             if self._metrics is not None:  # once per issuance: only this pass writes ISSUED
                 sent_at = key_secret.material.requested_at if key_secret is not None else None
@@ -302,11 +303,11 @@ class Reconciler:
             # re-sends the CSR when due), as it would have without the refused answer.
             new = status.model_copy(update={"error": decision.error})
             warning = (
-                "TrustBundleUnavailable"
-                if decision.reason in ("TrustBundleMissing", "TrustBundleInvalid")
-                else RATE_LIMITED
-                if decision.reason == RATE_LIMITED
-                else "UntrustedCertificate"
+                reasons.TRUST_BUNDLE_UNAVAILABLE
+                if decision.reason in (reasons.TRUST_BUNDLE_MISSING, reasons.TRUST_BUNDLE_INVALID)
+                else reasons.RATE_LIMITED
+                if decision.reason == reasons.RATE_LIMITED
+                else reasons.UNTRUSTED_CERTIFICATE
             )
             await self._transition(
                 key, raw, status, new, decision.reason, decision.error, warning=warning
@@ -320,7 +321,7 @@ class Reconciler:
             new = status.model_copy(
                 update={"state": State.FINISHED, "error": "", "failed_attempts": 0}
             )
-            await self._transition(key, raw, status, new, "Finished", "issuance complete")
+            await self._transition(key, raw, status, new, reasons.FINISHED, "issuance complete")
             wait = self._timing.max_requeue
             if new.renewal_time is not None:
                 wait = min(wait, max(0.0, (new.renewal_time - now).total_seconds()))

@@ -37,7 +37,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from services.issuer.issued import IssuedRecord, csr_digest, issued_key, serial_hex
+from services.issuer.issued import IssuedRecord, csr_digest, issued_key
 from services.issuer.ledger import LedgerEntry, record_signature
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.mirror import mirrored_status
@@ -45,7 +45,6 @@ from services.issuer.policies import (
     CsrInput,
     SigningProblem,
     SigningState,
-    Verdict,
     authorise,
     forbidden_secret,
     scope_problem,
@@ -53,8 +52,10 @@ from services.issuer.policies import (
 from services.issuer.quota import IssuanceQuota
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, sign
+from shared.api import reasons
 from shared.bus import Bucket, Bus, Delivery, KvEntry, PublishError, RevisionMismatch
 from shared.bus.ledger import Ledger
+from shared.controller.policy import Finding
 from shared.events import (
     CertificateDenied,
     CertificateDeniedData,
@@ -78,7 +79,7 @@ from shared.k8s.informer import Informer
 from shared.k8s.models import IssuedCertificate, ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS, Resource
 from shared.pki import IssuedCertificate as Signed
-from shared.pki import SigningCA
+from shared.pki import SigningCA, serial_hex
 from shared.runtime import PermanentError, TransientError, get_logger
 from shared.runtime.concurrency import concurrently
 from shared.runtime.locks import KeyedLocks
@@ -171,12 +172,11 @@ class _RateLimited:
 
     def __init__(self, cluster: str, at: datetime, settings: IssuerSettings) -> None:
         self.at = at.replace(microsecond=0) + timedelta(seconds=1)  # rounded up, never early
-        self.verdict = Verdict(
-            "RateLimited",
+        self.verdict = Finding(
+            reasons.RATE_LIMITED,
             f"cluster {cluster} is over its issuance rate ({settings.issuance_burst} at once, "
             f"then {settings.issuance_per_hour:g} an hour): the CSR was not signed; send it "
             f"again at or after {self.at.isoformat()}",
-            denied=True,
         )
 
 
@@ -244,7 +244,7 @@ class CsrHandler:
         if isinstance(state, KubeError):
             raise state  # the API failed us, and no record answers for it
         if isinstance(state, _Unreadable):
-            await self._deny(event, Verdict("InvalidDeclaration", str(state), denied=True), None)
+            await self._deny(event, Finding(reasons.INVALID_DECLARATION, str(state)), None)
             return
         declaration, secret = state
         outcome = await asyncio.get_running_loop().run_in_executor(
@@ -254,7 +254,7 @@ class CsrHandler:
         if isinstance(outcome, _RateLimited):
             await self._deny(event, outcome.verdict, declaration, retry_after=outcome.at)
             return
-        if isinstance(outcome, Verdict):
+        if isinstance(outcome, Finding):
             await self._deny(event, outcome, declaration)
             return
         assert declaration is not None
@@ -318,7 +318,7 @@ class CsrHandler:
         declaration: IssuedCertificate | None,
         secret: _Secret,
         now: datetime,
-    ) -> Verdict | _RateLimited | Signed:
+    ) -> Finding | _RateLimited | Signed:
         """Authorise and sign (runs in the signing executor)."""
         signing: SigningState | None = None
         if isinstance(secret, SigningProblem):
@@ -336,7 +336,7 @@ class CsrHandler:
                 signing_namespaces=self._settings.signing_namespaces,
             )
         )
-        if verdict.denied:
+        if verdict is not None:
             return verdict
         # Only a signature takes a token (an answer from the record never gets here).
         retry_at = self._quota.take(event.cluster, now)
@@ -487,11 +487,10 @@ class CsrHandler:
         ):
             await self._deny(
                 event,
-                Verdict(
-                    "IssuanceReused",
+                Finding(
+                    reasons.ISSUANCE_REUSED,
                     f"issuance {event.issuance} was already answered for another CSR; a new key "
                     "needs a new issuance id",
-                    denied=True,
                 ),
                 None,
             )
@@ -519,7 +518,7 @@ class CsrHandler:
     async def _deny(
         self,
         event: CsrRequested,
-        verdict: Verdict,
+        verdict: Finding,
         declaration: IssuedCertificate | None,
         *,
         retry_after: datetime | None = None,

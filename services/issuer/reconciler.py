@@ -42,18 +42,18 @@ from pydantic import ValidationError
 
 from services.issuer.mirror import ISSUER_ERROR_PREFIX, cleared_status, issuer_failed
 from services.issuer.policies import (
-    SIGNING_SECRET_FORBIDDEN,
     DeclarationInput,
     SigningProblem,
     SigningState,
-    Verdict,
     check_declaration,
     forbidden_secret,
     scope_problem,
 )
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
+from shared.api import reasons
 from shared.bus import Bucket, KvEntry, RevisionMismatch
+from shared.controller.policy import Finding
 from shared.events import (
     DesiredKind,
     DesiredObject,
@@ -242,7 +242,7 @@ class Declarations:
             )
         )
         desired: DesiredObject | None = None
-        if not verdict.denied:
+        if verdict is None:
             try:
                 desired = DesiredObject(
                     cluster=key.namespace,
@@ -255,14 +255,14 @@ class Declarations:
                     signing_chain_fingerprint=chain_fingerprint,
                 )
             except ValidationError:
-                verdict = Verdict(
-                    "InvalidDeclaration",
+                verdict = Finding(
+                    reasons.INVALID_DECLARATION,
                     "spec.issuedCertificateSecret.namespace is not a namespace name",
-                    denied=True,
                 )
         if desired is None:
+            assert verdict is not None  # desired is only missing after a denial
             await self._fail(declaration, verdict.message)
-            if verdict.reason == SIGNING_SECRET_FORBIDDEN:
+            if verdict.reason == reasons.SIGNING_SECRET_FORBIDDEN:
                 # Granting the read makes no event that reaches us: look again, unhurried.
                 return RequeueAfter(self._settings.sweep_interval)
             return Done()
@@ -365,7 +365,7 @@ class Declarations:
             await self._recorder.record(
                 raw,
                 type="Warning",
-                reason="AmbiguousNamespace",
+                reason=reasons.AMBIGUOUS_NAMESPACE,
                 message=f"IssuedCertificates of cluster {key.namespace} name this directive in "
                 f"namespaces {', '.join(namespaces)}; one directive applies in one namespace",
             )

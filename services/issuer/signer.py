@@ -24,7 +24,9 @@ from typing import Any
 
 from cryptography import x509
 
-from services.issuer.policies import SigningProblem, SigningState, Verdict
+from services.issuer.policies import SigningProblem, SigningState
+from shared.api import reasons
+from shared.controller.policy import Finding
 from shared.k8s.models import IssuedCertificate as Declaration
 from shared.pki import (
     InvalidSigningCA,
@@ -53,7 +55,7 @@ def chain_fingerprint(ca: SigningCA) -> str:
 
 def missing_secret(namespace: str, name: str) -> SigningProblem:
     return SigningProblem(
-        "SigningSecretMissing",
+        reasons.SIGNING_SECRET_MISSING,
         f"signingCertificateSecret {namespace}/{name} does not exist in the management cluster",
     )
 
@@ -65,7 +67,7 @@ def _decode(data: Mapping[str, Any], where: str) -> dict[str, bytes] | SigningPr
             out[str(field)] = base64.b64decode(str(value), validate=True)
         except (binascii.Error, ValueError):
             return SigningProblem(
-                "SigningSecretInvalid",
+                reasons.SIGNING_SECRET_INVALID,
                 f"signingCertificateSecret {where}: data[{field!r}] is not base64",
             )
     return out
@@ -104,7 +106,7 @@ class SigningCAs:
             # Loaded while valid, expired (or not yet valid) now: say so, as a fresh load would.
             return (
                 SigningProblem(
-                    "SigningSecretInvalid",
+                    reasons.SIGNING_SECRET_INVALID,
                     f"signingCertificateSecret {where} cannot sign: its chain is valid from "
                     f"{hit.ca.valid_from.isoformat()} until {hit.ca.valid_until.isoformat()}",
                 ),
@@ -118,7 +120,7 @@ class SigningCAs:
         except InvalidSigningCA as exc:
             return (
                 SigningProblem(
-                    "SigningSecretInvalid",
+                    reasons.SIGNING_SECRET_INVALID,
                     f"signingCertificateSecret {where} cannot sign ({exc.reason}): {exc.message}",
                 ),
                 None,
@@ -145,7 +147,7 @@ def sign(
     path_len: int,
     backdate: timedelta,
     now: datetime,
-) -> IssuedCertificate | Verdict:
+) -> IssuedCertificate | Finding:
     """Sign an authorised CSR (`policies.authorise` passed), or say why the CA refuses."""
     csr = x509.load_pem_x509_csr(csr_pem.encode())
     try:
@@ -161,4 +163,4 @@ def sign(
             backdate=backdate,
         )
     except SigningRefused as exc:
-        return Verdict(exc.reason, exc.message, denied=True)
+        return Finding(exc.reason, exc.message)

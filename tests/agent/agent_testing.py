@@ -54,6 +54,7 @@ from shared.pki import (
     check_csr,
     generate_private_key,
     load_signing_ca,
+    serial_hex,
     sign_intermediate,
 )
 
@@ -229,7 +230,7 @@ class FakeIssuer:
                 name=data.name,
                 declaration_generation=data.declaration_generation,
                 attempt=data.attempt,
-                serial_number=f"{issued.serial:x}",
+                serial_number=serial_hex(issued.serial),
                 certificate_pem=issued.certificate_pem.decode(),
                 ca_chain_pem=chain.decode(),
                 root_cert_pem=issued.root_pem.decode(),

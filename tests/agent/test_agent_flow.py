@@ -28,7 +28,7 @@ from services.agent.settings import AgentSettings
 from shared.bus import Bus
 from shared.k8s.client import KubeClient
 from shared.k8s.resources import EVENTS, ISSUED_CERTIFICATES, NAMESPACES, POD_BOUNCE_DIRECTIVES
-from shared.pki import check_bundle
+from shared.pki import check_bundle, serial_hex
 
 
 async def finished(kube: KubeClient, namespace: str, name: str) -> bool:
@@ -54,7 +54,7 @@ async def test_an_issued_certificate_goes_to_finished_with_a_valid_bundle(
     assert data is not None
     bundle = bundle_of(data)
     info = check_bundle(bundle, hosts=body["spec"]["hosts"], org="meshtrust", now=utc_now())
-    assert status["serialNumber"] == f"{info.serial:x}"
+    assert status["serialNumber"] == serial_hex(info.serial)
     assert openssl_verify(bundle, tmp_path).returncode == 0
     assert await get_secret(kube, namespace, key_secret_name("istio-ca")) is None
     assert len(issuer.requests) == 1

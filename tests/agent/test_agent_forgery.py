@@ -37,7 +37,7 @@ from shared.k8s.client import KubeClient
 from shared.k8s.errors import NotFound
 from shared.k8s.models import IssuedCertificate
 from shared.k8s.resources import CONFIG_MAPS, EVENTS, ISSUED_CERTIFICATES
-from shared.pki import Bundle, check_bundle, sign_intermediate
+from shared.pki import Bundle, check_bundle, serial_hex, sign_intermediate
 from support.waiting import eventually
 
 _attempts = itertools.count(90)
@@ -89,7 +89,7 @@ def forged(
     answer = attacker.sign(request, ic)  # the envelope the issuer would send ...
     data = answer.data.model_copy(  # ... carrying the forged certificate
         update={
-            "serial_number": f"{issued.serial:x}",
+            "serial_number": serial_hex(issued.serial),
             "certificate_pem": issued.certificate_pem.decode(),
             "ca_chain_pem": issued.chain_pem[len(issued.certificate_pem) :].decode(),
             "root_cert_pem": issued.root_pem.decode(),
@@ -160,7 +160,9 @@ async def test_a_forged_certificate_is_refused_and_the_real_answer_is_installed(
     bundle = Bundle.from_secret_data(data)
     assert bundle.root_cert_pem.decode() == issuer.answers[-1].data.root_cert_pem
     info = check_bundle(bundle, hosts=body["spec"]["hosts"], org="meshtrust", now=utc_now())
-    assert f"{info.serial:x}" == status["serialNumber"] == issuer.answers[-1].data.serial_number
+    assert (
+        serial_hex(info.serial) == status["serialNumber"] == issuer.answers[-1].data.serial_number
+    )
     reasons = {e["reason"] for e in await warnings(kube, namespace, "istio-ca")}
     assert reasons == {"UntrustedCertificate"}
     for event in await warnings(kube, namespace, "istio-ca"):

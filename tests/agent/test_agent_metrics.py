@@ -20,7 +20,7 @@ from devstack.natsserver import NatsServer
 from shared.k8s.client import KubeClient
 from shared.k8s.models import State
 from shared.k8s.resources import ISSUED_CERTIFICATES
-from shared.pki import check_bundle
+from shared.pki import check_bundle, serial_hex
 from support.metrics import Scrape, ready_status, scrape
 from support.waiting import eventually
 
@@ -136,7 +136,7 @@ async def test_the_issuance_histogram_counts_each_renewal_once(
         org="meshtrust",
         now=utc_now(),
     )
-    assert f"{info.serial:x}" == renewed["serialNumber"]
+    assert serial_hex(info.serial) == renewed["serialNumber"]
 
     async def expiry_follows() -> bool:
         return (await scrape(port)).value(EXPIRY, **labels) == info.not_after.timestamp()

@@ -41,7 +41,7 @@ from shared.k8s import KubeClient
 from shared.k8s.informer import Informer
 from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES
-from shared.pki import Bundle, check_bundle, private_key_to_pem
+from shared.pki import Bundle, check_bundle, private_key_to_pem, serial_hex
 from support.waiting import eventually
 
 
@@ -90,7 +90,7 @@ async def test_a_valid_csr_is_issued_and_chains_to_the_signing_ca(
         assert data.root_cert_pem.encode() == w.hierarchy.root.cert.public_bytes(
             serialization.Encoding.PEM
         )
-        assert format(info.serial, "x") == data.serial_number
+        assert serial_hex(info.serial) == data.serial_number
         # certOptions.ttlDays = 30, well under the issuer's maximum
         assert dt.timedelta(days=29) < data.not_after - data.not_before <= dt.timedelta(days=31)
 
