@@ -65,7 +65,7 @@ def records_stream_config(settings: NatsSettings, *, ttl: float = DEFAULT_TTL) -
     )
 
 
-class RecordFailed(Exception):
+class RecordFailed(BusError, TransientError):
     """The completion could not be recorded in time; the ack goes ahead regardless."""
 
 

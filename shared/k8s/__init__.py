@@ -13,7 +13,7 @@ Import from the submodules; this package re-exports the names services use most.
 """
 
 from shared.k8s.client import ClientSettings, KubeClient, ObjectList, WatchEvent
-from shared.k8s.controller import Controller, ControllerSettings, Done, RequeueAfter, TerminalError
+from shared.k8s.controller import Controller, ControllerSettings, Done, RequeueAfter
 from shared.k8s.errors import (
     AlreadyExists,
     BadRequest,
@@ -55,7 +55,6 @@ __all__ = [
     "PodBounceDirective",
     "RequeueAfter",
     "State",
-    "TerminalError",
     "Transient",
     "WatchEvent",
     "WorkQueue",
