@@ -10,18 +10,16 @@ Deliberately not here: opening the connections and reading settings (`__main__.p
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from services.agent.desired import DesiredState
 from services.agent.handlers import Handlers
 from services.agent.metrics import AgentMetrics
 from services.agent.objects import MANAGED_SELECTOR, AgentObjects, key_secret_name, owner_of
 from services.agent.policies import Timing
-from services.agent.reconciler import Reconciler, utc_now
+from services.agent.reconciler import Reconciler
 from services.agent.settings import AgentSettings
 from services.agent.trust import TrustBundle
 from shared.bus import Bus
@@ -41,12 +39,12 @@ from shared.k8s.informer import (
     version_of,
 )
 from shared.k8s.models import ObjectKey
+from shared.k8s.objects import Obj
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
 from shared.runtime import Component
+from shared.runtime.clock import Clock, utcnow
 from shared.runtime.health import HealthServer
 from shared.runtime.metrics import CollectorRegistry, new_registry
-
-Obj = dict[str, Any]
 
 TRUST_REFRESH_SECONDS = 30.0
 """How often readiness re-reads the trust bundle ConfigMap (one small GET)."""
@@ -119,7 +117,7 @@ def build_agent(
     *,
     bus: Bus,
     kube: KubeClient,
-    now: Callable[[], dt.datetime] = utc_now,
+    now: Clock = utcnow,
     rand: Callable[[], float] = random.random,
     informer_settings: InformerSettings | None = None,
     controller_backoff: BackoffPolicy | None = None,

@@ -28,7 +28,6 @@ import asyncio
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -48,6 +47,7 @@ from shared.k8s.early import NOT_READ, spec_ref
 from shared.k8s.errors import KubeError
 from shared.k8s.informer import Informer, cached_in
 from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, ObjectKey, State
+from shared.k8s.objects import Obj
 from shared.k8s.resources import ISSUED_CERTIFICATES
 from shared.pki import Bundle
 from shared.runtime import TransientError
@@ -55,8 +55,6 @@ from shared.runtime.concurrency import concurrently
 from shared.runtime.logging import get_logger
 
 log = get_logger(__name__)
-
-Obj = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,6 @@ import datetime as dt
 import hashlib
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -81,6 +80,7 @@ from shared.k8s.controller import Done, ReconcileResult, RequeueAfter
 from shared.k8s.early import EarlyRead, spec_ref
 from shared.k8s.events import EventRecorder, transition_message, transition_reason
 from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, ObjectKey, State
+from shared.k8s.objects import Obj, metadata
 from shared.k8s.resources import ISSUED_CERTIFICATES
 from shared.k8s.status import update_status
 from shared.pki import (
@@ -94,17 +94,11 @@ from shared.pki import (
     serial_hex,
 )
 from shared.pki.keys import KeyAlgorithm as PkiKeyAlgorithm
+from shared.runtime.clock import Clock, utcnow
 from shared.runtime.concurrency import concurrently
 from shared.runtime.logging import get_logger
 
 log = get_logger(__name__)
-
-Obj = dict[str, Any]
-Clock = Callable[[], dt.datetime]
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class Reconciler:
@@ -119,7 +113,7 @@ class Reconciler:
         bus: Bus,
         recorder: EventRecorder,
         timing: Timing,
-        now: Clock = utc_now,
+        now: Clock = utcnow,
         rand: Callable[[], float] = random.random,
         cached: Callable[[ObjectKey], Obj | None] = lambda _key: None,
         trust: TrustBundle | None = None,
@@ -156,7 +150,7 @@ class Reconciler:
             if raw is None:
                 self._sent.pop(key, None)
                 return Done()
-            if (raw.get("metadata") or {}).get("deletionTimestamp"):
+            if metadata(raw).deletion_timestamp is not None:
                 return Done()
             now = self._now()
             observed, key_secret = await self._observe(key, raw, raw_key_secret, early, now)
@@ -176,8 +170,7 @@ class Reconciler:
         early: EarlyRead,
         now: dt.datetime,
     ) -> tuple[Observed, KeySecret | None]:
-        meta = raw.get("metadata") or {}
-        generation = int(meta.get("generation") or 1)
+        generation = metadata(raw).generation
         try:
             status = IssuedCertificateStatus.model_validate(raw.get("status") or {})
         except ValidationError:
@@ -541,8 +534,7 @@ class Reconciler:
 
 
 def _declaration_uid(obj: Obj) -> str:
-    meta = obj.get("metadata") or {}
-    value = annotations_of(obj).get(DECLARATION_UID) or str(meta.get("uid") or "unknown")
+    value = annotations_of(obj).get(DECLARATION_UID) or metadata(obj).uid or "unknown"
     return value[:64]
 
 
@@ -560,15 +552,15 @@ def _declaration_generation(obj: Obj) -> int:
     value = _declaration_generation_or_none(obj)
     if value is not None:
         return value
-    return max(1, int((obj.get("metadata") or {}).get("generation") or 1))
+    return max(1, metadata(obj).generation)
 
 
 def _derived_issuance(obj: Obj) -> str:
     """An issuance id for a status.changed of an object that never had an issuance (invalid
     from the start): stable per object and generation, so repeats correlate."""
-    meta = obj.get("metadata") or {}
+    meta = metadata(obj)
     seed = f"{meta.get('uid')}:{meta.get('generation')}"
     return hashlib.sha256(seed.encode()).hexdigest()[:32]
 
 
-__all__ = ["Reconciler", "utc_now"]
+__all__ = ["Reconciler"]

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from datetime import UTC, datetime
 
 from services.issuer.components import ControllerComponent, InformerComponent, PeriodicComponent
 from services.issuer.handlers import CsrHandler, SigningInFlight, StatusHandler
@@ -29,6 +27,7 @@ from shared.events import DESIRED_BUCKET, EventType, any_cluster
 from shared.k8s import EventRecorder, KubeClient, KubeError
 from shared.k8s.config import client_from_settings
 from shared.runtime import Component, configure_logging, get_logger, supervise
+from shared.runtime.clock import Clock, utcnow
 from shared.runtime.errors import TransientError
 from shared.runtime.health import HealthServer
 from shared.runtime.memory import freeze_start_up
@@ -46,10 +45,6 @@ streams, buckets, ledger and the consumers of MESHTRUST_ISSUER_CLUSTERS) and exi
 the provisioner's NATS identity (docs/bus.md)."""
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def compose(
     settings: IssuerSettings,
     *,
@@ -59,7 +54,7 @@ def compose(
     issued: Bucket,
     ledger: Ledger,
     executor: Executor,
-    clock: Callable[[], datetime] = _utcnow,
+    clock: Clock = utcnow,
     health: HealthServer | None = None,
 ) -> list[Component]:
     """Every component of one issuer replica, wired together; the metrics go to the registry
@@ -158,7 +153,7 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
-    clock: Callable[[], datetime] = _utcnow,
+    clock: Clock = utcnow,
     health: HealthServer | None = None,
 ) -> None:
     """Run one issuer replica until `stop` is set (or SIGTERM/SIGINT); `health` serves its

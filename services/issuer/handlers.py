@@ -30,9 +30,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -81,16 +81,11 @@ from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS, Resource
 from shared.pki import IssuedCertificate as Signed
 from shared.pki import SigningCA, serial_hex
 from shared.runtime import PermanentError, TransientError, get_logger
+from shared.runtime.clock import Clock, utcnow
 from shared.runtime.concurrency import concurrently
 from shared.runtime.locks import KeyedLocks
 
 log = get_logger(__name__)
-
-Clock = Callable[[], datetime]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def is_cluster_namespace(namespace: str, settings: IssuerSettings) -> bool:
@@ -199,7 +194,7 @@ class CsrHandler:
         signing_cas: SigningCAs,
         declarations: Informer | None = None,
         in_flight: SigningInFlight | None = None,
-        clock: Clock = _utcnow,
+        clock: Clock = utcnow,
         metrics: IssuerMetrics | None = None,
     ) -> None:
         self._settings = settings

@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 from shared.bus import Delivery, Handler
 from shared.events import Event
 from shared.k8s.informer import Informer
+from shared.k8s.objects import metadata
 from shared.pki.authority import signing_ca_expiry
 from shared.pki.errors import InvalidSigningCA
 from shared.runtime.metrics import DURATION_BUCKETS, BoundedLabels
@@ -103,8 +104,8 @@ class _SigningCACollector(Collector):
         ca, root = self._families()
         seen: set[tuple[str, str]] = set()
         for secret in (item for informer in self._secrets for item in informer.items()):
-            meta = secret.get("metadata") or {}
-            version = (str(meta.get("uid") or ""), str(meta.get("resourceVersion") or ""))
+            meta = metadata(secret)
+            version = (meta.uid, meta.resource_version or "")
             seen.add(version)
             if version not in self._cache:
                 self._cache[version] = _expiry(secret.get("data") or {})

@@ -35,8 +35,6 @@ import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor
-from datetime import UTC, datetime
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -81,18 +79,15 @@ from shared.k8s import (
 from shared.k8s.controller import ReconcileResult
 from shared.k8s.informer import status_only, unless_status_only
 from shared.k8s.models import IssuedCertificate, IssuedCertificateStatus, State
+from shared.k8s.objects import Obj, metadata
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
 from shared.runtime import get_logger
+from shared.runtime.clock import Clock, utcnow
 from shared.runtime.concurrency import concurrently
 
 log = get_logger(__name__)
 
-Obj = dict[str, Any]
 _CAS_ATTEMPTS = 5
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 async def _live(kube: KubeClient, resource: Resource, key: ObjectKey) -> Obj | None:
@@ -106,8 +101,8 @@ async def _live(kube: KubeClient, resource: Resource, key: ObjectKey) -> Obj | N
 def _identity(obj: Obj | None) -> tuple[str, int] | None:
     if obj is None:
         return None
-    meta = obj.get("metadata") or {}
-    return str(meta.get("uid") or ""), int(meta.get("generation") or 1)
+    meta = metadata(obj)
+    return meta.uid, meta.generation
 
 
 def _ref(obj: Obj, field: str) -> tuple[str, str] | None:
@@ -130,7 +125,7 @@ class Declarations:
         executor: Executor,
         recorder: EventRecorder,
         ensure_cluster: Callable[[str], Awaitable[None]] | None = None,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Clock = utcnow,
     ) -> None:
         self._settings = settings
         self._ensure_cluster = ensure_cluster
@@ -370,15 +365,15 @@ class Declarations:
                 f"namespaces {', '.join(namespaces)}; one directive applies in one namespace",
             )
             return Done()
-        meta = raw.get("metadata") or {}
+        meta = metadata(raw)
         try:
             desired = DesiredObject(
                 cluster=key.namespace,
                 kind=DesiredKind.POD_BOUNCE_DIRECTIVE,
                 name=key.name,
                 namespace=namespaces[0],
-                uid=str(meta.get("uid") or ""),
-                generation=int(meta.get("generation") or 1),
+                uid=meta.uid,
+                generation=meta.generation,
                 spec=raw.get("spec") or {},
             )
         except ValidationError:

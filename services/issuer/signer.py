@@ -28,6 +28,7 @@ from services.issuer.policies import SigningProblem, SigningState
 from shared.api import reasons
 from shared.controller.policy import Finding
 from shared.k8s.models import IssuedCertificate as Declaration
+from shared.k8s.objects import metadata
 from shared.pki import (
     InvalidSigningCA,
     IssuedCertificate,
@@ -93,8 +94,8 @@ class SigningCAs:
         """(the CA or the problem, the chain fingerprint when it loaded)."""
         if secret is None:
             return missing_secret(namespace, name), None
-        meta = secret.get("metadata") or {}
-        key = (str(meta.get("uid") or ""), str(meta.get("resourceVersion") or ""))
+        meta = metadata(secret)
+        key = (meta.uid, meta.resource_version or "")
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_camel
 
 from shared.k8s.durations import parse_duration
+from shared.k8s.objects import metadata
 
 __all__ = [
     "API_VERSION",
@@ -77,8 +78,8 @@ class ObjectKey:
     @classmethod
     def of(cls, obj: Mapping[str, Any]) -> ObjectKey:
         """The key of a raw object as the API returns it."""
-        meta = obj.get("metadata") or {}
-        return cls(str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        meta = metadata(obj)
+        return cls(meta.namespace, meta.name)
 
 
 class _Wire(BaseModel):

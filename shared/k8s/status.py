@@ -33,13 +33,12 @@ from shared.k8s.models import (
     PodBounceDirectiveStatus,
     State,
 )
+from shared.k8s.objects import Obj
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, Resource
 
 __all__ = ["StatusRetry", "StatusWrite", "copy_json", "update_model_status", "update_status"]
 
 log = structlog.get_logger(__name__)
-
-Obj = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

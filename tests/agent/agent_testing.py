@@ -57,19 +57,16 @@ from shared.pki import (
     serial_hex,
     sign_intermediate,
 )
+from shared.runtime.clock import utcnow
 
 P256 = KeySpec(algorithm=KeyAlgorithm.ECDSA, size=256)
 FAST_INFORMER = InformerSettings(backoff=BackoffPolicy(base_seconds=0.05, cap_seconds=0.5))
 FAST_BACKOFF = BackoffPolicy(base_seconds=0.05, cap_seconds=1.0)
 
 
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def make_signing_ca() -> SigningCA:
     """root -> intermediate (the signing CA), valid around the real clock."""
-    now = utc_now()
+    now = utcnow()
     root = make_ca(
         cn="agent-test-root",
         private_key=generate_private_key(P256),
@@ -163,7 +160,7 @@ class FakeIssuer:
     async def __call__(self, event: Event, delivery: Delivery) -> None:
         assert isinstance(event, CsrRequested)
         self.requests.append(event)
-        self.received_at.append(utc_now())
+        self.received_at.append(utcnow())
         if self.mode == "silent":
             return
         data = event.data
@@ -219,7 +216,7 @@ class FakeIssuer:
             org=spec.org,
             name=data.name,
             ttl=spec.cert_options.lifetime,
-            now=utc_now(),
+            now=utcnow(),
         )
         chain = issued.chain_pem[len(issued.certificate_pem) :]
         return CertificateIssued(
@@ -312,7 +309,7 @@ class AgentProcess:
         self,
         settings: AgentSettings,
         *,
-        now: Callable[[], dt.datetime] = utc_now,
+        now: Callable[[], dt.datetime] = utcnow,
         rand: Callable[[], float] | None = None,
     ) -> None:
         self.settings = settings

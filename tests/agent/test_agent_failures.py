@@ -12,7 +12,7 @@ from agent.agent_testing import (
     ic_body,
     ic_status,
     state_of,
-    utc_now,
+    utcnow,
     wait_status,
 )
 from k8s.harness import eventually
@@ -66,7 +66,7 @@ async def test_a_rate_limited_csr_is_sent_again_at_its_retry_time_and_never_fail
 ) -> None:
     # The agent's own re-send is 30 s away: only the retry time can bring the second send.
     issuer.mode = "limit"
-    issuer.retry_after = utc_now() + dt.timedelta(seconds=2)
+    issuer.retry_after = utcnow() + dt.timedelta(seconds=2)
     await kube.create(ISSUED_CERTIFICATES, ic_body("istio-ca", namespace))
 
     limited = await wait_status(

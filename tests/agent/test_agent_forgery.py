@@ -24,7 +24,6 @@ from agent.agent_testing import (
     ic_status,
     make_signing_ca,
     put_trust_bundle,
-    utc_now,
     wait_status,
 )
 from cryptography import x509
@@ -38,6 +37,7 @@ from shared.k8s.errors import NotFound
 from shared.k8s.models import IssuedCertificate
 from shared.k8s.resources import CONFIG_MAPS, EVENTS, ISSUED_CERTIFICATES
 from shared.pki import Bundle, check_bundle, serial_hex, sign_intermediate
+from shared.runtime.clock import utcnow
 from support.waiting import eventually
 
 _attempts = itertools.count(90)
@@ -84,7 +84,7 @@ def forged(
         org=spec.org,
         name=request.data.name,
         ttl=ttl,
-        now=utc_now(),
+        now=utcnow(),
     )
     answer = attacker.sign(request, ic)  # the envelope the issuer would send ...
     data = answer.data.model_copy(  # ... carrying the forged certificate
@@ -159,7 +159,7 @@ async def test_a_forged_certificate_is_refused_and_the_real_answer_is_installed(
     assert data is not None
     bundle = Bundle.from_secret_data(data)
     assert bundle.root_cert_pem.decode() == issuer.answers[-1].data.root_cert_pem
-    info = check_bundle(bundle, hosts=body["spec"]["hosts"], org="meshtrust", now=utc_now())
+    info = check_bundle(bundle, hosts=body["spec"]["hosts"], org="meshtrust", now=utcnow())
     assert (
         serial_hex(info.serial) == status["serialNumber"] == issuer.answers[-1].data.serial_number
     )
