@@ -45,6 +45,8 @@ from services.agent.objects import (
     annotations_of,
     is_managed,
 )
+from shared.api.meta import Obj, ObjectKey, metadata
+from shared.api.v1alpha2 import IssuedCertificateSpec, PodBounceDirectiveSpec
 from shared.bus import Bucket, Bus, Deleted, KvEntry, Put, Snapshot
 from shared.events import (
     CertificateState,
@@ -63,8 +65,6 @@ from shared.k8s.controller import Done, ReconcileResult
 from shared.k8s.errors import AlreadyExists, Invalid, NotFound
 from shared.k8s.events import EventRecorder
 from shared.k8s.informer import EventType, Informer, InformerEvent, version_of
-from shared.k8s.models import IssuedCertificateSpec, ObjectKey, PodBounceDirectiveSpec
-from shared.k8s.objects import Obj, metadata
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, Resource
 from shared.runtime.logging import get_logger
 

@@ -21,11 +21,10 @@ from typing import Any
 
 from services.agent.bundles import BundleChecks
 from services.agent.policies import KeyMaterial, Verdict
+from shared.api.meta import Obj, ObjectKey, metadata
 from shared.k8s.client import KubeClient
 from shared.k8s.early import EarlyRead, read_early
 from shared.k8s.errors import AlreadyExists, NotFound
-from shared.k8s.models import ObjectKey
-from shared.k8s.objects import Obj, metadata
 from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS
 from shared.pki import Bundle
 

@@ -25,8 +25,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from shared.api import reasons
+from shared.api.v1alpha2 import IssuedCertificateSpec, IssuedCertificateStatus, State
 from shared.controller.policy import Chain, Check, Finding
-from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, State
 from shared.pki import BundleInfo, InvalidHost, InvalidSubject, parse_hosts, serial_hex
 from shared.pki.names import subject_for
 

@@ -63,6 +63,8 @@ from services.agent.policies import (
 )
 from services.agent.trust import TrustAnchors, TrustBundle, check_root
 from shared.api import reasons
+from shared.api.meta import Obj, ObjectKey, metadata
+from shared.api.v1alpha2 import IssuedCertificateSpec, IssuedCertificateStatus, State
 from shared.bus import Bus
 from shared.events import (
     BounceRequested,
@@ -79,8 +81,6 @@ from shared.events import (
 from shared.k8s.controller import Done, ReconcileResult, RequeueAfter
 from shared.k8s.early import EarlyRead, spec_ref
 from shared.k8s.events import EventRecorder, transition_message, transition_reason
-from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, ObjectKey, State
-from shared.k8s.objects import Obj, metadata
 from shared.k8s.resources import ISSUED_CERTIFICATES
 from shared.k8s.status import update_status
 from shared.pki import (

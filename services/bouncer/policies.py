@@ -24,15 +24,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shared.events import BouncedSelector
-from shared.k8s.models import (
+from shared.api.meta import Obj, metadata
+from shared.api.v1alpha2 import (
     BouncedPodSet,
     PodBounceDirectiveSpec,
     PodBounceDirectiveStatus,
     PodSelector,
     RootCertSync,
 )
-from shared.k8s.objects import Obj, metadata
+from shared.events import BouncedSelector
 
 RESTARTED_FOR = "meshtrust.io/restarted-for-issuance"
 """Pod-template annotation set by the RolloutRestart strategy: the issuance the rollout is for.

@@ -41,21 +41,20 @@ from pydantic import ValidationError
 
 from services.bouncer import policies
 from services.bouncer.policies import AwaitReady, Bounce, Check, Finished, Start
-from shared.events import BouncedSelector, ObjectRef
-from shared.k8s.backoff import BackoffPolicy
-from shared.k8s.client import KubeClient, ModelT
-from shared.k8s.errors import Conflict, KubeError, NotFound, Transient
-from shared.k8s.informer import Informer, InformerSettings
-from shared.k8s.models import (
+from shared.api.meta import Obj, ObjectKey
+from shared.api.v1alpha2 import (
     BounceStrategy,
     IssuedCertificate,
-    ObjectKey,
     PodBounceDirective,
     PodBounceDirectiveStatus,
     PodSelector,
     RootCertSync,
 )
-from shared.k8s.objects import Obj
+from shared.events import BouncedSelector, ObjectRef
+from shared.k8s.backoff import BackoffPolicy
+from shared.k8s.client import KubeClient, ModelT
+from shared.k8s.errors import Conflict, KubeError, NotFound, Transient
+from shared.k8s.informer import Informer, InformerSettings
 from shared.k8s.resources import CONFIG_MAPS, DEPLOYMENTS, PODS, SECRETS, Resource
 from shared.k8s.status import update_model_status
 from shared.runtime import RetryPolicy, TransientError, get_logger, retry

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
 from typing import Any
@@ -53,6 +53,8 @@ from services.issuer.quota import IssuanceQuota
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, sign
 from shared.api import reasons
+from shared.api.meta import ObjectKey
+from shared.api.v1alpha2 import IssuedCertificate
 from shared.bus import Bucket, Bus, Delivery, KvEntry, PublishError, RevisionMismatch
 from shared.bus.ledger import Ledger
 from shared.controller.policy import Finding
@@ -76,13 +78,12 @@ from shared.k8s import (
 )
 from shared.k8s.early import read_early, spec_ref
 from shared.k8s.informer import Informer
-from shared.k8s.models import IssuedCertificate, ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS, Resource
 from shared.pki import IssuedCertificate as Signed
 from shared.pki import SigningCA, serial_hex
 from shared.runtime import PermanentError, TransientError, get_logger
 from shared.runtime.clock import Clock, utcnow
-from shared.runtime.concurrency import concurrently
+from shared.runtime.concurrency import InFlight, concurrently
 from shared.runtime.locks import KeyedLocks
 
 log = get_logger(__name__)
@@ -122,44 +123,15 @@ async def _get_or_none(
         raise TransientError(f"reading {resource.kind} {namespace}/{name}: {exc}") from None
 
 
-class SigningInFlight:
-    """How many CSRs this process is handling now, so that bookkeeping can make way for them.
-
-    A `csr.requested` and the `status.changed` REQUESTED the agent sends right after it arrive
-    together, and both run on this one event loop (and the management API server). The mirror
-    is bookkeeping; the CSR is the issuance's critical path. `StatusHandler` therefore waits
-    until no CSR is in flight, for at most `MIRROR_YIELD_SECONDS`: a priority, never a stall
-    (under a steady stream of CSRs each report waits that long, and reports are handled
-    `status_in_flight` at a time).
-    """
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        self._count += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._count -= 1
-            if self._count == 0:
-                self._idle.set()
-
-    async def none_within(self, seconds: float) -> None:
-        """Return once no CSR is in flight, or after `seconds`, whichever is first."""
-        if self._idle.is_set():
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._idle.wait()
-
-
 MIRROR_YIELD_SECONDS = 0.05
-"""The longest a status report waits for CSRs in flight: a few signatures' time."""
+"""The longest a status report waits for CSRs in flight: a few signatures' time.
+
+A `csr.requested` and the `status.changed` REQUESTED the agent sends right after it arrive
+together, and both run on this one event loop (and the management API server). The mirror is
+bookkeeping; the CSR is the issuance's critical path. `StatusHandler` therefore waits until no
+CSR is in flight (the `CsrHandler`'s `InFlight`), for at most this long: a priority, never a
+stall (under a steady stream of CSRs each report waits that long, and reports are handled
+`status_in_flight` at a time)."""
 
 
 class _RateLimited:
@@ -193,13 +165,13 @@ class CsrHandler:
         executor: Executor,
         signing_cas: SigningCAs,
         declarations: Informer | None = None,
-        in_flight: SigningInFlight | None = None,
+        in_flight: InFlight | None = None,
         clock: Clock = utcnow,
         metrics: IssuerMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._in_flight = in_flight or SigningInFlight()
+        self._in_flight = in_flight or InFlight()
         self._bus = bus
         self._kube = kube
         self._issued = issued
@@ -581,7 +553,7 @@ class StatusHandler:
         kube: KubeClient,
         recorder: EventRecorder,
         declarations: Informer | None = None,
-        in_flight: SigningInFlight | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self._settings = settings
         self._kube = kube

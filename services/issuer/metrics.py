@@ -24,10 +24,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shared.api.meta import metadata
 from shared.bus import Delivery, Handler
 from shared.events import Event
 from shared.k8s.informer import Informer
-from shared.k8s.objects import metadata
 from shared.pki.authority import signing_ca_expiry
 from shared.pki.errors import InvalidSigningCA
 from shared.runtime.metrics import DURATION_BUCKETS, BoundedLabels

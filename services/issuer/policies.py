@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shared.api import reasons
+from shared.api.v1alpha2 import IssuedCertificate
 from shared.controller.policy import Chain, Finding
 from shared.events import CsrRequestedData
-from shared.k8s.models import IssuedCertificate
 from shared.pki import CsrRejected, InvalidHost, InvalidSubject, KeyPolicy, SigningCA, check_csr
 from shared.pki.names import parse_hosts, subject_for
 

@@ -50,6 +50,8 @@ from services.issuer.policies import (
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
 from shared.api import reasons
+from shared.api.meta import Obj, metadata
+from shared.api.v1alpha2 import IssuedCertificate, IssuedCertificateStatus, State
 from shared.bus import Bucket, KvEntry, RevisionMismatch
 from shared.controller.policy import Finding
 from shared.events import (
@@ -78,8 +80,6 @@ from shared.k8s import (
 )
 from shared.k8s.controller import ReconcileResult
 from shared.k8s.informer import status_only, unless_status_only
-from shared.k8s.models import IssuedCertificate, IssuedCertificateStatus, State
-from shared.k8s.objects import Obj, metadata
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
 from shared.runtime import get_logger
 from shared.runtime.clock import Clock, utcnow

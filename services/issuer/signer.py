@@ -26,9 +26,9 @@ from cryptography import x509
 
 from services.issuer.policies import SigningProblem, SigningState
 from shared.api import reasons
+from shared.api.meta import metadata
+from shared.api.v1alpha2 import IssuedCertificate as Declaration
 from shared.controller.policy import Finding
-from shared.k8s.models import IssuedCertificate as Declaration
-from shared.k8s.objects import metadata
 from shared.pki import (
     InvalidSigningCA,
     IssuedCertificate,

@@ -33,9 +33,9 @@ from kubernetes_asyncio.client.configuration import Configuration
 from kubernetes_asyncio.config import incluster_config, kube_config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from shared.api.meta import Obj, metadata
+from shared.api.v1alpha2 import IssuedCertificate, PodBounceDirective
 from shared.k8s.errors import KubeError, Transient, error_from_status
-from shared.k8s.models import IssuedCertificate, PodBounceDirective
-from shared.k8s.objects import Obj, metadata
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, Resource
 
 __all__ = [

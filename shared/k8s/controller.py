@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from shared.api.meta import ObjectKey
 from shared.k8s.backoff import BackoffPolicy, ItemBackoff, RateLimiter, TokenBucket
 from shared.k8s.errors import Conflict, KubeError
 from shared.k8s.informer import Informer, InformerEvent
-from shared.k8s.models import ObjectKey
 from shared.k8s.queue import QueueShutDown, WorkQueue
 from shared.runtime.errors import PermanentError, TransientError
 

@@ -31,10 +31,10 @@ from typing import Any, Literal
 import structlog
 from pydantic import BaseModel
 
+from shared.api.meta import metadata
+from shared.api.v1alpha2 import State
 from shared.k8s.client import KubeClient
 from shared.k8s.errors import KubeError, NotFound
-from shared.k8s.models import State
-from shared.k8s.objects import metadata
 from shared.k8s.resources import EVENTS
 from shared.runtime.clock import Clock, utcnow
 

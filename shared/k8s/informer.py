@@ -35,11 +35,10 @@ from typing import Any
 
 import structlog
 
+from shared.api.meta import Obj, ObjectKey, metadata
 from shared.k8s.backoff import BackoffPolicy
 from shared.k8s.client import KubeClient, WatchEvent
 from shared.k8s.errors import Gone, KubeError
-from shared.k8s.models import ObjectKey
-from shared.k8s.objects import Obj, metadata
 from shared.k8s.resources import Resource
 
 __all__ = [

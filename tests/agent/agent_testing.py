@@ -24,6 +24,7 @@ from services.agent.__main__ import serve
 from services.agent.components import Agent
 from services.agent.objects import secret_bytes
 from services.agent.settings import AgentSettings
+from shared.api.v1alpha2 import IssuedCertificate, State
 from shared.bus import Bus, ConsumerSettings, Delivery
 from shared.events import (
     BounceCompleted,
@@ -43,7 +44,6 @@ from shared.k8s.backoff import BackoffPolicy
 from shared.k8s.client import KubeClient
 from shared.k8s.errors import AlreadyExists, NotFound
 from shared.k8s.informer import InformerSettings
-from shared.k8s.models import IssuedCertificate, State
 from shared.k8s.resources import CONFIG_MAPS, ISSUED_CERTIFICATES, NAMESPACES, SECRETS
 from shared.pki import (
     Bundle,

@@ -18,12 +18,12 @@ from agent.agent_testing import (
 from k8s.harness import eventually
 
 from services.agent.objects import key_secret_name
+from shared.api.v1alpha2 import IssuedCertificate
 from shared.bus import Bus
 from shared.events import new_issuance_id, subject
 from shared.events.enums import EventType
 from shared.k8s.client import KubeClient
 from shared.k8s.errors import NotFound
-from shared.k8s.models import IssuedCertificate
 from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS
 
 

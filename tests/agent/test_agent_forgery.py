@@ -30,11 +30,11 @@ from cryptography import x509
 from structlog.testing import capture_logs
 
 from services.agent.settings import AgentSettings
+from shared.api.v1alpha2 import IssuedCertificate
 from shared.bus import Bus
 from shared.events import CertificateIssued, CsrRequested
 from shared.k8s.client import KubeClient
 from shared.k8s.errors import NotFound
-from shared.k8s.models import IssuedCertificate
 from shared.k8s.resources import CONFIG_MAPS, EVENTS, ISSUED_CERTIFICATES
 from shared.pki import Bundle, check_bundle, serial_hex, sign_intermediate
 from shared.runtime.clock import utcnow

@@ -17,8 +17,8 @@ from agent.agent_testing import (
 )
 
 from devstack.natsserver import NatsServer
+from shared.api.v1alpha2 import State
 from shared.k8s.client import KubeClient
-from shared.k8s.models import State
 from shared.k8s.resources import ISSUED_CERTIFICATES
 from shared.pki import check_bundle, serial_hex
 from support.metrics import Scrape, ready_status, scrape

@@ -24,8 +24,8 @@ from services.issuer.policies import (
     scope_problem,
 )
 from services.issuer.signer import SigningCAs, chain_fingerprint, missing_secret, sign, ttl_for
+from shared.api.v1alpha2 import IssuedCertificate
 from shared.events import CsrRequestedData
-from shared.k8s import IssuedCertificate
 from shared.pki import IssuedCertificate as Signed
 from shared.pki import KeyPolicy, SigningCA, build_csr, load_signing_ca
 

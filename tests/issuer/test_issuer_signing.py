@@ -34,12 +34,12 @@ from services.issuer.handlers import CsrHandler
 from services.issuer.issued import ISSUED_BUCKET, IssuedRecord
 from services.issuer.ledger import open_ledger
 from services.issuer.signer import SigningCAs
+from shared.api.meta import ObjectKey
 from shared.bus import Delivery, NatsSettings
 from shared.bus.ledger import Ledger
 from shared.events import CertificateIssued, CsrRequested, encode
 from shared.k8s import KubeClient
 from shared.k8s.informer import Informer
-from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES
 from shared.pki import Bundle, check_bundle, private_key_to_pem, serial_hex
 from support.waiting import eventually

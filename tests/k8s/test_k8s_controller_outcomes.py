@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from shared.api.meta import ObjectKey
 from shared.k8s.backoff import BackoffPolicy
 from shared.k8s.controller import (
     Controller,
@@ -16,7 +17,6 @@ from shared.k8s.controller import (
     RequeueAfter,
 )
 from shared.k8s.errors import Conflict, NotFound, Transient
-from shared.k8s.models import ObjectKey
 from shared.runtime.errors import PermanentError
 
 KEY = ObjectKey("east", "istio")

@@ -1,13 +1,16 @@
-"""Kubernetes object bodies as the project passes them around: `Obj`, and `metadata(obj)`.
+"""Kubernetes object bodies as the project passes them around: `Obj`, `metadata(obj)`, and the
+`ObjectKey` that names one.
 
 Objects travel as the plain JSON dicts the API serves (`Obj`): the informers cache them, the
 client reads and writes them, and only the boundary that needs a field validates it. What every
 caller reads is metadata, and `metadata(obj)` reads it the one way: a thin, read-only view over
 `obj["metadata"]` (absent metadata reads as empty) with typed properties for the fields the
-services use, in the manner of kopf's `bodies.Meta`. Here, in `shared.k8s`, because it is the
-shape of the Kubernetes API, not of any one service.
+services use, in the manner of kopf's `bodies.Meta`. Here, at the bottom of `shared.api`, as
+Kubernetes keeps its object metadata types in apimachinery's `apis/meta`: the API's models
+(`shared.api.v1alpha2`) and the client layer (`shared.k8s`) both build on it, and it imports
+neither.
 
-Deliberately not here: validation (the pydantic models of `shared.api` and `shared.k8s.models`),
+Deliberately not here: validation (the pydantic models of `shared.api.v1alpha2`),
 and writing: the view never changes the body it reads, and copies (`dict(metadata(obj))`) are
 the caller's to make.
 """
@@ -15,9 +18,10 @@ the caller's to make.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Meta", "Obj", "metadata"]
+__all__ = ["Meta", "Obj", "ObjectKey", "metadata"]
 
 Obj = dict[str, Any]
 """A Kubernetes object body as the API serves it (JSON)."""
@@ -88,3 +92,30 @@ def metadata(obj: Mapping[str, Any] | None) -> Meta:
     body not from an API server), reads empty."""
     raw = obj.get("metadata") if obj is not None else None
     return Meta(raw if isinstance(raw, Mapping) else {})
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ObjectKey:
+    """`namespace/name` of an object: what the work queue holds and reconcile receives.
+
+    Cluster-scoped objects have `namespace == ""` and print as just `name`, as client-go's
+    `MetaNamespaceKeyFunc` does.
+    """
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+    @classmethod
+    def parse(cls, text: str) -> ObjectKey:
+        """The inverse of `str(key)`."""
+        namespace, sep, name = text.partition("/")
+        return cls(namespace, name) if sep else cls("", namespace)
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> ObjectKey:
+        """The key of a raw object as the API returns it."""
+        meta = metadata(obj)
+        return cls(meta.namespace, meta.name)
