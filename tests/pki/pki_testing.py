@@ -88,14 +88,19 @@ def key_pem(private_key: PrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
 
 _SIGNATURE_ONLY = x509.KeyUsage(
     digital_signature=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=False,
-    crl_sign=False,
-    encipher_only=False,
-    decipher_only=False,
+    **dict.fromkeys(
+        (
+            "content_commitment",
+            "key_encipherment",
+            "data_encipherment",
+            "key_agreement",
+            "key_cert_sign",
+            "crl_sign",
+            "encipher_only",
+            "decipher_only",
+        ),
+        False,
+    ),
 )
 """The key usage of a certificate that claims a CA but may not sign certificates (a test of
 the signer checks): `CA_KEY_USAGE` without keyCertSign and cRLSign."""
