@@ -8,19 +8,18 @@ without the settings and logging steps, for in-process tests.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import random
 import sys
 from collections.abc import Callable
 
 from services.agent.components import Agent, build_agent
-from services.agent.reconciler import utc_now
 from services.agent.settings import AgentSettings
 from shared.bus import Bus
 from shared.k8s.backoff import BackoffPolicy
 from shared.k8s.config import client_from_settings
 from shared.k8s.informer import InformerSettings
 from shared.runtime import configure_logging, get_logger, supervise
+from shared.runtime.clock import Clock, utcnow
 from shared.runtime.memory import freeze_start_up
 from shared.runtime.metrics import new_registry
 from shared.runtime.usage import answer_arguments
@@ -33,7 +32,7 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
-    now: Callable[[], dt.datetime] = utc_now,
+    now: Clock = utcnow,
     rand: Callable[[], float] = random.random,
     informer_settings: InformerSettings | None = None,
     controller_backoff: BackoffPolicy | None = None,

@@ -10,22 +10,22 @@ Deliberately not here: opening the connections and reading settings (`__main__.p
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from services.agent.desired import DesiredState
 from services.agent.handlers import Handlers
 from services.agent.metrics import AgentMetrics
 from services.agent.objects import MANAGED_SELECTOR, AgentObjects, key_secret_name, owner_of
 from services.agent.policies import Timing
-from services.agent.reconciler import Reconciler, utc_now
+from services.agent.reconciler import Reconciler
 from services.agent.settings import AgentSettings
 from services.agent.trust import TrustBundle
+from shared.api.meta import Obj, ObjectKey
 from shared.bus import Bus
 from shared.bus.fleet import agent_consumer, desired_consumer_config
+from shared.controller.components import ControllerComponent, Task
 from shared.events import DESIRED_BUCKET, DesiredKind
 from shared.k8s.backoff import BackoffPolicy
 from shared.k8s.client import KubeClient
@@ -40,56 +40,14 @@ from shared.k8s.informer import (
     unless_status_only,
     version_of,
 )
-from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
 from shared.runtime import Component
+from shared.runtime.clock import Clock, utcnow
 from shared.runtime.health import HealthServer
 from shared.runtime.metrics import CollectorRegistry, new_registry
 
-Obj = dict[str, Any]
-
 TRUST_REFRESH_SECONDS = 30.0
 """How often readiness re-reads the trust bundle ConfigMap (one small GET)."""
-
-
-class Task:
-    """A coroutine that runs until cancelled, as a Component: cancelled when `stop` is set."""
-
-    def __init__(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        self.name = name
-        self._factory = factory
-
-    async def run(self, stop: asyncio.Event) -> None:
-        async with asyncio.TaskGroup() as group:
-            work = group.create_task(_as_coroutine(self._factory), name=self.name)
-            stopping = group.create_task(stop.wait(), name=f"{self.name}:stop")
-            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            work.cancel()
-            stopping.cancel()
-
-
-class ControllerComponent:
-    """A `Controller` as a Component: on `stop`, in-flight reconciles finish, then it returns
-    (at once if its informers never synced: there is nothing in flight to wait for)."""
-
-    def __init__(self, controller: Controller, informers: Sequence[Informer]) -> None:
-        self.controller = controller
-        self.name = f"controller:{controller.name}"
-        self._informers = informers
-
-    async def run(self, stop: asyncio.Event) -> None:
-        async with asyncio.TaskGroup() as group:
-            work = group.create_task(self.controller.run(), name=self.name)
-            stopping = group.create_task(stop.wait(), name=f"{self.name}:stop")
-            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            self.controller.stop()
-            if not all(informer.has_synced for informer in self._informers):
-                work.cancel()
-
-
-async def _as_coroutine(factory: Callable[[], Awaitable[None]]) -> None:
-    await factory()
 
 
 @dataclass
@@ -119,7 +77,7 @@ def build_agent(
     *,
     bus: Bus,
     kube: KubeClient,
-    now: Callable[[], dt.datetime] = utc_now,
+    now: Clock = utcnow,
     rand: Callable[[], float] = random.random,
     informer_settings: InformerSettings | None = None,
     controller_backoff: BackoffPolicy | None = None,

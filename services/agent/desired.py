@@ -45,6 +45,8 @@ from services.agent.objects import (
     annotations_of,
     is_managed,
 )
+from shared.api.meta import Obj, ObjectKey, metadata
+from shared.api.v1alpha2 import IssuedCertificateSpec, PodBounceDirectiveSpec
 from shared.bus import Bucket, Bus, Deleted, KvEntry, Put, Snapshot
 from shared.events import (
     CertificateState,
@@ -63,13 +65,10 @@ from shared.k8s.controller import Done, ReconcileResult
 from shared.k8s.errors import AlreadyExists, Invalid, NotFound
 from shared.k8s.events import EventRecorder
 from shared.k8s.informer import EventType, Informer, InformerEvent, version_of
-from shared.k8s.models import IssuedCertificateSpec, ObjectKey, PodBounceDirectiveSpec
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, Resource
 from shared.runtime.logging import get_logger
 
 log = get_logger(__name__)
-
-Obj = dict[str, Any]
 
 RESOURCES: Mapping[DesiredKind, Resource] = {
     DesiredKind.ISSUED_CERTIFICATE: ISSUED_CERTIFICATES,
@@ -327,7 +326,7 @@ class DesiredState:
         self, key: str, resource: Resource, current: Obj, desired: DesiredObject
     ) -> None:
         labels, annotations = self._metadata(key, desired)
-        meta = dict(current.get("metadata") or {})
+        meta = dict(metadata(current))
         meta["labels"] = {**(meta.get("labels") or {}), **labels}
         kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k != SIGNING_CHAIN}
         meta["annotations"] = {**kept, **annotations}
@@ -342,7 +341,7 @@ class DesiredState:
         log.info("desired object re-applied", kv_key=key, namespace=desired.namespace)
 
     async def _delete(self, resource: Resource, obj: Obj) -> None:
-        meta = obj.get("metadata") or {}
+        meta = metadata(obj)
         try:
             await self._objects.kube.delete(
                 resource,
@@ -394,12 +393,12 @@ def _annotations(key: str, desired: DesiredObject) -> dict[str, str]:
 
 def _shape(obj: Mapping[str, Any]) -> tuple[object, ...]:
     """What the applier owns of an object: its spec, labels and annotations."""
-    meta = obj.get("metadata") or {}
+    meta = metadata(obj)
     return (obj.get("spec"), meta.get("labels"), meta.get("annotations"))
 
 
 def _differs(kind: DesiredKind, current: Obj, desired: DesiredObject, key: str) -> bool:
-    labels = (current.get("metadata") or {}).get("labels") or {}
+    labels = metadata(current).labels
     notes = annotations_of(current)
     if labels.get(MANAGED_BY) != MANAGED_BY_VALUE:
         return True

@@ -28,7 +28,6 @@ import asyncio
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -42,12 +41,13 @@ from services.agent.objects import (
 )
 from services.agent.policies import Verdict
 from services.agent.trust import Refusal, TrustAnchors, TrustBundle, judge
+from shared.api.meta import Obj, ObjectKey
+from shared.api.v1alpha2 import IssuedCertificateSpec, IssuedCertificateStatus, State
 from shared.bus import Delivery
 from shared.events import BounceCompleted, CertificateDenied, CertificateIssued, Event
 from shared.k8s.early import NOT_READ, spec_ref
 from shared.k8s.errors import KubeError
 from shared.k8s.informer import Informer, cached_in
-from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, ObjectKey, State
 from shared.k8s.resources import ISSUED_CERTIFICATES
 from shared.pki import Bundle
 from shared.runtime import TransientError
@@ -55,8 +55,6 @@ from shared.runtime.concurrency import concurrently
 from shared.runtime.logging import get_logger
 
 log = get_logger(__name__)
-
-Obj = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
+from shared.api.meta import ObjectKey
+from shared.api.v1alpha2 import IssuedCertificateStatus, State
 from shared.k8s.informer import Informer
-from shared.k8s.models import IssuedCertificateStatus, ObjectKey, State
 from shared.runtime.metrics import DURATION_BUCKETS
 
 LABELS = ("cluster", "namespace", "name")

@@ -21,14 +21,12 @@ from typing import Any
 
 from services.agent.bundles import BundleChecks
 from services.agent.policies import KeyMaterial, Verdict
+from shared.api.meta import Obj, ObjectKey, metadata
 from shared.k8s.client import KubeClient
 from shared.k8s.early import EarlyRead, read_early
 from shared.k8s.errors import AlreadyExists, NotFound
-from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS
 from shared.pki import Bundle
-
-Obj = dict[str, Any]
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "meshtrust"
@@ -65,20 +63,18 @@ def key_secret_name(ic_name: str) -> str:
 
 def owner_of(secret: Mapping[str, Any]) -> ObjectKey | None:
     """The IssuedCertificate a Secret of ours belongs to, from its annotation."""
-    annotations = (secret.get("metadata") or {}).get("annotations") or {}
-    value = annotations.get(ISSUED_CERTIFICATE)
+    value = metadata(secret).annotations.get(ISSUED_CERTIFICATE)
     if not isinstance(value, str) or "/" not in value:
         return None
     return ObjectKey.parse(value)
 
 
 def is_managed(obj: Mapping[str, Any]) -> bool:
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    return bool(labels.get(MANAGED_BY) == MANAGED_BY_VALUE)
+    return bool(metadata(obj).labels.get(MANAGED_BY) == MANAGED_BY_VALUE)
 
 
 def annotations_of(obj: Mapping[str, Any]) -> dict[str, str]:
-    return dict((obj.get("metadata") or {}).get("annotations") or {})
+    return dict(metadata(obj).annotations)
 
 
 def secret_bytes(secret: Mapping[str, Any]) -> dict[str, bytes]:
@@ -226,7 +222,7 @@ class AgentObjects:
         It records attempt 1 as requested at `requested_at` (just before it is sent): the
         re-send timer runs from there, and the first send needs no write of its own. A crash
         before that send is a restart, which sends the same attempt at once (`sent` is false)."""
-        meta = ic.get("metadata") or {}
+        meta = metadata(ic)
         namespace, name = str(meta["namespace"]), str(meta["name"])
         body: Obj = {
             "apiVersion": "v1",
@@ -259,7 +255,7 @@ class AgentObjects:
 
     async def mark_sent(self, key: KeySecret, *, attempt: int, at: dt.datetime) -> None:
         """Record on the key Secret which attempt was sent, and when (for the re-send timer)."""
-        meta = key.raw.get("metadata") or {}
+        meta = metadata(key.raw)
         await self.kube.patch_merge(
             SECRETS,
             str(meta["name"]),
@@ -314,7 +310,7 @@ class AgentObjects:
                 return
             except AlreadyExists:
                 current = await self.kube.get(SECRETS, name, namespace=namespace)
-        meta = dict(current.get("metadata") or {})
+        meta = dict(metadata(current))
         meta["labels"] = {**(meta.get("labels") or {}), MANAGED_BY: MANAGED_BY_VALUE}
         kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k != SIGNING_CHAIN}
         meta["annotations"] = {**kept, **notes}
@@ -353,7 +349,7 @@ class AgentObjects:
         except AlreadyExists:
             meta = body["metadata"]
             current = await self.kube.get(SECRETS, meta["name"], namespace=meta["namespace"])
-            rv = (current.get("metadata") or {}).get("resourceVersion")
+            rv = metadata(current).resource_version
             return await self.kube.replace(
                 SECRETS, {**body, "metadata": {**meta, "resourceVersion": rv}}
             )

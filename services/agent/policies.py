@@ -6,9 +6,9 @@ verdict a bus handler left for the current issuance) into an `Observed`, and `de
 arguments, so every rule is a row of a table test.
 
 Re-issuance of a certificate that is in place (ISSUED or FINISHED) is decided by a chain of
-small policies, as cert-manager's readiness/issuance policy chain: each one is
-`policy(observed, now) -> (reason, message, reissue)`; the first that asks for re-issuance wins,
-and its reason and message become the Event's and the log line's.
+small policies, a `shared.controller.policy.Chain` built with `now` (`reissue_chain`): each
+check is `check(observed) -> Finding | None`; the first finding re-issues, and its reason and
+message become the Event's and the log line's.
 
 Deliberately not here: how a key is made or a Secret written (the reconciler's I/O layer), and
 whether a certificate passes the bundle check (the reconciler runs `shared.pki.check_bundle`
@@ -18,14 +18,16 @@ while gathering and hands the verdict in as `IssuedView.problem`).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, State
-from shared.pki import BundleInfo, InvalidHost, InvalidSubject, parse_hosts
+from shared.api import reasons
+from shared.api.v1alpha2 import IssuedCertificateSpec, IssuedCertificateStatus, State
+from shared.controller.policy import Chain, Check, Finding
+from shared.pki import BundleInfo, InvalidHost, InvalidSubject, parse_hosts, serial_hex
 from shared.pki.names import subject_for
 
 # --- what the reconciler observed -------------------------------------------------------------
@@ -218,89 +220,83 @@ def _describe(exc: ValidationError) -> str:
 
 # --- the re-issuance policy chain -------------------------------------------------------------
 
-Policy = Callable[[Observed, dt.datetime], tuple[str, str, bool]]
 
-
-def spec_changed(o: Observed, now: dt.datetime) -> tuple[str, str, bool]:
+def spec_changed(o: Observed) -> Finding | None:
     if o.status.observed_generation != o.generation:
-        return (
-            "SpecChanged",
+        return Finding(
+            reasons.SPEC_CHANGED,
             f"generation {o.generation} differs from the observed generation "
             f"{o.status.observed_generation}",
-            True,
         )
-    return "", "", False
+    return None
 
 
-def secret_missing(o: Observed, now: dt.datetime) -> tuple[str, str, bool]:
+def secret_missing(o: Observed) -> Finding | None:
     if o.issued is None:
-        return "SecretMissing", "the issued Secret does not exist", True
-    return "", "", False
+        return Finding(reasons.SECRET_MISSING, "the issued Secret does not exist")
+    return None
 
 
-def secret_unfit(o: Observed, now: dt.datetime) -> tuple[str, str, bool]:
+def secret_unfit(o: Observed) -> Finding | None:
     if o.issued is not None and o.issued.problem is not None:
-        return "SecretInvalid", f"the issued Secret is not fit for use: {o.issued.problem}", True
-    return "", "", False
+        return Finding(
+            reasons.SECRET_INVALID, f"the issued Secret is not fit for use: {o.issued.problem}"
+        )
+    return None
 
 
-def secret_not_ours(o: Observed, now: dt.datetime) -> tuple[str, str, bool]:
+def secret_not_ours(o: Observed) -> Finding | None:
     issued = o.issued
     if issued is None or issued.info is None:
-        return "", "", False
+        return None
     if issued.issuance != o.status.issuance_id:
-        return (
-            "SecretMismatch",
+        return Finding(
+            reasons.SECRET_MISMATCH,
             "the issued Secret does not hold the current issuance's certificate",
-            True,
         )
-    if o.status.serial_number is not None and o.status.serial_number != _hex(issued.info.serial):
-        return (
-            "SecretMismatch",
-            f"the issued Secret holds serial {_hex(issued.info.serial)}, not the issued "
-            f"{o.status.serial_number}",
-            True,
+    serial = serial_hex(issued.info.serial)
+    if o.status.serial_number is not None and o.status.serial_number != serial:
+        return Finding(
+            reasons.SECRET_MISMATCH,
+            f"the issued Secret holds serial {serial}, not the issued {o.status.serial_number}",
         )
-    return "", "", False
+    return None
 
 
-def signing_ca_changed(o: Observed, now: dt.datetime) -> tuple[str, str, bool]:
+def signing_ca_changed(o: Observed) -> Finding | None:
     issued = o.issued
     if o.signing_chain is None or issued is None or issued.info is None:
-        return "", "", False
+        return None
     if issued.signing_chain != o.signing_chain:
-        return (
-            "SigningCAChanged",
+        return Finding(
+            reasons.SIGNING_CA_CHANGED,
             "the issuer's signing CA changed since the certificate was issued",
-            True,
         )
-    return "", "", False
+    return None
 
 
-def renewal_due(o: Observed, now: dt.datetime) -> tuple[str, str, bool]:
-    renewal = o.status.renewal_time
-    if renewal is not None and now >= renewal:
-        return "RenewalDue", f"renewal time {renewal.isoformat()} has come", True
-    return "", "", False
+def renewal_due(now: dt.datetime) -> Check[Observed]:
+    """The check that the renewal time has come, as of `now`."""
+
+    def renewal_due(o: Observed) -> Finding | None:
+        renewal = o.status.renewal_time
+        if renewal is not None and now >= renewal:
+            return Finding(reasons.RENEWAL_DUE, f"renewal time {renewal.isoformat()} has come")
+        return None
+
+    return renewal_due
 
 
-REISSUE_POLICIES: Sequence[Policy] = (
-    spec_changed,
-    secret_missing,
-    secret_unfit,
-    secret_not_ours,
-    signing_ca_changed,
-    renewal_due,
-)
-"""Checked in this order for ISSUED and FINISHED; the first that says reissue wins."""
-
-
-def needs_reissue(o: Observed, now: dt.datetime) -> tuple[str, str, bool]:
-    for policy in REISSUE_POLICIES:
-        reason, message, reissue = policy(o, now)
-        if reissue:
-            return reason, message, True
-    return "", "", False
+def reissue_chain(now: dt.datetime) -> Chain[Observed]:
+    """Checked in this order for ISSUED and FINISHED; the first finding re-issues."""
+    return Chain(
+        spec_changed,
+        secret_missing,
+        secret_unfit,
+        secret_not_ours,
+        signing_ca_changed,
+        renewal_due(now),
+    )
 
 
 # --- the state machine ------------------------------------------------------------------------
@@ -324,29 +320,29 @@ def decide(o: Observed, *, now: dt.datetime, timing: Timing) -> Decision:
     if o.spec_error is not None:
         if state is State.FAILED and current_generation and o.status.error == o.spec_error:
             return Wait()
-        return Fail("InvalidSpec", o.spec_error, retry=False)
+        return Fail(reasons.INVALID_SPEC, o.spec_error, retry=False)
     if state is State.PENDING:
-        return _issue(o, "Pending", "a new IssuedCertificate")
+        return _issue(o, reasons.PENDING, "a new IssuedCertificate")
     if state is State.FAILED:
         if not current_generation:
-            return _issue(o, "SpecChanged", "the spec changed after a failure")
+            return _issue(o, reasons.SPEC_CHANGED, "the spec changed after a failure")
         retry_at = o.status.renewal_time
         if retry_at is None:
             return Wait()  # not retried: only a spec change helps (e.g. it was invalid)
         if now >= retry_at:
-            return _issue(o, "Retry", f"retrying after {o.status.failed_attempts} failure(s)")
+            return _issue(o, reasons.RETRY, f"retrying after {o.status.failed_attempts} failure(s)")
         return Wait(_seconds(retry_at - now))
     if state is State.REQUESTED:
         return _requested(o, now=now, timing=timing)
     # ISSUED or FINISHED: the bundle is in place; is it still the right one?
-    reason, message, reissue = needs_reissue(o, now)
-    if reissue:
-        return _issue(o, reason, message)
+    reissue = reissue_chain(now).evaluate(o)
+    if reissue is not None:
+        return _issue(o, reissue.reason, reissue.message)
     if state is State.ISSUED:
         verdict = o.verdict
         if verdict is not None and verdict.kind == "bounced":
             if verdict.message:
-                return Fail("BounceFailed", f"pod bounce failed: {verdict.message}")
+                return Fail(reasons.BOUNCE_FAILED, f"pod bounce failed: {verdict.message}")
             return Finish()
         if o.spec is not None and o.spec.pod_bounce_directive is None:
             return Finish()  # the directive was removed while bouncing: nothing to wait for
@@ -359,7 +355,7 @@ def decide(o: Observed, *, now: dt.datetime, timing: Timing) -> Decision:
 def _requested(o: Observed, *, now: dt.datetime, timing: Timing) -> Decision:
     issuance = o.status.issuance_id
     if o.status.observed_generation != o.generation:
-        return _issue(o, "SpecChanged", "the spec changed while the CSR was out")
+        return _issue(o, reasons.SPEC_CHANGED, "the spec changed while the CSR was out")
     key = o.key
     if (
         o.signing_chain is not None
@@ -367,25 +363,27 @@ def _requested(o: Observed, *, now: dt.datetime, timing: Timing) -> Decision:
         and key.issuance == issuance
         and key.signing_chain != o.signing_chain
     ):
-        return _issue(o, "SigningCAChanged", "the issuer's signing CA changed meanwhile")
+        return _issue(o, reasons.SIGNING_CA_CHANGED, "the issuer's signing CA changed meanwhile")
     issued = o.issued
     if issued is not None and issued.issuance == issuance and issued.info is not None:
         return Complete(issued.info)
     verdict = o.verdict
-    if verdict is not None and verdict.kind == "denied" and verdict.reason == RATE_LIMITED:
+    if verdict is not None and verdict.kind == "denied" and verdict.reason == reasons.RATE_LIMITED:
         limited = _rate_limited(o, verdict, now=now, timing=timing)
         if limited is not None:
             return limited
     elif verdict is not None and verdict.kind == "denied":
-        return Fail(verdict.reason or "Denied", f"the issuer denied the CSR: {verdict.message}")
+        return Fail(
+            verdict.reason or reasons.DENIED, f"the issuer denied the CSR: {verdict.message}"
+        )
     if verdict is not None and verdict.kind == "refused":
         error = refusal_error(verdict)
         if o.status.error != error:
-            return Refuse(verdict.reason or "Refused", error)
+            return Refuse(verdict.reason or reasons.REFUSED, error)
     if key is None or key.issuance != issuance:
         # Nobody else writes the key Secret: it was deleted (or replaced) under us, and the key
         # of this issuance is gone. A certificate for it could never be used.
-        return _issue(o, "KeyLost", "the key Secret of the requested issuance is gone")
+        return _issue(o, reasons.KEY_LOST, "the key Secret of the requested issuance is gone")
     if key.requested_at is None:
         return Send(attempt=key.attempt, wait=timing.resend_after)
     elapsed = (now - key.requested_at).total_seconds()
@@ -396,10 +394,6 @@ def _requested(o: Observed, *, now: dt.datetime, timing: Timing) -> Decision:
     return Wait(max(0.0, timing.resend_after - elapsed))
 
 
-RATE_LIMITED = "RateLimited"
-"""The issuer's denial for a cluster over its issuance rate: not a failure, a time to wait."""
-
-
 def _rate_limited(
     o: Observed, verdict: Verdict, *, now: dt.datetime, timing: Timing
 ) -> Decision | None:
@@ -408,7 +402,7 @@ def _rate_limited(
     key is gone, or the re-send after `retry_after` went out and waits for its answer)."""
     error = rate_limited_error(verdict)
     if o.status.error != error:
-        return Refuse(RATE_LIMITED, error)
+        return Refuse(reasons.RATE_LIMITED, error)
     key = o.key
     if key is None or key.issuance != o.status.issuance_id or verdict.retry_after is None:
         return None  # no time given (an older issuer): the usual re-send timing
@@ -459,10 +453,6 @@ def _until_renewal(o: Observed, *, now: dt.datetime, timing: Timing) -> float | 
 
 def _seconds(delta: dt.timedelta) -> float:
     return max(0.0, delta.total_seconds())
-
-
-def _hex(serial: int) -> str:
-    return f"{serial:x}"
 
 
 # --- numbers the transitions record -----------------------------------------------------------

@@ -27,7 +27,6 @@ import datetime as dt
 import hashlib
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -49,7 +48,6 @@ from services.agent.objects import (
     secret_bytes,
 )
 from services.agent.policies import (
-    RATE_LIMITED,
     Bounce,
     Complete,
     Decision,
@@ -64,6 +62,9 @@ from services.agent.policies import (
     Wait,
 )
 from services.agent.trust import TrustAnchors, TrustBundle, check_root
+from shared.api import reasons
+from shared.api.meta import Obj, ObjectKey, metadata
+from shared.api.v1alpha2 import IssuedCertificateSpec, IssuedCertificateStatus, State
 from shared.bus import Bus
 from shared.events import (
     BounceRequested,
@@ -80,7 +81,6 @@ from shared.events import (
 from shared.k8s.controller import Done, ReconcileResult, RequeueAfter
 from shared.k8s.early import EarlyRead, spec_ref
 from shared.k8s.events import EventRecorder, transition_message, transition_reason
-from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, ObjectKey, State
 from shared.k8s.resources import ISSUED_CERTIFICATES
 from shared.k8s.status import update_status
 from shared.pki import (
@@ -91,19 +91,14 @@ from shared.pki import (
     build_csr,
     generate_private_key,
     private_key_to_pem,
+    serial_hex,
 )
 from shared.pki.keys import KeyAlgorithm as PkiKeyAlgorithm
+from shared.runtime.clock import Clock, utcnow
 from shared.runtime.concurrency import concurrently
 from shared.runtime.logging import get_logger
 
 log = get_logger(__name__)
-
-Obj = dict[str, Any]
-Clock = Callable[[], dt.datetime]
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class Reconciler:
@@ -118,7 +113,7 @@ class Reconciler:
         bus: Bus,
         recorder: EventRecorder,
         timing: Timing,
-        now: Clock = utc_now,
+        now: Clock = utcnow,
         rand: Callable[[], float] = random.random,
         cached: Callable[[ObjectKey], Obj | None] = lambda _key: None,
         trust: TrustBundle | None = None,
@@ -155,7 +150,7 @@ class Reconciler:
             if raw is None:
                 self._sent.pop(key, None)
                 return Done()
-            if (raw.get("metadata") or {}).get("deletionTimestamp"):
+            if metadata(raw).deletion_timestamp is not None:
                 return Done()
             now = self._now()
             observed, key_secret = await self._observe(key, raw, raw_key_secret, early, now)
@@ -175,8 +170,7 @@ class Reconciler:
         early: EarlyRead,
         now: dt.datetime,
     ) -> tuple[Observed, KeySecret | None]:
-        meta = raw.get("metadata") or {}
-        generation = int(meta.get("generation") or 1)
+        generation = metadata(raw).generation
         try:
             status = IssuedCertificateStatus.model_validate(raw.get("status") or {})
         except ValidationError:
@@ -279,7 +273,7 @@ class Reconciler:
                     "error": "",
                     "not_before": info.not_before,
                     "not_after": info.not_after,
-                    "serial_number": f"{info.serial:x}",
+                    "serial_number": serial_hex(info.serial),
                     "renewal_time": renewal,
                 }
             )
@@ -288,7 +282,7 @@ class Reconciler:
             # next pass deletes (`policies.spent_key`).
             _, written = await concurrently(
                 self._objects.delete_key_secret(key),
-                self._transition(key, raw, status, new, "Issued", "bundle written"),
+                self._transition(key, raw, status, new, reasons.ISSUED, "bundle written"),
             )
             if self._metrics is not None:  # once per issuance: only this pass writes ISSUED
                 sent_at = key_secret.material.requested_at if key_secret is not None else None
@@ -302,11 +296,11 @@ class Reconciler:
             # re-sends the CSR when due), as it would have without the refused answer.
             new = status.model_copy(update={"error": decision.error})
             warning = (
-                "TrustBundleUnavailable"
-                if decision.reason in ("TrustBundleMissing", "TrustBundleInvalid")
-                else RATE_LIMITED
-                if decision.reason == RATE_LIMITED
-                else "UntrustedCertificate"
+                reasons.TRUST_BUNDLE_UNAVAILABLE
+                if decision.reason in (reasons.TRUST_BUNDLE_MISSING, reasons.TRUST_BUNDLE_INVALID)
+                else reasons.RATE_LIMITED
+                if decision.reason == reasons.RATE_LIMITED
+                else reasons.UNTRUSTED_CERTIFICATE
             )
             await self._transition(
                 key, raw, status, new, decision.reason, decision.error, warning=warning
@@ -320,7 +314,7 @@ class Reconciler:
             new = status.model_copy(
                 update={"state": State.FINISHED, "error": "", "failed_attempts": 0}
             )
-            await self._transition(key, raw, status, new, "Finished", "issuance complete")
+            await self._transition(key, raw, status, new, reasons.FINISHED, "issuance complete")
             wait = self._timing.max_requeue
             if new.renewal_time is not None:
                 wait = min(wait, max(0.0, (new.renewal_time - now).total_seconds()))
@@ -540,8 +534,7 @@ class Reconciler:
 
 
 def _declaration_uid(obj: Obj) -> str:
-    meta = obj.get("metadata") or {}
-    value = annotations_of(obj).get(DECLARATION_UID) or str(meta.get("uid") or "unknown")
+    value = annotations_of(obj).get(DECLARATION_UID) or metadata(obj).uid or "unknown"
     return value[:64]
 
 
@@ -559,15 +552,15 @@ def _declaration_generation(obj: Obj) -> int:
     value = _declaration_generation_or_none(obj)
     if value is not None:
         return value
-    return max(1, int((obj.get("metadata") or {}).get("generation") or 1))
+    return max(1, metadata(obj).generation)
 
 
 def _derived_issuance(obj: Obj) -> str:
     """An issuance id for a status.changed of an object that never had an issuance (invalid
     from the start): stable per object and generation, so repeats correlate."""
-    meta = obj.get("metadata") or {}
+    meta = metadata(obj)
     seed = f"{meta.get('uid')}:{meta.get('generation')}"
     return hashlib.sha256(seed.encode()).hexdigest()[:32]
 
 
-__all__ = ["Reconciler", "utc_now"]
+__all__ = ["Reconciler"]

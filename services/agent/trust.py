@@ -35,11 +35,12 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from shared.api import reasons
 from shared.events import CertificateIssuedData
 from shared.k8s.client import KubeClient
 from shared.k8s.errors import KubeError, NotFound
 from shared.k8s.resources import CONFIG_MAPS
-from shared.pki import Bundle, BundleInfo, PkiError, fingerprint
+from shared.pki import Bundle, BundleInfo, PkiError, fingerprint, serial_hex
 from shared.pki.pem import load_certificates
 from shared.runtime import TransientError
 from shared.runtime.logging import get_logger
@@ -83,20 +84,20 @@ def parse_trust_bundle(configmap: Mapping[str, Any] | None, *, ref: str) -> Trus
         "certificate(s) (PEM); until then every certificate is refused"
     )
     if configmap is None:
-        return Refusal("TrustBundleMissing", f"the trust bundle does not exist: {create}")
+        return Refusal(reasons.TRUST_BUNDLE_MISSING, f"the trust bundle does not exist: {create}")
     pem = (configmap.get("data") or {}).get(TRUST_BUNDLE_KEY)
     if not isinstance(pem, str) or not pem.strip():
-        return Refusal("TrustBundleInvalid", f"{ref} has no {TRUST_BUNDLE_KEY}: {create}")
+        return Refusal(reasons.TRUST_BUNDLE_INVALID, f"{ref} has no {TRUST_BUNDLE_KEY}: {create}")
     try:
         roots = load_certificates(
             pem.encode(), field=f"{ref} {TRUST_BUNDLE_KEY}", error=_BundleError
         )
     except PkiError as exc:
-        return Refusal("TrustBundleInvalid", f"{exc.message}: {create}")
+        return Refusal(reasons.TRUST_BUNDLE_INVALID, f"{exc.message}: {create}")
     for root in roots:
         if root.issuer != root.subject:
             return Refusal(
-                "TrustBundleInvalid",
+                reasons.TRUST_BUNDLE_INVALID,
                 f"{ref} {TRUST_BUNDLE_KEY} holds a certificate that is not a root (its issuer is "
                 "not its subject): pin roots only",
             )
@@ -133,10 +134,10 @@ def check_root(anchors: TrustAnchors | Refusal, root_cert_pem: str) -> Refusal |
     try:
         roots = load_certificates(root_cert_pem.encode(), field="root_cert_pem", error=_BundleError)
     except PkiError as exc:
-        return Refusal("UntrustedRoot", exc.message)
+        return Refusal(reasons.UNTRUSTED_ROOT, exc.message)
     if len(roots) != 1 or fingerprint(roots[0]) not in anchors.fingerprints:
         return Refusal(
-            "UntrustedRoot",
+            reasons.UNTRUSTED_ROOT,
             f"the certificate's root is not one of the roots pinned in {anchors.source}",
         )
     return None
@@ -154,28 +155,31 @@ def check_issued(
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError:
-        return Refusal("CsrUnreadable", "the CSR stored in the key Secret cannot be read")
+        return Refusal(reasons.CSR_UNREADABLE, "the CSR stored in the key Secret cannot be read")
     public = csr.public_key()
     if (
         not isinstance(public, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
         or fingerprint(public) != info.public_key_fingerprint
     ):
-        return Refusal("KeyMismatch", "the certificate is not for the key of this issuance's CSR")
+        return Refusal(
+            reasons.KEY_MISMATCH, "the certificate is not for the key of this issuance's CSR"
+        )
     lifetime = info.not_after - info.not_before
     if lifetime > declared + VALIDITY_SLACK:
         return Refusal(
-            "ValidityTooLong",
+            reasons.VALIDITY_TOO_LONG,
             f"the certificate is valid from {info.not_before.isoformat()} to "
             f"{info.not_after.isoformat()}, longer than the declared {_duration(declared)}",
         )
     if info.serial != int(data.serial_number, 16):
         return Refusal(
-            "SerialMismatch",
-            f"the event says serial {data.serial_number}, the certificate {info.serial:x}",
+            reasons.SERIAL_MISMATCH,
+            f"the event says serial {data.serial_number}, "
+            f"the certificate {serial_hex(info.serial)}",
         )
     if (data.not_before, data.not_after) != (info.not_before, info.not_after):
         return Refusal(
-            "ValidityMismatch", "the event's notBefore/notAfter are not the certificate's"
+            reasons.VALIDITY_MISMATCH, "the event's notBefore/notAfter are not the certificate's"
         )
     return None
 

@@ -19,7 +19,6 @@ Deliberately not here: any decision about pods (reconciler.py, policies.py).
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Protocol
 
 import structlog
@@ -35,6 +34,7 @@ from shared.events import (
     Event,
 )
 from shared.runtime import PermanentError, TransientError, get_logger
+from shared.runtime.clock import utcnow
 
 log = get_logger(__name__)
 
@@ -111,9 +111,7 @@ class BounceRequestHandler:
                 # publishes again (deduplicated by the issuance's Nats-Msg-Id).
                 raise TransientError(f"bounce.completed not published: {exc}") from None
             if self._metrics is not None:
-                self._metrics.finished(
-                    failed=error is not None, requested=event.time, now=dt.datetime.now(dt.UTC)
-                )
+                self._metrics.finished(failed=error is not None, requested=event.time, now=utcnow())
             log.info(
                 "bounce.completed_published",
                 error=error,

@@ -24,16 +24,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shared.events import BouncedSelector
-from shared.k8s.models import (
+from shared.api.meta import Obj, metadata
+from shared.api.v1alpha2 import (
     BouncedPodSet,
     PodBounceDirectiveSpec,
     PodBounceDirectiveStatus,
     PodSelector,
     RootCertSync,
 )
-
-Obj = Mapping[str, Any]
+from shared.events import BouncedSelector
 
 RESTARTED_FOR = "meshtrust.io/restarted-for-issuance"
 """Pod-template annotation set by the RolloutRestart strategy: the issuance the rollout is for.
@@ -210,17 +209,12 @@ def describe(index: int, selector: PodSelector) -> str:
 # --- pods ---------------------------------------------------------------------------------------
 
 
-def _meta(obj: Obj) -> Obj:
-    meta = obj.get("metadata")
-    return meta if isinstance(meta, Mapping) else {}
-
-
 def pod_name(pod: Obj) -> str:
-    return str(_meta(pod).get("name") or "")
+    return metadata(pod).name
 
 
 def is_terminating(obj: Obj) -> bool:
-    return bool(_meta(obj).get("deletionTimestamp"))
+    return metadata(obj).deletion_timestamp is not None
 
 
 def is_ready(pod: Obj) -> bool:
@@ -235,11 +229,7 @@ def is_ready(pod: Obj) -> bool:
 
 def victims(pods: Iterable[Obj]) -> list[tuple[str, str]]:
     """(name, uid) of the pods to delete, by name: those not already terminating."""
-    out = [
-        (pod_name(p), str(_meta(p).get("uid") or ""))
-        for p in pods
-        if not is_terminating(p) and pod_name(p)
-    ]
+    out = [(pod_name(p), metadata(p).uid) for p in pods if not is_terminating(p) and pod_name(p)]
     return sorted(out)
 
 
@@ -299,7 +289,7 @@ def root_cert_synced(sync: RootCertSync, *, secret: Obj | None, config_map: Obj 
 
 def controller_of(obj: Obj) -> tuple[str, str] | None:
     """(kind, name) of the object's controller (the ownerReference with `controller: true`)."""
-    for ref in _meta(obj).get("ownerReferences") or ():
+    for ref in metadata(obj).get("ownerReferences") or ():
         if isinstance(ref, Mapping) and ref.get("controller"):
             return str(ref.get("kind") or ""), str(ref.get("name") or "")
     return None
@@ -307,8 +297,7 @@ def controller_of(obj: Obj) -> tuple[str, str] | None:
 
 def template_annotation(deployment: Obj) -> str | None:
     template = (deployment.get("spec") or {}).get("template") or {}
-    annotations = (template.get("metadata") or {}).get("annotations") or {}
-    value = annotations.get(RESTARTED_FOR)
+    value = metadata(template).annotations.get(RESTARTED_FOR)
     return None if value is None else str(value)
 
 
@@ -326,7 +315,7 @@ def rolled_pods(pods: Iterable[Obj], *, issuance: str) -> list[str]:
         for p in pods
         if not is_terminating(p)
         and pod_name(p)
-        and (_meta(p).get("annotations") or {}).get(RESTARTED_FOR) != issuance
+        and metadata(p).annotations.get(RESTARTED_FOR) != issuance
     )
 
 
@@ -338,7 +327,7 @@ def rollout_complete(deployment: Obj | None, *, name: str, issuance: str) -> Che
         return Check(False, f"Deployment {name} not found")
     if template_annotation(deployment) != issuance:
         return Check(False, f"Deployment {name} has not been restarted for issuance {issuance}")
-    meta, spec = _meta(deployment), deployment.get("spec") or {}
+    meta, spec = metadata(deployment), deployment.get("spec") or {}
     status = deployment.get("status") or {}
     wanted = int(spec.get("replicas", 1))
     if int(meta.get("generation") or 0) > int(status.get("observedGeneration") or 0):
@@ -360,8 +349,7 @@ def restarted_ready(pods: Iterable[Obj], *, issuance: str, wanted: int) -> Check
     fresh = [
         p
         for p in pods
-        if not is_terminating(p)
-        and (_meta(p).get("annotations") or {}).get(RESTARTED_FOR) == issuance
+        if not is_terminating(p) and metadata(p).annotations.get(RESTARTED_FOR) == issuance
     ]
     ready = sum(1 for p in fresh if is_ready(p))
     if ready >= wanted:

@@ -36,37 +36,34 @@ import asyncio
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 
 from pydantic import ValidationError
 
 from services.bouncer import policies
 from services.bouncer.policies import AwaitReady, Bounce, Check, Finished, Start
-from shared.events import BouncedSelector, ObjectRef
-from shared.k8s.backoff import BackoffPolicy
-from shared.k8s.client import KubeClient, ModelT
-from shared.k8s.errors import Conflict, KubeError, NotFound, Transient
-from shared.k8s.informer import Informer, InformerSettings
-from shared.k8s.models import (
+from shared.api.meta import Obj, ObjectKey
+from shared.api.v1alpha2 import (
     BounceStrategy,
     IssuedCertificate,
-    ObjectKey,
     PodBounceDirective,
     PodBounceDirectiveStatus,
     PodSelector,
     RootCertSync,
 )
+from shared.events import BouncedSelector, ObjectRef
+from shared.k8s.backoff import BackoffPolicy
+from shared.k8s.client import KubeClient, ModelT
+from shared.k8s.errors import Conflict, KubeError, NotFound, Transient
+from shared.k8s.informer import Informer, InformerSettings
 from shared.k8s.resources import CONFIG_MAPS, DEPLOYMENTS, PODS, SECRETS, Resource
 from shared.k8s.status import update_model_status
 from shared.runtime import RetryPolicy, TransientError, get_logger, retry
+from shared.runtime.clock import Clock, utcnow
 from shared.runtime.locks import KeyedLocks
 
 log = get_logger(__name__)
 
 REPLICA_SETS = Resource("apps", "v1", "replicasets", "ReplicaSet")
-
-Obj = dict[str, Any]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -113,7 +110,7 @@ class Bouncer:
     )
     """A status write that meets a Transient error is retried for 30 s: after pods were
     deleted, giving up on the record would make a redelivery delete their replacements."""
-    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    now: Clock = field(default=utcnow)
     _locks: KeyedLocks[ObjectKey] = field(default_factory=KeyedLocks, init=False, repr=False)
 
     async def bounce(

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from datetime import UTC, datetime
 
-from services.issuer.components import ControllerComponent, InformerComponent, PeriodicComponent
-from services.issuer.handlers import CsrHandler, SigningInFlight, StatusHandler
+from services.issuer.handlers import CsrHandler, StatusHandler
 from services.issuer.issued import ISSUED_BUCKET, ISSUED_DESCRIPTION
 from services.issuer.ledger import open_ledger
 from services.issuer.metrics import IssuerMetrics
@@ -25,10 +22,13 @@ from services.issuer.signer import SigningCAs
 from shared.bus import Bucket, Bus, BusError, ConsumerSettings
 from shared.bus.fleet import FleetConsumers
 from shared.bus.ledger import Ledger
+from shared.controller.components import ControllerComponent, PeriodicComponent, Task
 from shared.events import DESIRED_BUCKET, EventType, any_cluster
 from shared.k8s import EventRecorder, KubeClient, KubeError
 from shared.k8s.config import client_from_settings
 from shared.runtime import Component, configure_logging, get_logger, supervise
+from shared.runtime.clock import Clock, utcnow
+from shared.runtime.concurrency import InFlight
 from shared.runtime.errors import TransientError
 from shared.runtime.health import HealthServer
 from shared.runtime.memory import freeze_start_up
@@ -46,10 +46,6 @@ streams, buckets, ledger and the consumers of MESHTRUST_ISSUER_CLUSTERS) and exi
 the provisioner's NATS identity (docs/bus.md)."""
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def compose(
     settings: IssuerSettings,
     *,
@@ -59,7 +55,7 @@ def compose(
     issued: Bucket,
     ledger: Ledger,
     executor: Executor,
-    clock: Callable[[], datetime] = _utcnow,
+    clock: Clock = utcnow,
     health: HealthServer | None = None,
 ) -> list[Component]:
     """Every component of one issuer replica, wired together; the metrics go to the registry
@@ -80,7 +76,7 @@ def compose(
         ensure_cluster=fleet.ensure,
         clock=clock,
     )
-    in_flight = SigningInFlight()
+    in_flight = InFlight()
     metrics = IssuerMetrics(health.registry, signing_secrets=declarations.secrets)
     csr_consumer = bus.consumer(
         ConsumerSettings(
@@ -131,10 +127,10 @@ def compose(
     health.add_check("nats", bus.is_connected)
     return [
         health,
-        InformerComponent("informer:issuedcertificates", declarations.certificates),
-        InformerComponent("informer:podbouncedirectives", declarations.directives),
+        Task("informer:issuedcertificates", declarations.certificates.run),
+        Task("informer:podbouncedirectives", declarations.directives.run),
         *(
-            InformerComponent(f"informer:secrets:{namespace}", secrets)
+            Task(f"informer:secrets:{namespace}", secrets.run)
             for namespace, secrets in zip(
                 settings.signing_namespaces or ("*",), declarations.secrets, strict=True
             )
@@ -158,7 +154,7 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
-    clock: Callable[[], datetime] = _utcnow,
+    clock: Clock = utcnow,
     health: HealthServer | None = None,
 ) -> None:
     """Run one issuer replica until `stop` is set (or SIGTERM/SIGINT); `health` serves its

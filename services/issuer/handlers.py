@@ -30,14 +30,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Executor
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
-from services.issuer.issued import IssuedRecord, csr_digest, issued_key, serial_hex
+from services.issuer.issued import IssuedRecord, csr_digest, issued_key
 from services.issuer.ledger import LedgerEntry, record_signature
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.mirror import mirrored_status
@@ -45,7 +45,6 @@ from services.issuer.policies import (
     CsrInput,
     SigningProblem,
     SigningState,
-    Verdict,
     authorise,
     forbidden_secret,
     scope_problem,
@@ -53,8 +52,12 @@ from services.issuer.policies import (
 from services.issuer.quota import IssuanceQuota
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, sign
+from shared.api import reasons
+from shared.api.meta import ObjectKey
+from shared.api.v1alpha2 import IssuedCertificate
 from shared.bus import Bucket, Bus, Delivery, KvEntry, PublishError, RevisionMismatch
 from shared.bus.ledger import Ledger
+from shared.controller.policy import Finding
 from shared.events import (
     CertificateDenied,
     CertificateDeniedData,
@@ -75,21 +78,15 @@ from shared.k8s import (
 )
 from shared.k8s.early import read_early, spec_ref
 from shared.k8s.informer import Informer
-from shared.k8s.models import IssuedCertificate, ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS, Resource
 from shared.pki import IssuedCertificate as Signed
-from shared.pki import SigningCA
+from shared.pki import SigningCA, serial_hex
 from shared.runtime import PermanentError, TransientError, get_logger
-from shared.runtime.concurrency import concurrently
+from shared.runtime.clock import Clock, utcnow
+from shared.runtime.concurrency import InFlight, concurrently
 from shared.runtime.locks import KeyedLocks
 
 log = get_logger(__name__)
-
-Clock = Callable[[], datetime]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def is_cluster_namespace(namespace: str, settings: IssuerSettings) -> bool:
@@ -126,44 +123,15 @@ async def _get_or_none(
         raise TransientError(f"reading {resource.kind} {namespace}/{name}: {exc}") from None
 
 
-class SigningInFlight:
-    """How many CSRs this process is handling now, so that bookkeeping can make way for them.
-
-    A `csr.requested` and the `status.changed` REQUESTED the agent sends right after it arrive
-    together, and both run on this one event loop (and the management API server). The mirror
-    is bookkeeping; the CSR is the issuance's critical path. `StatusHandler` therefore waits
-    until no CSR is in flight, for at most `MIRROR_YIELD_SECONDS`: a priority, never a stall
-    (under a steady stream of CSRs each report waits that long, and reports are handled
-    `status_in_flight` at a time).
-    """
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        self._count += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._count -= 1
-            if self._count == 0:
-                self._idle.set()
-
-    async def none_within(self, seconds: float) -> None:
-        """Return once no CSR is in flight, or after `seconds`, whichever is first."""
-        if self._idle.is_set():
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._idle.wait()
-
-
 MIRROR_YIELD_SECONDS = 0.05
-"""The longest a status report waits for CSRs in flight: a few signatures' time."""
+"""The longest a status report waits for CSRs in flight: a few signatures' time.
+
+A `csr.requested` and the `status.changed` REQUESTED the agent sends right after it arrive
+together, and both run on this one event loop (and the management API server). The mirror is
+bookkeeping; the CSR is the issuance's critical path. `StatusHandler` therefore waits until no
+CSR is in flight (the `CsrHandler`'s `InFlight`), for at most this long: a priority, never a
+stall (under a steady stream of CSRs each report waits that long, and reports are handled
+`status_in_flight` at a time)."""
 
 
 class _RateLimited:
@@ -171,12 +139,11 @@ class _RateLimited:
 
     def __init__(self, cluster: str, at: datetime, settings: IssuerSettings) -> None:
         self.at = at.replace(microsecond=0) + timedelta(seconds=1)  # rounded up, never early
-        self.verdict = Verdict(
-            "RateLimited",
+        self.verdict = Finding(
+            reasons.RATE_LIMITED,
             f"cluster {cluster} is over its issuance rate ({settings.issuance_burst} at once, "
             f"then {settings.issuance_per_hour:g} an hour): the CSR was not signed; send it "
             f"again at or after {self.at.isoformat()}",
-            denied=True,
         )
 
 
@@ -198,13 +165,13 @@ class CsrHandler:
         executor: Executor,
         signing_cas: SigningCAs,
         declarations: Informer | None = None,
-        in_flight: SigningInFlight | None = None,
-        clock: Clock = _utcnow,
+        in_flight: InFlight | None = None,
+        clock: Clock = utcnow,
         metrics: IssuerMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._in_flight = in_flight or SigningInFlight()
+        self._in_flight = in_flight or InFlight()
         self._bus = bus
         self._kube = kube
         self._issued = issued
@@ -244,7 +211,7 @@ class CsrHandler:
         if isinstance(state, KubeError):
             raise state  # the API failed us, and no record answers for it
         if isinstance(state, _Unreadable):
-            await self._deny(event, Verdict("InvalidDeclaration", str(state), denied=True), None)
+            await self._deny(event, Finding(reasons.INVALID_DECLARATION, str(state)), None)
             return
         declaration, secret = state
         outcome = await asyncio.get_running_loop().run_in_executor(
@@ -254,7 +221,7 @@ class CsrHandler:
         if isinstance(outcome, _RateLimited):
             await self._deny(event, outcome.verdict, declaration, retry_after=outcome.at)
             return
-        if isinstance(outcome, Verdict):
+        if isinstance(outcome, Finding):
             await self._deny(event, outcome, declaration)
             return
         assert declaration is not None
@@ -318,7 +285,7 @@ class CsrHandler:
         declaration: IssuedCertificate | None,
         secret: _Secret,
         now: datetime,
-    ) -> Verdict | _RateLimited | Signed:
+    ) -> Finding | _RateLimited | Signed:
         """Authorise and sign (runs in the signing executor)."""
         signing: SigningState | None = None
         if isinstance(secret, SigningProblem):
@@ -336,7 +303,7 @@ class CsrHandler:
                 signing_namespaces=self._settings.signing_namespaces,
             )
         )
-        if verdict.denied:
+        if verdict is not None:
             return verdict
         # Only a signature takes a token (an answer from the record never gets here).
         retry_at = self._quota.take(event.cluster, now)
@@ -487,11 +454,10 @@ class CsrHandler:
         ):
             await self._deny(
                 event,
-                Verdict(
-                    "IssuanceReused",
+                Finding(
+                    reasons.ISSUANCE_REUSED,
                     f"issuance {event.issuance} was already answered for another CSR; a new key "
                     "needs a new issuance id",
-                    denied=True,
                 ),
                 None,
             )
@@ -519,7 +485,7 @@ class CsrHandler:
     async def _deny(
         self,
         event: CsrRequested,
-        verdict: Verdict,
+        verdict: Finding,
         declaration: IssuedCertificate | None,
         *,
         retry_after: datetime | None = None,
@@ -587,7 +553,7 @@ class StatusHandler:
         kube: KubeClient,
         recorder: EventRecorder,
         declarations: Informer | None = None,
-        in_flight: SigningInFlight | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self._settings = settings
         self._kube = kube

@@ -74,7 +74,3 @@ class IssuedRecord(BaseModel):
             not_before=self.not_before,
             not_after=self.not_after,
         )
-
-
-def serial_hex(serial: int) -> str:
-    return format(serial, "x")

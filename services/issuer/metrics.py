@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shared.api.meta import metadata
 from shared.bus import Delivery, Handler
 from shared.events import Event
 from shared.k8s.informer import Informer
@@ -103,8 +104,8 @@ class _SigningCACollector(Collector):
         ca, root = self._families()
         seen: set[tuple[str, str]] = set()
         for secret in (item for informer in self._secrets for item in informer.items()):
-            meta = secret.get("metadata") or {}
-            version = (str(meta.get("uid") or ""), str(meta.get("resourceVersion") or ""))
+            meta = metadata(secret)
+            version = (meta.uid, meta.resource_version or "")
             seen.add(version)
             if version not in self._cache:
                 self._cache[version] = _expiry(secret.get("data") or {})

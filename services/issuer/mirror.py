@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from shared.api.v1alpha2 import IssuedCertificateStatus, State
 from shared.events import CertificateState, StatusChangedData
-from shared.k8s.models import IssuedCertificateStatus, State
 
 ISSUER_ERROR_PREFIX = "issuer: "
 """Marks `status.error` written by the issuer, not mirrored from an agent."""

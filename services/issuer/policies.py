@@ -1,7 +1,7 @@
 """The issuer's decisions as a chain of small pure policies, cert-manager style.
 
-Each policy is `func(input) -> Verdict(reason, message, denied)`; a chain runs its policies in
-order and the first denial wins. Two chains:
+Each policy is a check `func(input) -> Finding | None` (a `shared.controller.policy.Chain`);
+the first finding is the denial, None means allowed. Two chains:
 
 - `DECLARATION_CHAIN` decides whether a declaration may be published to its cluster at all: the
   signing Secret must be in one of the issuer's signing namespaces, exist and hold a usable CA,
@@ -20,41 +20,27 @@ policies decide. Messages are for operators and never quote the CSR or any key.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
+from shared.api import reasons
+from shared.api.v1alpha2 import IssuedCertificate
+from shared.controller.policy import Chain, Finding
 from shared.events import CsrRequestedData
-from shared.k8s.models import IssuedCertificate
 from shared.pki import CsrRejected, InvalidHost, InvalidSubject, KeyPolicy, SigningCA, check_csr
 from shared.pki.names import parse_hosts, subject_for
 
 __all__ = [
     "CSR_CHAIN",
     "DECLARATION_CHAIN",
-    "SIGNING_SECRET_FORBIDDEN",
     "CsrInput",
     "DeclarationInput",
     "SigningProblem",
-    "Verdict",
     "authorise",
     "check_declaration",
     "forbidden_secret",
-    "run_chain",
     "scope_problem",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What one policy (or a whole chain) decided. `reason` is a stable CamelCase code."""
-
-    reason: str
-    message: str
-    denied: bool
-
-
-ALLOWED = Verdict("Allowed", "", denied=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +66,7 @@ def scope_problem(namespace: str, name: str, scope: Sequence[str]) -> SigningPro
         return None
     where = scope[0] if len(scope) == 1 else f"one of {', '.join(scope)}"
     return SigningProblem(
-        "SigningSecretOutOfScope",
+        reasons.SIGNING_SECRET_OUT_OF_SCOPE,
         f"signingCertificateSecret {namespace}/{name} is outside the issuer's signing "
         f"namespaces ({', '.join(scope)}): the issuer signs only with CA Secrets there "
         "(MESHTRUST_ISSUER_SIGNING_NAMESPACES, set by its administrator). Point "
@@ -89,14 +75,11 @@ def scope_problem(namespace: str, name: str, scope: Sequence[str]) -> SigningPro
     )
 
 
-SIGNING_SECRET_FORBIDDEN = "SigningSecretForbidden"  # noqa: S105 - a reason code, not a password
-
-
 def forbidden_secret(namespace: str, name: str, server_message: str) -> SigningProblem:
     """The API server refused (403) to let the issuer read the signing Secret: waiting will not
     help, a person must grant the read or change the reference."""
     return SigningProblem(
-        SIGNING_SECRET_FORBIDDEN,
+        reasons.SIGNING_SECRET_FORBIDDEN,
         f"the issuer may not read signingCertificateSecret {namespace}/{name} (403 Forbidden: "
         f"{server_message[:300]}). Grant the issuer's ServiceAccount get on that Secret (a "
         f"Role and RoleBinding in namespace {namespace}), or point signingCertificateSecret "
@@ -126,135 +109,120 @@ class CsrInput:
     """The issuer's signing namespaces; empty: any (the permissive mode)."""
 
 
-T = TypeVar("T")
-
-
-def run_chain(chain: Sequence[Callable[[T], Verdict]], value: T) -> Verdict:
-    """The first denial of `chain`, or ALLOWED."""
-    for policy in chain:
-        verdict = policy(value)
-        if verdict.denied:
-            return verdict
-    return ALLOWED
-
-
-def _deny(reason: str, message: str) -> Verdict:
-    return Verdict(reason, message, denied=True)
-
-
 # --- declarations ------------------------------------------------------------------------------
 
 
-def _in_scope(declaration: IssuedCertificate, scope: tuple[str, ...]) -> Verdict:
+def _in_scope(declaration: IssuedCertificate, scope: tuple[str, ...]) -> Finding | None:
     ref = declaration.spec.signing_certificate_secret
     problem = scope_problem(ref.namespace, ref.name, scope)
-    return ALLOWED if problem is None else _deny(problem.reason, problem.message)
+    return None if problem is None else Finding(problem.reason, problem.message)
 
 
-def signing_secret_in_scope(value: DeclarationInput) -> Verdict:
+def signing_secret_in_scope(value: DeclarationInput) -> Finding | None:
     """Only the administrator's signing namespaces hold CAs that may sign (whatever Secret a
     declaration's author names)."""
     return _in_scope(value.declaration, value.signing_namespaces)
 
 
-def signing_ca_usable(value: DeclarationInput) -> Verdict:
+def signing_ca_usable(value: DeclarationInput) -> Finding | None:
     """A declaration whose signing Secret is missing or invalid cannot be served."""
     if isinstance(value.signing, SigningProblem):
-        return _deny(value.signing.reason, value.signing.message)
-    return ALLOWED
+        return Finding(value.signing.reason, value.signing.message)
+    return None
 
 
-def names_fit_a_certificate(value: DeclarationInput) -> Verdict:
+def names_fit_a_certificate(value: DeclarationInput) -> Finding | None:
     """hosts must be valid SANs and org/name must fit an X.509 subject."""
     spec = value.declaration.spec
     try:
         parse_hosts(spec.hosts)
         subject_for(org=spec.org, name=value.declaration.metadata.name)
     except (InvalidHost, InvalidSubject) as exc:
-        return _deny("InvalidDeclaration", f"spec cannot be issued: {exc.message}")
-    return ALLOWED
+        return Finding(reasons.INVALID_DECLARATION, f"spec cannot be issued: {exc.message}")
+    return None
 
 
-DECLARATION_CHAIN: tuple[Callable[[DeclarationInput], Verdict], ...] = (
+DECLARATION_CHAIN: Chain[DeclarationInput] = Chain(
     signing_secret_in_scope,
     signing_ca_usable,
     names_fit_a_certificate,
 )
 
 
-def check_declaration(value: DeclarationInput) -> Verdict:
-    return run_chain(DECLARATION_CHAIN, value)
+def check_declaration(value: DeclarationInput) -> Finding | None:
+    """Run `DECLARATION_CHAIN`: None (served), or the first denial."""
+    return DECLARATION_CHAIN.evaluate(value)
 
 
 # --- CSRs --------------------------------------------------------------------------------------
 
 
-def declaration_exists(value: CsrInput) -> Verdict:
+def declaration_exists(value: CsrInput) -> Finding | None:
     if value.declaration is None:
-        return _deny(
-            "NoDeclaration",
+        return Finding(
+            reasons.NO_DECLARATION,
             f"cluster {value.cluster!r} has no IssuedCertificate {value.request.name!r}: the "
             f"management cluster declares none of that name in namespace {value.cluster!r}",
         )
-    return ALLOWED
+    return None
 
 
-def same_declaration(value: CsrInput) -> Verdict:
+def same_declaration(value: CsrInput) -> Finding | None:
     """The uid guards against a declaration deleted and re-created under the same name."""
     assert value.declaration is not None
     uid = value.declaration.metadata.uid
     if uid != value.request.declaration_uid:
-        return _deny(
-            "DeclarationReplaced",
+        return Finding(
+            reasons.DECLARATION_REPLACED,
             f"IssuedCertificate {value.cluster}/{value.request.name} was re-created (uid {uid}); "
             f"the CSR answers uid {value.request.declaration_uid}",
         )
-    return ALLOWED
+    return None
 
 
-def not_being_deleted(value: CsrInput) -> Verdict:
+def not_being_deleted(value: CsrInput) -> Finding | None:
     assert value.declaration is not None
     if value.declaration.metadata.deletion_timestamp is not None:
-        return _deny(
-            "DeclarationDeleted",
+        return Finding(
+            reasons.DECLARATION_DELETED,
             f"IssuedCertificate {value.cluster}/{value.request.name} is being deleted",
         )
-    return ALLOWED
+    return None
 
 
-def generation_is_current(value: CsrInput) -> Verdict:
+def generation_is_current(value: CsrInput) -> Finding | None:
     assert value.declaration is not None
     current = value.declaration.metadata.generation or 1
     asked = value.request.declaration_generation
     if asked < current:
-        return _deny(
-            "SupersededGeneration",
+        return Finding(
+            reasons.SUPERSEDED_GENERATION,
             f"the CSR answers generation {asked} of {value.cluster}/{value.request.name}; the "
             f"declaration is at generation {current}",
         )
     if asked > current:
-        return _deny(
-            "UnknownGeneration",
+        return Finding(
+            reasons.UNKNOWN_GENERATION,
             f"the CSR answers generation {asked} of {value.cluster}/{value.request.name}, which "
             f"the management cluster has not declared (it is at {current})",
         )
-    return ALLOWED
+    return None
 
 
-def signing_secret_allowed(value: CsrInput) -> Verdict:
+def signing_secret_allowed(value: CsrInput) -> Finding | None:
     assert value.declaration is not None
     return _in_scope(value.declaration, value.signing_namespaces)
 
 
-def signing_ca_ready(value: CsrInput) -> Verdict:
+def signing_ca_ready(value: CsrInput) -> Finding | None:
     if isinstance(value.signing, SigningProblem):
-        return _deny(value.signing.reason, value.signing.message)
+        return Finding(value.signing.reason, value.signing.message)
     if value.signing is None:  # pragma: no cover - declaration_exists denies first
-        return _deny("SigningSecretMissing", "no signing Secret")
-    return ALLOWED
+        return Finding(reasons.SIGNING_SECRET_MISSING, "no signing Secret")
+    return None
 
 
-def declaration_fits(value: CsrInput) -> Verdict:
+def declaration_fits(value: CsrInput) -> Finding | None:
     assert value.declaration is not None
     assert value.signing is not None
     return names_fit_a_certificate(
@@ -262,7 +230,7 @@ def declaration_fits(value: CsrInput) -> Verdict:
     )
 
 
-def csr_matches_declaration(value: CsrInput) -> Verdict:
+def csr_matches_declaration(value: CsrInput) -> Finding | None:
     """The PKI core's check: hosts and org exactly, proof of possession, key policy."""
     assert value.declaration is not None
     spec = value.declaration.spec
@@ -271,11 +239,11 @@ def csr_matches_declaration(value: CsrInput) -> Verdict:
             value.request.csr_pem.encode(), hosts=spec.hosts, org=spec.org, policy=value.policy
         )
     except CsrRejected as exc:
-        return _deny(exc.reason, exc.message)
-    return ALLOWED
+        return Finding(exc.reason, exc.message)
+    return None
 
 
-CSR_CHAIN: tuple[Callable[[CsrInput], Verdict], ...] = (
+CSR_CHAIN: Chain[CsrInput] = Chain(
     declaration_exists,
     same_declaration,
     not_being_deleted,
@@ -287,6 +255,6 @@ CSR_CHAIN: tuple[Callable[[CsrInput], Verdict], ...] = (
 )
 
 
-def authorise(value: CsrInput) -> Verdict:
-    """Run `CSR_CHAIN`: ALLOWED, or the first denial."""
-    return run_chain(CSR_CHAIN, value)
+def authorise(value: CsrInput) -> Finding | None:
+    """Run `CSR_CHAIN`: None (allowed), or the first denial."""
+    return CSR_CHAIN.evaluate(value)

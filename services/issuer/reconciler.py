@@ -35,25 +35,25 @@ import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor
-from datetime import UTC, datetime
-from typing import Any
 
 from pydantic import ValidationError
 
 from services.issuer.mirror import ISSUER_ERROR_PREFIX, cleared_status, issuer_failed
 from services.issuer.policies import (
-    SIGNING_SECRET_FORBIDDEN,
     DeclarationInput,
     SigningProblem,
     SigningState,
-    Verdict,
     check_declaration,
     forbidden_secret,
     scope_problem,
 )
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
+from shared.api import reasons
+from shared.api.meta import Obj, metadata
+from shared.api.v1alpha2 import IssuedCertificate, IssuedCertificateStatus, State
 from shared.bus import Bucket, KvEntry, RevisionMismatch
+from shared.controller.policy import Finding
 from shared.events import (
     DesiredKind,
     DesiredObject,
@@ -80,19 +80,14 @@ from shared.k8s import (
 )
 from shared.k8s.controller import ReconcileResult
 from shared.k8s.informer import status_only, unless_status_only
-from shared.k8s.models import IssuedCertificate, IssuedCertificateStatus, State
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
 from shared.runtime import get_logger
+from shared.runtime.clock import Clock, utcnow
 from shared.runtime.concurrency import concurrently
 
 log = get_logger(__name__)
 
-Obj = dict[str, Any]
 _CAS_ATTEMPTS = 5
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 async def _live(kube: KubeClient, resource: Resource, key: ObjectKey) -> Obj | None:
@@ -106,8 +101,8 @@ async def _live(kube: KubeClient, resource: Resource, key: ObjectKey) -> Obj | N
 def _identity(obj: Obj | None) -> tuple[str, int] | None:
     if obj is None:
         return None
-    meta = obj.get("metadata") or {}
-    return str(meta.get("uid") or ""), int(meta.get("generation") or 1)
+    meta = metadata(obj)
+    return meta.uid, meta.generation
 
 
 def _ref(obj: Obj, field: str) -> tuple[str, str] | None:
@@ -130,7 +125,7 @@ class Declarations:
         executor: Executor,
         recorder: EventRecorder,
         ensure_cluster: Callable[[str], Awaitable[None]] | None = None,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Clock = utcnow,
     ) -> None:
         self._settings = settings
         self._ensure_cluster = ensure_cluster
@@ -242,7 +237,7 @@ class Declarations:
             )
         )
         desired: DesiredObject | None = None
-        if not verdict.denied:
+        if verdict is None:
             try:
                 desired = DesiredObject(
                     cluster=key.namespace,
@@ -255,14 +250,14 @@ class Declarations:
                     signing_chain_fingerprint=chain_fingerprint,
                 )
             except ValidationError:
-                verdict = Verdict(
-                    "InvalidDeclaration",
+                verdict = Finding(
+                    reasons.INVALID_DECLARATION,
                     "spec.issuedCertificateSecret.namespace is not a namespace name",
-                    denied=True,
                 )
         if desired is None:
+            assert verdict is not None  # desired is only missing after a denial
             await self._fail(declaration, verdict.message)
-            if verdict.reason == SIGNING_SECRET_FORBIDDEN:
+            if verdict.reason == reasons.SIGNING_SECRET_FORBIDDEN:
                 # Granting the read makes no event that reaches us: look again, unhurried.
                 return RequeueAfter(self._settings.sweep_interval)
             return Done()
@@ -365,20 +360,20 @@ class Declarations:
             await self._recorder.record(
                 raw,
                 type="Warning",
-                reason="AmbiguousNamespace",
+                reason=reasons.AMBIGUOUS_NAMESPACE,
                 message=f"IssuedCertificates of cluster {key.namespace} name this directive in "
                 f"namespaces {', '.join(namespaces)}; one directive applies in one namespace",
             )
             return Done()
-        meta = raw.get("metadata") or {}
+        meta = metadata(raw)
         try:
             desired = DesiredObject(
                 cluster=key.namespace,
                 kind=DesiredKind.POD_BOUNCE_DIRECTIVE,
                 name=key.name,
                 namespace=namespaces[0],
-                uid=str(meta.get("uid") or ""),
-                generation=int(meta.get("generation") or 1),
+                uid=meta.uid,
+                generation=meta.generation,
                 spec=raw.get("spec") or {},
             )
         except ValidationError:

@@ -15,9 +15,9 @@ from typing import Annotated, Self
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from shared.api.durations import parse_duration
 from shared.bus import NatsSettings
 from shared.k8s.config import KubeSettings
-from shared.k8s.durations import parse_duration
 from shared.pki import KeyPolicy
 from shared.runtime import LoggingSettings, MeshtrustSettings
 from shared.runtime.health import HealthSettings

@@ -24,8 +24,11 @@ from typing import Any
 
 from cryptography import x509
 
-from services.issuer.policies import SigningProblem, SigningState, Verdict
-from shared.k8s.models import IssuedCertificate as Declaration
+from services.issuer.policies import SigningProblem, SigningState
+from shared.api import reasons
+from shared.api.meta import metadata
+from shared.api.v1alpha2 import IssuedCertificate as Declaration
+from shared.controller.policy import Finding
 from shared.pki import (
     InvalidSigningCA,
     IssuedCertificate,
@@ -53,7 +56,7 @@ def chain_fingerprint(ca: SigningCA) -> str:
 
 def missing_secret(namespace: str, name: str) -> SigningProblem:
     return SigningProblem(
-        "SigningSecretMissing",
+        reasons.SIGNING_SECRET_MISSING,
         f"signingCertificateSecret {namespace}/{name} does not exist in the management cluster",
     )
 
@@ -65,7 +68,7 @@ def _decode(data: Mapping[str, Any], where: str) -> dict[str, bytes] | SigningPr
             out[str(field)] = base64.b64decode(str(value), validate=True)
         except (binascii.Error, ValueError):
             return SigningProblem(
-                "SigningSecretInvalid",
+                reasons.SIGNING_SECRET_INVALID,
                 f"signingCertificateSecret {where}: data[{field!r}] is not base64",
             )
     return out
@@ -91,8 +94,8 @@ class SigningCAs:
         """(the CA or the problem, the chain fingerprint when it loaded)."""
         if secret is None:
             return missing_secret(namespace, name), None
-        meta = secret.get("metadata") or {}
-        key = (str(meta.get("uid") or ""), str(meta.get("resourceVersion") or ""))
+        meta = metadata(secret)
+        key = (meta.uid, meta.resource_version or "")
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
@@ -104,7 +107,7 @@ class SigningCAs:
             # Loaded while valid, expired (or not yet valid) now: say so, as a fresh load would.
             return (
                 SigningProblem(
-                    "SigningSecretInvalid",
+                    reasons.SIGNING_SECRET_INVALID,
                     f"signingCertificateSecret {where} cannot sign: its chain is valid from "
                     f"{hit.ca.valid_from.isoformat()} until {hit.ca.valid_until.isoformat()}",
                 ),
@@ -118,7 +121,7 @@ class SigningCAs:
         except InvalidSigningCA as exc:
             return (
                 SigningProblem(
-                    "SigningSecretInvalid",
+                    reasons.SIGNING_SECRET_INVALID,
                     f"signingCertificateSecret {where} cannot sign ({exc.reason}): {exc.message}",
                 ),
                 None,
@@ -145,7 +148,7 @@ def sign(
     path_len: int,
     backdate: timedelta,
     now: datetime,
-) -> IssuedCertificate | Verdict:
+) -> IssuedCertificate | Finding:
     """Sign an authorised CSR (`policies.authorise` passed), or say why the CA refuses."""
     csr = x509.load_pem_x509_csr(csr_pem.encode())
     try:
@@ -161,4 +164,4 @@ def sign(
             backdate=backdate,
         )
     except SigningRefused as exc:
-        return Verdict(exc.reason, exc.message, denied=True)
+        return Finding(exc.reason, exc.message)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import nats.errors
 import nats.js.errors
@@ -33,6 +33,7 @@ from shared.bus.connection import BusError, Connection
 from shared.bus.publishing import once_then_retry
 from shared.bus.reading import read_stream
 from shared.bus.settings import NatsSettings
+from shared.runtime.clock import utcnow
 from shared.runtime.concurrency import raise_if_cancelled
 from shared.runtime.errors import TransientError
 from shared.runtime.logging import get_logger
@@ -65,7 +66,7 @@ def records_stream_config(settings: NatsSettings, *, ttl: float = DEFAULT_TTL) -
     )
 
 
-class RecordFailed(Exception):
+class RecordFailed(BusError, TransientError):
     """The completion could not be recorded in time; the ack goes ahead regardless."""
 
 
@@ -189,7 +190,7 @@ class CompletionLog:
         hub account: elsewhere the floor is unknown (0) and every kept record is read."""
         js = self._connection.js
         settings = self._connection.settings
-        since = datetime.now(UTC) - timedelta(seconds=self._ttl)
+        since = utcnow() - timedelta(seconds=self._ttl)
         if not self._api:
             return 0, since
         try:

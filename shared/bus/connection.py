@@ -21,13 +21,16 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from shared.bus.settings import NatsSettings
+from shared.runtime.errors import MeshtrustError
 from shared.runtime.logging import get_logger
 
 log = get_logger(__name__)
 
 
-class BusError(Exception):
-    """The bus could not be reached or refused us; the message says which server and why."""
+class BusError(MeshtrustError):
+    """The bus could not be reached or refused us; the message says which server and why.
+
+    The root of the bus's errors (`shared.runtime.errors` places it in the hierarchy)."""
 
 
 class Connection:

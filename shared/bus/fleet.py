@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import nats.errors
@@ -33,6 +33,7 @@ from shared.bus.completions import DEFAULT_TTL as RECORDS_TTL
 from shared.bus.connection import Connection
 from shared.bus.consuming import ConsumerSettings, durable_config
 from shared.events import DESIRED_BUCKET, EventType, check_cluster_name, subject
+from shared.runtime.clock import utcnow
 from shared.runtime.concurrency import raise_if_cancelled
 from shared.runtime.errors import TransientError
 from shared.runtime.logging import get_logger
@@ -252,7 +253,7 @@ class FleetConsumers:
             elif floor is not None:
                 config = spec.config(start_sequence=floor + 1)
             else:
-                since = datetime.now(UTC) - timedelta(seconds=RECORDS_TTL)
+                since = utcnow() - timedelta(seconds=RECORDS_TTL)
                 config = spec.config(start_time=since)
             await js.add_consumer(stream, config=config)
         except (nats.errors.Error, TimeoutError) as exc:

@@ -67,7 +67,7 @@ class Deleted:
 KvUpdate = Snapshot | Put | Deleted
 
 
-class RevisionMismatch(Exception):
+class RevisionMismatch(BusError):
     """A compare-and-swap lost: the key changed (or appeared) since the revision given."""
 
 

@@ -19,10 +19,11 @@ import nats.js.errors
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from shared.bus.connection import Connection
+from shared.bus.connection import BusError, Connection
 from shared.bus.settings import NatsSettings
 from shared.events import Envelope, encode
 from shared.events.subjects import PREFIX
+from shared.runtime.errors import TransientError
 from shared.runtime.logging import get_logger
 from shared.runtime.retry import RetryPolicy, retry
 
@@ -91,8 +92,9 @@ def msg_id(key: bytes | None, subject: str, dedupe_key: str) -> str:
     return f"{dedupe_key}:{tag}"
 
 
-class PublishError(Exception):
-    """The event could not be stored within the deadline; the message says why."""
+class PublishError(BusError, TransientError):
+    """The event could not be stored within the deadline; the message says why. Retry kind:
+    the same publish (deduplicated by its message id) may succeed later."""
 
 
 class Publisher:

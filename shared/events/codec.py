@@ -27,6 +27,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from shared.events.models import Envelope, Event
 from shared.events.names import InvalidName
 from shared.events.subjects import PREFIX, parse_subject
+from shared.runtime.errors import InvalidInput
 
 DEFAULT_MAX_BYTES = 256 * 1024
 """Consumers refuse larger messages (nats-server's own max_payload is 1 MiB)."""
@@ -34,7 +35,7 @@ DEFAULT_MAX_BYTES = 256 * 1024
 _EVENT = TypeAdapter[Event](Event)
 
 
-class InvalidEvent(ValueError):
+class InvalidEvent(InvalidInput, ValueError):
     """A message that can never be handled: terminate it and log `reason` and `message`."""
 
     def __init__(self, reason: str, message: str) -> None:

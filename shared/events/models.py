@@ -17,7 +17,6 @@ Private keys never appear here: only CSRs and certificates travel.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -32,6 +31,7 @@ from pydantic import (
 
 from shared.events.enums import CertificateState, EventType
 from shared.events.names import ClusterName, IssuanceId, NamespaceName, ObjectName
+from shared.runtime.clock import utcnow
 
 SCHEMA_VERSION = 1
 MAX_PEM_CHARS = 64 * 1024
@@ -152,10 +152,6 @@ class StatusChangedData(_Model):
 # --- envelope ---------------------------------------------------------------------------------
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Envelope(_Model):
     """What every event shares. Subclasses pin `type` and the model of `data`."""
 
@@ -165,7 +161,7 @@ class Envelope(_Model):
         description="Producer: '<service>/<instance>', e.g. 'agent/east'."
     )
     cluster: ClusterName = Field(description="The cluster the event is about (subject token).")
-    time: AwareDatetime = Field(default_factory=_now)
+    time: AwareDatetime = Field(default_factory=utcnow)
     issuance: IssuanceId
     trace: TraceContext | None = None
 

@@ -14,6 +14,8 @@ from typing import Annotated
 
 from pydantic import StringConstraints
 
+from shared.runtime.errors import InvalidInput
+
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 ISSUANCE_ID = r"^[A-Za-z0-9_-]{8,64}$"
@@ -31,7 +33,7 @@ IssuanceId = Annotated[str, StringConstraints(pattern=ISSUANCE_ID)]
 """Identifies one issuance: one key, one CSR, one certificate. Safe in subjects and KV keys."""
 
 
-class InvalidName(ValueError):
+class InvalidName(InvalidInput, ValueError):
     """A name that cannot be used as a cluster, object or issuance name; says which and why."""
 
 

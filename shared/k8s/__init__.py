@@ -1,9 +1,10 @@
-"""meshtrust's Kubernetes layer: the client boundary, models, informer, queue and controller.
+"""meshtrust's Kubernetes layer: the client boundary, informer, queue and controller.
 
 Layers, lowest first (each imports only those before it):
 
-- `errors`, `backoff`, `durations`: pure, no I/O.
-- `models` (pydantic models of our CRDs, `ObjectKey`), `resources` (REST paths of kinds).
+- `errors`, `backoff`: pure, no I/O.
+- `resources` (REST paths of kinds). Objects, their metadata and keys are `shared.api.meta`,
+  the CRDs' models `shared.api.v1alpha2`: this layer imports them, they never import it.
 - `client`: the only importer of `kubernetes_asyncio`; `KubeClient`.
 - `informer` (list + watch into a cache), `queue` (work queue), `status` (status writes with
   retry on conflict), `events` (Event recorder).
@@ -12,8 +13,9 @@ Layers, lowest first (each imports only those before it):
 Import from the submodules; this package re-exports the names services use most.
 """
 
+from shared.api.meta import ObjectKey
 from shared.k8s.client import ClientSettings, KubeClient, ObjectList, WatchEvent
-from shared.k8s.controller import Controller, ControllerSettings, Done, RequeueAfter, TerminalError
+from shared.k8s.controller import Controller, ControllerSettings, Done, RequeueAfter
 from shared.k8s.errors import (
     AlreadyExists,
     BadRequest,
@@ -27,7 +29,6 @@ from shared.k8s.errors import (
 )
 from shared.k8s.events import EventRecorder
 from shared.k8s.informer import Informer, InformerEvent, InformerSettings
-from shared.k8s.models import IssuedCertificate, ObjectKey, PodBounceDirective, State
 from shared.k8s.queue import WorkQueue
 from shared.k8s.status import update_model_status, update_status
 
@@ -46,16 +47,12 @@ __all__ = [
     "InformerEvent",
     "InformerSettings",
     "Invalid",
-    "IssuedCertificate",
     "KubeClient",
     "KubeError",
     "NotFound",
     "ObjectKey",
     "ObjectList",
-    "PodBounceDirective",
     "RequeueAfter",
-    "State",
-    "TerminalError",
     "Transient",
     "WatchEvent",
     "WorkQueue",

@@ -33,8 +33,9 @@ from kubernetes_asyncio.client.configuration import Configuration
 from kubernetes_asyncio.config import incluster_config, kube_config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from shared.api.meta import Obj, metadata
+from shared.api.v1alpha2 import IssuedCertificate, PodBounceDirective
 from shared.k8s.errors import KubeError, Transient, error_from_status
-from shared.k8s.models import IssuedCertificate, PodBounceDirective
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, Resource
 
 __all__ = [
@@ -51,7 +52,6 @@ SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 
-Obj = dict[str, Any]
 ModelT = TypeVar("ModelT", IssuedCertificate, PodBounceDirective)
 
 _MODEL_RESOURCES: Mapping[type[Any], Resource] = {
@@ -108,9 +108,7 @@ class WatchEvent:
     @property
     def resource_version(self) -> str | None:
         """The event object's resourceVersion (for a BOOKMARK, the only thing it carries)."""
-        meta = self.object.get("metadata") or {}
-        rv = meta.get("resourceVersion")
-        return str(rv) if rv is not None else None
+        return metadata(self.object).resource_version
 
 
 def _refresh_exec_credentials(
@@ -418,14 +416,14 @@ class KubeClient:
         resource: Resource, namespace: str | None, body: Mapping[str, Any] | None = None
     ) -> str | None:
         if namespace is None and body is not None:
-            namespace = (body.get("metadata") or {}).get("namespace")
+            namespace = metadata(body).get("namespace")
         if resource.namespaced and not namespace:
             raise ValueError(f"{resource.kind} is namespaced: give a namespace")
         return namespace if resource.namespaced else None
 
     @staticmethod
     def _name_of(body: Mapping[str, Any]) -> str:
-        name = (body.get("metadata") or {}).get("name")
+        name = metadata(body).get("name")
         if not name:
             raise ValueError("the object has no metadata.name")
         return str(name)
@@ -463,7 +461,7 @@ class KubeClient:
         answer = await self._request(
             "GET", resource.path(namespace=namespace if resource.namespaced else None), query=query
         )
-        meta = answer.get("metadata") or {}
+        meta = metadata(answer)
         items = answer.get("items") or []
         api_version, kind = resource.api_version, resource.kind
         for item in items:

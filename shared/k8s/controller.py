@@ -6,10 +6,11 @@ what should happen next:
 
 - `Done()`: nothing until the object (or something mapped to it) changes again.
 - `RequeueAfter(seconds)`: look again then, e.g. when a certificate is due for renewal.
-- raise `TerminalError`: the key cannot make progress until its input changes; it is not
-  retried (the reconciler should have written the reason into status first).
-- raise anything else (`Transient`, `Conflict`, a bug): rate-limited requeue, i.e. capped
-  exponential backoff with jitter per key, honouring a server's Retry-After.
+- raise `PermanentError` (`shared.runtime.errors`): the key cannot make progress until its input
+  changes; it is not retried (the reconciler should have written the reason into status first).
+- raise anything else (a `TransientError` such as `Transient`, a `Conflict`, a bug): rate-limited
+  requeue, i.e. capped exponential backoff with jitter per key, honouring a `retry_after`
+  (a server's Retry-After).
 
 Every key is reconciled by at most one worker at a time (the queue guarantees it). `run()` waits
 for every watched informer's first list (WaitForCacheSync), then runs the workers until cancelled
@@ -29,11 +30,12 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from shared.api.meta import ObjectKey
 from shared.k8s.backoff import BackoffPolicy, ItemBackoff, RateLimiter, TokenBucket
-from shared.k8s.errors import Conflict, KubeError, Transient
+from shared.k8s.errors import Conflict, KubeError
 from shared.k8s.informer import Informer, InformerEvent
-from shared.k8s.models import ObjectKey
 from shared.k8s.queue import QueueShutDown, WorkQueue
+from shared.runtime.errors import PermanentError, TransientError
 
 __all__ = [
     "Controller",
@@ -41,7 +43,6 @@ __all__ = [
     "Done",
     "ReconcileResult",
     "RequeueAfter",
-    "TerminalError",
 ]
 
 log = structlog.get_logger(__name__)
@@ -65,10 +66,6 @@ class RequeueAfter:
 
 ReconcileResult = Done | RequeueAfter
 Reconcile = Callable[[ObjectKey], Awaitable[ReconcileResult]]
-
-
-class TerminalError(Exception):
-    """Reconcile cannot succeed for this key as it stands; do not retry until it changes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,11 +164,11 @@ class Controller:
         log_ = self._log.bind(key=str(key))
         try:
             result = await self._reconcile(key)
-        except TerminalError as exc:
+        except PermanentError as exc:
             self.queue.forget(key)
             log_.error("reconcile.terminal", error=str(exc))
             return
-        except (Transient, Conflict) as exc:
+        except (TransientError, Conflict) as exc:
             delay = self.queue.add_rate_limited(key, at_least_seconds=exc.retry_after or 0.0)
             log_.info("reconcile.retrying", error=repr(exc), retry_in=round(delay, 3))
             return

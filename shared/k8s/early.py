@@ -15,12 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from shared.api.meta import Obj, ObjectKey
 from shared.k8s.client import KubeClient
 from shared.k8s.errors import KubeError, NotFound
-from shared.k8s.models import ObjectKey
 from shared.k8s.resources import Resource
-
-Obj = dict[str, Any]
 
 __all__ = ["NOT_READ", "EarlyRead", "read_early", "spec_ref"]
 

@@ -2,7 +2,8 @@
 
 `client.py` turns every failure of a request (a `Status` answer, a dropped connection, a timeout)
 into one of these, so no other module ever sees a `kubernetes_asyncio` exception. The split that
-matters to a caller is *transient* (`Transient`: try again later, the same request may succeed)
+matters to a caller is *transient* (`Transient`, a `shared.runtime.TransientError`: try again
+later, the same request may succeed)
 versus everything else (the request itself is wrong, or the world is not as the caller thought:
 `NotFound`, `Conflict`, `Invalid`...), which retrying unchanged will not fix.
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from shared.runtime.errors import MeshtrustError, TransientError
 
 __all__ = [
     "AlreadyExists",
@@ -39,7 +42,7 @@ class Cause:
     message: str
 
 
-class KubeError(Exception):
+class KubeError(MeshtrustError):
     """Any failed Kubernetes API request; subclasses say which kind of failure.
 
     `code` is the HTTP status (0 when no HTTP answer came back), `reason` the `Status.reason`
@@ -105,7 +108,7 @@ class Gone(KubeError):
     """
 
 
-class Transient(KubeError):
+class Transient(KubeError, TransientError):
     """The server or the path to it is unwell: 429, 5xx, connection errors, timeouts.
 
     The same request may well succeed later; `retry_after` (seconds) is the server's hint

@@ -31,10 +31,12 @@ from typing import Any, Literal
 import structlog
 from pydantic import BaseModel
 
+from shared.api.meta import metadata
+from shared.api.v1alpha2 import State
 from shared.k8s.client import KubeClient
 from shared.k8s.errors import KubeError, NotFound
-from shared.k8s.models import State
 from shared.k8s.resources import EVENTS
+from shared.runtime.clock import Clock, utcnow
 
 __all__ = [
     "EventRecorder",
@@ -113,7 +115,7 @@ class EventRecorder:
         component: str,
         instance: str | None = None,
         settings: EventSettings | None = None,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        now: Clock = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
@@ -137,9 +139,9 @@ class EventRecorder:
         raw: Mapping[str, Any] = (
             obj.model_dump(mode="json", by_alias=True) if isinstance(obj, BaseModel) else obj
         )
-        meta = raw.get("metadata") or {}
-        name = str(meta.get("name") or "")
-        namespace = str(meta.get("namespace") or "default")
+        meta = metadata(raw)
+        name = meta.name
+        namespace = meta.namespace or "default"
         involved = {
             "apiVersion": raw.get("apiVersion"),
             "kind": raw.get("kind"),
@@ -175,7 +177,7 @@ class EventRecorder:
             self._remember(
                 aggregate_key,
                 _Seen(
-                    name=str((created.get("metadata") or {}).get("name") or event_name(name, now)),
+                    name=metadata(created).name or event_name(name, now),
                     namespace=namespace,
                     count=1,
                     first=_rfc3339(now),

@@ -35,10 +35,10 @@ from typing import Any
 
 import structlog
 
+from shared.api.meta import Obj, ObjectKey, metadata
 from shared.k8s.backoff import BackoffPolicy
 from shared.k8s.client import KubeClient, WatchEvent
 from shared.k8s.errors import Gone, KubeError
-from shared.k8s.models import ObjectKey
 from shared.k8s.resources import Resource
 
 __all__ = [
@@ -54,8 +54,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
-
-Obj = dict[str, Any]
 
 
 class EventType(enum.StrEnum):
@@ -97,11 +95,7 @@ def unless_status_only(event: InformerEvent) -> list[ObjectKey]:
 
 
 def _without_status(obj: Mapping[str, Any]) -> dict[str, Any]:
-    meta = {
-        k: v
-        for k, v in (obj.get("metadata") or {}).items()
-        if k not in {"resourceVersion", "managedFields"}
-    }
+    meta = {k: v for k, v in metadata(obj).items() if k not in {"resourceVersion", "managedFields"}}
     return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
 
 
@@ -402,6 +396,4 @@ def cached_in(informers: Iterable[Informer], key: ObjectKey) -> Obj | None:
 
 def version_of(obj: Mapping[str, Any]) -> str | None:
     """An object's metadata.resourceVersion, or None when it has none."""
-    meta = obj.get("metadata") or {}
-    rv = meta.get("resourceVersion")
-    return None if rv is None else str(rv)
+    return metadata(obj).resource_version

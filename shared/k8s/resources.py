@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from shared.k8s import models
+from shared.api import v1alpha2
 
 __all__ = [
     "CONFIG_MAPS",
@@ -87,8 +87,14 @@ CUSTOM_RESOURCE_DEFINITIONS = Resource(
     namespaced=False,
 )
 ISSUED_CERTIFICATES = Resource(
-    models.GROUP, models.VERSION, models.IssuedCertificate.PLURAL, models.IssuedCertificate.KIND
+    v1alpha2.GROUP,
+    v1alpha2.VERSION,
+    v1alpha2.IssuedCertificate.PLURAL,
+    v1alpha2.IssuedCertificate.KIND,
 )
 POD_BOUNCE_DIRECTIVES = Resource(
-    models.GROUP, models.VERSION, models.PodBounceDirective.PLURAL, models.PodBounceDirective.KIND
+    v1alpha2.GROUP,
+    v1alpha2.VERSION,
+    v1alpha2.PodBounceDirective.PLURAL,
+    v1alpha2.PodBounceDirective.KIND,
 )

@@ -23,23 +23,22 @@ import stamina
 import structlog
 from pydantic import ValidationError
 
-from shared.k8s.client import KubeClient
-from shared.k8s.errors import Conflict
-from shared.k8s.events import EventRecorder, transition_message
-from shared.k8s.models import (
+from shared.api.meta import Obj
+from shared.api.v1alpha2 import (
     IssuedCertificate,
     IssuedCertificateStatus,
     PodBounceDirective,
     PodBounceDirectiveStatus,
     State,
 )
+from shared.k8s.client import KubeClient
+from shared.k8s.errors import Conflict
+from shared.k8s.events import EventRecorder, transition_message
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, Resource
 
 __all__ = ["StatusRetry", "StatusWrite", "copy_json", "update_model_status", "update_status"]
 
 log = structlog.get_logger(__name__)
-
-Obj = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from shared.pki.errors import (
     PkiError,
     SigningRefused,
 )
-from shared.pki.fingerprints import fingerprint
+from shared.pki.fingerprints import fingerprint, serial_hex
 from shared.pki.keys import (
     MAX_PEM_BYTES,
     KeyAlgorithm,
@@ -74,5 +74,6 @@ __all__ = [
     "make_bundle",
     "parse_hosts",
     "private_key_to_pem",
+    "serial_hex",
     "sign_intermediate",
 ]

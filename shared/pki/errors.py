@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from shared.runtime.errors import InvalidInput
+
 __all__ = [
     "BundleInvalid",
     "ChainInvalid",
@@ -31,7 +33,7 @@ __all__ = [
 ]
 
 
-class PkiError(Exception):
+class PkiError(InvalidInput):
     """Base of every error raised on purpose by `shared.pki`.
 
     ``reason`` is a stable code, ``message`` a sentence for an operator. Subclasses may restrict

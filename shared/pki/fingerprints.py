@@ -1,4 +1,5 @@
-"""Fingerprints: the SHA-256 names the issuer's ledger records for certificates and keys.
+"""Fingerprints: the SHA-256 names the issuer's ledger records for certificates and keys, and
+the one spelling of a serial number (`serial_hex`) in status, events and the ledger.
 
 Only public data is ever fingerprinted: a certificate (its DER) or a public key (its DER
 SubjectPublicKeyInfo). Synchronous and pure; never raises for RSA or ECDSA keys.
@@ -12,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 
 from shared.pki.keys import PublicKey, public_key_der
 
-__all__ = ["fingerprint", "spki_fingerprint"]
+__all__ = ["fingerprint", "serial_hex", "spki_fingerprint"]
 
 
 def fingerprint(subject: x509.Certificate | PublicKey) -> str:
@@ -30,3 +31,9 @@ def spki_fingerprint(spki: bytes) -> str:
     digest = hashes.Hash(hashes.SHA256())
     digest.update(spki)
     return digest.finalize().hex()
+
+
+def serial_hex(serial: int) -> str:
+    """A certificate serial number as meshtrust writes it everywhere: lowercase hex, no prefix,
+    no padding (`status.serialNumber`, `certificate.issued`, the ledger)."""
+    return f"{serial:x}"

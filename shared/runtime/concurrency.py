@@ -1,4 +1,4 @@
-"""Independent awaits run at once, failing as one await would.
+"""Independent awaits run at once, failing as one await would; a count of work in flight.
 
 `asyncio.gather` leaves the other awaitables running when one fails, and a TaskGroup raises an
 ExceptionGroup, which the callers' `except KubeError` / `except TransientError` would not catch.
@@ -7,12 +7,16 @@ for them, and raises that failure itself.
 
 Used where a reconcile or a handler needs several reads that do not depend on each other: each
 is a round trip, and on the issuance path they added up.
+
+`InFlight` counts work in progress so that less urgent work on the same event loop can make way
+for it, for a bounded time (the issuer's status mirror yields to the CSRs being signed).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import contextlib
+from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar, overload
 
 A = TypeVar("A")
@@ -51,3 +55,35 @@ def raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+class InFlight:
+    """How much work of one kind this process is doing now, so that other work can make way.
+
+    `held()` is entered around each piece of the work; `none_within(seconds)` waits until none
+    is in progress, for at most `seconds`: a priority, never a stall. One event loop only.
+    """
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self._count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.set()
+
+    async def none_within(self, seconds: float) -> None:
+        """Return once nothing is in flight, or after `seconds`, whichever is first."""
+        if self._idle.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._idle.wait()

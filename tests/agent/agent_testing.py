@@ -24,6 +24,7 @@ from services.agent.__main__ import serve
 from services.agent.components import Agent
 from services.agent.objects import secret_bytes
 from services.agent.settings import AgentSettings
+from shared.api.v1alpha2 import IssuedCertificate, State
 from shared.bus import Bus, ConsumerSettings, Delivery
 from shared.events import (
     BounceCompleted,
@@ -43,7 +44,6 @@ from shared.k8s.backoff import BackoffPolicy
 from shared.k8s.client import KubeClient
 from shared.k8s.errors import AlreadyExists, NotFound
 from shared.k8s.informer import InformerSettings
-from shared.k8s.models import IssuedCertificate, State
 from shared.k8s.resources import CONFIG_MAPS, ISSUED_CERTIFICATES, NAMESPACES, SECRETS
 from shared.pki import (
     Bundle,
@@ -54,21 +54,19 @@ from shared.pki import (
     check_csr,
     generate_private_key,
     load_signing_ca,
+    serial_hex,
     sign_intermediate,
 )
+from shared.runtime.clock import utcnow
 
 P256 = KeySpec(algorithm=KeyAlgorithm.ECDSA, size=256)
 FAST_INFORMER = InformerSettings(backoff=BackoffPolicy(base_seconds=0.05, cap_seconds=0.5))
 FAST_BACKOFF = BackoffPolicy(base_seconds=0.05, cap_seconds=1.0)
 
 
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def make_signing_ca() -> SigningCA:
     """root -> intermediate (the signing CA), valid around the real clock."""
-    now = utc_now()
+    now = utcnow()
     root = make_ca(
         cn="agent-test-root",
         private_key=generate_private_key(P256),
@@ -162,7 +160,7 @@ class FakeIssuer:
     async def __call__(self, event: Event, delivery: Delivery) -> None:
         assert isinstance(event, CsrRequested)
         self.requests.append(event)
-        self.received_at.append(utc_now())
+        self.received_at.append(utcnow())
         if self.mode == "silent":
             return
         data = event.data
@@ -218,7 +216,7 @@ class FakeIssuer:
             org=spec.org,
             name=data.name,
             ttl=spec.cert_options.lifetime,
-            now=utc_now(),
+            now=utcnow(),
         )
         chain = issued.chain_pem[len(issued.certificate_pem) :]
         return CertificateIssued(
@@ -229,7 +227,7 @@ class FakeIssuer:
                 name=data.name,
                 declaration_generation=data.declaration_generation,
                 attempt=data.attempt,
-                serial_number=f"{issued.serial:x}",
+                serial_number=serial_hex(issued.serial),
                 certificate_pem=issued.certificate_pem.decode(),
                 ca_chain_pem=chain.decode(),
                 root_cert_pem=issued.root_pem.decode(),
@@ -311,7 +309,7 @@ class AgentProcess:
         self,
         settings: AgentSettings,
         *,
-        now: Callable[[], dt.datetime] = utc_now,
+        now: Callable[[], dt.datetime] = utcnow,
         rand: Callable[[], float] | None = None,
     ) -> None:
         self.settings = settings

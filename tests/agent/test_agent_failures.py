@@ -12,18 +12,18 @@ from agent.agent_testing import (
     ic_body,
     ic_status,
     state_of,
-    utc_now,
+    utcnow,
     wait_status,
 )
 from k8s.harness import eventually
 
 from services.agent.objects import key_secret_name
+from shared.api.v1alpha2 import IssuedCertificate
 from shared.bus import Bus
 from shared.events import new_issuance_id, subject
 from shared.events.enums import EventType
 from shared.k8s.client import KubeClient
 from shared.k8s.errors import NotFound
-from shared.k8s.models import IssuedCertificate
 from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS
 
 
@@ -66,7 +66,7 @@ async def test_a_rate_limited_csr_is_sent_again_at_its_retry_time_and_never_fail
 ) -> None:
     # The agent's own re-send is 30 s away: only the retry time can bring the second send.
     issuer.mode = "limit"
-    issuer.retry_after = utc_now() + dt.timedelta(seconds=2)
+    issuer.retry_after = utcnow() + dt.timedelta(seconds=2)
     await kube.create(ISSUED_CERTIFICATES, ic_body("istio-ca", namespace))
 
     limited = await wait_status(

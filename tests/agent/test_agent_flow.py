@@ -18,7 +18,7 @@ from agent.agent_testing import (
     ic_status,
     openssl_verify,
     state_of,
-    utc_now,
+    utcnow,
     wait_status,
 )
 from k8s.harness import eventually
@@ -28,7 +28,7 @@ from services.agent.settings import AgentSettings
 from shared.bus import Bus
 from shared.k8s.client import KubeClient
 from shared.k8s.resources import EVENTS, ISSUED_CERTIFICATES, NAMESPACES, POD_BOUNCE_DIRECTIVES
-from shared.pki import check_bundle
+from shared.pki import check_bundle, serial_hex
 
 
 async def finished(kube: KubeClient, namespace: str, name: str) -> bool:
@@ -53,8 +53,8 @@ async def test_an_issued_certificate_goes_to_finished_with_a_valid_bundle(
     data = await get_secret(kube, namespace, "istio-ca-cacerts")
     assert data is not None
     bundle = bundle_of(data)
-    info = check_bundle(bundle, hosts=body["spec"]["hosts"], org="meshtrust", now=utc_now())
-    assert status["serialNumber"] == f"{info.serial:x}"
+    info = check_bundle(bundle, hosts=body["spec"]["hosts"], org="meshtrust", now=utcnow())
+    assert status["serialNumber"] == serial_hex(info.serial)
     assert openssl_verify(bundle, tmp_path).returncode == 0
     assert await get_secret(kube, namespace, key_secret_name("istio-ca")) is None
     assert len(issuer.requests) == 1
@@ -85,7 +85,7 @@ async def test_a_pod_bounce_directive_is_bounced_before_finished(
     await eventually(lambda: finished(kube, namespace, "istio-ca"), within=30, message="FINISHED")
     data = await get_secret(kube, namespace, "istio-ca-cacerts")
     assert data is not None
-    check_bundle(bundle_of(data), hosts=body["spec"]["hosts"], org="meshtrust", now=utc_now())
+    check_bundle(bundle_of(data), hosts=body["spec"]["hosts"], org="meshtrust", now=utcnow())
     assert len(bouncer.requests) == 1
     request = bouncer.requests[0]
     assert (request.data.directive.namespace, request.data.directive.name) == (namespace, "istiod")

@@ -24,20 +24,20 @@ from agent.agent_testing import (
     ic_status,
     make_signing_ca,
     put_trust_bundle,
-    utc_now,
     wait_status,
 )
 from cryptography import x509
 from structlog.testing import capture_logs
 
 from services.agent.settings import AgentSettings
+from shared.api.v1alpha2 import IssuedCertificate
 from shared.bus import Bus
 from shared.events import CertificateIssued, CsrRequested
 from shared.k8s.client import KubeClient
 from shared.k8s.errors import NotFound
-from shared.k8s.models import IssuedCertificate
 from shared.k8s.resources import CONFIG_MAPS, EVENTS, ISSUED_CERTIFICATES
-from shared.pki import Bundle, check_bundle, sign_intermediate
+from shared.pki import Bundle, check_bundle, serial_hex, sign_intermediate
+from shared.runtime.clock import utcnow
 from support.waiting import eventually
 
 _attempts = itertools.count(90)
@@ -84,12 +84,12 @@ def forged(
         org=spec.org,
         name=request.data.name,
         ttl=ttl,
-        now=utc_now(),
+        now=utcnow(),
     )
     answer = attacker.sign(request, ic)  # the envelope the issuer would send ...
     data = answer.data.model_copy(  # ... carrying the forged certificate
         update={
-            "serial_number": f"{issued.serial:x}",
+            "serial_number": serial_hex(issued.serial),
             "certificate_pem": issued.certificate_pem.decode(),
             "ca_chain_pem": issued.chain_pem[len(issued.certificate_pem) :].decode(),
             "root_cert_pem": issued.root_pem.decode(),
@@ -159,8 +159,10 @@ async def test_a_forged_certificate_is_refused_and_the_real_answer_is_installed(
     assert data is not None
     bundle = Bundle.from_secret_data(data)
     assert bundle.root_cert_pem.decode() == issuer.answers[-1].data.root_cert_pem
-    info = check_bundle(bundle, hosts=body["spec"]["hosts"], org="meshtrust", now=utc_now())
-    assert f"{info.serial:x}" == status["serialNumber"] == issuer.answers[-1].data.serial_number
+    info = check_bundle(bundle, hosts=body["spec"]["hosts"], org="meshtrust", now=utcnow())
+    assert (
+        serial_hex(info.serial) == status["serialNumber"] == issuer.answers[-1].data.serial_number
+    )
     reasons = {e["reason"] for e in await warnings(kube, namespace, "istio-ca")}
     assert reasons == {"UntrustedCertificate"}
     for event in await warnings(kube, namespace, "istio-ca"):

@@ -13,14 +13,14 @@ from agent.agent_testing import (
     get_secret,
     ic_body,
     ic_status,
-    utc_now,
+    utcnow,
 )
 
 from devstack.natsserver import NatsServer
+from shared.api.v1alpha2 import State
 from shared.k8s.client import KubeClient
-from shared.k8s.models import State
 from shared.k8s.resources import ISSUED_CERTIFICATES
-from shared.pki import check_bundle
+from shared.pki import check_bundle, serial_hex
 from support.metrics import Scrape, ready_status, scrape
 from support.waiting import eventually
 
@@ -59,9 +59,7 @@ async def test_the_expiry_gauge_is_the_installed_certificates_not_after(
     )
     data = await get_secret(kube, namespace, "istio-ca-cacerts")
     assert data is not None
-    info = check_bundle(
-        bundle_of(data), hosts=body["spec"]["hosts"], org="meshtrust", now=utc_now()
-    )
+    info = check_bundle(bundle_of(data), hosts=body["spec"]["hosts"], org="meshtrust", now=utcnow())
     status = await ic_status(kube, namespace, "istio-ca")
     labels = {"cluster": "east", "namespace": namespace, "name": "istio-ca"}
 
@@ -134,9 +132,9 @@ async def test_the_issuance_histogram_counts_each_renewal_once(
         bundle_of(data),
         hosts=[f"spiffe://cluster.local/ns/{namespace}/sa/istio-ca"],
         org="meshtrust",
-        now=utc_now(),
+        now=utcnow(),
     )
-    assert f"{info.serial:x}" == renewed["serialNumber"]
+    assert serial_hex(info.serial) == renewed["serialNumber"]
 
     async def expiry_follows() -> bool:
         return (await scrape(port)).value(EXPIRY, **labels) == info.not_after.timestamp()

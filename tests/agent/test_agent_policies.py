@@ -27,7 +27,7 @@ from services.agent.policies import (
     rate_limited_error,
     refusal_error,
 )
-from shared.k8s.models import IssuedCertificateSpec, IssuedCertificateStatus, State
+from shared.api.v1alpha2 import IssuedCertificateSpec, IssuedCertificateStatus, State
 from shared.pki import BundleInfo
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)

@@ -13,12 +13,12 @@ from k8s.harness import eventually
 
 from services.agent.desired import DesiredState, queue_key
 from services.agent.objects import ATTEMPT, REQUESTED_AT, AgentObjects, key_secret_name
+from shared.api.meta import ObjectKey
 from shared.bus import Bus
 from shared.events import DESIRED_BUCKET, DesiredKind, DesiredObject, desired_key
 from shared.k8s.client import KubeClient
 from shared.k8s.events import EventRecorder
 from shared.k8s.informer import EventType, Informer, InformerEvent
-from shared.k8s.models import ObjectKey
 from shared.k8s.resources import EVENTS, ISSUED_CERTIFICATES, SECRETS
 
 if TYPE_CHECKING:

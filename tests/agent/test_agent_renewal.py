@@ -7,12 +7,13 @@ import asyncio
 import time
 
 import pytest
-from agent.agent_testing import AgentProcess, bundle_of, get_secret, ic_body, ic_status, utc_now
+from agent.agent_testing import AgentProcess, bundle_of, get_secret, ic_body, ic_status
 from k8s.harness import eventually
 
 from shared.k8s.client import KubeClient
 from shared.k8s.resources import ISSUED_CERTIFICATES
 from shared.pki import PkiError, check_bundle
+from shared.runtime.clock import utcnow
 
 
 @pytest.mark.slow
@@ -42,7 +43,7 @@ async def test_a_short_lived_certificate_is_renewed_in_place_without_a_gap(
             problems.append("the issued Secret was absent")
         else:
             try:
-                info = check_bundle(bundle_of(data), hosts=hosts, org="meshtrust", now=utc_now())
+                info = check_bundle(bundle_of(data), hosts=hosts, org="meshtrust", now=utcnow())
             except PkiError as exc:
                 problems.append(str(exc))
             else:

@@ -30,6 +30,7 @@ from shared.pki import (
     check_bundle,
     generate_private_key,
     private_key_to_pem,
+    serial_hex,
     sign_intermediate,
 )
 
@@ -223,7 +224,7 @@ async def test_an_answer_is_judged(
         name="istio-ca",
         declaration_generation=1,
         attempt=1,
-        serial_number=f"{issued.serial:x}",
+        serial_number=serial_hex(issued.serial),
         certificate_pem=issued.certificate_pem.decode(),
         ca_chain_pem=issued.chain_pem[len(issued.certificate_pem) :].decode(),
         root_cert_pem=issued.root_pem.decode(),
@@ -252,7 +253,7 @@ async def test_an_answer_is_judged(
     )
     if reason is None:
         assert isinstance(outcome, BundleInfo), sentence
-        assert f"{outcome.serial:x}" == data.serial_number
+        assert serial_hex(outcome.serial) == data.serial_number
     else:
         assert isinstance(outcome, Refusal), sentence
         assert outcome.reason == reason, (sentence, outcome)

@@ -8,10 +8,10 @@ from typing import Any, cast
 import pytest
 
 from services.agent.components import Handoff
+from shared.api.meta import ObjectKey
 from shared.events import DesiredKind
 from shared.k8s.client import KubeClient
 from shared.k8s.informer import EventType, Informer, InformerEvent, unless_status_only
-from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES
 
 KEY = ObjectKey("istio-system", "ca")

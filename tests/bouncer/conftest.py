@@ -21,6 +21,7 @@ from devstack.kubeapi import KubeAPI
 from services.bouncer.__main__ import serve
 from services.bouncer.policies import RESTARTED_FOR, is_ready, is_terminating
 from services.bouncer.settings import BouncerSettings
+from shared.api.meta import ObjectKey
 from shared.bus import Bus, ConsumerSettings, Delivery, NatsSettings
 from shared.events import (
     BounceCompleted,
@@ -35,7 +36,6 @@ from shared.k8s.client import KubeClient
 from shared.k8s.config import KubeSettings
 from shared.k8s.errors import KubeError
 from shared.k8s.informer import Informer, InformerEvent
-from shared.k8s.models import ObjectKey
 from shared.k8s.resources import (
     CONFIG_MAPS,
     CUSTOM_RESOURCE_DEFINITIONS,

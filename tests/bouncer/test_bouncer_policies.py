@@ -19,14 +19,14 @@ from services.bouncer.policies import (
     Start,
     Step,
 )
-from shared.events import BouncedSelector
-from shared.k8s.models import (
+from shared.api.v1alpha2 import (
     BouncedPodSet,
     PodBounceDirectiveSpec,
     PodBounceDirectiveStatus,
     PodSelector,
     RootCertSync,
 )
+from shared.events import BouncedSelector
 
 X, Y = "issuance-x-0001", "issuance-y-0002"
 

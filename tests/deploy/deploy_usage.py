@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.k8s import models
+from shared.api import v1alpha2 as models
 from shared.k8s.resources import EVENTS, ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, Resource
 
 REPO = Path(__file__).resolve().parents[2]

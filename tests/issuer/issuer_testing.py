@@ -45,6 +45,7 @@ from shared.k8s.resources import (
     SECRETS,
 )
 from shared.pki import build_csr
+from shared.pki.authority import CA_KEY_USAGE
 from shared.runtime.health import HealthSettings
 from support.waiting import eventually
 
@@ -92,17 +93,7 @@ def make_ca(cn: str, parent: TestCA | None = None, *, days: int = 3650) -> TestC
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            CA_KEY_USAGE,
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)

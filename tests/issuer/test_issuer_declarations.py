@@ -19,9 +19,9 @@ from issuer.issuer_testing import (
     secret_body,
     world,
 )
+from shared.api.v1alpha2 import IssuedCertificate
 from shared.bus import Bucket, NatsSettings
 from shared.events import DesiredKind, DesiredObject
-from shared.k8s import IssuedCertificate
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES
 from support.waiting import eventually
 

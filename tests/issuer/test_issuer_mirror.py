@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from services.issuer.mirror import cleared_status, mirrored_status
 from services.issuer.settings import IssuerSettings
+from shared.api.v1alpha2 import IssuedCertificateStatus, State
 from shared.events import CertificateState, StatusChangedData
-from shared.k8s.models import IssuedCertificateStatus, State
 
 EXPIRES = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
 LATER = dt.datetime(2028, 1, 1, tzinfo=dt.UTC)

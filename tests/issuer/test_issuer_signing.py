@@ -34,14 +34,14 @@ from services.issuer.handlers import CsrHandler
 from services.issuer.issued import ISSUED_BUCKET, IssuedRecord
 from services.issuer.ledger import open_ledger
 from services.issuer.signer import SigningCAs
+from shared.api.meta import ObjectKey
 from shared.bus import Delivery, NatsSettings
 from shared.bus.ledger import Ledger
 from shared.events import CertificateIssued, CsrRequested, encode
 from shared.k8s import KubeClient
 from shared.k8s.informer import Informer
-from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES
-from shared.pki import Bundle, check_bundle, private_key_to_pem
+from shared.pki import Bundle, check_bundle, private_key_to_pem, serial_hex
 from support.waiting import eventually
 
 
@@ -90,7 +90,7 @@ async def test_a_valid_csr_is_issued_and_chains_to_the_signing_ca(
         assert data.root_cert_pem.encode() == w.hierarchy.root.cert.public_bytes(
             serialization.Encoding.PEM
         )
-        assert format(info.serial, "x") == data.serial_number
+        assert serial_hex(info.serial) == data.serial_number
         # certOptions.ttlDays = 30, well under the issuer's maximum
         assert dt.timedelta(days=29) < data.not_after - data.not_before <= dt.timedelta(days=31)
 

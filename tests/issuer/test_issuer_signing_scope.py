@@ -28,10 +28,11 @@ from issuer.test_issuer_signing import handled_once, ledger_entries
 from services.issuer.reconciler import Declarations
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
+from shared.api.meta import ObjectKey
+from shared.api.v1alpha2 import IssuedCertificate
 from shared.bus import NatsSettings
 from shared.events import DESIRED_BUCKET
-from shared.k8s import EventRecorder, Forbidden, IssuedCertificate, KubeClient, RequeueAfter
-from shared.k8s.models import ObjectKey
+from shared.k8s import EventRecorder, Forbidden, KubeClient, RequeueAfter
 from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS, Resource
 from support.waiting import eventually
 

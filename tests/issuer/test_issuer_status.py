@@ -12,13 +12,15 @@ import aiohttp
 
 from devstack.ports import free_port
 from issuer.issuer_testing import declaration, running, world
-from services.issuer.handlers import SigningInFlight, StatusHandler
+from services.issuer.handlers import StatusHandler
+from shared.api.meta import ObjectKey
+from shared.api.v1alpha2 import IssuedCertificate, State
 from shared.bus import Delivery, NatsSettings
 from shared.events import CertificateState, StatusChanged, StatusChangedData
-from shared.k8s import EventRecorder, IssuedCertificate, State
+from shared.k8s import EventRecorder
 from shared.k8s.informer import Informer
-from shared.k8s.models import ObjectKey
 from shared.k8s.resources import ISSUED_CERTIFICATES
+from shared.runtime.concurrency import InFlight
 from shared.runtime.health import HealthSettings
 from support.waiting import eventually
 
@@ -183,7 +185,7 @@ async def test_a_mirror_written_from_a_stale_cached_declaration_is_read_again_no
 
 
 async def test_status_reports_make_way_for_csrs_in_flight_but_never_wait_long() -> None:
-    in_flight = SigningInFlight()
+    in_flight = InFlight()
     await asyncio.wait_for(in_flight.none_within(60), 5)  # nothing in flight: at once
     with in_flight.held():
         waiting = asyncio.create_task(in_flight.none_within(60))

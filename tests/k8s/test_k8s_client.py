@@ -12,6 +12,7 @@ import yaml
 
 from devstack.kubeapi import KubeAPI
 from k8s.harness import config_map, issued_certificate
+from shared.api.v1alpha2 import IssuedCertificate, State
 from shared.k8s.client import ClientSettings, KubeClient
 from shared.k8s.errors import (
     AlreadyExists,
@@ -23,7 +24,6 @@ from shared.k8s.errors import (
     NotFound,
     Transient,
 )
-from shared.k8s.models import IssuedCertificate, State
 from shared.k8s.resources import CONFIG_MAPS, ISSUED_CERTIFICATES, NAMESPACES
 
 pytestmark = pytest.mark.usefixtures("crds")

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from k8s.harness import eventually, issued_certificate
+from shared.api.meta import ObjectKey
+from shared.api.v1alpha2 import IssuedCertificate, IssuedCertificateStatus, State
 from shared.k8s.backoff import BackoffPolicy
 from shared.k8s.client import KubeClient
 from shared.k8s.controller import (
@@ -23,7 +25,6 @@ from shared.k8s.controller import (
 from shared.k8s.errors import NotFound
 from shared.k8s.events import EventRecorder
 from shared.k8s.informer import Informer, InformerSettings
-from shared.k8s.models import IssuedCertificate, IssuedCertificateStatus, ObjectKey, State
 from shared.k8s.resources import EVENTS, ISSUED_CERTIFICATES
 from shared.k8s.status import update_model_status
 

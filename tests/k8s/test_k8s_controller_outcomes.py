@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from shared.api.meta import ObjectKey
 from shared.k8s.backoff import BackoffPolicy
 from shared.k8s.controller import (
     Controller,
@@ -14,10 +15,9 @@ from shared.k8s.controller import (
     Done,
     ReconcileResult,
     RequeueAfter,
-    TerminalError,
 )
 from shared.k8s.errors import Conflict, NotFound, Transient
-from shared.k8s.models import ObjectKey
+from shared.runtime.errors import PermanentError
 
 KEY = ObjectKey("east", "istio")
 
@@ -70,7 +70,9 @@ def raise_(exc: Exception) -> Callable[[], ReconcileResult]:
         pytest.param(raise_(Conflict("stale")), 1, 1, id="a conflict backs off like a transient"),
         pytest.param(raise_(NotFound("gone")), 1, 1, id="another API error backs off"),
         pytest.param(raise_(RuntimeError("bug")), 1, 1, id="a bug backs off and keeps the worker"),
-        pytest.param(raise_(TerminalError("bad spec")), None, 0, id="a terminal error is dropped"),
+        pytest.param(
+            raise_(PermanentError("BadSpec", "bad spec")), None, 0, id="a terminal error is dropped"
+        ),
     ],
 )
 async def test_reconcile_outcomes(

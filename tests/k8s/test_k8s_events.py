@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 import pytest
 
 from k8s.harness import issued_certificate
+from shared.api.v1alpha2 import IssuedCertificate, State
 from shared.k8s.client import KubeClient
 from shared.k8s.events import EventRecorder, event_name, transition_reason
-from shared.k8s.models import IssuedCertificate, State
 from shared.k8s.resources import EVENTS, ISSUED_CERTIFICATES
 
 pytestmark = pytest.mark.usefixtures("crds")

@@ -17,10 +17,10 @@ import pytest
 
 from devstack.kubeapi import KubeAPI
 from k8s.harness import TcpProxy, config_map, eventually
+from shared.api.meta import ObjectKey
 from shared.k8s.backoff import BackoffPolicy
 from shared.k8s.client import KubeClient
 from shared.k8s.informer import EventType, Informer, InformerEvent, InformerSettings
-from shared.k8s.models import ObjectKey
 from shared.k8s.resources import CONFIG_MAPS, NAMESPACES, Resource
 
 FAST = InformerSettings(

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from k8s.harness import issued_certificate
+from shared.api.v1alpha2 import IssuedCertificate, IssuedCertificateStatus, State
 from shared.k8s.client import KubeClient
 from shared.k8s.errors import Conflict, NotFound
 from shared.k8s.events import EventRecorder
-from shared.k8s.models import IssuedCertificate, IssuedCertificateStatus, State
 from shared.k8s.resources import EVENTS, ISSUED_CERTIFICATES
 from shared.k8s.status import StatusRetry, update_model_status, update_status
 

@@ -32,6 +32,7 @@ from shared.pki import (
     private_key_to_pem,
     sign_intermediate,
 )
+from shared.pki.authority import CA_KEY_USAGE
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
@@ -85,6 +86,26 @@ def key_pem(private_key: PrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
     )
 
 
+_SIGNATURE_ONLY = x509.KeyUsage(
+    digital_signature=True,
+    **dict.fromkeys(
+        (
+            "content_commitment",
+            "key_encipherment",
+            "data_encipherment",
+            "key_agreement",
+            "key_cert_sign",
+            "crl_sign",
+            "encipher_only",
+            "decipher_only",
+        ),
+        False,
+    ),
+)
+"""The key usage of a certificate that claims a CA but may not sign certificates (a test of
+the signer checks): `CA_KEY_USAGE` without keyCertSign and cRLSign."""
+
+
 @dataclass(frozen=True)
 class Issuer:
     cert: x509.Certificate
@@ -128,17 +149,7 @@ def make_ca(
         builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=path_len), True)
     if key_cert_sign is not None:
         builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=key_cert_sign,
-                crl_sign=key_cert_sign,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            CA_KEY_USAGE if key_cert_sign else _SIGNATURE_ONLY,
             True,
         )
     return Issuer(builder.sign(signer_key, hashes.SHA256()), private_key)

@@ -11,12 +11,12 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from shared.k8s.models import (
+from shared.api.meta import ObjectKey
+from shared.api.v1alpha2 import (
     BounceStrategy,
     CertOptions,
     IssuedCertificate,
     KeyAlgorithm,
-    ObjectKey,
     PodBounceDirective,
     State,
 )

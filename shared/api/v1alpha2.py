@@ -10,22 +10,23 @@ Wire format: camelCase keys, `state` as the enum's *name*, timestamps RFC 3339. 
 server, so anything extra here is a bug in our own code); `metadata` keeps every field it does not
 model, so an object read, changed with `model_copy` and written back loses nothing.
 
-This module does no I/O and knows nothing about the client; `client.py` speaks dicts, and
-`Model.from_object(dict)` / `model.to_object()` cross between the two.
+This module does no I/O and knows nothing about the client; `shared.k8s.client` speaks dicts,
+and `Model.from_object(dict)` / `model.to_object()` cross between the two. One module per API
+version, as Kubernetes' `apis/<group>/<version>`: the version is part of the wire contract.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from shared.k8s.durations import parse_duration
+from shared.api.durations import parse_duration
+from shared.api.meta import ObjectKey
 
 __all__ = [
     "API_VERSION",
@@ -38,7 +39,6 @@ __all__ = [
     "IssuedCertificateSpec",
     "IssuedCertificateStatus",
     "KeyAlgorithm",
-    "ObjectKey",
     "ObjectMeta",
     "ObjectRef",
     "PodBounceDirective",
@@ -52,33 +52,6 @@ __all__ = [
 GROUP = "certificates.smh.solo.io"
 VERSION = "v1alpha2"
 API_VERSION = f"{GROUP}/{VERSION}"
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class ObjectKey:
-    """`namespace/name` of an object: what the work queue holds and reconcile receives.
-
-    Cluster-scoped objects have `namespace == ""` and print as just `name`, as client-go's
-    `MetaNamespaceKeyFunc` does.
-    """
-
-    namespace: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}" if self.namespace else self.name
-
-    @classmethod
-    def parse(cls, text: str) -> ObjectKey:
-        """The inverse of `str(key)`."""
-        namespace, sep, name = text.partition("/")
-        return cls(namespace, name) if sep else cls("", namespace)
-
-    @classmethod
-    def of(cls, obj: Mapping[str, Any]) -> ObjectKey:
-        """The key of a raw object as the API returns it."""
-        meta = obj.get("metadata") or {}
-        return cls(str(meta.get("namespace") or ""), str(meta.get("name") or ""))
 
 
 class _Wire(BaseModel):

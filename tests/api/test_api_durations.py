@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.k8s.durations import DURATION_PATTERN, format_duration, parse_duration
+from shared.api.durations import DURATION_PATTERN, format_duration, parse_duration
 
 CRD = Path(__file__).parents[2] / "deploy/crds/issuedcertificates.certificates.smh.solo.io.yaml"
 

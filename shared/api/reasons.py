@@ -1,0 +1,71 @@
+"""Reason codes: the stable CamelCase strings a decision is recorded under.
+
+One constant per code, as cert-manager's `policies/constants.go`, so a reason is spelled once.
+The values are a contract: they appear in IssuedCertificate status, Kubernetes Events, metric
+labels, `certificate.denied` answers and tests, and must never change. Grouped by who decides;
+the PKI core's own codes (`CsrRejected.reason`, bundle checks) stay in `shared.pki`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- the agent: why an IssuedCertificate is (re-)issued ----------------------------------------
+
+PENDING: Final = "Pending"
+"""A new IssuedCertificate."""
+SPEC_CHANGED: Final = "SpecChanged"
+"""The generation differs from the observed one."""
+RETRY: Final = "Retry"
+"""A failed issuance's backoff has passed."""
+SECRET_MISSING: Final = "SecretMissing"  # noqa: S105 - a reason code, not a password
+SECRET_INVALID: Final = "SecretInvalid"  # noqa: S105 - a reason code, not a password
+SECRET_MISMATCH: Final = "SecretMismatch"  # noqa: S105 - a reason code, not a password
+SIGNING_CA_CHANGED: Final = "SigningCAChanged"
+RENEWAL_DUE: Final = "RenewalDue"
+KEY_LOST: Final = "KeyLost"
+"""The key Secret of the requested issuance is gone."""
+
+# --- the agent: why an issuance failed or waits -------------------------------------------------
+
+INVALID_SPEC: Final = "InvalidSpec"
+BOUNCE_FAILED: Final = "BounceFailed"
+DENIED: Final = "Denied"
+"""A denial that carried no reason of its own."""
+REFUSED: Final = "Refused"
+"""A refused certificate.issued that carried no reason of its own."""
+
+# --- the agent: why a certificate.issued is refused (`services.agent.trust`) -------------------
+
+TRUST_BUNDLE_MISSING: Final = "TrustBundleMissing"
+TRUST_BUNDLE_INVALID: Final = "TrustBundleInvalid"
+UNTRUSTED_ROOT: Final = "UntrustedRoot"
+CSR_UNREADABLE: Final = "CsrUnreadable"
+KEY_MISMATCH: Final = "KeyMismatch"
+VALIDITY_TOO_LONG: Final = "ValidityTooLong"
+SERIAL_MISMATCH: Final = "SerialMismatch"
+VALIDITY_MISMATCH: Final = "ValidityMismatch"
+
+# --- the agent: the reasons of its Events --------------------------------------------------------
+
+ISSUED: Final = "Issued"
+FINISHED: Final = "Finished"
+TRUST_BUNDLE_UNAVAILABLE: Final = "TrustBundleUnavailable"
+UNTRUSTED_CERTIFICATE: Final = "UntrustedCertificate"
+
+# --- the issuer: why a declaration is not served or a CSR is denied -----------------------------
+
+INVALID_DECLARATION: Final = "InvalidDeclaration"
+AMBIGUOUS_NAMESPACE: Final = "AmbiguousNamespace"
+NO_DECLARATION: Final = "NoDeclaration"
+DECLARATION_REPLACED: Final = "DeclarationReplaced"
+DECLARATION_DELETED: Final = "DeclarationDeleted"
+SUPERSEDED_GENERATION: Final = "SupersededGeneration"
+UNKNOWN_GENERATION: Final = "UnknownGeneration"
+ISSUANCE_REUSED: Final = "IssuanceReused"
+RATE_LIMITED: Final = "RateLimited"
+"""A cluster over its issuance rate: not a failure, a time to wait (the agent re-sends)."""
+SIGNING_SECRET_MISSING: Final = "SigningSecretMissing"  # noqa: S105 - a reason code
+SIGNING_SECRET_INVALID: Final = "SigningSecretInvalid"  # noqa: S105 - a reason code
+SIGNING_SECRET_OUT_OF_SCOPE: Final = "SigningSecretOutOfScope"  # noqa: S105 - a reason code
+SIGNING_SECRET_FORBIDDEN: Final = "SigningSecretForbidden"  # noqa: S105 - a reason code
