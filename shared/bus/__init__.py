@@ -7,7 +7,8 @@ with a level-based watch. Deliberately not here: any knowledge of what the event
 
 from shared.bus.bus import Bus
 from shared.bus.connection import BusError, Connection, connect_options
-from shared.bus.consuming import Consumer, ConsumerSettings, Delivery, Handler, nak_delay
+from shared.bus.consuming import Consumer
+from shared.bus.durables import ConsumerSettings, Delivery, Handler, nak_delay
 from shared.bus.kv import Bucket, Deleted, KvEntry, KvUpdate, Put, RevisionMismatch, Snapshot
 from shared.bus.provisioning import stream_config
 from shared.bus.publishing import MSG_ID, Published, PublishError

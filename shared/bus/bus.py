@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry
 
 from shared.bus.completions import records_stream_config
 from shared.bus.connection import Connection, open_connection
-from shared.bus.consuming import Consumer, ConsumerSettings, Handler
+from shared.bus.consuming import Consumer
+from shared.bus.durables import ConsumerSettings, Handler
 from shared.bus.kv import Bucket
 from shared.bus.metrics import ConsumerMetrics
 from shared.bus.provisioning import ensure_kv, ensure_stream, stream_config

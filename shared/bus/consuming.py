@@ -35,22 +35,26 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import datetime
 
 import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig
 
-from shared.bus.completions import DEFAULT_LINGER, DEFAULT_TTL, CompletionLog, RecordFailed
+from shared.bus.completions import CompletionLog, RecordFailed
 from shared.bus.connection import BusError, Connection
+from shared.bus.durables import (
+    ConsumerSettings,
+    Delivery,
+    Handler,
+    durable_config,
+    nak_delay,
+)
 from shared.bus.metrics import ConsumerMetrics, Outcome
-from shared.events import DEFAULT_MAX_BYTES, Event, EventType, InvalidEvent, decode
-from shared.runtime.concurrency import raise_if_cancelled
+from shared.events import Event, InvalidEvent, decode
+from shared.runtime.concurrency import pause, raise_if_cancelled, wait_any
 from shared.runtime.errors import PermanentError, TransientError
 from shared.runtime.logging import get_logger
 
@@ -60,96 +64,6 @@ KEEP_ALIVE_MAX = 2.0
 """Longest interval between two `in_progress()` of a message being handled (seconds)."""
 FLOOR_REFRESH = 10.0
 """How often a consumer that may make its durable notes the server's ack floor (seconds)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """What the handler may want to know about the message besides the event."""
-
-    subject: str
-    stream_sequence: int
-    num_delivered: int
-    """1 on first delivery; higher on redelivery."""
-
-
-Handler = Callable[[Event, Delivery], Awaitable[None]]
-
-
-@dataclass(frozen=True, kw_only=True)
-class ConsumerSettings:
-    """One durable consumer. Units are seconds unless said otherwise."""
-
-    durable: str
-    filter_subjects: tuple[str, ...]
-    accept: frozenset[EventType] | None = None
-    """Event types this consumer handles; others are terminated. None: all the filter passes."""
-    batch: int = 64
-    """Most messages asked for in one fetch (never more than the free concurrency slots)."""
-    max_in_flight: int = 128
-    """Handlers running at once (two fetches' worth, so fetching overlaps the work); JetStream's
-    max_ack_pending is set a little above it. Lower it where each handler is heavy."""
-    ack_wait: float = 30.0
-    """Redelivery after this long without an ack; `in_progress()` every third of it."""
-    max_deliver: int = 100
-    """Deliveries before JetStream gives up on a message (transient errors only get here)."""
-    max_bytes: int = DEFAULT_MAX_BYTES
-    """Larger messages are terminated unread."""
-    fetch_timeout: float = 1.0
-    """How long one fetch waits when nothing is pending; also how quickly a stop is noticed."""
-    retry_initial: float = 1.0
-    """Nak delay for the first failed delivery; it doubles per delivery ..."""
-    retry_max: float = 60.0
-    """... up to this cap, with +-20 % jitter."""
-    ack_timeout: float = 5.0
-    """How long to wait for the server to confirm an ack."""
-    provision: bool = True
-    """Create/update the durable at start; off where the user may only bind to it."""
-    record_completed: bool = True
-    """Record handled messages (see the module doc) so that a lost ack never re-runs a handler."""
-    completed_ttl: float = DEFAULT_TTL
-    """How long completion records are kept, if this consumer creates their stream."""
-    record_linger: float = DEFAULT_LINGER
-    """How long a completion record waits for others to share its write (and the ack with it):
-    a busy consumer then writes one record per few milliseconds rather than one per message."""
-    max_ack_pending: int | None = None
-    """JetStream's bound on unacknowledged messages; None: a little above `max_in_flight`."""
-    extra_config: dict[str, object] = field(default_factory=dict)
-
-
-def durable_config(
-    settings: ConsumerSettings,
-    *,
-    start_sequence: int | None = None,
-    start_time: datetime | None = None,
-) -> ConsumerConfig:
-    """The durable pull consumer `settings` describe; from `start_sequence` (or `start_time`)
-    when it is made again after it disappeared (what was handled before is in its completion
-    records)."""
-    s = settings
-    policy = DeliverPolicy.ALL
-    if start_sequence:
-        policy = DeliverPolicy.BY_START_SEQUENCE
-    elif start_time is not None:
-        policy = DeliverPolicy.BY_START_TIME
-    return ConsumerConfig(
-        name=s.durable,
-        durable_name=s.durable,
-        filter_subjects=list(s.filter_subjects),
-        deliver_policy=policy,
-        opt_start_seq=start_sequence or None,
-        opt_start_time=start_time,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=s.ack_wait,
-        max_deliver=s.max_deliver,
-        max_ack_pending=s.max_ack_pending or s.max_in_flight + s.batch,
-        **s.extra_config,  # type: ignore[arg-type]
-    )
-
-
-def nak_delay(num_delivered: int, *, initial: float, cap: float, rng: random.Random) -> float:
-    """Capped exponential backoff with +-20 % jitter (pure; unit-tested)."""
-    base = min(cap, initial * 2.0 ** max(0, num_delivered - 1))
-    return base * rng.uniform(0.8, 1.2)
 
 
 class Consumer:
@@ -237,7 +151,7 @@ class Consumer:
                     error_type=type(exc).__name__,
                     retry_in=delay,
                 )
-                await _wait(stop, delay)
+                await pause(stop, delay)
                 delay = min(2.0, delay * 2)
 
     def resume_sequence(self) -> int | None:
@@ -292,7 +206,7 @@ class Consumer:
                 log.warning("consumer was missing; re-created", durable=durable, start=start)
         elif failures == 1:
             log.warning("waiting for consumer (the hub creates it)", durable=durable)
-        await _wait(stop, min(1.0, 0.1 * 2**failures))
+        await pause(stop, min(1.0, 0.1 * 2**failures))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and dispatch until `stop`; returns after in-flight handlers have finished."""
@@ -365,7 +279,7 @@ class Consumer:
                     error=str(exc),
                     retry_in=delay,
                 )
-                await _wait(stop, delay)
+                await pause(stop, delay)
                 continue
             failures = 0
             self._quiet = False
@@ -424,7 +338,7 @@ class Consumer:
         wanted = min(self._settings.batch, max(1, self._settings.max_in_flight - 1))
         while self._free < wanted:
             self._slot_freed.clear()
-            await _wait_any(stop, self._slot_freed)
+            await wait_any(stop, self._slot_freed)
             if stop.is_set():
                 return False
         return True
@@ -459,9 +373,9 @@ class Consumer:
             self._free += 1
             self._slot_freed.set()
 
-    async def _handle_one(self, msg: Msg, delivery: Delivery) -> bool:
-        """Handle one message; True when it is done with (acknowledged or terminated), False
-        when it comes back (nak)."""
+    async def _accepted(self, msg: Msg, delivery: Delivery) -> Event | None:
+        """The message's event; None (and the message terminated, the reason logged) when it
+        can never be handled here."""
         s = self._settings
         try:
             event = decode(msg.data, subject=msg.subject, max_bytes=s.max_bytes)
@@ -477,6 +391,14 @@ class Consumer:
             )
             await msg.term()
             self._outcome("term")
+            return None
+        return event
+
+    async def _handle_one(self, msg: Msg, delivery: Delivery) -> bool:
+        """Handle one message; True when it is done with (acknowledged or terminated), False
+        when it comes back (nak)."""
+        event = await self._accepted(msg, delivery)
+        if event is None:
             return True
         # What identifies the message, on every log line below, the handler's included. Each
         # message is handled in a task of its own, whose context is a copy: bound here, it
@@ -564,20 +486,3 @@ class Consumer:
             cap=self._settings.retry_max,
             rng=self._rng,
         )
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep `seconds`, or less if `stop` is set meanwhile."""
-    try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        pass
-
-
-async def _wait_any(*events: asyncio.Event) -> None:
-    async with asyncio.TaskGroup() as group:
-        waiters = [group.create_task(e.wait()) for e in events]
-        _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()

@@ -31,7 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared.bus.completions import DEFAULT_TTL as RECORDS_TTL
 from shared.bus.connection import Connection
-from shared.bus.consuming import ConsumerSettings, durable_config
+from shared.bus.durables import ConsumerSettings, durable_config
 from shared.events import DESIRED_BUCKET, EventType, check_cluster_name, subject
 from shared.runtime.clock import utcnow
 from shared.runtime.concurrency import raise_if_cancelled

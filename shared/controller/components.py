@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from shared.k8s.controller import Controller
 from shared.k8s.informer import Informer
+from shared.runtime.concurrency import pause
 
 __all__ = ["ControllerComponent", "PeriodicComponent", "Task"]
 
@@ -81,11 +82,7 @@ class PeriodicComponent:
             return
         while not stop.is_set():
             await self._work()
-            try:
-                async with asyncio.timeout(self._interval):
-                    await stop.wait()
-            except TimeoutError:
-                continue
+            await pause(stop, self._interval)
 
 
 async def _until(stop: asyncio.Event, awaitable: Awaitable[None]) -> bool:

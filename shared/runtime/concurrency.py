@@ -87,3 +87,21 @@ class InFlight:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._idle.wait()
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less if `stop` is set meanwhile."""
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        pass
+
+
+async def wait_any(*events: asyncio.Event) -> None:
+    """Wait until one of `events` is set."""
+    async with asyncio.TaskGroup() as group:
+        waiters = [group.create_task(e.wait()) for e in events]
+        _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
