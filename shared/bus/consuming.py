@@ -130,7 +130,10 @@ class Consumer:
     async def _open(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription:
         """`_subscribe`, tried again for up to the connection's `connect_deadline` while NATS
         answers nothing or the completion records cannot be read yet (a server restarting as
-        the service starts); a refusal (`APIError`) or a deadline run out surfaces."""
+        the service starts); a refusal (`APIError`) or a deadline run out surfaces. While the
+        connection is reconnecting the deadline does not run: a NATS outage that begins as a
+        consumer opens is waited out, as it is once the consumer runs (it killed the issuer
+        in CI when the outage outlasted the deadline)."""
         deadline = time.monotonic() + self._connection.settings.connect_deadline
         delay = 0.1
         while True:
@@ -139,6 +142,11 @@ class Consumer:
             except nats.js.errors.APIError:
                 raise
             except (nats.errors.Error, TimeoutError, TransientError) as exc:
+                nc = self._connection.nc
+                if not nc.is_connected and not nc.is_closed:
+                    # NATS went away after the service connected: wait for it as the
+                    # connection does (forever), then give the open its time again.
+                    deadline = time.monotonic() + self._connection.settings.connect_deadline
                 if time.monotonic() + delay > deadline or stop.is_set():
                     if isinstance(exc, TransientError):
                         raise BusError(

@@ -266,6 +266,32 @@ async def test_a_publish_during_an_outage_lands_once_the_server_is_back(
     assert not published.duplicate
 
 
+async def test_a_consumer_that_opens_during_an_outage_waits_for_nats_past_its_deadline(
+    nats_settings: NatsSettings, nats_server: NatsServer
+) -> None:
+    """The connect deadline is for the first connection: a service that is connected and
+    opening its consumers when NATS goes away waits for it, as a running consumer does."""
+    settings = nats_settings.model_copy(update={"connect_deadline": 3.0})
+    async with Bus.connect(settings) as bus:
+        await bus.provision()
+        nats_server.kill()
+        await eventually(lambda: not bus.connection.nc.is_connected, message="client noticed")
+        recorder = Recorder()
+        retries = "consumer not open yet, retrying"
+        with capture_logs() as logs:
+            async with running(bus.consumer(all_events_consumer(), recorder)):
+                # 0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 2 s of retries: past the 3 s deadline.
+                await eventually(
+                    lambda: sum(1 for e in logs if e["event"] == retries) >= 6,
+                    within=20,
+                    message="the open retried past its deadline",
+                )
+                await asyncio.get_running_loop().run_in_executor(None, nats_server.start)
+                event = sample_events("east")[0]
+                await bus.publish(event)
+                await eventually(lambda: event in recorder.events, within=20)
+
+
 async def test_a_publish_that_can_never_land_fails_with_a_clear_error(
     nats_settings: NatsSettings,
 ) -> None:
