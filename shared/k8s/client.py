@@ -1,6 +1,7 @@
 """The one boundary between meshtrust and Kubernetes: `KubeClient`.
 
-This is the only module that imports `kubernetes_asyncio`. It uses the library for what it does
+With `shared.k8s.loading` (configuration loading), the only module that imports
+`kubernetes_asyncio`. It uses the library for what it does
 well (kubeconfig and in-cluster config loading, TLS, token refresh, the aiohttp transport) and
 keeps everything above that boundary in plain data: requests take and return JSON dicts (or our
 pydantic models), and every failure is one of `shared.k8s.errors`.
@@ -21,7 +22,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
@@ -30,13 +31,14 @@ import aiohttp
 import structlog
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.configuration import Configuration
-from kubernetes_asyncio.config import incluster_config, kube_config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
 from shared.api.meta import Obj, metadata
 from shared.api.v1alpha2 import IssuedCertificate, PodBounceDirective
+from shared.k8s import loading
 from shared.k8s.errors import KubeError, Transient, error_from_status
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, Resource
+from shared.k8s.watchstream import CONNECTION_ERRORS, WatchEvent, WatchStream, status_body
 
 __all__ = [
     "ClientSettings",
@@ -48,7 +50,6 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -58,9 +59,6 @@ _MODEL_RESOURCES: Mapping[type[Any], Resource] = {
     IssuedCertificate: ISSUED_CERTIFICATES,
     PodBounceDirective: POD_BOUNCE_DIRECTIVES,
 }
-
-# What aiohttp raises when the path to the server fails rather than the server answering.
-_CONNECTION_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,120 +96,10 @@ class ObjectList:
     continue_token: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class WatchEvent:
-    """One watch event: `type` is ADDED, MODIFIED, DELETED or BOOKMARK."""
-
-    type: str
-    object: Obj
-
-    @property
-    def resource_version(self) -> str | None:
-        """The event object's resourceVersion (for a BOOKMARK, the only thing it carries)."""
-        return metadata(self.object).resource_version
-
-
-def _refresh_exec_credentials(
-    loader: kube_config.KubeConfigLoader, configuration: Configuration
-) -> None:
-    """Keep an exec-plugin credential (EKS, GKE, OIDC helpers) fresh.
-
-    kubernetes_asyncio runs a kubeconfig's exec plugin once, at load; its `refresh_token` helper
-    would need a background task of its own. Instead we hook the library's per-request API-key
-    refresh: `load_from_exec_plugin` returns at once while the credential's expirationTimestamp
-    is in the future and re-runs the plugin after it. Credentials without an expiry are left
-    alone (re-running the plugin on every request would be absurd).
-    """
-    user = getattr(loader, "_user", None)  # the library's own refresh_token() reads it too
-    if not user or "exec" not in user or not hasattr(loader, "exec_plugin_expiry"):
-        return
-
-    async def refresh(config: Configuration) -> None:
-        if await loader.load_from_exec_plugin():
-            config.api_key["BearerToken"] = loader.token
-
-    configuration.refresh_api_key_hook = refresh
-
-
 def _selector(value: str | Mapping[str, str] | None) -> str | None:
     if value is None or isinstance(value, str):
         return value or None
     return ",".join(f"{k}={v}" for k, v in sorted(value.items()))
-
-
-def _status_body(raw: bytes) -> Mapping[str, Any] | None:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return None
-    return body if isinstance(body, Mapping) else None
-
-
-class WatchStream:
-    """A single watch request: an async context manager that is also an async iterator.
-
-    Yields `WatchEvent`s until the server ends the stream (timeout, or its own restart); an
-    `ERROR` event is raised as the matching error (`Gone` for 410 Expired). Leaving the `async
-    with` closes the connection, whether or not the stream was read to its end.
-    """
-
-    def __init__(self, open_response: Callable[[], Awaitable[aiohttp.ClientResponse]]) -> None:
-        self._open = open_response
-        self._response: aiohttp.ClientResponse | None = None
-
-    async def __aenter__(self) -> Self:
-        response = await self._open()
-        if not 200 <= response.status < 300:
-            try:
-                raw = await response.read()
-            except _CONNECTION_ERRORS:
-                raw = b""
-            finally:
-                response.release()
-            raise error_from_status(response.status, _status_body(raw), headers=response.headers)
-        self._response = response
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._response is not None:
-            # close, not release: the body is unfinished, the connection cannot be reused.
-            self._response.close()
-            self._response = None
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> WatchEvent:
-        if self._response is None:
-            raise RuntimeError("iterate a WatchStream inside `async with`")
-        while True:
-            try:
-                line = await self._response.content.readline()
-            except _CONNECTION_ERRORS as exc:
-                raise Transient(f"watch stream broke: {exc!r}") from exc
-            if not line:
-                raise StopAsyncIteration
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError as exc:
-                raise Transient(
-                    f"watch stream sent a line that is not JSON: {line[:200]!r}"
-                ) from exc
-            kind = str(event.get("type") or "")
-            obj = event.get("object")
-            if not isinstance(obj, dict):
-                raise Transient(f"watch event without an object: {line[:200]!r}")
-            if kind == "ERROR":
-                code = obj.get("code")
-                raise error_from_status(code if isinstance(code, int) else 500, obj)
-            return WatchEvent(kind, obj)
 
 
 class KubeClient:
@@ -225,7 +113,7 @@ class KubeClient:
 
     def __init__(
         self,
-        configure: Callable[[Configuration], Awaitable[None]],
+        configure: loading.Configure,
         *,
         settings: ClientSettings | None = None,
         source: str = "",
@@ -247,15 +135,7 @@ class KubeClient:
     ) -> KubeClient:
         """A client for `context` (default: the current context) of the kubeconfig at `path`."""
 
-        async def configure(configuration: Configuration) -> None:
-            loader = await kube_config.load_kube_config(
-                config_file=os.fspath(path),
-                context=context,
-                client_configuration=configuration,
-                persist_config=False,
-            )
-            _refresh_exec_credentials(loader, configuration)
-
+        configure = loading.from_kubeconfig(path, context)
         return cls(configure, settings=settings, source=f"kubeconfig {os.fspath(path)}")
 
     @classmethod
@@ -268,12 +148,7 @@ class KubeClient:
     ) -> KubeClient:
         """A client from a kubeconfig already parsed into a dict."""
 
-        async def configure(configuration: Configuration) -> None:
-            loader = await kube_config.load_kube_config_from_dict(
-                config_dict=dict(config), context=context, client_configuration=configuration
-            )
-            _refresh_exec_credentials(loader, configuration)
-
+        configure = loading.from_kubeconfig_dict(config, context)
         return cls(configure, settings=settings, source="kubeconfig dict")
 
     @classmethod
@@ -281,22 +156,15 @@ class KubeClient:
         cls,
         *,
         settings: ClientSettings | None = None,
-        token_path: str | os.PathLike[str] = SERVICE_ACCOUNT_DIR + "/token",
-        ca_path: str | os.PathLike[str] = SERVICE_ACCOUNT_DIR + "/ca.crt",
+        token_path: str | os.PathLike[str] = loading.SERVICE_ACCOUNT_DIR + "/token",
+        ca_path: str | os.PathLike[str] = loading.SERVICE_ACCOUNT_DIR + "/ca.crt",
         environ: Mapping[str, str] | None = None,
     ) -> KubeClient:
         """A client from the pod's service account: the API server from KUBERNETES_SERVICE_HOST
         and KUBERNETES_SERVICE_PORT, the token and CA from the service-account mount. The token
         file is re-read every minute, so projected (rotating) tokens keep working."""
 
-        async def configure(configuration: Configuration) -> None:
-            incluster_config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration,
-                token_filename=os.fspath(token_path),
-                cert_filename=os.fspath(ca_path),
-                environ=dict(os.environ if environ is None else environ),
-            )
-
+        configure = loading.in_cluster(token_path, ca_path, environ)
         return cls(configure, settings=settings, source="in-cluster")
 
     async def __aenter__(self) -> Self:
@@ -314,7 +182,7 @@ class KubeClient:
         api = ApiClient(configuration=configuration)
         api.user_agent = self._settings.user_agent
         if not self._settings.trust_env:
-            _without_env_lookups(api)
+            loading.without_env_lookups(api)
         self._api = api
         return self
 
@@ -364,7 +232,7 @@ class KubeClient:
                 _preload_content=False,
                 _request_timeout=client_timeout,
             )
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise Transient(f"{method} {path}: {exc!r}") from exc
         return cast(aiohttp.ClientResponse, response)
 
@@ -387,12 +255,12 @@ class KubeClient:
         )
         try:
             raw = await response.read()
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise Transient(f"{method} {path}: reading the answer failed: {exc!r}") from exc
         finally:
             response.release()
         if not 200 <= response.status < 300:
-            error = error_from_status(response.status, _status_body(raw), headers=response.headers)
+            error = error_from_status(response.status, status_body(raw), headers=response.headers)
             log.debug(
                 "kube.request_failed",
                 method=method,
@@ -622,19 +490,3 @@ class KubeClient:
         """Create an IssuedCertificate or PodBounceDirective from its model."""
         raw = await self.create(_MODEL_RESOURCES[type(obj)], obj.to_object())
         return type(obj).from_object(raw)
-
-
-def _without_env_lookups(api: ApiClient) -> None:
-    """Give the library's REST client a session that does not consult the environment.
-
-    kubernetes-asyncio builds its aiohttp session with `trust_env=True`; the connector (TLS
-    context, pool size) is kept, only the session around it is replaced."""
-    rest = api.rest_client
-    old = rest.pool_manager
-    connector = old.connector
-    old.detach()  # leaves the connector open for the new session
-    # 2 MiB read buffer, as the library sets it: watch events of large objects exceed aiohttp's
-    # default (etcd allows 1.5 MiB requests).
-    rest.pool_manager = aiohttp.ClientSession(
-        connector=connector, trust_env=False, read_bufsize=2**21
-    )
