@@ -19,13 +19,7 @@ from typing import Any
 
 import pytest
 from containers.containerkit import ComposeStack, docker, inspect, wait_for
-from e2e.e2e_testing import (
-    HOSTS,
-    ISSUED_SECRET,
-    ORG,
-    Finished,
-    PodLog,
-    World,
+from e2e.e2e_audit import (
     check_one_key_and_one_signature,
     events,
     issuer_bus,
@@ -33,6 +27,14 @@ from e2e.e2e_testing import (
     openssl_verify,
     private_key_forms,
     read_stream,
+)
+from e2e.e2e_testing import (
+    HOSTS,
+    ISSUED_SECRET,
+    ORG,
+    Finished,
+    PodLog,
+    World,
     recorded_bounces,
     status_of,
 )

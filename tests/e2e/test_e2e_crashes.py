@@ -16,22 +16,24 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from e2e.e2e_audit import (
+    check_one_key_and_one_signature,
+    key_fingerprint,
+    known_issuances,
+    ledger,
+    wait_csr_stored,
+)
 from e2e.e2e_testing import (
     KEY_SECRET,
     Finished,
     PodLog,
     World,
-    check_one_key_and_one_signature,
     declarations,
     ensure_running,
-    key_fingerprint,
-    known_issuances,
-    ledger,
     recorded_bounces,
     running_stack,
     set_latency,
     status_of,
-    wait_csr_stored,
 )
 
 from devstack.stack import MGMT, Stack

@@ -15,6 +15,15 @@ from collections.abc import Iterator
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from e2e.e2e_audit import (
+    check_one_key_and_one_signature,
+    events,
+    issuer_bus,
+    ledger,
+    openssl_verify,
+    private_key_forms,
+    read_stream,
+)
 from e2e.e2e_testing import (
     HOSTS,
     IC_NAME,
@@ -24,15 +33,8 @@ from e2e.e2e_testing import (
     Finished,
     PodLog,
     World,
-    check_one_key_and_one_signature,
     declarations,
     ensure_running,
-    events,
-    issuer_bus,
-    ledger,
-    openssl_verify,
-    private_key_forms,
-    read_stream,
     recorded_bounces,
     running_stack,
     status_of,

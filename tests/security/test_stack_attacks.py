@@ -20,14 +20,8 @@ from dataclasses import dataclass
 import nats
 import nats.errors
 import pytest
-from e2e.e2e_testing import (
-    World,
-    declarations,
-    ensure_running,
-    issuer_bus,
-    ledger,
-    running_stack,
-)
+from e2e.e2e_audit import issuer_bus, ledger
+from e2e.e2e_testing import World, declarations, ensure_running, running_stack
 from nats.aio.client import Client
 
 from devstack.stack import MGMT, Stack
