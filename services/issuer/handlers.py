@@ -43,7 +43,6 @@ from services.issuer.metrics import IssuerMetrics
 from services.issuer.mirror import mirrored_status
 from services.issuer.policies import (
     CsrInput,
-    SigningProblem,
     SigningState,
     authorise,
     forbidden_secret,
@@ -93,7 +92,7 @@ def is_cluster_namespace(namespace: str, settings: IssuerSettings) -> bool:
     return namespace not in settings.excluded_namespaces
 
 
-_Secret = Mapping[str, Any] | SigningProblem | None
+_Secret = Mapping[str, Any] | Finding | None
 """The signing Secret as read (None: absent), or why it may not be used."""
 
 
@@ -288,7 +287,7 @@ class CsrHandler:
     ) -> Finding | _RateLimited | Signed:
         """Authorise and sign (runs in the signing executor)."""
         signing: SigningState | None = None
-        if isinstance(secret, SigningProblem):
+        if isinstance(secret, Finding):
             signing = secret
         elif declaration is not None:
             ref = declaration.spec.signing_certificate_secret

@@ -41,7 +41,6 @@ from pydantic import ValidationError
 from services.issuer.mirror import ISSUER_ERROR_PREFIX, cleared_status, issuer_failed
 from services.issuer.policies import (
     DeclarationInput,
-    SigningProblem,
     SigningState,
     check_declaration,
     forbidden_secret,
@@ -216,7 +215,7 @@ class Declarations:
         )
         signing: SigningState
         chain_fingerprint: str | None = None
-        if isinstance(secret, SigningProblem):
+        if isinstance(secret, Finding):
             signing = secret
         else:
             signing, chain_fingerprint = await asyncio.get_running_loop().run_in_executor(
@@ -267,7 +266,7 @@ class Declarations:
             kv_key, desired, key, ISSUED_CERTIFICATES, read=(entry, _identity(live))
         )
 
-    async def _signing_secret(self, namespace: str, name: str) -> Obj | SigningProblem | None:
+    async def _signing_secret(self, namespace: str, name: str) -> Obj | Finding | None:
         """The signing Secret as the API has it now (None if gone), or why it may not be used:
         outside the signing namespaces (then it is not read at all), or the API server forbids
         the issuer to read it (403: a person must act, so not retried like an outage)."""

@@ -1,8 +1,9 @@
 """Loading signing CAs from Secrets, and signing authorised CSRs.
 
 `SigningCAs.load(secret)` turns a signing Secret (as the API returns it) into a `SigningCA` or a
-`SigningProblem`; a CA that loaded is cached by the Secret's uid and resourceVersion, so a change
-of the Secret's content (a rotation) is always seen and an unchanged Secret is parsed once.
+`Finding` (why it cannot sign); a CA that loaded is cached by the Secret's uid and
+resourceVersion, so a change of the Secret's content (a rotation) is always seen and an
+unchanged Secret is parsed once.
 `sign(...)` signs an authorised CSR with the declaration's names and the clamped TTL.
 
 Both are synchronous and CPU-bound (chain validation; one private-key operation per signature,
@@ -24,7 +25,7 @@ from typing import Any
 
 from cryptography import x509
 
-from services.issuer.policies import SigningProblem, SigningState
+from services.issuer.policies import SigningState
 from shared.api import reasons
 from shared.api.meta import metadata
 from shared.api.v1alpha2 import IssuedCertificate as Declaration
@@ -54,20 +55,20 @@ def chain_fingerprint(ca: SigningCA) -> str:
     return digest.hexdigest()
 
 
-def missing_secret(namespace: str, name: str) -> SigningProblem:
-    return SigningProblem(
+def missing_secret(namespace: str, name: str) -> Finding:
+    return Finding(
         reasons.SIGNING_SECRET_MISSING,
         f"signingCertificateSecret {namespace}/{name} does not exist in the management cluster",
     )
 
 
-def _decode(data: Mapping[str, Any], where: str) -> dict[str, bytes] | SigningProblem:
+def _decode(data: Mapping[str, Any], where: str) -> dict[str, bytes] | Finding:
     out: dict[str, bytes] = {}
     for field, value in data.items():
         try:
             out[str(field)] = base64.b64decode(str(value), validate=True)
         except (binascii.Error, ValueError):
-            return SigningProblem(
+            return Finding(
                 reasons.SIGNING_SECRET_INVALID,
                 f"signingCertificateSecret {where}: data[{field!r}] is not base64",
             )
@@ -106,7 +107,7 @@ class SigningCAs:
                 return hit.ca, hit.chain_fingerprint
             # Loaded while valid, expired (or not yet valid) now: say so, as a fresh load would.
             return (
-                SigningProblem(
+                Finding(
                     reasons.SIGNING_SECRET_INVALID,
                     f"signingCertificateSecret {where} cannot sign: its chain is valid from "
                     f"{hit.ca.valid_from.isoformat()} until {hit.ca.valid_until.isoformat()}",
@@ -114,13 +115,13 @@ class SigningCAs:
                 None,
             )
         data = _decode(secret.get("data") or {}, where)
-        if isinstance(data, SigningProblem):
+        if isinstance(data, Finding):
             return data, None
         try:
             ca = load_signing_ca(data, now=now)
         except InvalidSigningCA as exc:
             return (
-                SigningProblem(
+                Finding(
                     reasons.SIGNING_SECRET_INVALID,
                     f"signingCertificateSecret {where} cannot sign ({exc.reason}): {exc.message}",
                 ),
