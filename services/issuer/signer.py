@@ -8,6 +8,8 @@ unchanged Secret is parsed once.
 
 Both are synchronous and CPU-bound (chain validation; one private-key operation per signature,
 ~9 ms with an RSA-4096 CA): the handlers run them in the issuer's signing executor.
+`read_signing_secret(...)` is the one read of a signing Secret from the API, shared by the
+reconciler and the CSR handler (the only I/O here).
 The signing key lives in `SigningCA.key` only; no message here names more than fingerprints.
 """
 
@@ -18,18 +20,20 @@ import binascii
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
 
-from services.issuer.policies import SigningState
+from services.issuer.policies import SigningState, forbidden_secret, scope_problem
 from shared.api import reasons
-from shared.api.meta import metadata
+from shared.api.meta import Obj, ObjectKey, metadata
 from shared.api.v1alpha2 import IssuedCertificate as Declaration
 from shared.controller.policy import Finding
+from shared.k8s import Forbidden, KubeClient, NotFound
+from shared.k8s.resources import SECRETS
 from shared.pki import (
     InvalidSigningCA,
     IssuedCertificate,
@@ -40,7 +44,34 @@ from shared.pki import (
     sign_intermediate,
 )
 
-__all__ = ["SigningCAs", "chain_fingerprint", "missing_secret", "sign", "ttl_for"]
+__all__ = [
+    "SigningCAs",
+    "chain_fingerprint",
+    "missing_secret",
+    "read_signing_secret",
+    "sign",
+    "ttl_for",
+]
+
+
+async def read_signing_secret(
+    kube: KubeClient, ref: ObjectKey, *, scope: Sequence[str]
+) -> Obj | Finding | None:
+    """The signing Secret `ref` as the API has it now (None if gone), or why it may not be
+    used: outside the signing namespaces `scope` (then it is not read at all), or the API
+    server forbids the issuer to read it (403: a person must act, so not retried like an
+    outage). Other API errors propagate; a 401 (our own token not valid yet) among them."""
+    problem = scope_problem(ref.namespace, ref.name, scope)
+    if problem is not None:
+        return problem
+    try:
+        return await kube.get(SECRETS, ref.name, namespace=ref.namespace)
+    except NotFound:
+        return None
+    except Forbidden as exc:
+        if exc.code != 403:
+            raise
+        return forbidden_secret(ref.namespace, ref.name, exc.message)
 
 
 def chain_fingerprint(ca: SigningCA) -> str:
