@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from services.issuer.handlers import CsrHandler, StatusHandler
@@ -41,6 +42,20 @@ __all__ = ["compose", "provision", "serve"]
 log = get_logger(__name__)
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Shared:
+    """What the components of one replica share, made once by `compose`."""
+
+    settings: IssuerSettings
+    bus: Bus
+    kube: KubeClient
+    executor: Executor
+    clock: Clock
+    recorder: EventRecorder
+    signing_cas: SigningCAs
+    """Loaded signing CAs, by Secret uid and resourceVersion: the reconciler's and the CSRs'."""
+
+
 def compose(
     settings: IssuerSettings,
     *,
@@ -56,8 +71,15 @@ def compose(
     """Every component of one issuer replica, wired together; the metrics go to the registry
     `health` serves (the bus's too, when it was connected with that registry)."""
     health = health or HealthServer(settings.health)
-    recorder = EventRecorder(kube, component="meshtrust-issuer", instance=settings.instance)
-    signing_cas = SigningCAs()
+    shared = _Shared(
+        settings=settings,
+        bus=bus,
+        kube=kube,
+        executor=executor,
+        clock=clock,
+        recorder=EventRecorder(kube, component="meshtrust-issuer", instance=settings.instance),
+        signing_cas=SigningCAs(),
+    )
     fleet = FleetConsumers(
         bus.connection, ack_wait=settings.cluster_ack_wait, clusters=settings.clusters
     )
@@ -65,59 +87,72 @@ def compose(
         settings=settings,
         kube=kube,
         desired=desired,
-        signing_cas=signing_cas,
+        signing_cas=shared.signing_cas,
         executor=executor,
-        recorder=recorder,
+        recorder=shared.recorder,
         ensure_cluster=fleet.ensure,
         clock=clock,
     )
-    in_flight = InFlight()
     metrics = IssuerMetrics(health.registry, signing_secrets=declarations.secrets)
-    csr_handler = CsrHandler(
-        settings=settings,
-        bus=bus,
-        kube=kube,
-        issued=issued,
-        ledger=ledger,
-        executor=executor,
-        signing_cas=signing_cas,
-        declarations=declarations.certificates,
-        in_flight=in_flight,
-        clock=clock,
-        metrics=metrics,
-    )
-    status_handler = StatusHandler(
-        settings=settings,
-        kube=kube,
-        recorder=recorder,
-        declarations=declarations.certificates,
-        in_flight=in_flight,
-    )
     health.add_check("informers-synced", declarations.synced)
     health.add_check("nats", bus.is_connected)
     return [
         health,
         *_declaration_components(declarations, settings),
-        _hub_consumer(
-            bus,
-            metrics.heard_from(csr_handler),
-            settings,
-            durable=settings.csr_durable,
-            event=EventType.CSR_REQUESTED,
-            batch=settings.csr_batch,
-            in_flight=settings.csr_in_flight,
-            ack_wait=settings.ack_wait,
-        ),
-        _hub_consumer(
-            bus,
-            metrics.heard_from(status_handler),
-            settings,
-            durable=settings.status_durable,
-            event=EventType.STATUS_CHANGED,
-            batch=settings.status_in_flight,
-            in_flight=settings.status_in_flight,
-        ),
+        *_consumers(shared, declarations, metrics, issued=issued, ledger=ledger),
         fleet,
+    ]
+
+
+def _consumers(
+    shared: _Shared,
+    declarations: Declarations,
+    metrics: IssuerMetrics,
+    *,
+    issued: Bucket,
+    ledger: Ledger,
+) -> list[Component]:
+    """The consumers of every cluster's `csr.requested` and `status.changed`, with their
+    handlers; status reports let the CSRs being handled go first (one `InFlight`)."""
+    settings, in_flight = shared.settings, InFlight()
+    csr = CsrHandler(
+        settings=settings,
+        bus=shared.bus,
+        kube=shared.kube,
+        issued=issued,
+        ledger=ledger,
+        executor=shared.executor,
+        signing_cas=shared.signing_cas,
+        declarations=declarations.certificates,
+        in_flight=in_flight,
+        clock=shared.clock,
+        metrics=metrics,
+    )
+    status = StatusHandler(
+        settings=settings,
+        kube=shared.kube,
+        recorder=shared.recorder,
+        declarations=declarations.certificates,
+        in_flight=in_flight,
+    )
+    # (event type, durable, fetch batch, at most in flight) of each consumer
+    csr_route = (
+        EventType.CSR_REQUESTED,
+        settings.csr_durable,
+        settings.csr_batch,
+        settings.csr_in_flight,
+    )
+    status_route = (
+        EventType.STATUS_CHANGED,
+        settings.status_durable,
+        settings.status_in_flight,
+        settings.status_in_flight,
+    )
+    return [
+        _hub_consumer(
+            shared.bus, metrics.heard_from(csr), settings, *csr_route, ack_wait=settings.ack_wait
+        ),
+        _hub_consumer(shared.bus, metrics.heard_from(status), settings, *status_route),
     ]
 
 
@@ -144,9 +179,8 @@ def _hub_consumer(
     bus: Bus,
     handler: Handler,
     settings: IssuerSettings,
-    *,
-    durable: str,
     event: EventType,
+    durable: str,
     batch: int,
     in_flight: int,
     **more: Any,
