@@ -16,7 +16,9 @@ redelivery finds the record. Deliberately not here: deciding whether to sign (`s
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from services.issuer.entries import readable
 from services.issuer.issued import IssuedRecord, csr_digest, issued_key
@@ -49,25 +51,17 @@ _CLAIM_ATTEMPTS = 5
 """Compare-and-set rounds over unreadable records before giving up for now (nak)."""
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Answers:
     """Answers `csr.requested`: certificates (recorded, ledgered) and denials."""
 
-    def __init__(
-        self,
-        *,
-        settings: IssuerSettings,
-        bus: Bus,
-        issued: Bucket,
-        ledger: Ledger,
-        clock: Clock = utcnow,
-        metrics: IssuerMetrics | None = None,
-    ) -> None:
-        self._settings = settings
-        self._bus = bus
-        self._issued = issued
-        self._ledger = ledger
-        self._clock = clock
-        self._metrics = metrics
+    settings: IssuerSettings
+    bus: Bus
+    issued: Bucket
+    """`meshtrust-issued`: the record of every signature, by issuance."""
+    ledger: Ledger
+    clock: Clock = utcnow
+    metrics: IssuerMetrics | None = None
 
     async def answered_before(self, event: CsrRequested, entry: KvEntry) -> bool:
         """If `entry` (the issuance's record) can be read, answer `event` from it: True. False
@@ -92,8 +86,8 @@ class Answers:
             event,
             declaration,
             signed,
-            signed_by=self._settings.instance,
-            at=self._clock().replace(microsecond=0),
+            signed_by=self.settings.instance,
+            at=self.clock().replace(microsecond=0),
         )
         key = issued_key(event.cluster, event.issuance)
         claimed = await self._claim(key, record, corrupt)
@@ -103,8 +97,8 @@ class Answers:
             )
             await self._answer_again(event, *claimed)
             return
-        if self._metrics is not None:
-            self._metrics.signed(event.cluster, requested=event.time, now=self._clock())
+        if self.metrics is not None:
+            self.metrics.signed(event.cluster, requested=event.time, now=self.clock())
         sequence = await self._append_owed(record)
         log.info(
             "certificate signed",
@@ -129,12 +123,9 @@ class Answers:
         log.info(
             "certificate denied", name=event.data.name, reason=verdict.reason, why=verdict.message
         )
-        await self._bus.publish(
+        await self.bus.publish(
             CertificateDenied(
-                source=self._settings.source,
-                cluster=event.cluster,
-                issuance=event.issuance,
-                trace=event.trace,
+                **self._replying_to(event),
                 data=CertificateDeniedData(
                     name=event.data.name,
                     declaration_generation=(
@@ -147,8 +138,8 @@ class Answers:
                 ),
             )
         )
-        if self._metrics is not None:  # after the publish: a failed one is retried (nak)
-            self._metrics.denied(event.cluster, verdict.reason)
+        if self.metrics is not None:  # after the publish: a failed one is retried (nak)
+            self.metrics.denied(event.cluster, verdict.reason)
 
     async def _claim(
         self, key: str, record: IssuedRecord, corrupt: KvEntry | None
@@ -161,12 +152,12 @@ class Answers:
         for _ in range(_CLAIM_ATTEMPTS):
             try:
                 if over is None:
-                    return await self._issued.create(key, value)
-                revision = await self._issued.update(key, value, last=over.revision)
+                    return await self.issued.create(key, value)
+                revision = await self.issued.update(key, value, last=over.revision)
                 log.warning("unreadable issued record replaced", replaced_revision=over.revision)
                 return revision
             except RevisionMismatch:
-                existing = await self._issued.get(key)
+                existing = await self.issued.get(key)
             if existing is None:
                 raise TransientError("issued record vanished while racing") from None
             winner = read_record(existing)
@@ -188,7 +179,7 @@ class Answers:
         entry = decode_value(LedgerEntry, record.ledger_entry.encode())
         if isinstance(entry, Undecodable):  # `read_record` refuses such records: not reached
             raise TransientError(f"the record's ledger entry is unreadable: {entry}")
-        return await record_signature(self._ledger, entry)
+        return await record_signature(self.ledger, entry)
 
     async def _note_ledgered(
         self, key: str, record: IssuedRecord, revision: int, sequence: int | None
@@ -198,7 +189,7 @@ class Answers:
             return
         done = record.model_copy(update={"ledger_sequence": sequence})
         with contextlib.suppress(RevisionMismatch):  # someone noted it already
-            await self._issued.update(key, done.model_dump_json().encode(), last=revision)
+            await self.issued.update(key, done.model_dump_json().encode(), last=revision)
 
     async def _answer_again(
         self, event: CsrRequested, record: IssuedRecord, entry: KvEntry
@@ -224,15 +215,20 @@ class Answers:
         await self._note_ledgered(entry.key, record, entry.revision, sequence)
 
     async def _publish_issued(self, event: CsrRequested, record: IssuedRecord) -> None:
-        await self._bus.publish(
+        await self.bus.publish(
             CertificateIssued(
-                source=self._settings.source,
-                cluster=event.cluster,
-                issuance=event.issuance,
-                trace=event.trace,
-                data=record.event_data(attempt=event.data.attempt),
+                **self._replying_to(event), data=record.event_data(attempt=event.data.attempt)
             )
         )
+
+    def _replying_to(self, event: CsrRequested) -> dict[str, Any]:
+        """The envelope of an answer to `event`: its cluster, issuance and trace; our source."""
+        return {
+            "source": self.settings.source,
+            "cluster": event.cluster,
+            "issuance": event.issuance,
+            "trace": event.trace,
+        }
 
 
 def signature_record(
@@ -265,23 +261,20 @@ def signature_record(
         signed_at=at,
     )
     return IssuedRecord(
-        cluster=event.cluster,
-        name=request.name,
-        issuance=event.issuance,
-        declaration_uid=request.declaration_uid,
-        declaration_generation=request.declaration_generation,
+        **entry.model_dump(include=set(_FROM_THE_LEDGER_ENTRY)),
         csr_sha256=csr_digest(request.csr_pem),
-        serial_number=serial,
         certificate_pem=signed.certificate_pem.decode(),
         ca_chain_pem=signed.chain_pem[len(signed.certificate_pem) :].decode(),
         root_cert_pem=signed.root_pem.decode(),
-        not_before=signed.not_before,
-        not_after=signed.not_after,
-        signing_ca_fingerprint=signed.signing_ca_fingerprint,
-        signed_by=signed_by,
-        signed_at=at,
         ledger_entry=entry.model_dump_json(),
     )
+
+
+_FROM_THE_LEDGER_ENTRY = (
+    frozenset(IssuedRecord.model_fields) & frozenset(LedgerEntry.model_fields)
+) - {"schema_version"}
+"""The fields a record shares with its ledger entry (serial, cluster, name, issuance, the
+declaration, validity, signing CA, who signed and when): taken from the entry, so they agree."""
 
 
 def read_record(entry: KvEntry) -> IssuedRecord | None:

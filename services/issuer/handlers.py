@@ -74,7 +74,7 @@ class CsrHandler:
             kube=kube,
             issued=issued,
             executor=executor,
-            signing_cas=signing_cas,
+            cas=signing_cas,
             answers=answers,
             declarations=declarations,
             clock=clock,

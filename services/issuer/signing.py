@@ -24,6 +24,7 @@ import asyncio
 import functools
 from collections.abc import Mapping
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -45,7 +46,7 @@ from shared.k8s.early import read_early, spec_ref
 from shared.k8s.informer import Informer
 from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS
 from shared.pki import IssuedCertificate as Signed
-from shared.pki import SigningCA
+from shared.pki import KeyPolicy, SigningCA
 from shared.runtime import TransientError
 from shared.runtime.clock import Clock, utcnow
 from shared.runtime.concurrency import concurrently
@@ -73,61 +74,55 @@ class _Unreadable(Exception):
     """The declaration exists but does not fit the model (say so, rather than 'no such')."""
 
 
+@dataclass(kw_only=True, slots=True)
 class CsrSigning:
     """Authorise-and-sign for `csr.requested` from every cluster; `handle` does one request."""
 
-    def __init__(
-        self,
-        *,
-        settings: IssuerSettings,
-        kube: KubeClient,
-        issued: Bucket,
-        executor: Executor,
-        signing_cas: SigningCAs,
-        answers: Answers,
-        declarations: Informer | None = None,
-        clock: Clock = utcnow,
-    ) -> None:
-        self._settings = settings
-        self._kube = kube
-        self._issued = issued
-        self._executor = executor
-        self._cas = signing_cas
-        self._answers = answers
-        self._declarations = declarations
-        """The issuer's IssuedCertificate informer: only to guess which Secret to read."""
-        self._clock = clock
-        self._policy = settings.key_policy()
+    settings: IssuerSettings
+    kube: KubeClient
+    issued: Bucket
+    executor: Executor
+    """The signing executor: the chain and the signature are CPU-bound."""
+    cas: SigningCAs
+    answers: Answers
+    declarations: Informer | None = None
+    """The issuer's IssuedCertificate informer: only to guess which Secret to read."""
+    clock: Clock = utcnow
+    _policy: KeyPolicy = field(init=False)
+    _quota: IssuanceQuota = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._policy = self.settings.key_policy()
         self._quota = IssuanceQuota(
-            per_hour=settings.issuance_per_hour, burst=settings.issuance_burst
+            per_hour=self.settings.issuance_per_hour, burst=self.settings.issuance_burst
         )
 
     async def handle(self, event: CsrRequested, key: str) -> None:
         """Answer `event`, whose issuance has the `meshtrust-issued` key `key`."""
         # The record (was this issuance signed already?) and the state to sign against are
         # independent reads: both at once. The state goes unused when the record is there.
-        entry, state = await concurrently(self._issued.get(key), self._read_state_or_why(event))
-        if entry is not None and await self._answers.answered_before(event, entry):
+        entry, state = await concurrently(self.issued.get(key), self._read_state_or_why(event))
+        if entry is not None and await self.answers.answered_before(event, entry):
             return
         # `entry`, if any, is answered by nothing: sign, and replace it by compare-and-set.
         if isinstance(state, KubeError):
             raise state  # the API failed us, and no record answers for it
         if isinstance(state, _Unreadable):
-            await self._answers.deny(event, Finding(reasons.INVALID_DECLARATION, str(state)), None)
+            await self.answers.deny(event, Finding(reasons.INVALID_DECLARATION, str(state)), None)
             return
         declaration, secret = state
         outcome = await asyncio.get_running_loop().run_in_executor(
-            self._executor,
-            functools.partial(self._decide, event, declaration, secret, self._clock()),
+            self.executor,
+            functools.partial(self._decide, event, declaration, secret, self.clock()),
         )
         if isinstance(outcome, _RateLimited):
-            await self._answers.deny(event, outcome.verdict, declaration, retry_after=outcome.at)
+            await self.answers.deny(event, outcome.verdict, declaration, retry_after=outcome.at)
             return
         if isinstance(outcome, Finding):
-            await self._answers.deny(event, outcome, declaration)
+            await self.answers.deny(event, outcome, declaration)
             return
         assert declaration is not None
-        await self._answers.deliver(event, declaration, outcome, corrupt=entry)
+        await self.answers.deliver(event, declaration, outcome, corrupt=entry)
 
     # -- gathering ----------------------------------------------------------------------------
 
@@ -144,17 +139,17 @@ class CsrSigning:
 
     async def _read_state(self, event: CsrRequested) -> tuple[IssuedCertificate | None, _Secret]:
         cluster, name = event.cluster, event.data.name
-        if not self._settings.is_cluster(cluster):
+        if not self.settings.is_cluster(cluster):
             return None, None
         # Both are read live. The Secret's name is in the declaration, but the cached
         # declaration almost always names the same one: read both at once, and read the
         # Secret again only if the live declaration names another.
         guess = self._signing_ref_cached(cluster, name)
-        if guess is not None and not self._settings.signs_from(guess.namespace):
+        if guess is not None and not self.settings.signs_from(guess.namespace):
             guess = None  # a Secret outside the signing namespaces is never read
         raw, early = await concurrently(
-            _get_or_none(self._kube, ObjectKey(cluster, name)),
-            read_early(self._kube, SECRETS, guess),
+            _get_or_none(self.kube, ObjectKey(cluster, name)),
+            read_early(self.kube, SECRETS, guess),
         )
         if raw is None:
             return None, None
@@ -166,7 +161,7 @@ class CsrSigning:
                 f"IssuedCertificate {cluster}/{name} cannot be read by the issuer; see its status"
             ) from None
         ref = declaration.spec.signing_certificate_secret
-        problem = scope_problem(ref.namespace, ref.name, self._settings.signing_namespaces)
+        problem = scope_problem(ref.namespace, ref.name, self.settings.signing_namespaces)
         if problem is not None:
             return declaration, problem
         if early.answers(ObjectKey(ref.namespace, ref.name)):
@@ -177,19 +172,15 @@ class CsrSigning:
         """The signing Secret (None: absent), or why it may not be used; other API errors are
         transient (`SigningSecretForbidden` is not: a person must grant the read)."""
         try:
-            return await read_signing_secret(
-                self._kube, ref, scope=self._settings.signing_namespaces
-            )
+            return await read_signing_secret(self.kube, ref, scope=self.settings.signing_namespaces)
         except KubeError as exc:
             raise TransientError(f"reading Secret {ref.namespace}/{ref.name}: {exc}") from None
 
     def _signing_ref_cached(self, cluster: str, name: str) -> ObjectKey | None:
         """The signing Secret the cached declaration names, if it is cached."""
-        if self._declarations is None:
+        if self.declarations is None:
             return None
-        return spec_ref(
-            self._declarations.get(ObjectKey(cluster, name)), "signingCertificateSecret"
-        )
+        return spec_ref(self.declarations.get(ObjectKey(cluster, name)), "signingCertificateSecret")
 
     # -- deciding -----------------------------------------------------------------------------
 
@@ -206,7 +197,7 @@ class CsrSigning:
             signing = secret
         elif declaration is not None:
             ref = declaration.spec.signing_certificate_secret
-            signing, _ = self._cas.load(secret, namespace=ref.namespace, name=ref.name, now=now)
+            signing, _ = self.cas.load(secret, namespace=ref.namespace, name=ref.name, now=now)
         verdict = authorise(
             CsrInput(
                 cluster=event.cluster,
@@ -214,7 +205,7 @@ class CsrSigning:
                 declaration=declaration,
                 signing=signing,
                 policy=self._policy,
-                signing_namespaces=self._settings.signing_namespaces,
+                signing_namespaces=self.settings.signing_namespaces,
             )
         )
         if verdict is not None:
@@ -222,7 +213,7 @@ class CsrSigning:
         # Only a signature takes a token (an answer from the record never gets here).
         retry_at = self._quota.take(event.cluster, now)
         if retry_at is not None:
-            return _RateLimited(event.cluster, retry_at, self._settings)
+            return _RateLimited(event.cluster, retry_at, self.settings)
         # The chain allowed it, so both are there and the CA loaded.
         assert declaration is not None
         assert isinstance(signing, SigningCA)
@@ -230,9 +221,9 @@ class CsrSigning:
             event.data.csr_pem,
             signing,
             declaration,
-            max_ttl=self._settings.max_ttl,
-            path_len=self._settings.path_len,
-            backdate=self._settings.backdate,
+            max_ttl=self.settings.max_ttl,
+            path_len=self.settings.path_len,
+            backdate=self.settings.backdate,
             now=now,
         )
 
