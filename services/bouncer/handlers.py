@@ -14,7 +14,7 @@ stream. Outcomes:
 | Kubernetes or NATS unwell                       | `TransientError`: nak, redelivery resumes  |
 | an event that is not ours                       | `PermanentError`: term                     |
 
-Deliberately not here: any decision about pods (reconciler.py, policies.py).
+Deliberately not here: any decision about pods (bounce.py, policies.py).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Protocol
 
 import structlog
 
+from services.bouncer.bounce import Bouncer
 from services.bouncer.metrics import BouncerMetrics
-from services.bouncer.reconciler import Bouncer
-from shared.bus import Delivery, Published, PublishError
+from shared.bus import Delivery, Published
 from shared.events import (
     BounceCompleted,
     BounceCompletedData,
@@ -104,12 +104,10 @@ class BounceRequestHandler:
                     error=error,
                 ),
             )
-            try:
-                published = await self._publisher.publish(completed)
-            except PublishError as exc:
-                # The record stays; the redelivered request finds everything done and
-                # publishes again (deduplicated by the issuance's Nats-Msg-Id).
-                raise TransientError(f"bounce.completed not published: {exc}") from None
+            # A `PublishError` (a TransientError naming bounce.completed) naks: the record
+            # stays, and the redelivered request finds everything done and publishes again
+            # (deduplicated by the issuance's Nats-Msg-Id).
+            published = await self._publisher.publish(completed)
             if self._metrics is not None:
                 self._metrics.finished(failed=error is not None, requested=event.time, now=utcnow())
             log.info(

@@ -1,6 +1,6 @@
 """The bouncer's decisions, as pure functions of (directive, observed objects, issuance).
 
-Nothing here does I/O, sleeps or reads a clock: `reconciler.py` gathers the objects and acts on
+Nothing here does I/O, sleeps or reads a clock: `bounce.py` gathers the objects and acts on
 what these functions decide, so every decision is a row in a table test.
 
 The durable record, and what it means (see docs/bouncer.md):
@@ -49,8 +49,11 @@ _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 
 
 @dataclass(frozen=True, slots=True)
-class Check:
-    """The answer of a wait condition: `ok`, and in words what is missing when it is not."""
+class WaitResult:
+    """The answer of a wait condition: `ok`, and in words what is missing when it is not.
+
+    (Not a `shared.controller.policy.Check`: a wait is re-evaluated until it holds, it does
+    not deny.)"""
 
     ok: bool
     detail: str
@@ -233,7 +236,7 @@ def victims(pods: Iterable[Obj]) -> list[tuple[str, str]]:
     return sorted(out)
 
 
-def ready_replacements(pods: Iterable[Obj], *, bounced: Iterable[str], wanted: int) -> Check:
+def ready_replacements(pods: Iterable[Obj], *, bounced: Iterable[str], wanted: int) -> WaitResult:
     """Whether at least `wanted` matching pods are Ready, not counting the bounced ones (by
     name) nor any pod being deleted."""
     gone = set(bounced)
@@ -243,9 +246,9 @@ def ready_replacements(pods: Iterable[Obj], *, bounced: Iterable[str], wanted: i
         if not is_terminating(p) and pod_name(p) not in gone and is_ready(p)
     )
     if len(ready) >= wanted:
-        return Check(True, f"{len(ready)} Ready replacement pods")
+        return WaitResult(True, f"{len(ready)} Ready replacement pods")
     noun = "pod" if wanted == 1 else "pods"
-    return Check(
+    return WaitResult(
         False,
         f"{len(ready)} of {wanted} Ready replacement {noun} (not counting the {len(gone)} bounced"
         + (f"; Ready: {', '.join(ready)}" if ready else "")
@@ -256,32 +259,38 @@ def ready_replacements(pods: Iterable[Obj], *, bounced: Iterable[str], wanted: i
 # --- rootCertSync -------------------------------------------------------------------------------
 
 
-def root_cert_synced(sync: RootCertSync, *, secret: Obj | None, config_map: Obj | None) -> Check:
+def root_cert_synced(
+    sync: RootCertSync, *, secret: Obj | None, config_map: Obj | None
+) -> WaitResult:
     """Whether the ConfigMap's key holds what the Secret's key holds (the root has reached the
     workloads' namespace). Trailing whitespace is not a difference: PEM writers disagree on the
     final newline. A missing object or key is not synced, and says which."""
     s, c = sync.secret_ref, sync.config_map_ref
     if secret is None:
-        return Check(False, f"Secret {s.namespace}/{s.name} not found")
+        return WaitResult(False, f"Secret {s.namespace}/{s.name} not found")
     raw = (secret.get("data") or {}).get(sync.secret_key)
     if raw is None:
-        return Check(False, f"Secret {s.namespace}/{s.name} has no key {sync.secret_key}")
+        return WaitResult(False, f"Secret {s.namespace}/{s.name} has no key {sync.secret_key}")
     try:
         wanted = base64.b64decode(str(raw), validate=True)
     except (binascii.Error, ValueError):
-        return Check(False, f"Secret {s.namespace}/{s.name} key {sync.secret_key} is not base64")
+        return WaitResult(
+            False, f"Secret {s.namespace}/{s.name} key {sync.secret_key} is not base64"
+        )
     if config_map is None:
-        return Check(False, f"ConfigMap {c.namespace}/{c.name} not found")
+        return WaitResult(False, f"ConfigMap {c.namespace}/{c.name} not found")
     have = (config_map.get("data") or {}).get(sync.config_map_key)
     if have is None:
-        return Check(False, f"ConfigMap {c.namespace}/{c.name} has no key {sync.config_map_key}")
+        return WaitResult(
+            False, f"ConfigMap {c.namespace}/{c.name} has no key {sync.config_map_key}"
+        )
     if str(have).encode().rstrip() != wanted.rstrip():
-        return Check(
+        return WaitResult(
             False,
             f"ConfigMap {c.namespace}/{c.name} key {sync.config_map_key} does not yet hold the "
             f"root certificate of Secret {s.namespace}/{s.name} key {sync.secret_key}",
         )
-    return Check(True, "root certificate synced")
+    return WaitResult(True, "root certificate synced")
 
 
 # --- RolloutRestart -----------------------------------------------------------------------------
@@ -319,32 +328,34 @@ def rolled_pods(pods: Iterable[Obj], *, issuance: str) -> list[str]:
     )
 
 
-def rollout_complete(deployment: Obj | None, *, name: str, issuance: str) -> Check:
+def rollout_complete(deployment: Obj | None, *, name: str, issuance: str) -> WaitResult:
     """`kubectl rollout status` for a Deployment restarted for `issuance`: the template carries
     the issuance, the controller has seen it, every replica is updated and available, and no
     old replica is left."""
     if deployment is None:
-        return Check(False, f"Deployment {name} not found")
+        return WaitResult(False, f"Deployment {name} not found")
     if template_annotation(deployment) != issuance:
-        return Check(False, f"Deployment {name} has not been restarted for issuance {issuance}")
+        return WaitResult(
+            False, f"Deployment {name} has not been restarted for issuance {issuance}"
+        )
     meta, spec = metadata(deployment), deployment.get("spec") or {}
     status = deployment.get("status") or {}
     wanted = int(spec.get("replicas", 1))
     if int(meta.get("generation") or 0) > int(status.get("observedGeneration") or 0):
-        return Check(False, f"Deployment {name}: the restart is not yet observed")
+        return WaitResult(False, f"Deployment {name}: the restart is not yet observed")
     updated = int(status.get("updatedReplicas") or 0)
     if updated < wanted:
-        return Check(False, f"Deployment {name}: {updated} of {wanted} replicas updated")
+        return WaitResult(False, f"Deployment {name}: {updated} of {wanted} replicas updated")
     total = int(status.get("replicas") or 0)
     if total > updated:
-        return Check(False, f"Deployment {name}: {total - updated} old replicas still running")
+        return WaitResult(False, f"Deployment {name}: {total - updated} old replicas still running")
     available = int(status.get("availableReplicas") or 0)
     if available < updated:
-        return Check(False, f"Deployment {name}: {available} of {updated} replicas available")
-    return Check(True, f"Deployment {name} rolled out")
+        return WaitResult(False, f"Deployment {name}: {available} of {updated} replicas available")
+    return WaitResult(True, f"Deployment {name} rolled out")
 
 
-def restarted_ready(pods: Iterable[Obj], *, issuance: str, wanted: int) -> Check:
+def restarted_ready(pods: Iterable[Obj], *, issuance: str, wanted: int) -> WaitResult:
     """At least `wanted` Ready pods from the template restarted for `issuance`."""
     fresh = [
         p
@@ -353,14 +364,14 @@ def restarted_ready(pods: Iterable[Obj], *, issuance: str, wanted: int) -> Check
     ]
     ready = sum(1 for p in fresh if is_ready(p))
     if ready >= wanted:
-        return Check(True, f"{ready} Ready restarted pods")
-    return Check(False, f"{ready} of {wanted} restarted pods Ready")
+        return WaitResult(True, f"{ready} Ready restarted pods")
+    return WaitResult(False, f"{ready} of {wanted} restarted pods Ready")
 
 
-def all_of(checks: Iterable[Check]) -> Check:
-    """Every check holds; otherwise the details of those that do not, joined."""
-    checks = list(checks)
-    failing = [c.detail for c in checks if not c.ok]
+def all_of(results: Iterable[WaitResult]) -> WaitResult:
+    """Every condition holds; otherwise the details of those that do not, joined."""
+    results = list(results)
+    failing = [c.detail for c in results if not c.ok]
     if failing:
-        return Check(False, "; ".join(failing))
-    return Check(True, "; ".join(c.detail for c in checks))
+        return WaitResult(False, "; ".join(failing))
+    return WaitResult(True, "; ".join(c.detail for c in results))

@@ -35,7 +35,7 @@ __all__ = [
     "DECLARATION_CHAIN",
     "CsrInput",
     "DeclarationInput",
-    "SigningProblem",
+    "SigningState",
     "authorise",
     "check_declaration",
     "forbidden_secret",
@@ -43,20 +43,13 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class SigningProblem:
-    """Why a declaration's signing CA cannot be used right now."""
-
-    reason: str
-    """`SigningSecretMissing`, `SigningSecretInvalid`, `SigningSecretOutOfScope` or
-    `SigningSecretForbidden`."""
-    message: str
+SigningState = SigningCA | Finding
+"""The loaded signing CA, or why it cannot be used right now: a `Finding` with reason
+`SigningSecretMissing`, `SigningSecretInvalid`, `SigningSecretOutOfScope` or
+`SigningSecretForbidden` (the chains return it as it is)."""
 
 
-SigningState = SigningCA | SigningProblem
-
-
-def scope_problem(namespace: str, name: str, scope: Sequence[str]) -> SigningProblem | None:
+def scope_problem(namespace: str, name: str, scope: Sequence[str]) -> Finding | None:
     """Why the Secret `namespace/name` may not sign under the signing namespaces `scope`, or
     None when it may (an empty scope is the permissive mode: any namespace).
 
@@ -65,7 +58,7 @@ def scope_problem(namespace: str, name: str, scope: Sequence[str]) -> SigningPro
     if not scope or namespace in scope:
         return None
     where = scope[0] if len(scope) == 1 else f"one of {', '.join(scope)}"
-    return SigningProblem(
+    return Finding(
         reasons.SIGNING_SECRET_OUT_OF_SCOPE,
         f"signingCertificateSecret {namespace}/{name} is outside the issuer's signing "
         f"namespaces ({', '.join(scope)}): the issuer signs only with CA Secrets there "
@@ -75,10 +68,10 @@ def scope_problem(namespace: str, name: str, scope: Sequence[str]) -> SigningPro
     )
 
 
-def forbidden_secret(namespace: str, name: str, server_message: str) -> SigningProblem:
+def forbidden_secret(namespace: str, name: str, server_message: str) -> Finding:
     """The API server refused (403) to let the issuer read the signing Secret: waiting will not
     help, a person must grant the read or change the reference."""
-    return SigningProblem(
+    return Finding(
         reasons.SIGNING_SECRET_FORBIDDEN,
         f"the issuer may not read signingCertificateSecret {namespace}/{name} (403 Forbidden: "
         f"{server_message[:300]}). Grant the issuer's ServiceAccount get on that Secret (a "
@@ -114,8 +107,7 @@ class CsrInput:
 
 def _in_scope(declaration: IssuedCertificate, scope: tuple[str, ...]) -> Finding | None:
     ref = declaration.spec.signing_certificate_secret
-    problem = scope_problem(ref.namespace, ref.name, scope)
-    return None if problem is None else Finding(problem.reason, problem.message)
+    return scope_problem(ref.namespace, ref.name, scope)
 
 
 def signing_secret_in_scope(value: DeclarationInput) -> Finding | None:
@@ -126,8 +118,8 @@ def signing_secret_in_scope(value: DeclarationInput) -> Finding | None:
 
 def signing_ca_usable(value: DeclarationInput) -> Finding | None:
     """A declaration whose signing Secret is missing or invalid cannot be served."""
-    if isinstance(value.signing, SigningProblem):
-        return Finding(value.signing.reason, value.signing.message)
+    if isinstance(value.signing, Finding):
+        return value.signing
     return None
 
 
@@ -215,8 +207,8 @@ def signing_secret_allowed(value: CsrInput) -> Finding | None:
 
 
 def signing_ca_ready(value: CsrInput) -> Finding | None:
-    if isinstance(value.signing, SigningProblem):
-        return Finding(value.signing.reason, value.signing.message)
+    if isinstance(value.signing, Finding):
+        return value.signing
     if value.signing is None:  # pragma: no cover - declaration_exists denies first
         return Finding(reasons.SIGNING_SECRET_MISSING, "no signing Secret")
     return None

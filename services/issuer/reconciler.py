@@ -38,17 +38,11 @@ from concurrent.futures import Executor
 
 from pydantic import ValidationError
 
+from services.issuer.entries import readable
 from services.issuer.mirror import ISSUER_ERROR_PREFIX, cleared_status, issuer_failed
-from services.issuer.policies import (
-    DeclarationInput,
-    SigningProblem,
-    SigningState,
-    check_declaration,
-    forbidden_secret,
-    scope_problem,
-)
+from services.issuer.policies import DeclarationInput, SigningState, check_declaration
 from services.issuer.settings import IssuerSettings
-from services.issuer.signer import SigningCAs
+from services.issuer.signer import SigningCAs, read_signing_secret
 from shared.api import reasons
 from shared.api.meta import Obj, metadata
 from shared.api.v1alpha2 import IssuedCertificate, IssuedCertificateStatus, State
@@ -58,7 +52,6 @@ from shared.events import (
     DesiredKind,
     DesiredObject,
     InvalidName,
-    Undecodable,
     decode_value,
     desired_key,
     parse_desired_key,
@@ -68,7 +61,6 @@ from shared.k8s import (
     ControllerSettings,
     Done,
     EventRecorder,
-    Forbidden,
     Informer,
     InformerEvent,
     KubeClient,
@@ -169,9 +161,6 @@ class Declarations:
         for informer in self.informers:
             await informer.wait_synced()
 
-    def is_cluster(self, namespace: str) -> bool:
-        return bool(namespace) and namespace not in self._settings.excluded_namespaces
-
     # -- mapping events to keys -----------------------------------------------------------------
 
     def _certificates_signed_by(self, event: InformerEvent) -> Iterable[ObjectKey]:
@@ -194,7 +183,7 @@ class Declarations:
     # -- IssuedCertificates ---------------------------------------------------------------------
 
     async def reconcile_certificate(self, key: ObjectKey) -> ReconcileResult:
-        if not self.is_cluster(key.namespace):
+        if not self._settings.is_cluster(key.namespace):
             return Done()
         kv_key = desired_key(key.namespace, DesiredKind.ISSUED_CERTIFICATE, key.name)
         raw = self.certificates.get(key)
@@ -207,79 +196,52 @@ class Declarations:
             await self._fail_raw(key, f"the declaration cannot be read (fields: {fields})")
             return Done()
         ref = declaration.spec.signing_certificate_secret
+        secret_key = ObjectKey(ref.namespace, ref.name)
         # Three independent reads at once: the signing Secret, and what `_publish` compares
         # against (the bucket's entry, and the live declaration that proves the cache current).
         secret, entry, live = await concurrently(
-            self._signing_secret(ref.namespace, ref.name),
+            read_signing_secret(self._kube, secret_key, scope=self._settings.signing_namespaces),
             self._desired.get(kv_key),
             _live(self._kube, ISSUED_CERTIFICATES, key),
         )
-        signing: SigningState
-        chain_fingerprint: str | None = None
-        if isinstance(secret, SigningProblem):
-            signing = secret
-        else:
-            signing, chain_fingerprint = await asyncio.get_running_loop().run_in_executor(
-                self._executor,
-                functools.partial(
-                    self._cas.load,
-                    secret,
-                    namespace=ref.namespace,
-                    name=ref.name,
-                    now=self._clock(),
-                ),
-            )
-        verdict = check_declaration(
-            DeclarationInput(
-                declaration=declaration,
-                signing=signing,
-                signing_namespaces=self._settings.signing_namespaces,
-            )
+        signing, chain_fingerprint = await self._load_signing(secret, secret_key)
+        desired = _desired_certificate(
+            key,
+            raw,
+            declaration,
+            signing,
+            chain_fingerprint,
+            scope=self._settings.signing_namespaces,
         )
-        desired: DesiredObject | None = None
-        if verdict is None:
-            try:
-                desired = DesiredObject(
-                    cluster=key.namespace,
-                    kind=DesiredKind.ISSUED_CERTIFICATE,
-                    name=key.name,
-                    namespace=declaration.spec.issued_certificate_secret.namespace,
-                    uid=declaration.metadata.uid or "",
-                    generation=declaration.metadata.generation or 1,
-                    spec=raw.get("spec") or {},
-                    signing_chain_fingerprint=chain_fingerprint,
-                )
-            except ValidationError:
-                verdict = Finding(
-                    reasons.INVALID_DECLARATION,
-                    "spec.issuedCertificateSecret.namespace is not a namespace name",
-                )
-        if desired is None:
-            assert verdict is not None  # desired is only missing after a denial
-            await self._fail(declaration, verdict.message)
-            if verdict.reason == reasons.SIGNING_SECRET_FORBIDDEN:
-                # Granting the read makes no event that reaches us: look again, unhurried.
-                return RequeueAfter(self._settings.sweep_interval)
-            return Done()
+        if isinstance(desired, Finding):
+            return await self._refuse(declaration, desired)
         if issuer_failed(declaration.status):
             await self._clear_failure(declaration)
         return await self._publish(
             kv_key, desired, key, ISSUED_CERTIFICATES, read=(entry, _identity(live))
         )
 
-    async def _signing_secret(self, namespace: str, name: str) -> Obj | SigningProblem | None:
-        """The signing Secret as the API has it now (None if gone), or why it may not be used:
-        outside the signing namespaces (then it is not read at all), or the API server forbids
-        the issuer to read it (403: a person must act, so not retried like an outage)."""
-        problem = scope_problem(namespace, name, self._settings.signing_namespaces)
-        if problem is not None:
-            return problem
-        try:
-            return await _live(self._kube, SECRETS, ObjectKey(namespace, name))
-        except Forbidden as exc:
-            if exc.code != 403:  # 401: our own token is not (yet) valid; transient
-                raise
-            return forbidden_secret(namespace, name, exc.message)
+    async def _load_signing(
+        self, secret: Obj | Finding | None, ref: ObjectKey
+    ) -> tuple[SigningState, str | None]:
+        """The signing CA and its chain's fingerprint (loaded in the executor: CPU-bound), or
+        why it cannot sign."""
+        if isinstance(secret, Finding):
+            return secret, None
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor,
+            functools.partial(
+                self._cas.load, secret, namespace=ref.namespace, name=ref.name, now=self._clock()
+            ),
+        )
+
+    async def _refuse(self, declaration: IssuedCertificate, verdict: Finding) -> ReconcileResult:
+        """FAILED with the verdict's message; nothing is published."""
+        await self._fail(declaration, verdict.message)
+        if verdict.reason == reasons.SIGNING_SECRET_FORBIDDEN:
+            # Granting the read makes no event that reaches us: look again, unhurried.
+            return RequeueAfter(self._settings.sweep_interval)
+        return Done()
 
     async def _fail(self, declaration: IssuedCertificate, message: str) -> None:
         error = ISSUER_ERROR_PREFIX + message
@@ -338,7 +300,7 @@ class Declarations:
     # -- PodBounceDirectives --------------------------------------------------------------------
 
     async def reconcile_directive(self, key: ObjectKey) -> ReconcileResult:
-        if not self.is_cluster(key.namespace):
+        if not self._settings.is_cluster(key.namespace):
             return Done()
         kv_key = desired_key(key.namespace, DesiredKind.POD_BOUNCE_DIRECTIVE, key.name)
         raw = self.directives.get(key)
@@ -472,13 +434,38 @@ def _parse(entry: KvEntry) -> DesiredObject | None:
     """The entry's value, or None when it cannot be read: then it is replaced (compare-and-set
     on its revision) by the value the declaration calls for, as a stale one would be."""
     value = decode_value(DesiredObject, entry.value)
-    if isinstance(value, Undecodable):
-        log.warning(
-            "desired entry unreadable; replacing it",
-            key=entry.key,
-            revision=entry.revision,
-            reason=value.reason,
-            error=value.message,
+    return readable(entry, value, unreadable="desired entry unreadable; replacing it")
+
+
+def _desired_certificate(
+    key: ObjectKey,
+    raw: Obj,
+    declaration: IssuedCertificate,
+    signing: SigningState,
+    chain_fingerprint: str | None,
+    *,
+    scope: tuple[str, ...],
+) -> DesiredObject | Finding:
+    """The value a declaration calls for, or why it may not be published: `DECLARATION_CHAIN`
+    (`scope`: the signing namespaces), or a Secret namespace that is not a namespace name."""
+    verdict = check_declaration(
+        DeclarationInput(declaration=declaration, signing=signing, signing_namespaces=scope)
+    )
+    if verdict is not None:
+        return verdict
+    try:
+        return DesiredObject(
+            cluster=key.namespace,
+            kind=DesiredKind.ISSUED_CERTIFICATE,
+            name=key.name,
+            namespace=declaration.spec.issued_certificate_secret.namespace,
+            uid=declaration.metadata.uid or "",
+            generation=declaration.metadata.generation or 1,
+            spec=raw.get("spec") or {},
+            signing_chain_fingerprint=chain_fingerprint,
         )
-        return None
-    return value
+    except ValidationError:
+        return Finding(
+            reasons.INVALID_DECLARATION,
+            "spec.issuedCertificateSecret.namespace is not a namespace name",
+        )

@@ -186,6 +186,10 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
         self.key_policy()  # raises ValueError, which pydantic reports against the settings
         return self
 
+    def is_cluster(self, namespace: str) -> bool:
+        """Whether `namespace` names a remote cluster (every namespace not excluded)."""
+        return bool(namespace) and namespace not in self.excluded_namespaces
+
     def signs_from(self, namespace: str) -> bool:
         """Whether a Secret in `namespace` may be a signing CA (any, when unscoped)."""
         return not self.signing_namespaces or namespace in self.signing_namespaces

@@ -1,12 +1,15 @@
 """Loading signing CAs from Secrets, and signing authorised CSRs.
 
 `SigningCAs.load(secret)` turns a signing Secret (as the API returns it) into a `SigningCA` or a
-`SigningProblem`; a CA that loaded is cached by the Secret's uid and resourceVersion, so a change
-of the Secret's content (a rotation) is always seen and an unchanged Secret is parsed once.
+`Finding` (why it cannot sign); a CA that loaded is cached by the Secret's uid and
+resourceVersion, so a change of the Secret's content (a rotation) is always seen and an
+unchanged Secret is parsed once.
 `sign(...)` signs an authorised CSR with the declaration's names and the clamped TTL.
 
 Both are synchronous and CPU-bound (chain validation; one private-key operation per signature,
 ~9 ms with an RSA-4096 CA): the handlers run them in the issuer's signing executor.
+`read_signing_secret(...)` is the one read of a signing Secret from the API, shared by the
+reconciler and the CSR handler (the only I/O here).
 The signing key lives in `SigningCA.key` only; no message here names more than fingerprints.
 """
 
@@ -17,18 +20,20 @@ import binascii
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
 
-from services.issuer.policies import SigningProblem, SigningState
+from services.issuer.policies import SigningState, forbidden_secret, scope_problem
 from shared.api import reasons
-from shared.api.meta import metadata
+from shared.api.meta import Obj, ObjectKey, metadata
 from shared.api.v1alpha2 import IssuedCertificate as Declaration
 from shared.controller.policy import Finding
+from shared.k8s import Forbidden, KubeClient, NotFound
+from shared.k8s.resources import SECRETS
 from shared.pki import (
     InvalidSigningCA,
     IssuedCertificate,
@@ -39,7 +44,34 @@ from shared.pki import (
     sign_intermediate,
 )
 
-__all__ = ["SigningCAs", "chain_fingerprint", "missing_secret", "sign", "ttl_for"]
+__all__ = [
+    "SigningCAs",
+    "chain_fingerprint",
+    "missing_secret",
+    "read_signing_secret",
+    "sign",
+    "ttl_for",
+]
+
+
+async def read_signing_secret(
+    kube: KubeClient, ref: ObjectKey, *, scope: Sequence[str]
+) -> Obj | Finding | None:
+    """The signing Secret `ref` as the API has it now (None if gone), or why it may not be
+    used: outside the signing namespaces `scope` (then it is not read at all), or the API
+    server forbids the issuer to read it (403: a person must act, so not retried like an
+    outage). Other API errors propagate; a 401 (our own token not valid yet) among them."""
+    problem = scope_problem(ref.namespace, ref.name, scope)
+    if problem is not None:
+        return problem
+    try:
+        return await kube.get(SECRETS, ref.name, namespace=ref.namespace)
+    except NotFound:
+        return None
+    except Forbidden as exc:
+        if exc.code != 403:
+            raise
+        return forbidden_secret(ref.namespace, ref.name, exc.message)
 
 
 def chain_fingerprint(ca: SigningCA) -> str:
@@ -54,20 +86,20 @@ def chain_fingerprint(ca: SigningCA) -> str:
     return digest.hexdigest()
 
 
-def missing_secret(namespace: str, name: str) -> SigningProblem:
-    return SigningProblem(
+def missing_secret(namespace: str, name: str) -> Finding:
+    return Finding(
         reasons.SIGNING_SECRET_MISSING,
         f"signingCertificateSecret {namespace}/{name} does not exist in the management cluster",
     )
 
 
-def _decode(data: Mapping[str, Any], where: str) -> dict[str, bytes] | SigningProblem:
+def _decode(data: Mapping[str, Any], where: str) -> dict[str, bytes] | Finding:
     out: dict[str, bytes] = {}
     for field, value in data.items():
         try:
             out[str(field)] = base64.b64decode(str(value), validate=True)
         except (binascii.Error, ValueError):
-            return SigningProblem(
+            return Finding(
                 reasons.SIGNING_SECRET_INVALID,
                 f"signingCertificateSecret {where}: data[{field!r}] is not base64",
             )
@@ -106,7 +138,7 @@ class SigningCAs:
                 return hit.ca, hit.chain_fingerprint
             # Loaded while valid, expired (or not yet valid) now: say so, as a fresh load would.
             return (
-                SigningProblem(
+                Finding(
                     reasons.SIGNING_SECRET_INVALID,
                     f"signingCertificateSecret {where} cannot sign: its chain is valid from "
                     f"{hit.ca.valid_from.isoformat()} until {hit.ca.valid_until.isoformat()}",
@@ -114,13 +146,13 @@ class SigningCAs:
                 None,
             )
         data = _decode(secret.get("data") or {}, where)
-        if isinstance(data, SigningProblem):
+        if isinstance(data, Finding):
             return data, None
         try:
             ca = load_signing_ca(data, now=now)
         except InvalidSigningCA as exc:
             return (
-                SigningProblem(
+                Finding(
                     reasons.SIGNING_SECRET_INVALID,
                     f"signingCertificateSecret {where} cannot sign ({exc.reason}): {exc.message}",
                 ),

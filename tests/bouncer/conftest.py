@@ -1,6 +1,6 @@
 """Fixtures for the bouncer's integration tests: an emulated cluster `east` with an istiod-like
 Deployment and a gateway Deployment, the agent's side of the bus played by test code, and the
-bouncer itself run in-process through its real composition (`services.bouncer.__main__.serve`).
+bouncer itself run in-process through its real composition (`services.bouncer.app.serve`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import stamina
 from k8s.harness import crd_documents
 
 from devstack.kubeapi import KubeAPI
-from services.bouncer.__main__ import serve
+from services.bouncer.app import serve
 from services.bouncer.policies import RESTARTED_FOR, is_ready, is_terminating
 from services.bouncer.settings import BouncerSettings
 from shared.api.meta import ObjectKey

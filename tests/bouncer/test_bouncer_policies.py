@@ -14,10 +14,10 @@ from services.bouncer.policies import (
     RESTARTED_FOR,
     AwaitReady,
     Bounce,
-    Check,
     Finished,
     Start,
     Step,
+    WaitResult,
 )
 from shared.api.v1alpha2 import (
     BouncedPodSet,
@@ -400,9 +400,12 @@ def test_spec_problems(labels: dict[str, str], namespace: str, problem: str | No
 @pytest.mark.parametrize(
     ("checks", "expected"),
     [
-        ([Check(True, "a"), Check(True, "b")], Check(True, "a; b")),
-        ([Check(True, "a"), Check(False, "b"), Check(False, "c")], Check(False, "b; c")),
-        ([], Check(True, "")),
+        ([WaitResult(True, "a"), WaitResult(True, "b")], WaitResult(True, "a; b")),
+        (
+            [WaitResult(True, "a"), WaitResult(False, "b"), WaitResult(False, "c")],
+            WaitResult(False, "b; c"),
+        ),
+        ([], WaitResult(True, "")),
     ],
     ids=[
         "all holding holds",
@@ -410,7 +413,7 @@ def test_spec_problems(labels: dict[str, str], namespace: str, problem: str | No
         "nothing to check holds",
     ],
 )
-def test_all_of(checks: list[Check], expected: Check) -> None:
+def test_all_of(checks: list[WaitResult], expected: WaitResult) -> None:
     assert policies.all_of(checks) == expected
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from services.bouncer.__main__ import consumer_settings
+from services.bouncer.app import consumer_settings
 from services.bouncer.settings import BouncerSettings
 from shared.events import EventType
 

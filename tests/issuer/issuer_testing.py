@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from k8s.harness import crd_documents
 
-from services.issuer.__main__ import serve
+from services.issuer.app import serve
 from services.issuer.settings import DEFAULT_EXCLUDED_NAMESPACES, IssuerSettings
 from shared.bus import Bus, ConsumerSettings, Delivery, NatsSettings
 from shared.events import (

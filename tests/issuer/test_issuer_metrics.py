@@ -21,7 +21,7 @@ from issuer.issuer_testing import (
     secret_body,
     world,
 )
-from services.issuer.__main__ import serve
+from services.issuer.app import serve
 from services.issuer.settings import IssuerSettings
 from shared.bus import NatsSettings
 from shared.events import StatusChanged

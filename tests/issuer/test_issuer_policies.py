@@ -17,7 +17,6 @@ from services.issuer.policies import (
     DECLARATION_CHAIN,
     CsrInput,
     DeclarationInput,
-    SigningProblem,
     authorise,
     check_declaration,
     forbidden_secret,
@@ -25,6 +24,7 @@ from services.issuer.policies import (
 )
 from services.issuer.signer import SigningCAs, chain_fingerprint, missing_secret, sign, ttl_for
 from shared.api.v1alpha2 import IssuedCertificate
+from shared.controller.policy import Finding
 from shared.events import CsrRequestedData
 from shared.pki import IssuedCertificate as Signed
 from shared.pki import KeyPolicy, SigningCA, build_csr, load_signing_ca
@@ -114,7 +114,7 @@ CSR_CASES: dict[str, tuple[Any, str | None]] = {
         "SigningSecretMissing",
     ),
     "deny a CSR whose signing Secret is invalid": (
-        lambda: replace(good(), signing=SigningProblem("SigningSecretInvalid", "bad")),
+        lambda: replace(good(), signing=Finding("SigningSecretInvalid", "bad")),
         "SigningSecretInvalid",
     ),
     "deny a CSR whose signing Secret is outside the signing namespaces, though its CA loaded": (
@@ -197,7 +197,7 @@ DECLARATION_CASES: dict[str, tuple[Any, str | None]] = {
     ),
     "fail a declaration whose signing Secret cannot sign": (
         lambda: DeclarationInput(
-            declaration=decl(), signing=SigningProblem("SigningSecretInvalid", "NotCA")
+            declaration=decl(), signing=Finding("SigningSecretInvalid", "NotCA")
         ),
         "SigningSecretInvalid",
     ),
@@ -301,11 +301,11 @@ def test_loaded_cas_are_cached_by_secret_version_and_problems_say_which_secret()
     assert fp1 == fp2 == chain_fingerprint(first)
     broken = {"metadata": {"uid": "s-1", "resourceVersion": "6"}, "data": {"ca-cert.pem": "!!"}}
     problem, fp = cas.load(broken, namespace="ns", name="ca", now=NOW)
-    assert isinstance(problem, SigningProblem)
+    assert isinstance(problem, Finding)
     assert (problem.reason, fp) == ("SigningSecretInvalid", None)
     assert "ns/ca" in problem.message
     missing, _ = cas.load(None, namespace="ns", name="gone", now=NOW)
-    assert isinstance(missing, SigningProblem)
+    assert isinstance(missing, Finding)
     assert missing.reason == "SigningSecretMissing"
 
 
@@ -318,5 +318,5 @@ def test_a_cached_ca_that_has_expired_since_is_refused() -> None:
     loaded, _ = cas.load(secret, namespace="ns", name="ca", now=NOW)
     assert isinstance(loaded, SigningCA)
     later, fp = cas.load(secret, namespace="ns", name="ca", now=NOW + dt.timedelta(days=4000))
-    assert isinstance(later, SigningProblem)
+    assert isinstance(later, Finding)
     assert (later.reason, fp) == ("SigningSecretInvalid", None)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from services.bouncer import policies
-from services.bouncer.policies import AwaitReady, Bounce, Check, Finished, Start
+from services.bouncer.policies import AwaitReady, Bounce, Finished, Start, WaitResult
 from shared.api.meta import Obj, ObjectKey
 from shared.api.v1alpha2 import (
     BounceStrategy,
@@ -246,11 +246,11 @@ class _Run:
     async def _bounce(self, index: int, selector: PodSelector) -> None:
         where = policies.describe(index, selector)
         if selector.root_cert_sync is not None:
-            check = await self._wait_root_cert_sync(selector.root_cert_sync)
-            if not check.ok:
+            result = await self._wait_root_cert_sync(selector.root_cert_sync)
+            if not result.ok:
                 raise _Failed(
                     f"{where}: root certificate not synced after "
-                    f"{self._b.deadlines.root_cert_sync:g} s: {check.detail}"
+                    f"{self._b.deadlines.root_cert_sync:g} s: {result.detail}"
                 )
         if selector.strategy is BounceStrategy.ROLLOUT_RESTART:
             pods = await self._restart(where, selector)
@@ -378,7 +378,7 @@ class _Run:
             pods = self._informer(PODS, ns, label_selector=labels)
             deployments = self._informer(DEPLOYMENTS, ns)
 
-            def rolled_out() -> Check:
+            def rolled_out() -> WaitResult:
                 rollouts = [
                     policies.rollout_complete(
                         deployments.get(ObjectKey(ns, name)), name=name, issuance=self._issuance
@@ -391,39 +391,39 @@ class _Run:
                 return policies.all_of([*rollouts, fresh])
 
             timeout = self._b.deadlines.rollout
-            check = await self._watch_until([pods, deployments], rolled_out, within=timeout)
+            result = await self._watch_until([pods, deployments], rolled_out, within=timeout)
         else:
             if wanted == 0:
                 return
             pods = self._informer(PODS, ns, label_selector=labels)
 
-            def replaced() -> Check:
+            def replaced() -> WaitResult:
                 return policies.ready_replacements(pods.items(), bounced=bounced, wanted=wanted)
 
             timeout = self._b.deadlines.replicas
-            check = await self._watch_until([pods], replaced, within=timeout)
-        if not check.ok:
-            raise _Failed(f"{where}: not ready after {timeout:g} s: {check.detail}")
-        log.info("bounce.selector_ready", selector=index, detail=check.detail)
+            result = await self._watch_until([pods], replaced, within=timeout)
+        if not result.ok:
+            raise _Failed(f"{where}: not ready after {timeout:g} s: {result.detail}")
+        log.info("bounce.selector_ready", selector=index, detail=result.detail)
 
-    async def _wait_root_cert_sync(self, sync: RootCertSync) -> Check:
+    async def _wait_root_cert_sync(self, sync: RootCertSync) -> WaitResult:
         s, c = sync.secret_ref, sync.config_map_ref
         secrets = self._informer(SECRETS, s.namespace, field_selector=f"metadata.name={s.name}")
         maps = self._informer(CONFIG_MAPS, c.namespace, field_selector=f"metadata.name={c.name}")
 
-        def synced() -> Check:
+        def synced() -> WaitResult:
             return policies.root_cert_synced(
                 sync,
                 secret=secrets.get(ObjectKey(s.namespace, s.name)),
                 config_map=maps.get(ObjectKey(c.namespace, c.name)),
             )
 
-        check = await self._watch_until(
+        result = await self._watch_until(
             [secrets, maps], synced, within=self._b.deadlines.root_cert_sync
         )
-        if check.ok:
+        if result.ok:
             log.info("bounce.root_cert_synced", config_map=f"{c.namespace}/{c.name}")
-        return check
+        return result
 
     def _informer(
         self,
@@ -443,14 +443,14 @@ class _Run:
         )
 
     async def _watch_until(
-        self, informers: Sequence[Informer], evaluate: Callable[[], Check], *, within: float
-    ) -> Check:
+        self, informers: Sequence[Informer], evaluate: Callable[[], WaitResult], *, within: float
+    ) -> WaitResult:
         """Watch `informers` and re-evaluate on every change until `evaluate()` holds or
         `within` seconds pass; the last answer. The watches end with this call."""
         changed = asyncio.Event()
         for informer in informers:
             informer.add_handler(lambda _event: changed.set())
-        last: Check | None = None
+        last: WaitResult | None = None
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(informer.run(), name=f"bouncer:watch:{informer.resource.plural}")
@@ -473,7 +473,7 @@ class _Run:
                     task.cancel()
         if last is None:
             unread = [i.resource.plural for i in informers if not i.has_synced]
-            return Check(False, f"could not list {', '.join(unread)} (see the bouncer's log)")
+            return WaitResult(False, f"could not list {', '.join(unread)} (see the bouncer's log)")
         return last
 
 

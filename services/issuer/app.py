@@ -1,0 +1,278 @@
+"""The issuer's wiring: one replica's components, built from its settings, a bus and a client.
+
+`serve(settings)` connects to NATS and the management cluster's API, provisions what the issuer
+owns (the stream and desired-state bucket, `meshtrust-issued`, the ledger), builds the
+components (`compose`) and supervises them until SIGTERM (or `stop`). Tests run it in-process,
+one call per replica. `provision(settings)` is `meshtrust-issuer provision`.
+
+Deliberately not here: reading settings from the environment and logging (`__main__.py`), and
+any decision (handlers, reconciler, policies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from services.issuer.handlers import CsrHandler, StatusHandler
+from services.issuer.issued import ISSUED_BUCKET, ISSUED_DESCRIPTION
+from services.issuer.ledger import open_ledger
+from services.issuer.metrics import IssuerMetrics
+from services.issuer.reconciler import Declarations
+from services.issuer.settings import IssuerSettings
+from services.issuer.signer import SigningCAs
+from shared.bus import Bucket, Bus, ConsumerSettings, Handler
+from shared.bus.fleet import FleetConsumers
+from shared.bus.ledger import Ledger
+from shared.controller.components import ControllerComponent, PeriodicComponent, Task
+from shared.events import DESIRED_BUCKET, EventType, any_cluster
+from shared.k8s import EventRecorder, KubeClient
+from shared.k8s.config import client_from_settings
+from shared.runtime import Component, get_logger, supervise
+from shared.runtime.clock import Clock, utcnow
+from shared.runtime.concurrency import InFlight
+from shared.runtime.health import HealthServer
+from shared.runtime.metrics import new_registry
+
+__all__ = ["compose", "provision", "serve"]
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Shared:
+    """What the components of one replica share, made once by `compose`."""
+
+    settings: IssuerSettings
+    bus: Bus
+    kube: KubeClient
+    executor: Executor
+    clock: Clock
+    recorder: EventRecorder
+    signing_cas: SigningCAs
+    """Loaded signing CAs, by Secret uid and resourceVersion: the reconciler's and the CSRs'."""
+
+
+def compose(
+    settings: IssuerSettings,
+    *,
+    bus: Bus,
+    kube: KubeClient,
+    desired: Bucket,
+    issued: Bucket,
+    ledger: Ledger,
+    executor: Executor,
+    clock: Clock = utcnow,
+    health: HealthServer | None = None,
+) -> list[Component]:
+    """Every component of one issuer replica, wired together; the metrics go to the registry
+    `health` serves (the bus's too, when it was connected with that registry)."""
+    health = health or HealthServer(settings.health)
+    shared = _Shared(
+        settings=settings,
+        bus=bus,
+        kube=kube,
+        executor=executor,
+        clock=clock,
+        recorder=EventRecorder(kube, component="meshtrust-issuer", instance=settings.instance),
+        signing_cas=SigningCAs(),
+    )
+    fleet = FleetConsumers(
+        bus.connection, ack_wait=settings.cluster_ack_wait, clusters=settings.clusters
+    )
+    declarations = Declarations(
+        settings=settings,
+        kube=kube,
+        desired=desired,
+        signing_cas=shared.signing_cas,
+        executor=executor,
+        recorder=shared.recorder,
+        ensure_cluster=fleet.ensure,
+        clock=clock,
+    )
+    metrics = IssuerMetrics(health.registry, signing_secrets=declarations.secrets)
+    health.add_check("informers-synced", declarations.synced)
+    health.add_check("nats", bus.is_connected)
+    return [
+        health,
+        *_declaration_components(declarations, settings),
+        *_consumers(shared, declarations, metrics, issued=issued, ledger=ledger),
+        fleet,
+    ]
+
+
+def _consumers(
+    shared: _Shared,
+    declarations: Declarations,
+    metrics: IssuerMetrics,
+    *,
+    issued: Bucket,
+    ledger: Ledger,
+) -> list[Component]:
+    """The consumers of every cluster's `csr.requested` and `status.changed`, with their
+    handlers; status reports let the CSRs being handled go first (one `InFlight`)."""
+    settings, in_flight = shared.settings, InFlight()
+    csr = CsrHandler(
+        settings=settings,
+        bus=shared.bus,
+        kube=shared.kube,
+        issued=issued,
+        ledger=ledger,
+        executor=shared.executor,
+        signing_cas=shared.signing_cas,
+        declarations=declarations.certificates,
+        in_flight=in_flight,
+        clock=shared.clock,
+        metrics=metrics,
+    )
+    status = StatusHandler(
+        settings=settings,
+        kube=shared.kube,
+        recorder=shared.recorder,
+        declarations=declarations.certificates,
+        in_flight=in_flight,
+    )
+    # (event type, durable, fetch batch, at most in flight) of each consumer
+    csr_route = (
+        EventType.CSR_REQUESTED,
+        settings.csr_durable,
+        settings.csr_batch,
+        settings.csr_in_flight,
+    )
+    status_route = (
+        EventType.STATUS_CHANGED,
+        settings.status_durable,
+        settings.status_in_flight,
+        settings.status_in_flight,
+    )
+    return [
+        _hub_consumer(
+            shared.bus, metrics.heard_from(csr), settings, *csr_route, ack_wait=settings.ack_wait
+        ),
+        _hub_consumer(shared.bus, metrics.heard_from(status), settings, *status_route),
+    ]
+
+
+def _declaration_components(
+    declarations: Declarations, settings: IssuerSettings
+) -> Iterator[Component]:
+    """The declarations' informers, their two controllers and the periodic sweep."""
+    yield Task("informer:issuedcertificates", declarations.certificates.run)
+    yield Task("informer:podbouncedirectives", declarations.directives.run)
+    namespaces = settings.signing_namespaces or ("*",)
+    for namespace, secrets in zip(namespaces, declarations.secrets, strict=True):
+        yield Task(f"informer:secrets:{namespace}", secrets.run)
+    yield ControllerComponent(declarations.certificate_controller, declarations.informers)
+    yield ControllerComponent(declarations.directive_controller, declarations.informers)
+    yield PeriodicComponent(
+        "desired-state-sweep",
+        declarations.sweep,
+        interval=settings.sweep_interval,
+        ready=declarations.wait_synced,
+    )
+
+
+def _hub_consumer(
+    bus: Bus,
+    handler: Handler,
+    settings: IssuerSettings,
+    event: EventType,
+    durable: str,
+    batch: int,
+    in_flight: int,
+    **more: Any,
+) -> Component:
+    """A consumer of one event type from every cluster (`more`: other `ConsumerSettings`)."""
+    return bus.consumer(
+        ConsumerSettings(
+            durable=durable,
+            filter_subjects=(any_cluster(event),),
+            accept=frozenset({event}),
+            batch=batch,
+            max_in_flight=in_flight,
+            fetch_timeout=settings.fetch_timeout,
+            **more,
+        ),
+        handler,
+    )
+
+
+async def serve(
+    settings: IssuerSettings,
+    *,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+    clock: Clock = utcnow,
+    health: HealthServer | None = None,
+) -> None:
+    """Run one issuer replica until `stop` is set (or SIGTERM/SIGINT); `health` serves its
+    probes and metrics (tests pass one to learn its port)."""
+    health = health or HealthServer(settings.health, registry=new_registry())
+    async with (
+        Bus.connect(settings.nats, registry=health.registry) as bus,
+        client_from_settings(settings.kube) as kube,
+    ):
+        ledger = open_ledger(bus)
+        if settings.nats.provision:
+            await _provision(bus, ledger, settings)
+        else:
+            await ledger.check()
+        desired = await bus.bucket(DESIRED_BUCKET)
+        issued = await bus.bucket(ISSUED_BUCKET, description=ISSUED_DESCRIPTION, history=1)
+        with ThreadPoolExecutor(
+            max_workers=settings.signing_threads, thread_name_prefix="issuer-sign"
+        ) as executor:
+            components = compose(
+                settings,
+                bus=bus,
+                kube=kube,
+                desired=desired,
+                issued=issued,
+                ledger=ledger,
+                executor=executor,
+                clock=clock,
+                health=health,
+            )
+            _log_start(settings)
+            await supervise(
+                components, grace=settings.grace, stop=stop, handle_signals=handle_signals
+            )
+    log.info("issuer stopped", instance=settings.instance)
+
+
+def _log_start(settings: IssuerSettings) -> None:
+    log.info(
+        "issuer starting",
+        instance=settings.instance,
+        signing_namespaces=list(settings.signing_namespaces),
+    )
+    if not settings.signing_namespaces:
+        log.warning(
+            "no signing namespaces: any Secret a declaration names may sign "
+            "(set MESHTRUST_ISSUER_SIGNING_NAMESPACES; docs/issuer.md)"
+        )
+
+
+async def _provision(bus: Bus, ledger: Ledger, settings: IssuerSettings) -> None:
+    """Create or update what the issuer owns on the bus: the stream, the record stream, the
+    desired-state and `meshtrust-issued` buckets, the ledger, and the consumers of the clusters
+    named in the settings (idempotent)."""
+    await bus.provision()
+    await ledger.ensure()
+    await bus.bucket(ISSUED_BUCKET, description=ISSUED_DESCRIPTION, history=1)
+    fleet = FleetConsumers(bus.connection, ack_wait=settings.cluster_ack_wait)
+    for cluster in settings.clusters:
+        await fleet.ensure(cluster)
+
+
+async def provision(settings: IssuerSettings) -> None:
+    """`meshtrust-issuer provision`: provision JetStream, then exit. Run with the hub's
+    provisioner credentials (docs/bus.md) where the issuer's own may not create or change
+    streams (`MESHTRUST_NATS_PROVISION=false` for the issuer then)."""
+    nats_settings = settings.nats.model_copy(update={"provision": True})
+    async with Bus.connect(nats_settings) as bus:
+        await _provision(bus, open_ledger(bus), settings)
+    log.info("jetstream provisioned")
