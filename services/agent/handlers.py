@@ -40,10 +40,11 @@ from services.agent.objects import (
     read_key_secret,
 )
 from services.agent.policies import Verdict
-from services.agent.trust import Refusal, TrustAnchors, TrustBundle, judge
+from services.agent.trust import TrustAnchors, TrustBundle, judge
 from shared.api.meta import Obj, ObjectKey
 from shared.api.v1alpha2 import IssuedCertificateSpec, IssuedCertificateStatus, State
 from shared.bus import Delivery
+from shared.controller.policy import Finding
 from shared.events import BounceCompleted, CertificateDenied, CertificateIssued, Event
 from shared.k8s.early import NOT_READ, spec_ref
 from shared.k8s.errors import KubeError
@@ -151,7 +152,7 @@ class Handlers:
                 b, hosts=checked.hosts, org=checked.org, now=self._now()
             ),
         )
-        refusal = judged if isinstance(judged, Refusal) else None
+        refusal = judged if isinstance(judged, Finding) else None
         if refusal is not None:
             log.warning(
                 "issued certificate refused; still waiting for the issuer's answer",
@@ -184,7 +185,7 @@ class Handlers:
             log.info("issued Secret written", key=str(key), serial=data.serial_number)
         self._requeue(key)
 
-    async def _load_trust(self) -> TrustAnchors | Refusal | TransientError:
+    async def _load_trust(self) -> TrustAnchors | Finding | TransientError:
         try:
             return await self._trust.load()
         except TransientError as exc:

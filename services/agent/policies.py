@@ -413,6 +413,15 @@ def _rate_limited(
     return None
 
 
+def refusal_event_reason(reason: str) -> str:
+    """The Warning Event's reason for a `Refuse` of `reason` (the issuance stays REQUESTED)."""
+    if reason in (reasons.TRUST_BUNDLE_MISSING, reasons.TRUST_BUNDLE_INVALID):
+        return reasons.TRUST_BUNDLE_UNAVAILABLE
+    if reason == reasons.RATE_LIMITED:
+        return reasons.RATE_LIMITED
+    return reasons.UNTRUSTED_CERTIFICATE
+
+
 def rate_limited_error(verdict: Verdict) -> str:
     """status.error while REQUESTED after a RateLimited denial."""
     when = verdict.retry_after.isoformat() if verdict.retry_after is not None else "later"
