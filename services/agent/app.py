@@ -246,9 +246,7 @@ def _desired_state(
 ) -> DesiredState:
     return DesiredState(
         cluster=settings.cluster,
-        source=settings.source,
         objects=objects,
-        bus=reconciler.bus,
         recorder=recorder,
         informers={
             DesiredKind.ISSUED_CERTIFICATE: informers.ic,
@@ -256,6 +254,7 @@ def _desired_state(
         },
         namespaces=settings.namespaces,
         created=handoff.created,
+        refused=reconciler.report_refused,
     )
 
 

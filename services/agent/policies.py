@@ -30,6 +30,9 @@ from shared.controller.policy import Chain, Check, Finding
 from shared.pki import BundleInfo, InvalidHost, InvalidSubject, parse_hosts, serial_hex
 from shared.pki.names import subject_for
 
+NOT_MANAGED = "NotManaged"  # Event: a declared name held by an unmanaged object; not in reasons
+
+
 # --- what the reconciler observed -------------------------------------------------------------
 
 
