@@ -36,17 +36,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from services.agent import desired_plan as plans
-from services.agent.desired_plan import (
-    RESOURCES,
-    Action,
-    Compare,
-    Create,
-    Delete,
-    KeepUnreadable,
-    LeaveAlone,
-    Refuse,
-    Replace,
-)
+from services.agent.desired_plan import RESOURCES
 from services.agent.objects import AgentObjects, is_managed
 from services.agent.policies import NOT_MANAGED
 from shared.api.meta import Obj, ObjectKey, metadata
@@ -237,25 +227,25 @@ class DesiredState:
             await self._do(key, kind, action)
         return Done()
 
-    async def _do(self, key: str, kind: DesiredKind, action: Action) -> None:
+    async def _do(self, key: str, kind: DesiredKind, action: plans.Action) -> None:
         match action:
-            case KeepUnreadable():
+            case plans.KeepUnreadable():
                 log.warning(
                     "desired entry unreadable; its object is left as it is",
                     kv_key=key,
                     error=action.error,
                 )
-            case Delete():
+            case plans.Delete():
                 await self._delete(RESOURCES[kind], action.obj)
-            case Refuse():
+            case plans.Refuse():
                 await self._refuse(key, action.desired, action.error)
-            case Create():
+            case plans.Create():
                 await self._create(key, action)
-            case Compare():
+            case plans.Compare():
                 await self._compare(key, action.desired)
-            case Replace():
+            case plans.Replace():
                 await self._replace(key, action)
-            case LeaveAlone():
+            case plans.LeaveAlone():
                 await self._leave_alone(key, action.current)
 
     def _cached(self, kind: DesiredKind, name: str) -> list[Obj]:
@@ -272,7 +262,7 @@ class DesiredState:
         for action in plans.converge(key, desired, current):
             await self._do(key, desired.kind, action)
 
-    async def _create(self, key: str, action: Create) -> None:
+    async def _create(self, key: str, action: plans.Create) -> None:
         """Create the object. One of that name exists already: sent without a read first,
         the cache lags and it is compared; otherwise someone raced us, and the key is looked
         at again."""
@@ -295,7 +285,7 @@ class DesiredState:
         log.info("desired object created", kv_key=key, namespace=desired.namespace)
         self._created(desired.kind, created)
 
-    async def _replace(self, key: str, action: Replace) -> None:
+    async def _replace(self, key: str, action: plans.Replace) -> None:
         desired = action.desired
         body = plans.replace_body(key, action.current, desired)
         try:
