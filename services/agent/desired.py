@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from services.agent import desired_plan as plans
 from services.agent.desired_plan import RESOURCES
 from services.agent.objects import AgentObjects, is_managed
-from services.agent.policies import NOT_MANAGED
+from services.agent.policies import NOT_MANAGED, WRONG_OBJECT
 from shared.api.meta import Obj, ObjectKey, metadata
 from shared.bus import Bucket, Deleted, KvEntry, Put, Snapshot
 from shared.events import (
@@ -151,7 +151,7 @@ class DesiredState:
             kind,
             name,
         ):
-            value = Undecodable("WrongObject", "the value names another object than its key")
+            value = Undecodable(WRONG_OBJECT, "the value names another object than its key")
         if isinstance(value, Undecodable):
             kept = last_good.get(entry.key)
             log.warning(

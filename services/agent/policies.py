@@ -30,8 +30,9 @@ from shared.controller.policy import Chain, Check, Finding
 from shared.pki import BundleInfo, InvalidHost, InvalidSubject, parse_hosts, serial_hex
 from shared.pki.names import subject_for
 
-NOT_MANAGED = "NotManaged"  # Event: a declared name held by an unmanaged object; not in reasons
-
+# Agent reasons not in `shared.api.reasons` (yet); used by desired.py (Event, unreadable value).
+NOT_MANAGED = "NotManaged"
+WRONG_OBJECT = "WrongObject"
 
 # --- what the reconciler observed -------------------------------------------------------------
 
