@@ -178,7 +178,7 @@ def build_agent(
     handlers = Handlers(
         objects=objects, informers=informers.ic, requeue=controller.queue.add, now=now, trust=trust
     )
-    agent.components = _components(agent, informers, bus, handlers)
+    agent.components = _components(agent, informers, bus, handlers, trust)
     return agent
 
 
@@ -288,13 +288,11 @@ def _health(
 
 
 def _components(
-    agent: Agent, informers: _Informers, bus: Bus, handlers: Handlers
+    agent: Agent, informers: _Informers, bus: Bus, handlers: Handlers, trust: TrustBundle
 ) -> list[Component]:
     """What `supervise` runs, in the order it starts them."""
     settings = agent.settings
     cluster = settings.cluster
-    trust = agent.trust
-    assert trust is not None
     consumer = bus.consumer(
         agent_consumer(cluster).consumer_settings(
             provision=settings.nats.provision,

@@ -4,9 +4,12 @@ Level-based, as controller-runtime's: the key says which object, never what happ
 reads the IssuedCertificate, its key Secret and its issued Secret fresh from the API (not from
 a cache: a stale cache could make it believe the key Secret is missing and make a second key for
 one issuance), runs the bundle check on the issued Secret, reads the verdict a bus handler left
-for the current issuance, and hands all of it to `policies.decide`. The decision's I/O goes
-through `objects.AgentObjects` and the bus; the status is written once, and a state change (or a
-new issuance) is recorded as a Kubernetes Event and published as `status.changed`.
+for the current issuance, and hands all of it to `policies.decide`. Each kind of decision has
+its own method (`_act` dispatches on the type); their I/O goes through `objects.AgentObjects`
+and the bus; the status is written once, and a state change (or a new issuance) is recorded as
+a Kubernetes Event and published as `status.changed`. This is the only place that publishes
+`status.changed`: also for a declaration the cluster refused, which desired state hands over
+(`report_refused`).
 
 Order of writes, so that a crash anywhere leaves a state the next pass can finish:
 key Secret -> status REQUESTED -> csr.requested (a crash before the status is adopted: the key
@@ -113,7 +116,7 @@ class Reconciler:
         Secret whose root is not pinned is not fit for use, and is issued again."""
         self._messages = Messages(source=source, cluster=cluster)
         self._objects = objects
-        self.bus = bus
+        self._bus = bus
         self._recorder = recorder
         self._timing = timing
         self._now = now
@@ -361,7 +364,7 @@ class Reconciler:
 
     async def _send_csr(self, p: _Pass, raw: Obj, key_secret: KeySecret, attempt: int) -> None:
         material = key_secret.material
-        published = await self.bus.publish(
+        published = await self._bus.publish(
             self._messages.csr_requested(p.key, raw, key_secret, attempt)
         )
         if attempt != material.attempt or material.requested_at is None:
@@ -374,7 +377,7 @@ class Reconciler:
         assert directive is not None
         issuance = IssuedCertificateStatus.model_validate(raw.get("status") or {}).issuance_id
         assert issuance is not None
-        await self.bus.publish(self._messages.bounce_requested(p.key, issuance, directive))
+        await self._bus.publish(self._messages.bounce_requested(p.key, issuance, directive))
         self._sent[p.key] = (issuance, "bounce.requested", 0)
         log.info("bounce.requested", directive=f"{directive.namespace}/{directive.name}")
 
@@ -440,13 +443,13 @@ class Reconciler:
             reason=reason,
             error=new.error or None,
         )
-        await self.bus.publish(self._messages.status_changed(key, written, new))
+        await self._bus.publish(self._messages.status_changed(key, written, new))
 
     async def report_refused(self, desired: DesiredObject, error: str) -> None:
         """status.changed FAILED for a declaration this cluster refused (desired state hands
         it over): it cannot exist here, so it has no status of its own to write."""
         if desired.kind is DesiredKind.ISSUED_CERTIFICATE:
-            await self.bus.publish(self._messages.declaration_refused(desired, error))
+            await self._bus.publish(self._messages.declaration_refused(desired, error))
 
 
 @dataclass(frozen=True, slots=True)
