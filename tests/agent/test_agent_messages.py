@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 
+from agent.test_agent_desired_plan import entry
+
 from services.agent.messages import Messages, derived_issuance
 from services.agent.objects import DECLARATION_GENERATION
 from shared.api.meta import ObjectKey
 from shared.api.v1alpha2 import IssuedCertificateStatus, State
-from shared.events import CertificateState, DesiredKind, DesiredObject
+from shared.events import CertificateState
 
 MESSAGES = Messages(source="agent/east-0", cluster="east")
 KEY = ObjectKey("istio-system", "istio-ca")
@@ -40,15 +42,7 @@ def test_a_status_without_an_issuance_carries_the_objects_derived_one() -> None:
 
 
 def test_a_refused_declaration_is_failed_under_the_declarations_derived_issuance() -> None:
-    desired = DesiredObject(
-        cluster="east",
-        kind=DesiredKind.ISSUED_CERTIFICATE,
-        name="istio-ca",
-        namespace="istio-system",
-        uid="uid-decl",
-        generation=4,
-        spec={},
-    )
+    desired = entry(uid="uid-decl", generation=4)
     event = MESSAGES.declaration_refused(desired, "x" * 5000)
     assert event.issuance == derived_issuance("uid-decl", 4)
     assert event.data.state is CertificateState.FAILED
