@@ -15,46 +15,36 @@ worker then makes the cluster match the entry, one key at a time:
   someone else's), logged and recorded as an Event;
 - entry absent: the managed object of that kind and name is deleted (unmanaged ones never are).
 
+What to do is decided by the pure `desired_plan` (`plan` from the mirror and the cache,
+`converge` on a fresh read); this module keeps the mirror and executes those actions.
+
 An entry that the cluster refuses (422: e.g. no `issuedCertificateSecret`, empty `hosts`) cannot
-exist here, so it cannot go FAILED here either: a `status.changed` FAILED naming the fields the
-API server named is published instead, once per declaration generation, and the issuer mirrors it
-onto the declaration. Nothing else is published for it.
+exist here, so it cannot go FAILED here either: once per declaration generation it is handed to
+`refused` (the reconciler's `report_refused`, which publishes `status.changed` FAILED naming the
+fields the API server named; the issuer mirrors it onto the declaration). Nothing is published
+from here: only the reconciler publishes status.
 
 Keys of the work queue are `ObjectKey("", "<cluster>.<kind>.<name>")`: the desired-state key,
 so that the shared controller runner (dedupe, one worker per key, backoff) can be reused.
-Deliberately not here: the IssuedCertificate state machine (`reconciler.py`).
+Deliberately not here: the IssuedCertificate state machine (`reconciler.py`), deciding
+(`desired_plan.py`), publishing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
-from pydantic import BaseModel, ValidationError
-
-from services.agent.objects import (
-    DECLARATION_GENERATION,
-    DECLARATION_UID,
-    DESIRED_KEY,
-    MANAGED_BY,
-    MANAGED_BY_VALUE,
-    SIGNING_CHAIN,
-    AgentObjects,
-    annotations_of,
-    is_managed,
-)
+from services.agent import desired_plan as plans
+from services.agent.desired_plan import RESOURCES
+from services.agent.objects import AgentObjects, is_managed
+from services.agent.policies import NOT_MANAGED, WRONG_OBJECT
 from shared.api.meta import Obj, ObjectKey, metadata
-from shared.api.v1alpha2 import IssuedCertificateSpec, PodBounceDirectiveSpec
-from shared.bus import Bucket, Bus, Deleted, KvEntry, Put, Snapshot
+from shared.bus import Bucket, Deleted, KvEntry, Put, Snapshot
 from shared.events import (
-    CertificateState,
     DesiredKind,
     DesiredObject,
     InvalidName,
-    StatusChanged,
-    StatusChangedData,
     Undecodable,
     cluster_prefix,
     decode_value,
@@ -65,19 +55,14 @@ from shared.k8s.controller import Done, ReconcileResult
 from shared.k8s.errors import AlreadyExists, Invalid, NotFound
 from shared.k8s.events import EventRecorder
 from shared.k8s.informer import EventType, Informer, InformerEvent, version_of
-from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, Resource
+from shared.k8s.resources import Resource
 from shared.runtime.logging import get_logger
 
 log = get_logger(__name__)
 
-RESOURCES: Mapping[DesiredKind, Resource] = {
-    DesiredKind.ISSUED_CERTIFICATE: ISSUED_CERTIFICATES,
-    DesiredKind.POD_BOUNCE_DIRECTIVE: POD_BOUNCE_DIRECTIVES,
-}
-_SPEC_MODELS: Mapping[DesiredKind, type[BaseModel]] = {
-    DesiredKind.ISSUED_CERTIFICATE: IssuedCertificateSpec,
-    DesiredKind.POD_BOUNCE_DIRECTIVE: PodBounceDirectiveSpec,
-}
+
+async def _no_report(_desired: DesiredObject, _error: str) -> None:
+    return None
 
 
 def queue_key(key: str) -> ObjectKey:
@@ -91,19 +76,18 @@ class DesiredState:
         self,
         *,
         cluster: str,
-        source: str,
         objects: AgentObjects,
-        bus: Bus,
         recorder: EventRecorder,
         informers: Mapping[DesiredKind, Sequence[Informer]],
         namespaces: Sequence[str],
         enqueue: Callable[[ObjectKey], None] | None = None,
         created: Callable[[DesiredKind, Obj], None] | None = None,
+        refused: Callable[[DesiredObject, str], Awaitable[None]] = _no_report,
     ) -> None:
         self._cluster = cluster
-        self._source = source
         self._objects = objects
-        self._bus = bus
+        self._refused = refused
+        """Told of a declaration this cluster cannot hold, once per declaration generation."""
         self._recorder = recorder
         self._informers = informers
         self._namespaces = frozenset(namespaces)
@@ -167,7 +151,7 @@ class DesiredState:
             kind,
             name,
         ):
-            value = Undecodable("WrongObject", "the value names another object than its key")
+            value = Undecodable(WRONG_OBJECT, "the value names another object than its key")
         if isinstance(value, Undecodable):
             kept = last_good.get(entry.key)
             log.warning(
@@ -216,13 +200,13 @@ class DesiredState:
                 return []  # our own create or replace, seen back: nothing to repair
             if event.type is EventType.ADDED or event.old is None:
                 return [queue_key(key)]
-            if _shape(event.object) != _shape(event.old):
+            if plans.shape(event.object) != plans.shape(event.old):
                 return [queue_key(key)]
             return []
 
         return map_event
 
-    # -- applying -----------------------------------------------------------------------------
+    # -- applying: the plan's actions, executed -----------------------------------------------
 
     async def reconcile(self, qkey: ObjectKey) -> ReconcileResult:
         key = qkey.name
@@ -232,56 +216,37 @@ class DesiredState:
             _, kind, name = parse_desired_key(key)
         except InvalidName:
             return Done()
-        resource = RESOURCES[kind]
-        desired = self._desired.get(key)
-        cached = self._cached(kind, name)
-        managed = [obj for obj in cached if is_managed(obj)]
-        if desired is None and key in self._unreadable:
-            # An entry is there but cannot be read, and no good value was seen before it:
-            # what it declares is unknown, so nothing is created, changed or deleted.
-            if managed:
+        actions = plans.plan(
+            desired=self._desired.get(key),
+            unreadable=self._unreadable.get(key),
+            cached=self._cached(kind, name),
+            namespaces=self._namespaces,
+            cluster=self._cluster,
+        )
+        for action in actions:
+            await self._do(key, kind, action)
+        return Done()
+
+    async def _do(self, key: str, kind: DesiredKind, action: plans.Action) -> None:
+        match action:
+            case plans.KeepUnreadable():
                 log.warning(
                     "desired entry unreadable; its object is left as it is",
                     kv_key=key,
-                    error=self._unreadable[key],
+                    error=action.error,
                 )
-            return Done()
-        if desired is None:
-            for obj in managed:
-                await self._delete(resource, obj)
-            return Done()
-        for obj in managed:
-            if ObjectKey.of(obj).namespace != desired.namespace:
-                await self._delete(resource, obj)
-        if self._namespaces and desired.namespace not in self._namespaces:
-            await self._refuse(
-                key,
-                desired,
-                f"namespace {desired.namespace!r} is not watched by the agent of cluster "
-                f"{self._cluster!r}",
-            )
-            return Done()
-        here = any(ObjectKey.of(obj).namespace == desired.namespace for obj in cached)
-        # Not even in the cache: create at once (a read first would almost always say absent);
-        # AlreadyExists means the cache lags, and the object is read and compared after all.
-        if not here and await self._create(key, resource, desired):
-            return Done()
-        current = await self._objects.get(resource, desired.namespace, name)
-        if current is None:
-            if not await self._create(key, resource, desired):
-                self.enqueue(queue_key(key))  # raced with someone: look again
-        elif not is_managed(current):
-            log.warning("object exists and is not managed by meshtrust; left alone", kv_key=key)
-            await self._recorder.record(
-                current,
-                type="Warning",
-                reason="NotManaged",
-                message="meshtrust declares an object of this name; this one is not managed by "
-                "meshtrust and is left alone",
-            )
-        elif _differs(kind, current, desired, key):
-            await self._replace(key, resource, current, desired)
-        return Done()
+            case plans.Delete():
+                await self._delete(RESOURCES[kind], action.obj)
+            case plans.Refuse():
+                await self._refuse(key, action.desired, action.error)
+            case plans.Create():
+                await self._create(key, action)
+            case plans.Compare():
+                await self._compare(key, action.desired)
+            case plans.Replace():
+                await self._replace(key, action)
+            case plans.LeaveAlone():
+                await self._leave_alone(key, action.current)
 
     def _cached(self, kind: DesiredKind, name: str) -> list[Obj]:
         return [
@@ -291,54 +256,56 @@ class DesiredState:
             if ObjectKey.of(obj).name == name
         ]
 
-    def _metadata(self, key: str, desired: DesiredObject) -> tuple[dict[str, str], dict[str, str]]:
-        labels = {MANAGED_BY: MANAGED_BY_VALUE}
-        return labels, _annotations(key, desired)
+    async def _compare(self, key: str, desired: DesiredObject) -> None:
+        resource = RESOURCES[desired.kind]
+        current = await self._objects.get(resource, desired.namespace, desired.name)
+        for action in plans.converge(key, desired, current):
+            await self._do(key, desired.kind, action)
 
-    async def _create(self, key: str, resource: Resource, desired: DesiredObject) -> bool:
-        """Create the object; False when one of that name exists already (nothing done)."""
-        labels, annotations = self._metadata(key, desired)
-        body = {
-            "apiVersion": resource.api_version,
-            "kind": resource.kind,
-            "metadata": {
-                "name": desired.name,
-                "namespace": desired.namespace,
-                "labels": labels,
-                "annotations": annotations,
-            },
-            "spec": dict(desired.spec),
-        }
+    async def _create(self, key: str, action: plans.Create) -> None:
+        """Create the object. One of that name exists already: sent without a read first,
+        the cache lags and it is compared; otherwise someone raced us, and the key is looked
+        at again."""
+        desired = action.desired
         try:
-            created = await self._objects.kube.create(resource, body)
+            created = await self._objects.kube.create(
+                RESOURCES[desired.kind], plans.create_body(key, desired)
+            )
         except AlreadyExists:
-            return False
+            if action.first:
+                await self._compare(key, desired)
+            else:
+                self.enqueue(queue_key(key))
+            return
         except Invalid as exc:
             await self._refuse(key, desired, f"the cluster refused it: {exc.message}")
-            return True
+            return
         if version := version_of(created):
             self._written[key] = version
         log.info("desired object created", kv_key=key, namespace=desired.namespace)
         self._created(desired.kind, created)
-        return True
 
-    async def _replace(
-        self, key: str, resource: Resource, current: Obj, desired: DesiredObject
-    ) -> None:
-        labels, annotations = self._metadata(key, desired)
-        meta = dict(metadata(current))
-        meta["labels"] = {**(meta.get("labels") or {}), **labels}
-        kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k != SIGNING_CHAIN}
-        meta["annotations"] = {**kept, **annotations}
-        body = {**current, "metadata": meta, "spec": dict(desired.spec)}
+    async def _replace(self, key: str, action: plans.Replace) -> None:
+        desired = action.desired
+        body = plans.replace_body(key, action.current, desired)
         try:
-            replaced = await self._objects.kube.replace(resource, body)
+            replaced = await self._objects.kube.replace(RESOURCES[desired.kind], body)
         except Invalid as exc:
             await self._refuse(key, desired, f"the cluster refused it: {exc.message}")
             return
         if version := version_of(replaced):
             self._written[key] = version
         log.info("desired object re-applied", kv_key=key, namespace=desired.namespace)
+
+    async def _leave_alone(self, key: str, current: Obj) -> None:
+        log.warning("object exists and is not managed by meshtrust; left alone", kv_key=key)
+        await self._recorder.record(
+            current,
+            type="Warning",
+            reason=NOT_MANAGED,
+            message="meshtrust declares an object of this name; this one is not managed by "
+            "meshtrust and is left alone",
+        )
 
     async def _delete(self, resource: Resource, obj: Obj) -> None:
         meta = metadata(obj)
@@ -358,61 +325,5 @@ class DesiredState:
         if self._reported.get(key) == desired.generation:
             return
         log.warning("desired object refused", kv_key=key, error=error)
-        if desired.kind is DesiredKind.ISSUED_CERTIFICATE:
-            seed = f"{desired.uid}:{desired.generation}"
-            await self._bus.publish(
-                StatusChanged(
-                    source=self._source,
-                    cluster=self._cluster,
-                    issuance=hashlib.sha256(seed.encode()).hexdigest()[:32],
-                    data=StatusChangedData(
-                        name=desired.name,
-                        namespace=desired.namespace,
-                        state=CertificateState.FAILED,
-                        error=error[:4096],
-                        observed_generation=0,
-                        declaration_generation=desired.generation,
-                    ),
-                )
-            )
+        await self._refused(desired, error)
         self._reported[key] = desired.generation
-
-
-def _annotations(key: str, desired: DesiredObject) -> dict[str, str]:
-    """Our annotations on a desired object; the signing-chain fingerprint (IssuedCertificates
-    only) tells the reconciler when the issuer's CA changed, so that it re-issues."""
-    annotations = {
-        DECLARATION_UID: desired.uid,
-        DECLARATION_GENERATION: str(desired.generation),
-        DESIRED_KEY: key,
-    }
-    if desired.signing_chain_fingerprint is not None:
-        annotations[SIGNING_CHAIN] = desired.signing_chain_fingerprint
-    return annotations
-
-
-def _shape(obj: Mapping[str, Any]) -> tuple[object, ...]:
-    """What the applier owns of an object: its spec, labels and annotations."""
-    meta = metadata(obj)
-    return (obj.get("spec"), meta.get("labels"), meta.get("annotations"))
-
-
-def _differs(kind: DesiredKind, current: Obj, desired: DesiredObject, key: str) -> bool:
-    labels = metadata(current).labels
-    notes = annotations_of(current)
-    if labels.get(MANAGED_BY) != MANAGED_BY_VALUE:
-        return True
-    expected = _annotations(key, desired)
-    if any(notes.get(k) != v for k, v in expected.items()):
-        return True
-    if SIGNING_CHAIN in notes and SIGNING_CHAIN not in expected:
-        return True
-    # Compare through the model: the API server materialises the CRD's defaults
-    # (certOptions.ttlDays...), so the stored spec is a superset of the declared one.
-    model = _SPEC_MODELS[kind]
-    try:
-        return bool(
-            model.model_validate(current.get("spec") or {}) != model.model_validate(desired.spec)
-        )
-    except ValidationError:
-        return current.get("spec") != desired.spec

@@ -35,15 +35,17 @@ from services.agent.objects import (
     ISSUANCE_ID,
     ISSUED_SECRET,
     AgentObjects,
+    KeySecret,
     annotations_of,
     key_secret_name,
     read_key_secret,
 )
 from services.agent.policies import Verdict
-from services.agent.trust import Refusal, TrustAnchors, TrustBundle, judge
+from services.agent.trust import TrustAnchors, TrustBundle, judge
 from shared.api.meta import Obj, ObjectKey
 from shared.api.v1alpha2 import IssuedCertificateSpec, IssuedCertificateStatus, State
 from shared.bus import Delivery
+from shared.controller.policy import Finding
 from shared.events import BounceCompleted, CertificateDenied, CertificateIssued, Event
 from shared.k8s.early import NOT_READ, spec_ref
 from shared.k8s.errors import KubeError
@@ -114,77 +116,82 @@ class Handlers:
         if found is None:
             log.info("certificate.issued for no current issuance; ignored", name=event.data.name)
             return
-        key, status, spec, existing = found.key, found.status, found.spec, found.issued
-        if status.state is not State.REQUESTED:
-            log.info("duplicate certificate.issued ignored", key=str(key), state=status.state)
-            return
-        if spec is None:
-            return  # the reconciler reports the invalid spec
-        ref = spec.issued_certificate_secret
-        if existing is not None and annotations_of(existing).get(ISSUANCE_ID) == event.issuance:
-            log.info("bundle of this issuance already written", key=str(key))
-            self._requeue(key)
-            return
-        key_secret = read_key_secret(found.key_secret)
-        if key_secret is None or key_secret.material.issuance != event.issuance:
-            log.info("no key for this issuance; ignored (the reconciler starts over)", key=str(key))
-            self._requeue(key)
+        key_secret = self._awaited(found, event)
+        if key_secret is None or found.spec is None:
             return
         if isinstance(anchors, TransientError):
             raise anchors
-        data = event.data
-        certificate = data.certificate_pem.encode()
-        bundle = Bundle(
-            ca_cert_pem=certificate,
-            ca_key_pem=key_secret.key_pem,
-            cert_chain_pem=_join(certificate, data.ca_chain_pem.encode()),
-            root_cert_pem=data.root_cert_pem.encode(),
-        )
-        checked = spec
+        bundle = _bundle(event, key_secret)
+        spec = found.spec
         judged = await judge(
             anchors=anchors,
-            data=data,
+            data=event.data,
             bundle=bundle,
             csr_pem=key_secret.csr_pem,
             declared=spec.cert_options.lifetime,
             check=lambda b: self._objects.bundles.check(
-                b, hosts=checked.hosts, org=checked.org, now=self._now()
+                b, hosts=spec.hosts, org=spec.org, now=self._now()
             ),
         )
-        refusal = judged if isinstance(judged, Refusal) else None
-        if refusal is not None:
-            log.warning(
-                "issued certificate refused; still waiting for the issuer's answer",
-                key=str(key),
-                reason=refusal.reason,
-                error=refusal.message,
-                serial=data.serial_number,
-                source=event.source,
-            )
-            await self._objects.set_verdict(
-                key,
-                Verdict(
-                    issuance=event.issuance,
-                    kind="refused",
-                    reason=refusal.reason,
-                    message=refusal.message,
-                ),
-            )
+        if isinstance(judged, Finding):
+            await self._refuse(found.key, event, judged)
         else:
-            await self._objects.write_issued_secret(
-                namespace=ref.namespace,
-                name=ref.name,
-                bundle=bundle,
-                issuance=event.issuance,
-                serial=data.serial_number,
-                owner=key,
-                signing_chain=key_secret.material.signing_chain,
-                current=existing,
-            )
-            log.info("issued Secret written", key=str(key), serial=data.serial_number)
-        self._requeue(key)
+            await self._install(found, event, bundle, key_secret)
+        self._requeue(found.key)
 
-    async def _load_trust(self) -> TrustAnchors | Refusal | TransientError:
+    def _awaited(self, found: _Found, event: CertificateIssued) -> KeySecret | None:
+        """The key Secret of the issuance `event` answers, when the answer is still awaited
+        (REQUESTED, a valid spec, not written yet, our key at hand); None: nothing to do (the
+        key is requeued when the reconciler has something to look at)."""
+        key, existing = found.key, found.issued
+        if found.status.state is not State.REQUESTED:
+            log.info("duplicate certificate.issued ignored", key=str(key), state=found.status.state)
+            return None
+        if found.spec is None:
+            return None  # the reconciler reports the invalid spec
+        if existing is not None and annotations_of(existing).get(ISSUANCE_ID) == event.issuance:
+            log.info("bundle of this issuance already written", key=str(key))
+            self._requeue(key)
+            return None
+        key_secret = read_key_secret(found.key_secret)
+        if key_secret is None or key_secret.material.issuance != event.issuance:
+            log.info("no key for this issuance; ignored (the reconciler starts over)", key=str(key))
+            self._requeue(key)
+            return None
+        return key_secret
+
+    async def _refuse(self, key: ObjectKey, event: CertificateIssued, refusal: Finding) -> None:
+        log.warning(
+            "issued certificate refused; still waiting for the issuer's answer",
+            key=str(key),
+            reason=refusal.reason,
+            error=refusal.message,
+            serial=event.data.serial_number,
+            source=event.source,
+        )
+        verdict = Verdict(
+            issuance=event.issuance, kind="refused", reason=refusal.reason, message=refusal.message
+        )
+        await self._objects.set_verdict(key, verdict)
+
+    async def _install(
+        self, found: _Found, event: CertificateIssued, bundle: Bundle, key_secret: KeySecret
+    ) -> None:
+        assert found.spec is not None
+        ref = found.spec.issued_certificate_secret
+        await self._objects.write_issued_secret(
+            namespace=ref.namespace,
+            name=ref.name,
+            bundle=bundle,
+            issuance=event.issuance,
+            serial=event.data.serial_number,
+            owner=found.key,
+            signing_chain=key_secret.material.signing_chain,
+            current=found.issued,
+        )
+        log.info("issued Secret written", key=str(found.key), serial=event.data.serial_number)
+
+    async def _load_trust(self) -> TrustAnchors | Finding | TransientError:
         try:
             return await self._trust.load()
         except TransientError as exc:
@@ -308,6 +315,19 @@ def _status(ic: Obj) -> IssuedCertificateStatus:
         return IssuedCertificateStatus.model_validate(ic.get("status") or {})
     except ValidationError:
         return IssuedCertificateStatus()
+
+
+def _bundle(event: CertificateIssued, key_secret: KeySecret) -> Bundle:
+    """The four files the answer makes with our key: `cert-chain.pem` is the certificate
+    followed by the chain above it."""
+    data = event.data
+    certificate = data.certificate_pem.encode()
+    return Bundle(
+        ca_cert_pem=certificate,
+        ca_key_pem=key_secret.key_pem,
+        cert_chain_pem=_join(certificate, data.ca_chain_pem.encode()),
+        root_cert_pem=data.root_cert_pem.encode(),
+    )
 
 
 def _join(certificate: bytes, chain: bytes) -> bytes:

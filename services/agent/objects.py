@@ -77,6 +77,30 @@ def annotations_of(obj: Mapping[str, Any]) -> dict[str, str]:
     return dict(metadata(obj).annotations)
 
 
+def declaration_uid(obj: Obj) -> str:
+    """The declaration's uid (annotation); for an IssuedCertificate made locally, its own."""
+    value = annotations_of(obj).get(DECLARATION_UID) or metadata(obj).uid or "unknown"
+    return value[:64]
+
+
+def declaration_generation_or_none(obj: Obj) -> int | None:
+    """The declaration's generation from the annotation, if there is a usable one."""
+    value = annotations_of(obj).get(DECLARATION_GENERATION)
+    try:
+        number = int(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and number >= 1 else None
+
+
+def declaration_generation(obj: Obj) -> int:
+    """The declaration's generation; for an IssuedCertificate made locally, its own."""
+    value = declaration_generation_or_none(obj)
+    if value is not None:
+        return value
+    return max(1, metadata(obj).generation)
+
+
 def secret_bytes(secret: Mapping[str, Any]) -> dict[str, bytes]:
     """A Secret's `data`, base64-decoded; undecodable values are left out."""
     out: dict[str, bytes] = {}

@@ -30,6 +30,10 @@ from shared.controller.policy import Chain, Check, Finding
 from shared.pki import BundleInfo, InvalidHost, InvalidSubject, parse_hosts, serial_hex
 from shared.pki.names import subject_for
 
+# Agent reasons not in `shared.api.reasons` (yet); used by desired.py (Event, unreadable value).
+NOT_MANAGED = "NotManaged"
+WRONG_OBJECT = "WrongObject"
+
 # --- what the reconciler observed -------------------------------------------------------------
 
 
@@ -411,6 +415,15 @@ def _rate_limited(
     if key.requested_at is None or key.requested_at < verdict.retry_after:
         return Send(attempt=key.attempt + 1, wait=timing.resend_after)
     return None
+
+
+def refusal_event_reason(reason: str) -> str:
+    """The Warning Event's reason for a `Refuse` of `reason` (the issuance stays REQUESTED)."""
+    if reason in (reasons.TRUST_BUNDLE_MISSING, reasons.TRUST_BUNDLE_INVALID):
+        return reasons.TRUST_BUNDLE_UNAVAILABLE
+    if reason == reasons.RATE_LIMITED:
+        return reasons.RATE_LIMITED
+    return reasons.UNTRUSTED_CERTIFICATE
 
 
 def rate_limited_error(verdict: Verdict) -> str:

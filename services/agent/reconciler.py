@@ -4,9 +4,12 @@ Level-based, as controller-runtime's: the key says which object, never what happ
 reads the IssuedCertificate, its key Secret and its issued Secret fresh from the API (not from
 a cache: a stale cache could make it believe the key Secret is missing and make a second key for
 one issuance), runs the bundle check on the issued Secret, reads the verdict a bus handler left
-for the current issuance, and hands all of it to `policies.decide`. The decision's I/O goes
-through `objects.AgentObjects` and the bus; the status is written once, and a state change (or a
-new issuance) is recorded as a Kubernetes Event and published as `status.changed`.
+for the current issuance, and hands all of it to `policies.decide`. Each kind of decision has
+its own method (`_act` dispatches on the type); their I/O goes through `objects.AgentObjects`
+and the bus; the status is written once, and a state change (or a new issuance) is recorded as
+a Kubernetes Event and published as `status.changed`. This is the only place that publishes
+`status.changed`: also for a declaration the cluster refused, which desired state hands over
+(`report_refused`).
 
 Order of writes, so that a crash anywhere leaves a state the next pass can finish:
 key Secret -> status REQUESTED -> csr.requested (a crash before the status is adopted: the key
@@ -24,19 +27,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import structlog
 from pydantic import ValidationError
 
 from services.agent import policies
+from services.agent.messages import Messages
 from services.agent.metrics import AgentMetrics
 from services.agent.objects import (
-    DECLARATION_GENERATION,
-    DECLARATION_UID,
-    ISSUANCE_ID,
     ISSUED_SECRET,
     SIGNING_CHAIN,
     AgentObjects,
@@ -45,7 +46,6 @@ from services.agent.objects import (
     key_secret_name,
     read_key_secret,
     read_verdict,
-    secret_bytes,
 )
 from services.agent.policies import (
     Bounce,
@@ -61,21 +61,14 @@ from services.agent.policies import (
     Timing,
     Wait,
 )
-from services.agent.trust import TrustAnchors, TrustBundle, check_root
+from services.agent.trust import TrustBundle, assess_issued
 from shared.api import reasons
 from shared.api.meta import Obj, ObjectKey, metadata
 from shared.api.v1alpha2 import IssuedCertificateSpec, IssuedCertificateStatus, State
 from shared.bus import Bus
 from shared.events import (
-    BounceRequested,
-    BounceRequestedData,
-    CertificateState,
-    CsrRequested,
-    CsrRequestedData,
-    Envelope,
-    ObjectRef,
-    StatusChanged,
-    StatusChangedData,
+    DesiredKind,
+    DesiredObject,
     new_issuance_id,
 )
 from shared.k8s.controller import Done, ReconcileResult, RequeueAfter
@@ -84,10 +77,7 @@ from shared.k8s.events import EventRecorder, transition_message, transition_reas
 from shared.k8s.resources import ISSUED_CERTIFICATES
 from shared.k8s.status import update_status
 from shared.pki import (
-    Bundle,
-    BundleInvalid,
     KeySpec,
-    PkiError,
     build_csr,
     generate_private_key,
     private_key_to_pem,
@@ -124,7 +114,7 @@ class Reconciler:
         self._trust = trust
         """The trust bundle as last read (by the handler or the readiness refresh): an issued
         Secret whose root is not pinned is not fit for use, and is issued again."""
-        self._source = source
+        self._messages = Messages(source=source, cluster=cluster)
         self._objects = objects
         self._bus = bus
         self._recorder = recorder
@@ -158,7 +148,7 @@ class Reconciler:
             issuance = observed.status.issuance_id
             with structlog.contextvars.bound_contextvars(issuance=issuance):
                 log.debug("reconcile.decided", decision=type(decision).__name__)
-                return await self._act(key, raw, observed, key_secret, decision, now)
+                return await self._act(_Pass(key, raw, observed, key_secret, now), decision)
 
     # -- gathering ----------------------------------------------------------------------------
 
@@ -207,181 +197,49 @@ class Reconciler:
         secret = await self._objects.settle(early, ObjectKey(ref.namespace, ref.name))
         if secret is None:
             return None
-        notes = annotations_of(secret)
-        issuance = notes.get(ISSUANCE_ID)
-        chain = notes.get(SIGNING_CHAIN)
-        try:
-            bundle = Bundle.from_secret_data(secret_bytes(secret))
-            info = await self._objects.bundles.check(
-                bundle, hosts=spec.hosts, org=spec.org, now=now
-            )
-        except BundleInvalid as exc:
-            return IssuedView(issuance=issuance, info=None, problem=str(exc), signing_chain=chain)
-        except PkiError as exc:  # the declared hosts or org themselves (validated before)
-            return IssuedView(issuance=issuance, info=None, problem=str(exc), signing_chain=chain)
         anchors = self._trust.last if self._trust is not None else None
-        if isinstance(anchors, TrustAnchors) and (
-            untrusted := check_root(anchors, bundle.root_cert_pem.decode(errors="replace"))
-        ):
-            # Judged only against roots actually read: without a bundle, nothing in place is
-            # torn down (a new certificate could not be installed anyway).
-            problem = f"{untrusted.reason}: {untrusted.message}"
-            return IssuedView(issuance=issuance, info=None, problem=problem, signing_chain=chain)
-        return IssuedView(issuance=issuance, info=info, problem=None, signing_chain=chain)
-
-    # -- acting -------------------------------------------------------------------------------
-
-    async def _act(
-        self,
-        key: ObjectKey,
-        raw: Obj,
-        o: Observed,
-        key_secret: KeySecret | None,
-        decision: Decision,
-        now: dt.datetime,
-    ) -> ReconcileResult:
-        status = o.status
-        generation = o.generation
-        if policies.spent_key(o) and not isinstance(decision, Issue):
-            await self._objects.delete_key_secret(key)  # an Issue replaces it anyway
-        if isinstance(decision, Wait):
-            if decision.seconds is None:
-                return Done()
-            return RequeueAfter(decision.seconds)
-        if isinstance(decision, Issue):
-            return await self._issue(key, raw, o, key_secret, decision, now)
-        if isinstance(decision, Send):
-            assert key_secret is not None
-            assert o.spec is not None
-            await self._send_csr(key, raw, o.spec, key_secret, decision.attempt, now)
-            return RequeueAfter(decision.wait)
-        if isinstance(decision, Complete):
-            assert o.spec is not None
-            info = decision.info
-            options = o.spec.cert_options
-            renewal = policies.renewal_time(
-                not_before=info.not_before,
-                not_after=info.not_after,
-                declared=options.lifetime,
-                ratio=options.secret_rotation_grace_period_ratio,
-                jitter=self._timing.renewal_jitter,
-                rand=self._rand(),
-            )
-            new = status.model_copy(
-                update={
-                    "state": State.ISSUED,
-                    "error": "",
-                    "not_before": info.not_before,
-                    "not_after": info.not_after,
-                    "serial_number": serial_hex(info.serial),
-                    "renewal_time": renewal,
-                }
-            )
-            # The key Secret goes beside the ISSUED write, not before it: its key is in the
-            # issued Secret now, and a crash between the two leaves a spent key Secret, which the
-            # next pass deletes (`policies.spent_key`).
-            _, written = await concurrently(
-                self._objects.delete_key_secret(key),
-                self._transition(key, raw, status, new, reasons.ISSUED, "bundle written"),
-            )
-            if self._metrics is not None:  # once per issuance: only this pass writes ISSUED
-                sent_at = key_secret.material.requested_at if key_secret is not None else None
-                self._metrics.issued(key, sent_at=sent_at, now=self._now())
-            if o.spec.pod_bounce_directive is not None:
-                await self._send_bounce(key, written, o.spec)
-                return Done()
-            return RequeueAfter(0)  # FINISHED in the next pass, its own transition
-        if isinstance(decision, Refuse):
-            # Still REQUESTED: only the error says what was refused. The next pass waits (or
-            # re-sends the CSR when due), as it would have without the refused answer.
-            new = status.model_copy(update={"error": decision.error})
-            warning = (
-                reasons.TRUST_BUNDLE_UNAVAILABLE
-                if decision.reason in (reasons.TRUST_BUNDLE_MISSING, reasons.TRUST_BUNDLE_INVALID)
-                else reasons.RATE_LIMITED
-                if decision.reason == reasons.RATE_LIMITED
-                else reasons.UNTRUSTED_CERTIFICATE
-            )
-            await self._transition(
-                key, raw, status, new, decision.reason, decision.error, warning=warning
-            )
-            return RequeueAfter(0)
-        if isinstance(decision, Bounce):
-            assert o.spec is not None
-            await self._send_bounce(key, raw, o.spec)
-            return Done()
-        if isinstance(decision, Finish):
-            new = status.model_copy(
-                update={"state": State.FINISHED, "error": "", "failed_attempts": 0}
-            )
-            await self._transition(key, raw, status, new, reasons.FINISHED, "issuance complete")
-            wait = self._timing.max_requeue
-            if new.renewal_time is not None:
-                wait = min(wait, max(0.0, (new.renewal_time - now).total_seconds()))
-            return RequeueAfter(wait)
-        assert isinstance(decision, Fail)
-        failures = status.failed_attempts + 1
-        retry_at: dt.datetime | None = None
-        if decision.retry:
-            delay = policies.retry_delay(failures, timing=self._timing, rand=self._rand())
-            retry_at = now + dt.timedelta(seconds=delay)
-        new = status.model_copy(
-            update={
-                "state": State.FAILED,
-                "error": decision.error,
-                "observed_generation": generation,
-                "failed_attempts": failures,
-                "renewal_time": retry_at,
-            }
+        return await assess_issued(
+            secret, spec=spec, checks=self._objects.bundles, anchors=anchors, now=now
         )
-        if key_secret is not None:
-            # First, so that FAILED never has its issuance's key lying around; a crash in between
-            # is REQUESTED without a key, which starts over (KeyLost).
-            await self._objects.delete_key_secret(key)  # its key will never be certified
-        await self._transition(key, raw, status, new, decision.reason, decision.error)
-        if retry_at is None:
-            return Done()
-        return RequeueAfter(max(0.0, (retry_at - now).total_seconds()))
 
-    async def _issue(
-        self,
-        key: ObjectKey,
-        raw: Obj,
-        o: Observed,
-        key_secret: KeySecret | None,
-        decision: Issue,
-        now: dt.datetime,
-    ) -> ReconcileResult:
-        spec = o.spec
-        assert spec is not None
+    # -- acting: one method per decision ------------------------------------------------------
+
+    async def _act(self, p: _Pass, decision: Decision) -> ReconcileResult:
+        if policies.spent_key(p.observed) and not isinstance(decision, Issue):
+            await self._objects.delete_key_secret(p.key)  # an Issue replaces it anyway
+        match decision:
+            case Wait():
+                return _wait(decision)
+            case Issue():
+                return await self._issue(p, decision)
+            case Send():
+                return await self._resend(p, decision)
+            case Complete():
+                return await self._install(p, decision)
+            case Refuse():
+                return await self._refuse(p, decision)
+            case Bounce():
+                await self._send_bounce(p, p.raw)
+                return Done()
+            case Finish():
+                return await self._finish(p)
+            case Fail():
+                return await self._fail(p, decision)
+
+    async def _issue(self, p: _Pass, decision: Issue) -> ReconcileResult:
+        """Start (or adopt) an issuance: key Secret -> REQUESTED -> csr.requested."""
         log.info("issuance.starting", reason=decision.reason, detail=decision.message)
+        key_secret = p.key_secret
         if decision.adopt is not None and key_secret is not None:
             issuance = decision.adopt.issuance
         else:
             issuance = new_issuance_id()
-            options = spec.cert_options
-            key_spec = KeySpec(
-                algorithm=PkiKeyAlgorithm(options.key_algorithm.value), size=options.key_size
-            )
-            # CPU-bound (RSA-4096 takes up to ~1.3 s): off the event loop.
-            private_key = await asyncio.to_thread(generate_private_key, key_spec)
-            csr_pem = build_csr(private_key, org=spec.org, name=key.name, hosts=spec.hosts)
-            stored = await self._objects.write_key_secret(
-                raw,
-                issuance=issuance,
-                generation=o.generation,
-                key_pem=private_key_to_pem(private_key),
-                csr_pem=csr_pem,
-                signing_chain=o.signing_chain,
-                requested_at=self._now(),
-            )
-            del private_key
-            key_secret = read_key_secret(stored)
-        new = o.status.model_copy(
+            key_secret = await self._new_key(p, issuance)
+        new = p.status.model_copy(
             update={
                 "state": State.REQUESTED,
                 "error": "",
-                "observed_generation": o.generation,
+                "observed_generation": p.observed.generation,
                 "issuance_id": issuance,
             }
         )
@@ -392,64 +250,140 @@ class Reconciler:
         async def send(written: Obj) -> None:
             # The CSR goes out right after REQUESTED is stored, before the Event and
             # status.changed: those are bookkeeping, the CSR is the issuance's critical path.
-            await self._send_csr(key, written, spec, material, material.material.attempt, now)
+            attempt = material.material.attempt
+            await self._send_csr(p, written, material, attempt)
 
-        await self._transition(
-            key, raw, o.status, new, decision.reason, decision.message, then=send
-        )
+        await self._transition(p, new, decision.reason, decision.message, then=send)
         return RequeueAfter(self._timing.resend_after)
 
-    async def _send_csr(
-        self,
-        key: ObjectKey,
-        raw: Obj,
-        spec: IssuedCertificateSpec,
-        key_secret: KeySecret,
-        attempt: int,
-        now: dt.datetime,
-    ) -> None:
-        material = key_secret.material
-        event = CsrRequested(
-            source=self._source,
-            cluster=self._cluster,
-            issuance=material.issuance,
-            data=CsrRequestedData(
-                name=key.name,
-                declaration_uid=_declaration_uid(raw),
-                declaration_generation=_declaration_generation(raw),
-                csr_pem=key_secret.csr_pem.decode(),
-                attempt=attempt,
-            ),
+    async def _new_key(self, p: _Pass, issuance: str) -> KeySecret | None:
+        """A fresh key and CSR for `issuance`, stored in the key Secret (read back)."""
+        spec = p.spec
+        options = spec.cert_options
+        key_spec = KeySpec(
+            algorithm=PkiKeyAlgorithm(options.key_algorithm.value), size=options.key_size
         )
-        published = await self._bus.publish(event)
+        # CPU-bound (RSA-4096 takes up to ~1.3 s): off the event loop.
+        private_key = await asyncio.to_thread(generate_private_key, key_spec)
+        csr_pem = build_csr(private_key, org=spec.org, name=p.key.name, hosts=spec.hosts)
+        stored = await self._objects.write_key_secret(
+            p.raw,
+            issuance=issuance,
+            generation=p.observed.generation,
+            key_pem=private_key_to_pem(private_key),
+            csr_pem=csr_pem,
+            signing_chain=p.observed.signing_chain,
+            requested_at=self._now(),
+        )
+        del private_key
+        return read_key_secret(stored)
+
+    async def _resend(self, p: _Pass, decision: Send) -> ReconcileResult:
+        assert p.key_secret is not None
+        await self._send_csr(p, p.raw, p.key_secret, decision.attempt)
+        return RequeueAfter(decision.wait)
+
+    async def _install(self, p: _Pass, decision: Complete) -> ReconcileResult:
+        """The issued Secret holds this issuance: ISSUED, then bounce (or FINISHED next pass)."""
+        info = decision.info
+        options = p.spec.cert_options
+        renewal = policies.renewal_time(
+            not_before=info.not_before,
+            not_after=info.not_after,
+            declared=options.lifetime,
+            ratio=options.secret_rotation_grace_period_ratio,
+            jitter=self._timing.renewal_jitter,
+            rand=self._rand(),
+        )
+        new = p.status.model_copy(
+            update={
+                "state": State.ISSUED,
+                "error": "",
+                "not_before": info.not_before,
+                "not_after": info.not_after,
+                "serial_number": serial_hex(info.serial),
+                "renewal_time": renewal,
+            }
+        )
+        # The key Secret goes beside the ISSUED write, not before it: its key is in the
+        # issued Secret now, and a crash between the two leaves a spent key Secret, which the
+        # next pass deletes (`policies.spent_key`).
+        _, written = await concurrently(
+            self._objects.delete_key_secret(p.key),
+            self._transition(p, new, reasons.ISSUED, "bundle written"),
+        )
+        if self._metrics is not None:  # once per issuance: only this pass writes ISSUED
+            sent_at = p.key_secret.material.requested_at if p.key_secret is not None else None
+            self._metrics.issued(p.key, sent_at=sent_at, now=self._now())
+        if p.spec.pod_bounce_directive is not None:
+            await self._send_bounce(p, written)
+            return Done()
+        return RequeueAfter(0)  # FINISHED in the next pass, its own transition
+
+    async def _refuse(self, p: _Pass, decision: Refuse) -> ReconcileResult:
+        """Still REQUESTED: only the error says what was refused. The next pass waits (or
+        re-sends the CSR when due), as it would have without the refused answer."""
+        new = p.status.model_copy(update={"error": decision.error})
+        warning = policies.refusal_event_reason(decision.reason)
+        await self._transition(p, new, decision.reason, decision.error, warning=warning)
+        return RequeueAfter(0)
+
+    async def _finish(self, p: _Pass) -> ReconcileResult:
+        new = p.status.model_copy(
+            update={"state": State.FINISHED, "error": "", "failed_attempts": 0}
+        )
+        await self._transition(p, new, reasons.FINISHED, "issuance complete")
+        wait = self._timing.max_requeue
+        if new.renewal_time is not None:
+            wait = min(wait, max(0.0, (new.renewal_time - p.now).total_seconds()))
+        return RequeueAfter(wait)
+
+    async def _fail(self, p: _Pass, decision: Fail) -> ReconcileResult:
+        failures = p.status.failed_attempts + 1
+        retry_at: dt.datetime | None = None
+        if decision.retry:
+            delay = policies.retry_delay(failures, timing=self._timing, rand=self._rand())
+            retry_at = p.now + dt.timedelta(seconds=delay)
+        new = p.status.model_copy(
+            update={
+                "state": State.FAILED,
+                "error": decision.error,
+                "observed_generation": p.observed.generation,
+                "failed_attempts": failures,
+                "renewal_time": retry_at,
+            }
+        )
+        if p.key_secret is not None:
+            # First, so that FAILED never has its issuance's key lying around; a crash in between
+            # is REQUESTED without a key, which starts over (KeyLost).
+            await self._objects.delete_key_secret(p.key)  # its key will never be certified
+        await self._transition(p, new, decision.reason, decision.error)
+        if retry_at is None:
+            return Done()
+        return RequeueAfter(max(0.0, (retry_at - p.now).total_seconds()))
+
+    async def _send_csr(self, p: _Pass, raw: Obj, key_secret: KeySecret, attempt: int) -> None:
+        material = key_secret.material
+        published = await self._bus.publish(
+            self._messages.csr_requested(p.key, raw, key_secret, attempt)
+        )
         if attempt != material.attempt or material.requested_at is None:
-            await self._objects.mark_sent(key_secret, attempt=attempt, at=now)
-        self._sent[key] = (material.issuance, "csr.requested", attempt)
+            await self._objects.mark_sent(key_secret, attempt=attempt, at=p.now)
+        self._sent[p.key] = (material.issuance, "csr.requested", attempt)
         log.info("csr.sent", attempt=attempt, duplicate=published.duplicate)
 
-    async def _send_bounce(self, key: ObjectKey, raw: Obj, spec: IssuedCertificateSpec) -> None:
-        directive = spec.pod_bounce_directive
+    async def _send_bounce(self, p: _Pass, raw: Obj) -> None:
+        directive = p.spec.pod_bounce_directive
         assert directive is not None
         issuance = IssuedCertificateStatus.model_validate(raw.get("status") or {}).issuance_id
         assert issuance is not None
-        event = BounceRequested(
-            source=self._source,
-            cluster=self._cluster,
-            issuance=issuance,
-            data=BounceRequestedData(
-                directive=ObjectRef(namespace=directive.namespace, name=directive.name),
-                issued_certificate=ObjectRef(namespace=key.namespace, name=key.name),
-            ),
-        )
-        await self._bus.publish(event)
-        self._sent[key] = (issuance, "bounce.requested", 0)
+        await self._bus.publish(self._messages.bounce_requested(p.key, issuance, directive))
+        self._sent[p.key] = (issuance, "bounce.requested", 0)
         log.info("bounce.requested", directive=f"{directive.namespace}/{directive.name}")
 
     async def _transition(
         self,
-        key: ObjectKey,
-        raw: Obj,
-        old: IssuedCertificateStatus,
+        p: _Pass,
         new: IssuedCertificateStatus,
         reason: str,
         message: str,
@@ -464,17 +398,17 @@ class Reconciler:
         write = await update_status(
             self._objects.kube,
             ISSUED_CERTIFICATES,
-            key.name,
-            namespace=key.namespace,
+            p.key.name,
+            namespace=p.key.namespace,
             mutate=lambda _obj: wire,
-            current=raw,
+            current=p.raw,
         )
         try:
             if then is not None:
                 await then(write.object)
         finally:
             # The bookkeeping is done even when `then` failed: the state change stands.
-            await self._announce(key, write.object, old, new, reason, message, warning)
+            await self._announce(p.key, write.object, p.status, new, reason, message, warning)
         return write.object
 
     async def _announce(
@@ -509,58 +443,38 @@ class Reconciler:
             reason=reason,
             error=new.error or None,
         )
-        await self._publish_status(key, written, new)
+        await self._bus.publish(self._messages.status_changed(key, written, new))
 
-    async def _publish_status(
-        self, key: ObjectKey, obj: Obj, status: IssuedCertificateStatus
-    ) -> None:
-        issuance = status.issuance_id or _derived_issuance(obj)
-        event: Envelope = StatusChanged(
-            source=self._source,
-            cluster=self._cluster,
-            issuance=issuance,
-            data=StatusChangedData(
-                name=key.name,
-                namespace=key.namespace,
-                state=CertificateState(status.state.value),
-                error=status.error[:4096] or None,
-                observed_generation=status.observed_generation,
-                declaration_generation=_declaration_generation_or_none(obj),
-                serial_number=status.serial_number,
-                not_after=status.not_after,
-            ),
-        )
-        await self._bus.publish(event)
+    async def report_refused(self, desired: DesiredObject, error: str) -> None:
+        """status.changed FAILED for a declaration this cluster refused (desired state hands
+        it over): it cannot exist here, so it has no status of its own to write."""
+        if desired.kind is DesiredKind.ISSUED_CERTIFICATE:
+            await self._bus.publish(self._messages.declaration_refused(desired, error))
 
 
-def _declaration_uid(obj: Obj) -> str:
-    value = annotations_of(obj).get(DECLARATION_UID) or metadata(obj).uid or "unknown"
-    return value[:64]
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    """What one pass gathered, handed to the method of its decision."""
+
+    key: ObjectKey
+    raw: Obj
+    observed: Observed
+    key_secret: KeySecret | None
+    now: dt.datetime
+
+    @property
+    def status(self) -> IssuedCertificateStatus:
+        return self.observed.status
+
+    @property
+    def spec(self) -> IssuedCertificateSpec:
+        """The valid spec: every decision but `Fail` and `Wait` is made only with one."""
+        assert self.observed.spec is not None
+        return self.observed.spec
 
 
-def _declaration_generation_or_none(obj: Obj) -> int | None:
-    value = annotations_of(obj).get(DECLARATION_GENERATION)
-    try:
-        number = int(value) if value is not None else None
-    except ValueError:
-        return None
-    return number if number is not None and number >= 1 else None
-
-
-def _declaration_generation(obj: Obj) -> int:
-    """The declaration's generation; for an IssuedCertificate made locally, its own."""
-    value = _declaration_generation_or_none(obj)
-    if value is not None:
-        return value
-    return max(1, metadata(obj).generation)
-
-
-def _derived_issuance(obj: Obj) -> str:
-    """An issuance id for a status.changed of an object that never had an issuance (invalid
-    from the start): stable per object and generation, so repeats correlate."""
-    meta = metadata(obj)
-    seed = f"{meta.get('uid')}:{meta.get('generation')}"
-    return hashlib.sha256(seed.encode()).hexdigest()[:32]
+def _wait(decision: Wait) -> ReconcileResult:
+    return Done() if decision.seconds is None else RequeueAfter(decision.seconds)
 
 
 __all__ = ["Reconciler"]

@@ -10,7 +10,7 @@ installs the certificate only if it holds up on facts from its own cluster:
   CSR this issuance sent).
 
 `judge` is the chain of small policies (pure but for the bundle check it is handed, which runs
-in a thread), first failure wins, each `(reason, message)`: the
+in a thread), first failure wins, each a `shared.controller.policy.Finding` (reason, message): the
 event's root must be one of the pinned roots [`TrustBundleMissing`, `TrustBundleInvalid`,
 `UntrustedRoot`]; the bundle check (`shared.pki.check_bundle`: key and certificate, chain in
 order to that root and valid now, CA extensions, declared hosts and org) must pass [its own
@@ -35,7 +35,13 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from services.agent.bundles import BundleChecks
+from services.agent.objects import ISSUANCE_ID, SIGNING_CHAIN, annotations_of, secret_bytes
+from services.agent.policies import IssuedView
 from shared.api import reasons
+from shared.api.meta import Obj
+from shared.api.v1alpha2 import IssuedCertificateSpec
+from shared.controller.policy import Finding
 from shared.events import CertificateIssuedData
 from shared.k8s.client import KubeClient
 from shared.k8s.errors import KubeError, NotFound
@@ -57,14 +63,6 @@ and is nothing next to a lifetime of days (the attack seen had notAfter 2035).""
 
 
 @dataclass(frozen=True, slots=True)
-class Refusal:
-    """Why a `certificate.issued` is not installed: a stable `reason` and a sentence."""
-
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
 class TrustAnchors:
     """The pinned roots, by SHA-256 fingerprint of their DER."""
 
@@ -77,26 +75,26 @@ class _BundleError(PkiError):
     pass
 
 
-def parse_trust_bundle(configmap: Mapping[str, Any] | None, *, ref: str) -> TrustAnchors | Refusal:
+def parse_trust_bundle(configmap: Mapping[str, Any] | None, *, ref: str) -> TrustAnchors | Finding:
     """The roots of the trust bundle ConfigMap `ref` (None: it does not exist), or why not."""
     create = (
         f"create ConfigMap {ref} with key {TRUST_BUNDLE_KEY} holding the mesh's root "
         "certificate(s) (PEM); until then every certificate is refused"
     )
     if configmap is None:
-        return Refusal(reasons.TRUST_BUNDLE_MISSING, f"the trust bundle does not exist: {create}")
+        return Finding(reasons.TRUST_BUNDLE_MISSING, f"the trust bundle does not exist: {create}")
     pem = (configmap.get("data") or {}).get(TRUST_BUNDLE_KEY)
     if not isinstance(pem, str) or not pem.strip():
-        return Refusal(reasons.TRUST_BUNDLE_INVALID, f"{ref} has no {TRUST_BUNDLE_KEY}: {create}")
+        return Finding(reasons.TRUST_BUNDLE_INVALID, f"{ref} has no {TRUST_BUNDLE_KEY}: {create}")
     try:
         roots = load_certificates(
             pem.encode(), field=f"{ref} {TRUST_BUNDLE_KEY}", error=_BundleError
         )
     except PkiError as exc:
-        return Refusal(reasons.TRUST_BUNDLE_INVALID, f"{exc.message}: {create}")
+        return Finding(reasons.TRUST_BUNDLE_INVALID, f"{exc.message}: {create}")
     for root in roots:
         if root.issuer != root.subject:
-            return Refusal(
+            return Finding(
                 reasons.TRUST_BUNDLE_INVALID,
                 f"{ref} {TRUST_BUNDLE_KEY} holds a certificate that is not a root (its issuer is "
                 "not its subject): pin roots only",
@@ -106,13 +104,13 @@ def parse_trust_bundle(configmap: Mapping[str, Any] | None, *, ref: str) -> Trus
 
 async def judge(
     *,
-    anchors: TrustAnchors | Refusal,
+    anchors: TrustAnchors | Finding,
     data: CertificateIssuedData,
     bundle: Bundle,
     csr_pem: bytes,
     declared: dt.timedelta,
     check: Callable[[Bundle], Awaitable[BundleInfo]],
-) -> Refusal | BundleInfo:
+) -> Finding | BundleInfo:
     """Whether the answer `data` (assembled with our key into `bundle`) may be installed: the
     facts of the bundle, or the first refusal. `check` is the bundle check (`check_bundle` with
     the declared hosts and org, at now)."""
@@ -121,22 +119,22 @@ async def judge(
     try:
         info = await check(bundle)
     except PkiError as exc:  # BundleInvalid included
-        return Refusal(exc.reason, exc.message)
+        return Finding(exc.reason, exc.message)
     if refusal := check_issued(info=info, data=data, csr_pem=csr_pem, declared=declared):
         return refusal
     return info
 
 
-def check_root(anchors: TrustAnchors | Refusal, root_cert_pem: str) -> Refusal | None:
+def check_root(anchors: TrustAnchors | Finding, root_cert_pem: str) -> Finding | None:
     """The event's root must be exactly one certificate, and one of the pinned roots."""
-    if isinstance(anchors, Refusal):
+    if isinstance(anchors, Finding):
         return anchors
     try:
         roots = load_certificates(root_cert_pem.encode(), field="root_cert_pem", error=_BundleError)
     except PkiError as exc:
-        return Refusal(reasons.UNTRUSTED_ROOT, exc.message)
+        return Finding(reasons.UNTRUSTED_ROOT, exc.message)
     if len(roots) != 1 or fingerprint(roots[0]) not in anchors.fingerprints:
-        return Refusal(
+        return Finding(
             reasons.UNTRUSTED_ROOT,
             f"the certificate's root is not one of the roots pinned in {anchors.source}",
         )
@@ -149,39 +147,67 @@ def check_issued(
     data: CertificateIssuedData,
     csr_pem: bytes,
     declared: dt.timedelta,
-) -> Refusal | None:
+) -> Finding | None:
     """What the bundle check cannot know: the certificate is for this issuance's CSR key,
     lives no longer than declared, and is the one the event describes."""
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError:
-        return Refusal(reasons.CSR_UNREADABLE, "the CSR stored in the key Secret cannot be read")
+        return Finding(reasons.CSR_UNREADABLE, "the CSR stored in the key Secret cannot be read")
     public = csr.public_key()
     if (
         not isinstance(public, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
         or fingerprint(public) != info.public_key_fingerprint
     ):
-        return Refusal(
+        return Finding(
             reasons.KEY_MISMATCH, "the certificate is not for the key of this issuance's CSR"
         )
     lifetime = info.not_after - info.not_before
     if lifetime > declared + VALIDITY_SLACK:
-        return Refusal(
+        return Finding(
             reasons.VALIDITY_TOO_LONG,
             f"the certificate is valid from {info.not_before.isoformat()} to "
             f"{info.not_after.isoformat()}, longer than the declared {_duration(declared)}",
         )
     if info.serial != int(data.serial_number, 16):
-        return Refusal(
+        return Finding(
             reasons.SERIAL_MISMATCH,
             f"the event says serial {data.serial_number}, "
             f"the certificate {serial_hex(info.serial)}",
         )
     if (data.not_before, data.not_after) != (info.not_before, info.not_after):
-        return Refusal(
+        return Finding(
             reasons.VALIDITY_MISMATCH, "the event's notBefore/notAfter are not the certificate's"
         )
     return None
+
+
+async def assess_issued(
+    secret: Obj,
+    *,
+    spec: IssuedCertificateSpec,
+    checks: BundleChecks,
+    anchors: TrustAnchors | Finding | None,
+    now: dt.datetime,
+) -> IssuedView:
+    """The issued Secret in place as the reconciler sees it: whose issuance it holds, and
+    whether it passes the bundle check and chains to a pinned root (`anchors`: as last read)."""
+    notes = annotations_of(secret)
+    issuance = notes.get(ISSUANCE_ID)
+    chain = notes.get(SIGNING_CHAIN)
+    try:
+        bundle = Bundle.from_secret_data(secret_bytes(secret))
+        info = await checks.check(bundle, hosts=spec.hosts, org=spec.org, now=now)
+    except PkiError as exc:  # BundleInvalid, or the declared hosts or org themselves
+        return IssuedView(issuance=issuance, info=None, problem=str(exc), signing_chain=chain)
+    if isinstance(anchors, TrustAnchors) and (
+        untrusted := check_root(anchors, bundle.root_cert_pem.decode(errors="replace"))
+    ):
+        # Judged only against roots actually read: without a bundle, nothing in place is
+        # torn down (a new certificate could not be installed anyway).
+        problem = f"{untrusted.reason}: {untrusted.message}"
+        return IssuedView(issuance=issuance, info=None, problem=problem, signing_chain=chain)
+    return IssuedView(issuance=issuance, info=info, problem=None, signing_chain=chain)
 
 
 def _duration(delta: dt.timedelta) -> str:
@@ -203,13 +229,13 @@ class TrustBundle:
         self.ref = ref
         namespace, _, name = ref.partition("/")
         self._namespace, self._name = namespace, name
-        self.last: TrustAnchors | Refusal | None = None
+        self.last: TrustAnchors | Finding | None = None
 
     @property
     def has_loaded(self) -> bool:
         return isinstance(self.last, TrustAnchors)
 
-    async def load(self) -> TrustAnchors | Refusal:
+    async def load(self) -> TrustAnchors | Finding:
         """The pinned roots, or why there are none; `TransientError` if the API fails."""
         try:
             raw: dict[str, Any] | None = await self._kube.get(
@@ -220,7 +246,7 @@ class TrustBundle:
         except KubeError as exc:
             raise TransientError(f"reading trust bundle {self.ref}: {exc}") from None
         result = parse_trust_bundle(raw, ref=self.ref)
-        if isinstance(result, Refusal) and not isinstance(self.last, Refusal):
+        if isinstance(result, Finding) and not isinstance(self.last, Finding):
             log.warning("trust bundle unusable", ref=self.ref, reason=result.reason)
         self.last = result
         return result

@@ -20,8 +20,8 @@ from typing import Any
 
 from pki.pki_testing import key_pem, make_ca, pem
 
-from services.agent.__main__ import serve
-from services.agent.components import Agent
+from services.agent.app import Agent
+from services.agent.app import run as run_agent
 from services.agent.objects import secret_bytes
 from services.agent.settings import AgentSettings
 from shared.api.v1alpha2 import IssuedCertificate, State
@@ -301,7 +301,7 @@ async def running_consumers(bus: Bus, *handlers: tuple[str, EventType, Any]) -> 
 
 
 class AgentProcess:
-    """The agent run in-process through its composition function (`serve`), on the fixtures'
+    """The agent run in-process through its composition function (`app.run`), on the fixtures'
     NATS and emulator. `kill()` cancels its task group (a crash: nothing graceful);
     `start()` starts a fresh one on the same durable state."""
 
@@ -329,7 +329,7 @@ class AgentProcess:
         self.starts += 1
         options: dict[str, Any] = {"rand": self.rand} if self.rand is not None else {}
         self._task = asyncio.create_task(
-            serve(
+            run_agent(
                 self.settings,
                 stop=self._stop,
                 handle_signals=False,

@@ -80,9 +80,7 @@ async def desired_state(
     )
     state = DesiredState(
         cluster="east",
-        source="meshtrust-agent/east-test",
         objects=AgentObjects(kube),
-        bus=bus,
         recorder=EventRecorder(kube, component="meshtrust-agent", instance="east-test"),
         informers={DesiredKind.ISSUED_CERTIFICATE: [Informer(kube, ISSUED_CERTIFICATES)]},
         namespaces=[],

@@ -16,11 +16,11 @@ from cryptography.hazmat.primitives import serialization
 
 from services.agent.trust import (
     VALIDITY_SLACK,
-    Refusal,
     TrustAnchors,
     judge,
     parse_trust_bundle,
 )
+from shared.controller.policy import Finding
 from shared.events import CertificateIssuedData
 from shared.pki import (
     Bundle,
@@ -99,7 +99,7 @@ def test_an_unusable_bundle_refuses_and_names_the_configmap(
         roots = pem(world.pinned.cert)
     raw = None if roots is None else configmap(roots if roots else None)
     outcome = parse_trust_bundle(raw, ref=REF)
-    assert isinstance(outcome, Refusal)
+    assert isinstance(outcome, Finding)
     assert outcome.reason == reason
     assert REF in outcome.message
 
@@ -119,7 +119,7 @@ class Case:
     other_key: bool = False
     """Sign a CSR of another key than ours."""
     data: Callable[[CertificateIssuedData, World], CertificateIssuedData] | None = None
-    anchors: Callable[[World], TrustAnchors | Refusal] | None = None
+    anchors: Callable[[World], TrustAnchors | Finding] | None = None
 
 
 def _replace(**changes: Any) -> Callable[[CertificateIssuedData, World], CertificateIssuedData]:
@@ -255,6 +255,6 @@ async def test_an_answer_is_judged(
         assert isinstance(outcome, BundleInfo), sentence
         assert serial_hex(outcome.serial) == data.serial_number
     else:
-        assert isinstance(outcome, Refusal), sentence
+        assert isinstance(outcome, Finding), sentence
         assert outcome.reason == reason, (sentence, outcome)
         assert "PRIVATE" + " KEY" not in outcome.message

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from services.agent.components import Handoff
+from services.agent.app import Handoff
 from shared.api.meta import ObjectKey
 from shared.events import DesiredKind
 from shared.k8s.client import KubeClient

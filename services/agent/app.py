@@ -1,10 +1,12 @@
 """Wiring: the agent's informers, controllers, KV watch, bus consumer and health server, as
-`Component`s for `shared.runtime.supervise`, built from settings and two open clients.
+`Component`s for `shared.runtime.supervise`, built from settings and two open clients; `run`
+opens the clients, builds, and supervises until SIGTERM (or `stop`).
 
-`build_agent` only constructs; nothing runs until `supervise` runs the components. The clock and
-the randomness are parameters so that tests can inject them.
+`build_agent` only constructs, one small builder per part; nothing runs until `supervise` runs
+the components. The clock and the randomness are parameters so that tests can inject them.
 
-Deliberately not here: opening the connections and reading settings (`__main__.py`).
+Deliberately not here: reading settings and configuring logging (`__main__.py`), and any
+decision (`reconciler.py`, `desired.py`, `handlers.py`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from shared.controller.components import ControllerComponent, Task
 from shared.events import DESIRED_BUCKET, DesiredKind
 from shared.k8s.backoff import BackoffPolicy
 from shared.k8s.client import KubeClient
+from shared.k8s.config import client_from_settings
 from shared.k8s.controller import Controller, ControllerSettings
 from shared.k8s.events import EventRecorder
 from shared.k8s.informer import EventType as ChangeType
@@ -41,10 +44,12 @@ from shared.k8s.informer import (
     version_of,
 )
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
-from shared.runtime import Component
+from shared.runtime import Component, get_logger, supervise
 from shared.runtime.clock import Clock, utcnow
 from shared.runtime.health import HealthServer
 from shared.runtime.metrics import CollectorRegistry, new_registry
+
+log = get_logger(__name__)
 
 TRUST_REFRESH_SECONDS = 30.0
 """How often readiness re-reads the trust bundle ConfigMap (one small GET)."""
@@ -72,6 +77,56 @@ class Agent:
         )
 
 
+async def run(
+    settings: AgentSettings,
+    *,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+    now: Clock = utcnow,
+    rand: Callable[[], float] = random.random,
+    informer_settings: InformerSettings | None = None,
+    controller_backoff: BackoffPolicy | None = None,
+    started: Callable[[Agent], None] | None = None,
+) -> None:
+    """Connect, build and run the agent until `stop` (or a signal); closes what it opened."""
+    registry = new_registry()
+    async with (
+        Bus.connect(settings.nats, registry=registry) as bus,
+        client_from_settings(settings.kube) as kube,
+    ):
+        if settings.nats.provision:
+            await bus.provision()
+        agent = build_agent(
+            settings,
+            bus=bus,
+            kube=kube,
+            now=now,
+            rand=rand,
+            informer_settings=informer_settings,
+            controller_backoff=controller_backoff,
+            registry=registry,
+        )
+        if started is not None:
+            started(agent)
+        log.info("agent starting", cluster=settings.cluster, namespaces=settings.namespaces)
+        await supervise(
+            agent.components, grace=settings.grace, stop=stop, handle_signals=handle_signals
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Informers:
+    """One informer per watched namespace (or one for all) of each kind the agent watches."""
+
+    ic: list[Informer]
+    pbd: list[Informer]
+    secrets: list[Informer]
+
+    @property
+    def all(self) -> list[Informer]:
+        return [*self.ic, *self.pbd, *self.secrets]
+
+
 def build_agent(
     settings: AgentSettings,
     *,
@@ -86,20 +141,63 @@ def build_agent(
     """The agent's components for one cluster, on open clients; its metrics go to `registry`
     (the bus's consumer metrics too, when the bus was connected with it), served at /metrics."""
     registry = registry if registry is not None else new_registry()
-    cluster = settings.cluster
     objects = AgentObjects(kube)
     trust = TrustBundle(kube, ref=settings.trust_bundle)
+    informers = _informers(kube, settings, informer_settings)
+    handoff = Handoff(informers.ic)
     recorder = EventRecorder(kube, component="meshtrust-agent", instance=settings.instance)
-    timing = Timing(
+    reconciler = Reconciler(
+        cluster=settings.cluster,
+        source=settings.source,
+        objects=objects,
+        bus=bus,
+        recorder=recorder,
+        timing=_timing(settings),
+        now=now,
+        rand=rand,
+        cached=handoff.cached,
+        trust=trust,
+        metrics=AgentMetrics(registry, cluster=settings.cluster, informers=informers.ic),
+    )
+    controller_settings = ControllerSettings(
+        workers=settings.workers, backoff=controller_backoff or BackoffPolicy()
+    )
+    controller = _state_machine(reconciler, informers, handoff, controller_settings)
+    desired = _desired_state(settings, objects, recorder, reconciler, informers, handoff)
+    applier = _applier(desired, informers, controller_settings)
+    agent = Agent(
+        settings=settings,
+        reconciler=reconciler,
+        desired=desired,
+        controller=controller,
+        applier=applier,
+        health=_health(settings, registry, bus, desired, informers.all, trust),
+        informers=informers.all,
+        trust=trust,
+    )
+    handlers = Handlers(
+        objects=objects, informers=informers.ic, requeue=controller.queue.add, now=now, trust=trust
+    )
+    agent.components = _components(agent, informers, bus, handlers, trust)
+    return agent
+
+
+def _timing(settings: AgentSettings) -> Timing:
+    return Timing(
         resend_after=settings.resend_after,
         failure_backoff_initial=settings.failure_backoff_initial,
         failure_backoff_max=settings.failure_backoff_max,
         renewal_jitter=settings.renewal_jitter,
         max_requeue=settings.max_requeue,
     )
+
+
+def _informers(
+    kube: KubeClient, settings: AgentSettings, informer_settings: InformerSettings | None
+) -> _Informers:
     scopes: list[str | None] = list(settings.namespaces) or [None]
 
-    def informers_of(resource: Resource, label_selector: str | None = None) -> list[Informer]:
+    def of(resource: Resource, label_selector: str | None = None) -> list[Informer]:
         return [
             Informer(
                 kube,
@@ -111,62 +209,90 @@ def build_agent(
             for namespace in scopes
         ]
 
-    ic_informers = informers_of(ISSUED_CERTIFICATES)
-    pbd_informers = informers_of(POD_BOUNCE_DIRECTIVES)
-    secret_informers = informers_of(SECRETS, label_selector=MANAGED_SELECTOR)
+    return _Informers(
+        ic=of(ISSUED_CERTIFICATES),
+        pbd=of(POD_BOUNCE_DIRECTIVES),
+        secrets=of(SECRETS, label_selector=MANAGED_SELECTOR),
+    )
 
-    handoff = Handoff(ic_informers)
-    metrics = AgentMetrics(registry, cluster=cluster, informers=ic_informers)
-    reconciler = Reconciler(
-        cluster=cluster,
-        source=settings.source,
-        objects=objects,
-        bus=bus,
-        recorder=recorder,
-        timing=timing,
-        now=now,
-        rand=rand,
-        cached=handoff.cached,
-        trust=trust,
-        metrics=metrics,
-    )
-    controller_settings = ControllerSettings(
-        workers=settings.workers, backoff=controller_backoff or BackoffPolicy()
-    )
+
+def _state_machine(
+    reconciler: Reconciler,
+    informers: _Informers,
+    handoff: Handoff,
+    settings: ControllerSettings,
+) -> Controller:
+    """The IssuedCertificate controller: woken by its objects and by our Secrets."""
     controller = Controller(
-        name="issuedcertificates", reconcile=reconciler.reconcile, settings=controller_settings
+        name="issuedcertificates", reconcile=reconciler.reconcile, settings=settings
     )
     handoff.queue = controller.queue.add
-    for informer in ic_informers:
+    for informer in informers.ic:
         # The reconciler writes status once per pass and decides from what it reads, never
         # from the event: its own status writes would wake it for a full pass each.
         controller.watch(informer, map_to=handoff.map_event)
-    for informer in secret_informers:
+    for informer in informers.secrets:
         controller.watch(informer, map_to=_secret_owner)
+    return controller
 
-    desired = DesiredState(
-        cluster=cluster,
-        source=settings.source,
+
+def _desired_state(
+    settings: AgentSettings,
+    objects: AgentObjects,
+    recorder: EventRecorder,
+    reconciler: Reconciler,
+    informers: _Informers,
+    handoff: Handoff,
+) -> DesiredState:
+    return DesiredState(
+        cluster=settings.cluster,
         objects=objects,
-        bus=bus,
         recorder=recorder,
         informers={
-            DesiredKind.ISSUED_CERTIFICATE: ic_informers,
-            DesiredKind.POD_BOUNCE_DIRECTIVE: pbd_informers,
+            DesiredKind.ISSUED_CERTIFICATE: informers.ic,
+            DesiredKind.POD_BOUNCE_DIRECTIVE: informers.pbd,
         },
         namespaces=settings.namespaces,
         created=handoff.created,
+        refused=reconciler.report_refused,
     )
-    applier = Controller(name="desired", reconcile=desired.reconcile, settings=controller_settings)
-    desired.enqueue = applier.queue.add
-    for informer in ic_informers:
-        applier.watch(informer, map_to=desired.mapper(DesiredKind.ISSUED_CERTIFICATE))
-    for informer in pbd_informers:
-        applier.watch(informer, map_to=desired.mapper(DesiredKind.POD_BOUNCE_DIRECTIVE))
 
-    handlers = Handlers(
-        objects=objects, informers=ic_informers, requeue=controller.queue.add, now=now, trust=trust
-    )
+
+def _applier(
+    desired: DesiredState, informers: _Informers, settings: ControllerSettings
+) -> Controller:
+    """The desired-state controller: woken by the KV watch and by drift of managed objects."""
+    applier = Controller(name="desired", reconcile=desired.reconcile, settings=settings)
+    desired.enqueue = applier.queue.add
+    for informer in informers.ic:
+        applier.watch(informer, map_to=desired.mapper(DesiredKind.ISSUED_CERTIFICATE))
+    for informer in informers.pbd:
+        applier.watch(informer, map_to=desired.mapper(DesiredKind.POD_BOUNCE_DIRECTIVE))
+    return applier
+
+
+def _health(
+    settings: AgentSettings,
+    registry: CollectorRegistry,
+    bus: Bus,
+    desired: DesiredState,
+    informers: Sequence[Informer],
+    trust: TrustBundle,
+) -> HealthServer:
+    health = HealthServer(settings.health, registry=registry)
+    health.add_check("kubernetes-caches", lambda: all(i.has_synced for i in informers))
+    health.add_check("desired-state", desired.synced.is_set)
+    health.add_check("nats", bus.is_connected)
+    health.add_check("trust-bundle", lambda: trust.has_loaded)
+    return health
+
+
+def _components(
+    agent: Agent, informers: _Informers, bus: Bus, handlers: Handlers, trust: TrustBundle
+) -> list[Component]:
+    """What `supervise` runs, in the order it starts them."""
+    settings = agent.settings
+    cluster = settings.cluster
     consumer = bus.consumer(
         agent_consumer(cluster).consumer_settings(
             provision=settings.nats.provision,
@@ -179,7 +305,7 @@ def build_agent(
 
     async def watch_desired() -> None:
         bucket = await bus.bucket(DESIRED_BUCKET, feed=desired_consumer_config(cluster))
-        await desired.watch(bucket)
+        await agent.desired.watch(bucket)
 
     async def watch_trust() -> None:
         # Readiness only: every certificate.issued reads the bundle fresh anyway.
@@ -187,32 +313,15 @@ def build_agent(
             await trust.refresh()
             await asyncio.sleep(TRUST_REFRESH_SECONDS)
 
-    informers = [*ic_informers, *pbd_informers, *secret_informers]
-    health = HealthServer(settings.health, registry=registry)
-    agent = Agent(
-        settings=settings,
-        reconciler=reconciler,
-        desired=desired,
-        controller=controller,
-        applier=applier,
-        health=health,
-        informers=informers,
-        trust=trust,
-    )
-    health.add_check("kubernetes-caches", lambda: all(i.has_synced for i in informers))
-    health.add_check("desired-state", desired.synced.is_set)
-    health.add_check("nats", bus.is_connected)
-    health.add_check("trust-bundle", lambda: trust.has_loaded)
-    agent.components = [
-        health,
-        *(Task(f"informer:{i.resource.plural}:{n}", i.run) for n, i in enumerate(informers)),
+    return [
+        agent.health,
+        *(Task(f"informer:{i.resource.plural}:{n}", i.run) for n, i in enumerate(informers.all)),
         Task("desired-state-watch", watch_desired),
         Task("trust-bundle", watch_trust),
-        ControllerComponent(controller, [*ic_informers, *secret_informers]),
-        ControllerComponent(applier, [*ic_informers, *pbd_informers]),
+        ControllerComponent(agent.controller, [*informers.ic, *informers.secrets]),
+        ControllerComponent(agent.applier, [*informers.ic, *informers.pbd]),
         consumer,
     ]
-    return agent
 
 
 class Handoff:
