@@ -38,8 +38,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from services.agent import desired_plan as plans
 from services.agent.desired_plan import RESOURCES
 from services.agent.objects import AgentObjects, is_managed
-from services.agent.policies import NOT_MANAGED, WRONG_OBJECT
 from shared.api.meta import Obj, ObjectKey, metadata
+from shared.api.reasons import NOT_MANAGED, WRONG_OBJECT
 from shared.bus import Bucket, Deleted, KvEntry, Put, Snapshot
 from shared.events import (
     DesiredKind,

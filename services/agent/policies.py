@@ -30,10 +30,6 @@ from shared.controller.policy import Chain, Check, Finding
 from shared.pki import BundleInfo, InvalidHost, InvalidSubject, parse_hosts, serial_hex
 from shared.pki.names import subject_for
 
-# Agent reasons not in `shared.api.reasons` (yet); used by desired.py (Event, unreadable value).
-NOT_MANAGED = "NotManaged"
-WRONG_OBJECT = "WrongObject"
-
 # --- what the reconciler observed -------------------------------------------------------------
 
 

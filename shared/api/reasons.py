@@ -52,6 +52,10 @@ ISSUED: Final = "Issued"
 FINISHED: Final = "Finished"
 TRUST_BUNDLE_UNAVAILABLE: Final = "TrustBundleUnavailable"
 UNTRUSTED_CERTIFICATE: Final = "UntrustedCertificate"
+NOT_MANAGED: Final = "NotManaged"
+"""An object of the desired state's name exists in the cluster and meshtrust does not manage it."""
+WRONG_OBJECT: Final = "WrongObject"
+"""A desired-state value names another object than its key."""
 
 # --- the issuer: why a declaration is not served or a CSR is denied -----------------------------
 
