@@ -1,6 +1,6 @@
 """`python -m services.agent` / `meshtrust-agent`: the entry point only.
 
-Read the settings, configure logging, then `app.run` (connect, build, supervise until SIGTERM).
+Read the settings, configure logging, then `app.serve` (connect, build, supervise until SIGTERM).
 Deliberately nothing else: the wiring is `app.py`.
 """
 
@@ -27,7 +27,7 @@ def main() -> None:
     settings = AgentSettings()  # the cluster comes from the environment
     configure_logging(settings.logging)
     freeze_start_up()
-    asyncio.run(app.run(settings))
+    asyncio.run(app.serve(settings))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Wiring: the agent's informers, controllers, KV watch, bus consumer and health server, as
-`Component`s for `shared.runtime.supervise`, built from settings and two open clients; `run`
+`Component`s for `shared.runtime.supervise`, built from settings and two open clients; `serve`
 opens the clients, builds, and supervises until SIGTERM (or `stop`).
 
 `build_agent` only constructs, one small builder per part; nothing runs until `supervise` runs
@@ -77,7 +77,7 @@ class Agent:
         )
 
 
-async def run(
+async def serve(
     settings: AgentSettings,
     *,
     stop: asyncio.Event | None = None,

@@ -21,7 +21,7 @@ from typing import Any
 from pki.pki_testing import key_pem, make_ca, pem
 
 from services.agent.app import Agent
-from services.agent.app import run as run_agent
+from services.agent.app import serve as run_agent
 from services.agent.objects import secret_bytes
 from services.agent.settings import AgentSettings
 from shared.api.v1alpha2 import IssuedCertificate, State
@@ -301,7 +301,7 @@ async def running_consumers(bus: Bus, *handlers: tuple[str, EventType, Any]) -> 
 
 
 class AgentProcess:
-    """The agent run in-process through its composition function (`app.run`), on the fixtures'
+    """The agent run in-process through its composition function (`app.serve`), on the fixtures'
     NATS and emulator. `kill()` cancels its task group (a crash: nothing graceful);
     `start()` starts a fresh one on the same durable state."""
 
