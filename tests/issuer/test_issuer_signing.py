@@ -42,6 +42,7 @@ from shared.k8s import KubeClient
 from shared.k8s.informer import Informer
 from shared.k8s.resources import ISSUED_CERTIFICATES
 from shared.pki import Bundle, check_bundle, private_key_to_pem, serial_hex
+from shared.runtime.clock import utcnow
 from support.waiting import eventually
 
 
@@ -83,7 +84,7 @@ async def test_a_valid_csr_is_issued_and_chains_to_the_signing_ca(
             root_cert_pem=data.root_cert_pem.encode(),
         )
         info = check_bundle(
-            bundle, hosts=hosts_for("east", "istio-ca"), org="meshtrust tests", now=_now()
+            bundle, hosts=hosts_for("east", "istio-ca"), org="meshtrust tests", now=utcnow()
         )
         cert = x509.load_pem_x509_certificate(data.certificate_pem.encode())
         cert.verify_directly_issued_by(w.hierarchy.signer.cert)
@@ -118,10 +119,6 @@ async def test_the_ttl_is_clamped_by_the_issuer_wide_maximum(
         data = (await w.answers.issued(request.issuance)).data
         # notBefore is backdated 5 minutes; notAfter is two days after signing
         assert data.not_after - data.not_before == dt.timedelta(days=2, minutes=5)
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _bad_signature(csr_pem: str) -> str:
