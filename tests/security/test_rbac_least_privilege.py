@@ -3,7 +3,7 @@
 through `shared.k8s.client.KubeClient`, with a token issued by the TokenRequest API as the
 kubelet would mount it. Each row says what the service may do, or is refused with kube's 403.
 
-The rows marked "(granted today)" are what the manifests still allow beyond a service's need
+The rows marked "(today)" are what the manifests still allow beyond a service's need
 (docs/deploy.md, "RBAC: what each rule is for"): they are asserted so that narrowing them later
 shows up here as a change of the table, not silently.
 """
@@ -53,15 +53,16 @@ KINDS = {
     ),
 }
 # (namespace, resource, name) of what the clusters hold besides the manifests: the signing CA,
-# a cluster registration's own CA, Istio's cacerts and a neighbour, the agent's trust bundle and
-# a neighbour.
+# a cluster registration's own CA (e), Istio's cacerts and an unrelated Secret (u), the agent's
+# trust bundle and another ConfigMap (o).
+BUNDLE = "meshtrust-trust-bundle"
 SEEDED = (
     ("meshtrust-system", SECRETS, "root-ca"),
-    ("east", SECRETS, "east-ca"),
+    ("east", SECRETS, "e"),
     ("istio-system", SECRETS, "cacerts"),
-    ("istio-system", SECRETS, "unrelated"),
-    ("meshtrust-system", CONFIG_MAPS, "meshtrust-trust-bundle"),
-    ("meshtrust-system", CONFIG_MAPS, "other-config"),
+    ("istio-system", SECRETS, "u"),
+    ("meshtrust-system", CONFIG_MAPS, BUNDLE),
+    ("meshtrust-system", CONFIG_MAPS, "o"),
 )
 Call = Callable[[KubeClient], Awaitable[Any]]
 
@@ -133,90 +134,36 @@ def delete(resource: Resource, namespace: str, name: str) -> Call:
 
 
 ALLOWED, REFUSED = True, False
+SYS, ISTIO, ICS = "meshtrust-system", "istio-system", ISSUED_CERTIFICATES
 TABLE: list[tuple[str, str, Call, bool]] = [
-    (
-        "the issuer reads the signing CA",
-        "issuer",
-        get(SECRETS, "meshtrust-system", "root-ca"),
-        ALLOWED,
-    ),
+    ("the issuer reads the signing CA", "issuer", get(SECRETS, SYS, "root-ca"), ALLOWED),
     (
         "the issuer cannot read a registration's Secret",
         "issuer",
-        get(SECRETS, "east", "east-ca"),
+        get(SECRETS, "east", "e"),
         REFUSED,
     ),
-    (
-        "the issuer cannot read Istio's cacerts",
-        "issuer",
-        get(SECRETS, "istio-system", "cacerts"),
-        REFUSED,
-    ),
-    (
-        "the issuer lists declarations everywhere",
-        "issuer",
-        list_(ISSUED_CERTIFICATES, None),
-        ALLOWED,
-    ),
-    (
-        "the issuer cannot delete a declaration",
-        "issuer",
-        delete(ISSUED_CERTIFICATES, "east", "x"),
-        REFUSED,
-    ),
-    (
-        "the issuer cannot write a Secret",
-        "issuer",
-        create(SECRETS, "meshtrust-system", "x"),
-        REFUSED,
-    ),
-    ("the agent reads cacerts", "agent", get(SECRETS, "istio-system", "cacerts"), ALLOWED),
-    (
-        "the agent writes a key Secret",
-        "agent",
-        create(SECRETS, "istio-system", "x-meshtrust-key"),
-        ALLOWED,
-    ),
-    (
-        "the agent cannot read the signing CA",
-        "agent",
-        get(SECRETS, "meshtrust-system", "root-ca"),
-        REFUSED,
-    ),
+    ("the issuer cannot read Istio's cacerts", "issuer", get(SECRETS, ISTIO, "cacerts"), REFUSED),
+    ("the issuer lists declarations everywhere", "issuer", list_(ICS, None), ALLOWED),
+    ("the issuer cannot delete a declaration", "issuer", delete(ICS, "east", "x"), REFUSED),
+    ("the issuer cannot write a Secret", "issuer", create(SECRETS, SYS, "x"), REFUSED),
+    ("the agent reads cacerts", "agent", get(SECRETS, ISTIO, "cacerts"), ALLOWED),
+    ("the agent writes a key Secret", "agent", create(SECRETS, ISTIO, "x-meshtrust-key"), ALLOWED),
+    ("the agent cannot read the signing CA", "agent", get(SECRETS, SYS, "root-ca"), REFUSED),
     ("the agent cannot read Secrets elsewhere", "agent", list_(SECRETS, "east"), REFUSED),
+    ("the agent reads its trust bundle", "agent", get(CONFIG_MAPS, SYS, BUNDLE), ALLOWED),
+    ("the agent cannot read the bundle's neighbour", "agent", get(CONFIG_MAPS, SYS, "o"), REFUSED),
+    ("the agent cannot list ConfigMaps", "agent", list_(CONFIG_MAPS, SYS), REFUSED),
+    ("the agent cannot delete pods", "agent", delete(PODS, ISTIO, "x"), REFUSED),
     (
-        "the agent reads its trust bundle",
+        "the agent reads any Secret of istio-system (today)",
         "agent",
-        get(CONFIG_MAPS, "meshtrust-system", "meshtrust-trust-bundle"),
+        get(SECRETS, ISTIO, "u"),
         ALLOWED,
     ),
-    (
-        "the agent cannot read the bundle's neighbour",
-        "agent",
-        get(CONFIG_MAPS, "meshtrust-system", "other-config"),
-        REFUSED,
-    ),
-    ("the agent cannot list ConfigMaps", "agent", list_(CONFIG_MAPS, "meshtrust-system"), REFUSED),
-    ("the agent cannot delete pods", "agent", delete(PODS, "istio-system", "x"), REFUSED),
-    (
-        "the agent reads every Secret of istio-system (granted today)",
-        "agent",
-        get(SECRETS, "istio-system", "unrelated"),
-        ALLOWED,
-    ),
-    ("the bouncer cannot get cacerts", "bouncer", get(SECRETS, "istio-system", "cacerts"), REFUSED),
-    (
-        "the bouncer cannot read meshtrust-system's Secrets",
-        "bouncer",
-        list_(SECRETS, "meshtrust-system"),
-        REFUSED,
-    ),
-    (
-        "the bouncer lists istio-system's Secrets (granted today)",
-        "bouncer",
-        list_(SECRETS, "istio-system"),
-        ALLOWED,
-    ),
+    ("the bouncer cannot get cacerts", "bouncer", get(SECRETS, ISTIO, "cacerts"), REFUSED),
+    ("the bouncer cannot read meshtrust-system's Secrets", "bouncer", list_(SECRETS, SYS), REFUSED),
+    ("the bouncer lists istio-system's Secrets (today)", "bouncer", list_(SECRETS, ISTIO), ALLOWED),
     (
         "the bouncer deletes pods where it bounces",
         "bouncer",
@@ -229,12 +176,7 @@ TABLE: list[tuple[str, str, Call, bool]] = [
         delete(PODS, "kube-system", "x"),
         REFUSED,
     ),
-    (
-        "the bouncer cannot create a declaration",
-        "bouncer",
-        create(ISSUED_CERTIFICATES, "istio-system", "x"),
-        REFUSED,
-    ),
+    ("the bouncer cannot create a declaration", "bouncer", create(ICS, ISTIO, "x"), REFUSED),
 ]
 
 
