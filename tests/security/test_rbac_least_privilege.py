@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-import yaml
 from k8s.harness import crd_documents
+from security.rbac_support import DEPLOY, apply, kubeconfig_of
 
 from devstack.kubeapi import KubeAPI
 from shared.k8s.client import KubeClient
@@ -34,24 +31,12 @@ from shared.k8s.resources import (
     Resource,
 )
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 MANIFESTS = (
     DEPLOY / "management" / "00-namespace.yaml",
     DEPLOY / "management" / "issuer-rbac.yaml",
     DEPLOY / "remote" / "agent-rbac.yaml",
     DEPLOY / "remote" / "bouncer-rbac.yaml",
 )
-RBAC = "rbac.authorization.k8s.io"
-KINDS = {
-    "Namespace": NAMESPACES,
-    "ServiceAccount": Resource("", "v1", "serviceaccounts", "ServiceAccount"),
-    "Role": Resource(RBAC, "v1", "roles", "Role"),
-    "RoleBinding": Resource(RBAC, "v1", "rolebindings", "RoleBinding"),
-    "ClusterRole": Resource(RBAC, "v1", "clusterroles", "ClusterRole", namespaced=False),
-    "ClusterRoleBinding": Resource(
-        RBAC, "v1", "clusterrolebindings", "ClusterRoleBinding", namespaced=False
-    ),
-}
 # (namespace, resource, name) of what the clusters hold besides the manifests: the signing CA,
 # a cluster registration's own CA (e), Istio's cacerts and an unrelated Secret (u), the agent's
 # trust bundle and another ConfigMap (o).
@@ -80,41 +65,17 @@ async def _apply_deploy(admin: KubeClient) -> None:
         await admin.create(NAMESPACES, _body(NAMESPACES, "", namespace))
     for doc in crd_documents():
         await admin.create(CUSTOM_RESOURCE_DEFINITIONS, doc)
-    for path in MANIFESTS:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
-                await admin.create(KINDS[doc["kind"]], doc)
+    await apply(admin, MANIFESTS)
     for namespace, resource, name in SEEDED:
         await admin.create(resource, _body(resource, namespace, name))
 
 
-@dataclass(frozen=True)
-class Cluster:
-    api: KubeAPI
-    session: aiohttp.ClientSession
-
-    async def token(self, service: str) -> str:
-        path = f"/api/v1/namespaces/meshtrust-system/serviceaccounts/meshtrust-{service}/token"
-        headers = {"Authorization": f"Bearer {self.api.token}"}
-        async with self.session.post(
-            f"{self.api.url}{path}", json={"spec": {}}, headers=headers
-        ) as resp:
-            assert resp.status == 201, await resp.text()
-            return str((await resp.json())["status"]["token"])
-
-    async def client_of(self, service: str) -> KubeClient:
-        config = self.api.kubeconfig_dict()
-        config["users"][0]["user"]["token"] = await self.token(service)
-        return KubeClient.from_kubeconfig_dict(config)
-
-
 @pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
+async def cluster() -> AsyncIterator[KubeAPI]:
     async with KubeAPI(name="rbac", authorization="RBAC") as api:
         async with KubeClient.from_kubeconfig_dict(api.kubeconfig_dict()) as admin:
             await _apply_deploy(admin)
-        async with aiohttp.ClientSession() as session:
-            yield Cluster(api, session)
+        yield api
 
 
 def get(resource: Resource, namespace: str, name: str) -> Call:
@@ -184,9 +145,9 @@ TABLE: list[tuple[str, str, Call, bool]] = [
     ("service", "call", "allowed"), [r[1:] for r in TABLE], ids=[r[0] for r in TABLE]
 )
 async def test_each_service_within_its_rules(
-    cluster: Cluster, service: str, call: Call, allowed: bool
+    cluster: KubeAPI, service: str, call: Call, allowed: bool
 ) -> None:
-    async with await cluster.client_of(service) as client:
+    async with KubeClient.from_kubeconfig_dict(await kubeconfig_of(cluster, service)) as client:
         if allowed:
             # allowed, and maybe nothing there: the API says NotFound only after authorising
             with contextlib.suppress(NotFound):
