@@ -65,7 +65,12 @@ BOOTSTRAP: tuple[tuple[str, list[Obj], list[str]], ...] = (
                 "apiGroups": ["authorization.k8s.io"],
                 "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
                 "verbs": ["create"],
-            }
+            },
+            {
+                "apiGroups": ["authentication.k8s.io"],
+                "resources": ["selfsubjectreviews"],
+                "verbs": ["create"],
+            },
         ],
         [AUTHENTICATED],
     ),

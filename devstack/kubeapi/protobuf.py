@@ -1,6 +1,6 @@
 """Decoding of `application/vnd.kubernetes.protobuf` request bodies, for the kinds kubectl's
 imperative generators send that way (`kubectl create namespace|configmap|secret|deployment`,
-`kubectl create token`, `kubectl auth can-i`).
+`kubectl create token`, `kubectl auth can-i`, `kubectl auth whoami`).
 
 Only decoding, only Namespace, ConfigMap, Secret and the Deployment fields `kubectl create
 deployment` and common manifests set (field numbers from k8s.io/api
@@ -155,6 +155,7 @@ KINDS[("authorization.k8s.io/v1", "SelfSubjectRulesReview")] = {
     1: ("metadata", OBJECT_META),
     2: ("spec", {1: ("namespace", "string")}),
 }
+KINDS[("authentication.k8s.io/v1", "SelfSubjectReview")] = {1: ("metadata", OBJECT_META)}
 KINDS[("authentication.k8s.io/v1", "TokenRequest")] = {
     1: ("metadata", OBJECT_META),
     2: (

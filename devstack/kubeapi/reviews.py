@@ -1,6 +1,7 @@
 """The access APIs that are not stored objects: TokenRequest (`POST
 .../serviceaccounts/<name>/token`, what `kubectl create token` sends), SelfSubjectAccessReview
-(`kubectl auth can-i VERB RESOURCE`) and SelfSubjectRulesReview (`kubectl auth can-i --list`).
+(`kubectl auth can-i VERB RESOURCE`), SelfSubjectRulesReview (`kubectl auth can-i --list`) and
+SelfSubjectReview (`kubectl auth whoami`).
 
 Each answers for the user the request was authenticated (or impersonated) as, with the RBAC
 decision `rbac.py` makes for real requests, so `can-i` and the API never disagree.  Served only
@@ -24,6 +25,7 @@ from .wire import json_response, read_body
 Obj = dict[str, Any]
 
 AUTHORIZATION_V1 = "authorization.k8s.io/v1"
+AUTHENTICATION_V1 = "authentication.k8s.io/v1"
 _REVIEWS = ("selfsubjectaccessreviews", "selfsubjectrulesreviews")
 
 
@@ -35,12 +37,28 @@ async def answer(
         return None
     if (attrs.api_group, attrs.resource, attrs.subresource) == ("", "serviceaccounts", "token"):
         return token_request(access, attrs, await read_body(request), now=now)
-    if f"{attrs.api_group}/{attrs.api_version}" == AUTHORIZATION_V1 and not attrs.name:
+    group_version = f"{attrs.api_group}/{attrs.api_version}"
+    if (group_version, attrs.resource, attrs.name) == (AUTHENTICATION_V1, "selfsubjectreviews", ""):
+        await read_body(request)
+        return _whoami(attrs.user)
+    if group_version == AUTHORIZATION_V1 and not attrs.name:
         if attrs.resource == _REVIEWS[0]:
             return access_review(access, attrs.user, await read_body(request))
         if attrs.resource == _REVIEWS[1]:
             return rules_review(access, attrs.user, await read_body(request))
     return None
+
+
+def _whoami(user: User) -> web.Response:
+    """SelfSubjectReview (`kubectl auth whoami`): the user the request was authenticated (or
+    impersonated) as."""
+    out = {
+        "kind": "SelfSubjectReview",
+        "apiVersion": AUTHENTICATION_V1,
+        "metadata": {"creationTimestamp": None},
+        "status": {"userInfo": user.info()},
+    }
+    return json_response(out, 201)
 
 
 def _timestamp(unix: int) -> str:
@@ -67,7 +85,7 @@ def token_request(access: Access, attrs: Attributes, body: Obj, *, now: int) -> 
     spec.setdefault("boundObjectRef", None)
     out = {
         "kind": "TokenRequest",
-        "apiVersion": "authentication.k8s.io/v1",
+        "apiVersion": AUTHENTICATION_V1,
         "metadata": {
             "name": attrs.name,
             "namespace": attrs.namespace,

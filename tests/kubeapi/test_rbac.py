@@ -5,6 +5,7 @@ kubectl sends a bearer token only over https, hence TLS here."""
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -305,3 +306,12 @@ async def test_the_admin_is_cluster_admin(http: Http, kubectl: Kubectl) -> None:
     assert (await kubectl("auth", "can-i", "*", "*")).out.strip() == "yes"
     names = (await kubectl("get", "clusterrolebindings", "-o", "name")).out.split()
     assert "clusterrolebinding.rbac.authorization.k8s.io/cluster-admin" in names
+
+
+async def test_kubectl_auth_whoami(http: Http, kubectl: Kubectl) -> None:
+    out = (await kubectl("auth", "whoami", "--as", SA, "-o", "json")).out
+    info = json.loads(out)["status"]["userInfo"]
+    assert info == {
+        "username": SA,
+        "groups": ["system:serviceaccounts", "system:serviceaccounts:apps", "system:authenticated"],
+    }
