@@ -32,8 +32,9 @@ from security.rbac_support import DEPLOY, apply, kubeconfig_of
 
 from devstack.kubeapi import KubeAPI
 from devstack.kubeapi.kubeconfig import write
+from services.bouncer.settings import BouncerSettings
 from shared.bus import NatsSettings
-from shared.events import new_issuance_id
+from shared.events import BounceCompleted, new_issuance_id
 from shared.k8s.resources import NAMESPACES
 
 pytestmark = pytest.mark.slow
@@ -48,8 +49,14 @@ async def cluster() -> AsyncIterator[KubeAPI]:
         yield api
 
 
-async def _install(mesh: Mesh, tmp_path: Path) -> Path:  # noqa: F811
-    """The mesh and the bouncer's RBAC from deploy/; the bouncer's kubeconfig."""
+@pytest.fixture
+async def settings(
+    mesh: Mesh,  # noqa: F811
+    nats_settings: NatsSettings,
+    tmp_path: Path,
+) -> BouncerSettings:
+    """The mesh and the bouncer's RBAC from deploy/; the bouncer's settings, with a kubeconfig
+    of its ServiceAccount."""
     await mesh.install(istiod=1, gateways=1)
     await mesh.kube.create(
         NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-ingress"}}
@@ -58,45 +65,46 @@ async def _install(mesh: Mesh, tmp_path: Path) -> Path:  # noqa: F811
         mesh.kube,
         [DEPLOY / "remote" / "00-namespace.yaml", DEPLOY / "remote" / "bouncer-rbac.yaml"],
     )
-    return write(tmp_path / "bouncer.kubeconfig", await kubeconfig_of(mesh.api, "bouncer"))
+    kubeconfig = write(tmp_path / "bouncer.kubeconfig", await kubeconfig_of(mesh.api, "bouncer"))
+    return make_settings(nats_settings, kubeconfig)
+
+
+async def _bounce(
+    mesh: Mesh,  # noqa: F811
+    agent: Agent,  # noqa: F811
+    settings: BouncerSettings,
+    namespace: str,
+    app: str,
+) -> tuple[set[str], BounceCompleted]:
+    """A directive bouncing `app` in `namespace`, asked for once: the pods before, the answer."""
+    await mesh.directive(selector(namespace, app, 1))
+    issuance = new_issuance_id()
+    await mesh.certificate(issuance)
+    before = await mesh.names(namespace, app)
+    async with running_bouncer(settings):
+        await agent.ask(issuance)
+        return before, await agent.answer(issuance)
 
 
 async def test_the_bouncer_bounces_within_its_deploy_rbac(
     mesh: Mesh,  # noqa: F811
     agent: Agent,  # noqa: F811
-    nats_settings: NatsSettings,
-    tmp_path: Path,
+    settings: BouncerSettings,
 ) -> None:
-    settings = make_settings(nats_settings, await _install(mesh, tmp_path))
-    await mesh.directive(selector(ISTIO, "istiod", 1))
-    issuance = new_issuance_id()
-    await mesh.certificate(issuance)
-    before = await mesh.names(ISTIO, "istiod")
-
-    async with running_bouncer(settings):
-        await agent.ask(issuance)
-        answer = await agent.answer(issuance)
+    before, answer = await _bounce(mesh, agent, settings, ISTIO, "istiod")
 
     assert answer.data.error is None
     assert [set(s.pods) for s in answer.data.selectors] == [before]
-    assert (await mesh.status())["issuanceId"] == issuance
+    assert (await mesh.status())["issuanceId"] == answer.issuance
 
 
 async def test_a_directive_outside_the_rbac_is_answered_with_the_403(
     mesh: Mesh,  # noqa: F811
     agent: Agent,  # noqa: F811
-    nats_settings: NatsSettings,
-    tmp_path: Path,
+    settings: BouncerSettings,
 ) -> None:
-    settings = make_settings(nats_settings, await _install(mesh, tmp_path))
-    await mesh.directive(selector(GATEWAYS, "gateway", 1))  # no RoleBinding in `gateways`
-    issuance = new_issuance_id()
-    await mesh.certificate(issuance)
-    before = await mesh.names(GATEWAYS, "gateway")
-
-    async with running_bouncer(settings):
-        await agent.ask(issuance)
-        answer = await agent.answer(issuance)
+    # no RoleBinding in `gateways`
+    before, answer = await _bounce(mesh, agent, settings, GATEWAYS, "gateway")
 
     assert answer.data.error is not None
     assert f'User "{BOUNCER}" cannot list resource "pods"' in answer.data.error
