@@ -1,7 +1,8 @@
 """`meshtrust-kubeapi`: run one or more emulated clusters until SIGINT/SIGTERM.
 
     meshtrust-kubeapi --listen 127.0.0.1:0 --kubeconfig /tmp/east.kubeconfig [--name east] [--tls]
-        [--token TOKEN] [--state FILE] [--pod-ready-delay 0.5] [--pod-termination-delay 0.5]
+        [--token TOKEN] [--authorization-mode RBAC] [--state FILE] [--pod-ready-delay 0.5]
+        [--pod-termination-delay 0.5]
     meshtrust-kubeapi --cluster mgmt=127.0.0.1:0:/tmp/mgmt.kubeconfig \
                       --cluster east=127.0.0.1:0:/tmp/east.kubeconfig [--tls] ...
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 from shared.runtime.memory import freeze_start_up
 
+from .access import ALWAYS_ALLOW, MODES
 from .cluster import DEFAULT_POD_TERMINATION_DELAY, KubeAPI
 
 
@@ -69,6 +71,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[Cluster
     )
     p.add_argument("--tls", action="store_true", help="serve HTTPS with a generated CA")
     p.add_argument("--token", help="require this bearer token")
+    p.add_argument(
+        "--authorization-mode",
+        choices=MODES,
+        default=ALWAYS_ALLOW,
+        help="RBAC: authenticate ServiceAccount tokens and enforce Roles and bindings "
+        "(the --token, generated if not given, is the cluster-admin's)",
+    )
     p.add_argument("--state", help="JSON file to keep state in across restarts")
     p.add_argument(
         "--pod-ready-delay", type=float, default=0.5, help="seconds until a Pod turns Ready"
@@ -113,6 +122,7 @@ async def serve(args: argparse.Namespace, specs: list[ClusterSpec]) -> None:
                 port=spec.port,
                 tls=args.tls,
                 token=args.token,
+                authorization=args.authorization_mode,
                 pod_ready_delay=args.pod_ready_delay,
                 pod_termination_delay=args.pod_termination_delay,
                 state_file=state,

@@ -130,6 +130,8 @@ def validate_name(rt: ResourceType, name: str) -> list[Cause]:
                 Cause("FieldValueInvalid", f'Invalid value: "{name}": {LABEL_MSG}', "metadata.name")
             ]
         return []
+    if rt.group == "rbac.authorization.k8s.io":
+        return _path_segment_name(name)
     if rt.kind == "Pod" and len(name) > 253:
         return [
             Cause(
@@ -143,6 +145,17 @@ def validate_name(rt: ResourceType, name: str) -> list[Cause]:
             Cause("FieldValueInvalid", f'Invalid value: "{name}": {SUBDOMAIN_MSG}', "metadata.name")
         ]
     return []
+
+
+def _path_segment_name(name: str) -> list[Cause]:
+    """RBAC names (`system:discovery`) need only be a path segment (ValidatePathSegmentName)."""
+    if name in (".", ".."):
+        why = f"may not be '{name}'"
+    elif bad := next((c for c in ("/", "%") if c in name), None):
+        why = f"may not contain '{bad}'"
+    else:
+        return []
+    return [Cause("FieldValueInvalid", f'Invalid value: "{name}": {why}', "metadata.name")]
 
 
 def _qualified_key_ok(key: str) -> bool:

@@ -24,11 +24,12 @@ from aiohttp import web
 
 from . import crds, errors, kubeconfig
 from . import tls as tlsgen  # not `tls`: that is KubeAPI's keyword argument
+from .access import ALWAYS_ALLOW, RBAC, Access
 from .controllers import Controllers
 from .faults import Faults
 from .operations import Context, Operations
-from .resources import Registry
-from .server import Server
+from .resources import Registry, access_resources
+from .server import PUBLIC_PATHS, Server
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ class KubeAPI:
       host, port: where to listen; port 0 picks a free port (see `url`).
       tls: serve HTTPS with a freshly generated CA (carried by the kubeconfig).
       token: require `Authorization: Bearer <token>` on every API request.
+      authorization: "AlwaysAllow" (any request with the token may do anything) or "RBAC"
+        (ServiceAccounts, their tokens, Roles and bindings are served and enforced; the token,
+        generated if not given, is the cluster-admin's: see access.py).
       pod_ready_delay: seconds from a Pod's creation until the emulated kubelet makes it Ready.
       pod_termination_delay: seconds a deleted Pod's containers take to stop (at most its grace
         period, `terminationGracePeriodSeconds`, 30 by default), after which the kubelet removes
@@ -66,6 +70,7 @@ class KubeAPI:
         port: int = 0,
         tls: bool = False,
         token: str | None = None,
+        authorization: str = ALWAYS_ALLOW,
         pod_ready_delay: float = 0.5,
         pod_termination_delay: float | None = DEFAULT_POD_TERMINATION_DELAY,
         state_file: str | os.PathLike[str] | None = None,
@@ -76,7 +81,7 @@ class KubeAPI:
         self.host = host
         self.port = port
         self.tls = tls
-        self.token = token
+        self.token = random_token() if token is None and authorization == RBAC else token
         self.pod_ready_delay = pod_ready_delay
         self.state_file = Path(state_file) if state_file is not None else None
         self.bookmark_interval = bookmark_interval
@@ -84,6 +89,10 @@ class KubeAPI:
         self.registry = Registry()
         self.ops = Operations(self.store, self.registry)
         self.faults = Faults(self.store)
+        if authorization == RBAC:
+            for rt in access_resources():
+                self.registry.add(rt)
+        self.access = Access(self.ops, token=self.token, mode=authorization, public=PUBLIC_PATHS)
         self.controllers = Controllers(
             self.ops, pod_ready_delay=pod_ready_delay, pod_termination_delay=pod_termination_delay
         )
@@ -148,6 +157,7 @@ class KubeAPI:
         assert addresses, "the site is not listening"
         self.port = int(addresses[0][1])
         self._ensure_kubernetes_service()
+        self.access.bootstrap()
         self.store.listeners.append(lambda _ev: self._state_dirty.set())
         self._supervisor = asyncio.create_task(self._supervise(), name=f"kubeapi[{self.name}]")
 

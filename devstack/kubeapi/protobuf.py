@@ -1,5 +1,6 @@
 """Decoding of `application/vnd.kubernetes.protobuf` request bodies, for the kinds kubectl's
-imperative generators send that way (`kubectl create namespace|configmap|secret|deployment`).
+imperative generators send that way (`kubectl create namespace|configmap|secret|deployment`,
+`kubectl create token`, `kubectl auth can-i`, `kubectl auth whoami`).
 
 Only decoding, only Namespace, ConfigMap, Secret and the Deployment fields `kubectl create
 deployment` and common manifests set (field numbers from k8s.io/api
@@ -129,6 +130,51 @@ KINDS: dict[tuple[str, str], Schema] = {
         5: ("immutable", "bool"),
     },
 }
+RESOURCE_ATTRIBUTES: Schema = {
+    1: ("namespace", "string"),
+    2: ("verb", "string"),
+    3: ("group", "string"),
+    4: ("version", "string"),
+    5: ("resource", "string"),
+    6: ("subresource", "string"),
+    7: ("name", "string"),
+}
+# What `kubectl auth can-i` and `kubectl create token` send (k8s.io/api authorization/v1,
+# authentication/v1).
+KINDS[("authorization.k8s.io/v1", "SelfSubjectAccessReview")] = {
+    1: ("metadata", OBJECT_META),
+    2: (
+        "spec",
+        {
+            1: ("resourceAttributes", RESOURCE_ATTRIBUTES),
+            2: ("nonResourceAttributes", {1: ("path", "string"), 2: ("verb", "string")}),
+        },
+    ),
+}
+KINDS[("authorization.k8s.io/v1", "SelfSubjectRulesReview")] = {
+    1: ("metadata", OBJECT_META),
+    2: ("spec", {1: ("namespace", "string")}),
+}
+KINDS[("authentication.k8s.io/v1", "SelfSubjectReview")] = {1: ("metadata", OBJECT_META)}
+KINDS[("authentication.k8s.io/v1", "TokenRequest")] = {
+    1: ("metadata", OBJECT_META),
+    2: (
+        "spec",
+        {
+            1: ("audiences", "repeated:string"),
+            3: (
+                "boundObjectRef",
+                {
+                    1: ("kind", "string"),
+                    2: ("apiVersion", "string"),
+                    3: ("name", "string"),
+                    4: ("uid", "string"),
+                },
+            ),
+            4: ("expirationSeconds", "int?"),
+        },
+    ),
+}
 UNKNOWN: Schema = {
     1: ("typeMeta", {1: ("apiVersion", "string"), 2: ("kind", "string")}),
     2: ("raw", "bytes"),
@@ -216,7 +262,7 @@ def decode(body: bytes) -> Obj:
         "UnsupportedMediaType",
         "the body of the request was in an unknown format - accepted media types include: "
         "application/json, application/yaml (protobuf only for Namespace, ConfigMap, Secret, "
-        "Deployment)",
+        "Deployment, and the access reviews and TokenRequest)",
     )
     if not body.startswith(MAGIC):
         raise unsupported

@@ -166,8 +166,25 @@ _BUILTINS = (
 )
 
 
+RBAC_GROUP = "rbac.authorization.k8s.io"
+_ACCESS_BUILTINS = (
+    _Builtin("v1", "ServiceAccount", "serviceaccounts", ("sa",)),
+    _Builtin(f"{RBAC_GROUP}/v1", "Role", "roles"),
+    _Builtin(f"{RBAC_GROUP}/v1", "RoleBinding", "rolebindings"),
+    _Builtin(f"{RBAC_GROUP}/v1", "ClusterRole", "clusterroles", namespaced=False),
+    _Builtin(f"{RBAC_GROUP}/v1", "ClusterRoleBinding", "clusterrolebindings", namespaced=False),
+)
+"""Served only with RBAC authorization (`KubeAPI(authorization="RBAC")`), so that the default
+emulator's discovery stays what the devstack and its tests know."""
+
+
 def builtin_resources() -> list[ResourceType]:
     return [b.resource_type() for b in _BUILTINS]
+
+
+def access_resources() -> list[ResourceType]:
+    """ServiceAccounts and the four RBAC kinds."""
+    return [b.resource_type() for b in _ACCESS_BUILTINS]
 
 
 class Registry:

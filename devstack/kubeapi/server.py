@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
 
-from . import discovery, errors, openapi, scale, tables
+from . import discovery, errors, openapi, reviews, scale, tables
+from .access import Access
 from .faults import Faults
 from .operations import APPLY_PATCH, APPLY_PATCH_CBOR, Context, Operations
 from .resources import ResourceType
@@ -71,7 +73,7 @@ class Backend(Protocol):
     @property
     def faults(self) -> Faults: ...
     @property
-    def token(self) -> str | None: ...
+    def access(self) -> Access: ...
     @property
     def bookmark_interval(self) -> float: ...
     @property
@@ -111,27 +113,27 @@ class Server:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             if not request.path.startswith(ADMIN_PREFIX):
-                await self._admit(request)
+                answered = await self._admit(request)
+                if answered is not None:
+                    return answered
             return await handler(request)
         except errors.ApiError as exc:
             return error_response(exc)
 
-    async def _admit(self, request: web.Request) -> None:
-        """Shutdown, authentication and injected faults, for every request but the admin's."""
+    async def _admit(self, request: web.Request) -> web.Response | None:
+        """Shutdown, authentication, authorization and injected faults, for every request but
+        the admin's; the answer to a TokenRequest or an access review (reviews.py)."""
         api = self.api
         if api.stopping:
             raise errors.ApiError(503, "ServiceUnavailable", "apiserver is shutting down", {})
-        if (
-            api.token is not None
-            and request.path not in PUBLIC_PATHS
-            and request.headers.get("Authorization") != f"Bearer {api.token}"
-        ):
-            raise errors.unauthorized()
+        now = int(time.time())
+        attrs = api.access.admit(request, now=now)
         if api.faults.latency:
             await asyncio.sleep(api.faults.latency)
         injected = api.faults.take(request.path_qs)
         if injected is not None:
             raise injected
+        return await reviews.answer(api.access, request, attrs, now=now)
 
     # --- dispatch -------------------------------------------------------------------------------
 
