@@ -21,17 +21,15 @@ requests elsewhere, client certificates, OIDC, webhook, ABAC, Node authorization
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
+
+from shared.api.meta import Obj
 
 from . import errors, rbac
 from .operations import Context, Operations
 from .requestinfo import Attributes, User, request_info
 from .resources import RBAC_GROUP
 from .tokens import Signer
-
-Obj = dict[str, Any]
 
 ALWAYS_ALLOW = "AlwaysAllow"
 RBAC = "RBAC"

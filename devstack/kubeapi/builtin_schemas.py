@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-Obj = dict[str, Any]
+from shared.api.meta import Obj
 
 DATA = "builtin-openapi.json.gz"
 SOURCE_VERSION = "v1.37.0-local"

@@ -16,12 +16,12 @@ import copy
 import re
 from typing import Any
 
+from shared.api.meta import Obj
+
 from . import selectors, validation
 from .errors import Cause
 from .resources import ResourceType
 from .validation import DNS1123_LABEL, LABEL_MSG
-
-Obj = dict[str, Any]
 
 DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")

@@ -7,13 +7,12 @@ are stored once, in the storage version, and served in every served version with
 
 from __future__ import annotations
 
-from typing import Any
+from shared.api.meta import Obj
 
 from . import schema
 from .errors import Cause
 from .resources import ResourceType, version_priority_key
 
-Obj = dict[str, Any]
 CLEANUP_FINALIZER = "customresourcecleanup.apiextensions.k8s.io"
 
 

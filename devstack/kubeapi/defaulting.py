@@ -7,7 +7,9 @@ Not here: when each runs (the write pipeline, writes.py).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from shared.api.meta import Obj
 
 from . import builtins, crds, errors, schema
 from .errors import Cause
@@ -16,8 +18,6 @@ from .resources import ResourceType
 if TYPE_CHECKING:
     from .context import Context
     from .operations import Operations
-
-Obj = dict[str, Any]
 
 
 def validate_common(

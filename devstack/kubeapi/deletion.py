@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from shared.api.meta import Obj
 
 from . import builtins, crds, errors, writes
 from .context import TIME_FORMAT, Context
@@ -22,7 +24,6 @@ from .storing import after_delete, spec_finalizers
 if TYPE_CHECKING:
     from .operations import Operations
 
-Obj = dict[str, Any]
 
 POLICIES = ("Orphan", "Background", "Foreground")
 

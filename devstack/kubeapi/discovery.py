@@ -6,11 +6,10 @@ in its Accept header (kubectl and client-go do; others get the legacy documents)
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+
+from shared.api.meta import Obj
 
 from .resources import ALL_VERBS, Registry, ResourceType
-
-Obj = dict[str, Any]
 
 KUBE_VERSION = {"major": "1", "minor": "37", "gitVersion": "v1.37.0"}
 AGGREGATED_V2 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"

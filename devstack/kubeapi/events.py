@@ -13,13 +13,14 @@ EventRecorder does for kube-controller-manager (no aggregation of repeats into `
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from shared.api.meta import Obj
 
 if TYPE_CHECKING:
     from .operations import Context, Operations
     from .resources import ResourceType
 
-Obj = dict[str, Any]
 
 GROUP = "events.k8s.io"
 # events.k8s.io/v1 field -> core/v1 field

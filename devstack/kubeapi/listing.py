@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from shared.api.meta import Obj
 
 from . import errors, selectors
 from .resources import ResourceType
@@ -18,7 +20,6 @@ from .resources import ResourceType
 if TYPE_CHECKING:
     from .operations import Operations
 
-Obj = dict[str, Any]
 
 _CONTINUE_EXPIRED = (
     "The provided continue parameter is too old to display a consistent list result. You can "

@@ -14,9 +14,10 @@ import copy
 import json
 from typing import Any
 
+from shared.api.meta import Obj
+
 from . import errors, patching
 
-Obj = dict[str, Any]
 Entry = dict[str, Any]
 IGNORED_TOP = ("f:status",)
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"

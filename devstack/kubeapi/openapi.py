@@ -18,13 +18,12 @@ import copy
 import hashlib
 import json
 import weakref
-from typing import Any
+
+from shared.api.meta import Obj
 
 from . import builtin_schemas
 from .discovery import KUBE_VERSION
 from .resources import Registry, ResourceType
-
-Obj = dict[str, Any]
 
 _PATCH_TYPES = [
     "application/apply-patch+yaml",

@@ -18,6 +18,8 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+from shared.api.meta import Obj
+
 from . import deletion, errors, events, listing, managedfields, patching, storing, writes
 from .context import Context, utcnow
 from .resources import Registry, ResourceType
@@ -26,7 +28,6 @@ from .writes import Write
 
 __all__ = ["Context", "Operations", "utcnow"]
 
-Obj = dict[str, Any]
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"

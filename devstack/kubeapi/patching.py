@@ -15,9 +15,9 @@ from typing import Any
 
 import jsonpatch
 
-from . import errors
+from shared.api.meta import Obj
 
-Obj = dict[str, Any]
+from . import errors
 
 # field name -> merge key, for lists Kubernetes types declare `patchStrategy:"merge"`.
 MERGE_KEYS: dict[str, str] = {

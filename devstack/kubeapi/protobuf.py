@@ -15,10 +15,11 @@ import base64
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.api.meta import Obj
+
 from . import errors
 
 MAGIC = b"k8s\x00"
-Obj = dict[str, Any]
 Schema = dict[int, tuple[str, Any]]  # field number -> (name, type)
 
 TIME: Schema = {1: ("seconds", "int"), 2: ("nanos", "int")}

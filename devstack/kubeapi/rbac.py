@@ -16,13 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+
+from shared.api.meta import Obj
 
 from .requestinfo import Attributes, User
 from .resources import RBAC_GROUP
 from .store import Store
-
-Obj = dict[str, Any]
 
 SA_PREFIX = "system:serviceaccount:"
 CLUSTER_ROLES = f"{RBAC_GROUP}/clusterroles"

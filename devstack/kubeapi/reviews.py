@@ -12,17 +12,16 @@ SubjectAccessReview (for another user), LocalSubjectAccessReview and TokenReview
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
+
+from shared.api.meta import Obj
 
 from . import errors, rbac
 from .access import SERVICE_ACCOUNTS, Access
 from .requestinfo import Attributes, User
 from .tokens import DEFAULT_AUDIENCES, DEFAULT_EXPIRATION, MIN_EXPIRATION, Claims
 from .wire import json_response, read_body
-
-Obj = dict[str, Any]
 
 AUTHORIZATION_V1 = "authorization.k8s.io/v1"
 AUTHENTICATION_V1 = "authentication.k8s.io/v1"

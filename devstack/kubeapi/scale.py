@@ -11,11 +11,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from shared.api.meta import Obj
+
 from . import errors, patching, selectors, tables
 from .operations import APPLY_PATCH, JSON_PATCH
 from .resources import ResourceType
-
-Obj = dict[str, Any]
 
 
 def _paths(rt: ResourceType, version: str) -> tuple[str, str, str | None]:

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from shared.api.meta import Obj
+
 from . import errors
 from .resources import ResourceType
-
-Obj = dict[str, Any]
 
 
 @dataclass(frozen=True)

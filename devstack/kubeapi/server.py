@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from shared.api.meta import Obj
+
 from . import discovery, errors, openapi, reviews, scale, tables
 from .access import Access
 from .faults import Faults
@@ -40,7 +42,6 @@ from .wire import (
     wants_table,
 )
 
-Obj = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ADMIN_PREFIX = "/_emulator"

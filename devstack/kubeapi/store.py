@@ -21,11 +21,11 @@ import copy
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+
+from shared.api.meta import Obj
 
 from . import errors
 
-Obj = dict[str, Any]
 ObjKey = tuple[str, str]  # (namespace or "", name)
 
 

@@ -8,7 +8,9 @@ Not here: the checks before (writes.py).
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from shared.api.meta import Obj
 
 from . import crds
 from .resources import ResourceType
@@ -16,8 +18,6 @@ from .resources import ResourceType
 if TYPE_CHECKING:
     from .operations import Operations
     from .writes import Write
-
-Obj = dict[str, Any]
 
 
 def store_created(ops: Operations, w: Write) -> Obj:

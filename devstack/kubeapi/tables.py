@@ -13,10 +13,10 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.api.meta import Obj
+
 from . import events, selectors
 from .resources import ResourceType
-
-Obj = dict[str, Any]
 
 _NAME_DESC = (
     "Name must be unique within a namespace. Is required when creating resources, although some "

@@ -15,9 +15,9 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from .errors import Cause
+from shared.api.meta import Obj
 
-Obj = dict[str, Any]
+from .errors import Cause
 
 MAX_SECRET_SIZE = 1024 * 1024  # core.MaxSecretSize, the limit of ConfigMap data too
 DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")

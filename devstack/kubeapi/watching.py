@@ -19,14 +19,14 @@ from typing import Any
 
 from aiohttp import web
 
+from shared.api.meta import Obj
+
 from . import errors, selectors, tables
 from .operations import Operations
 from .resources import ResourceType
 from .selectors import FieldRequirement, LabelSelector
 from .store import Event, Watcher
 from .wire import bool_param, int_param, wants_table
-
-Obj = dict[str, Any]
 
 DEFAULT_WATCH_TIMEOUT = 1800.0  # seconds; kube-apiserver's --min-request-timeout
 WATCH_LINES_KEPT = 1024  # encoded watch lines remembered (see `LineCache`)

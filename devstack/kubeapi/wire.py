@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from shared.api.meta import Obj
+
 from . import errors, protobuf
 from .operations import (
     APPLY_PATCH,
@@ -21,8 +23,6 @@ from .operations import (
     STRATEGIC_PATCH,
     Context,
 )
-
-Obj = dict[str, Any]
 
 MAX_REQUEST_BYTES = 3 * 1024 * 1024  # kube-apiserver's MaxRequestBodyBytes
 

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shared.api.meta import Obj
+
 from . import defaulting, errors, events, managedfields, validation
 from .errors import Cause
 from .resources import ResourceType
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
     from .context import Context
     from .operations import Operations
 
-Obj = dict[str, Any]
 
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery/pkg/util/rand
 _SERVER_FIELDS = (

@@ -15,8 +15,8 @@ from typing import Any
 from devstack.kubeapi import errors, events, selectors
 from devstack.kubeapi.operations import Context, Operations, utcnow
 from devstack.kubeapi.resources import ResourceType
+from shared.api.meta import Obj
 
-Obj = dict[str, Any]
 log = logging.getLogger("devstack.kubeapi.controllers")
 
 MANAGER = "kube-controller-manager"

@@ -11,14 +11,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from typing import Any
 
 from devstack.kubeapi.context import utcnow
 from devstack.kubeapi.resources import ResourceType
+from shared.api.meta import Obj
 
 from .base import Kit, owner_ref, terminating
-
-Obj = dict[str, Any]
 
 DEPLOYMENTS = "apps/deployments"
 REPLICASETS = "apps/replicasets"

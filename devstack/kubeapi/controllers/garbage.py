@@ -8,14 +8,11 @@ Not here: orphaning, which is done at delete time (deletion.py).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from devstack.kubeapi.store import Event
+from shared.api.meta import Obj
 
 from .base import Kit, terminating
-
-Obj = dict[str, Any]
-
 
 Ident = tuple[str, str, str]
 """(resource key, namespace or "", name) of a stored object."""

@@ -10,14 +10,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
-from typing import Any
 
 from devstack.kubeapi.context import utcnow
 from devstack.kubeapi.resources import ResourceType
+from shared.api.meta import Obj
 
 from .base import Kit
-
-Obj = dict[str, Any]
 
 NODE = "node-1"  # the one node every Pod is bound to (there is no Node object)
 MANAGER = "kubelet"

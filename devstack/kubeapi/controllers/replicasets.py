@@ -8,14 +8,12 @@ Not emulated: slow-start batches, expectations, minReadySeconds.
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 from devstack.kubeapi import selectors
 from devstack.kubeapi.resources import ResourceType
+from shared.api.meta import Obj
 
 from .base import Kit, controller_of, owner_ref, pod_ready, terminating
-
-Obj = dict[str, Any]
 
 REPLICASETS = "apps/replicasets"
 PODS = "/pods"
