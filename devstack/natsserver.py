@@ -64,6 +64,11 @@ class NatsServer:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the server exited by itself (not stopped here), else None."""
+        return self._process.poll() if self._process else None
+
     def command(self) -> list[str]:
         cmd = [
             str(nats_server_binary()),

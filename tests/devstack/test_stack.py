@@ -39,4 +39,8 @@ def test_the_stack_comes_up_survives_a_killed_agent_and_goes_down(tmp_path: Path
         stopped = stack.down()
     assert "agent-east" in stopped
     assert status(root) == {}
-    assert not (root / "kube").exists(), "the emulated Secrets (keys) do not outlive the stack"
+    # The clusters' state stays for the next up, readable by its owner only (Secrets, keys).
+    assert stack.kept_clusters() == ["east"]
+    assert (root / "kube").stat().st_mode & 0o777 == 0o700
+    assert stack.down(purge=True) == []
+    assert not root.exists()
