@@ -108,7 +108,7 @@ def _status(root: Path) -> int:
                 current,
                 str(entry["pid"]) if current == "running" else "-",
                 str(entry["restarts"]),
-                f"{rss / 2**20:.0f} MiB" if rss is not None else "-",
+                f"{rss / 2**20:.0f}MiB" if rss is not None else "-",
                 _duration(now - entry["started_at"]) if current == "running" else "-",
                 entry["last_exit"] or "-",
             )
