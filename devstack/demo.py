@@ -103,11 +103,11 @@ async def follow(
             )
         while not all(p.done for p in progress.values()):
             if time.monotonic() - started > within:
-                await _report_stuck(stack, progress, clients[MGMT], out=out, final=True)
+                await report_stuck(stack, progress, clients[MGMT], out=out, final=True)
                 break
             if time.monotonic() - reported >= REPORT_EVERY:
                 reported = time.monotonic()
-                await _report_stuck(stack, progress, clients[MGMT], out=out, final=False)
+                await report_stuck(stack, progress, clients[MGMT], out=out, final=False)
             for cluster, p in progress.items():
                 try:
                     obj = await clients[cluster].get(
@@ -139,7 +139,7 @@ async def follow(
             await client.__aexit__(None, None, None)
 
 
-async def _report_stuck(
+async def report_stuck(
     stack: Stack,
     progress: dict[str, Progress],
     mgmt: KubeClient,

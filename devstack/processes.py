@@ -118,39 +118,49 @@ def listens(pid: int, port: int) -> bool:
 
 def probe(process: Process) -> bool:
     """One readiness probe: 200 from `process.health`, served by `process` itself."""
+    return readiness(process) == ""
+
+
+def readiness(process: Process) -> str:
+    """Why `process` is not ready ("" when it is): its own /readyz's answer, or what is amiss."""
     health = process.health
     if health is None:
-        return False
+        return "no health port logged yet"
     port = int(health.rsplit(":", 1)[1].split("/", 1)[0])
     if not listens(process.pid, port):
-        return False
+        return f"port {port} is not its own"
     try:
         with urllib.request.urlopen(health, timeout=1) as answer:  # noqa: S310
-            return bool(answer.status == 200)
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
+            return "" if answer.status == 200 else f"/readyz answered {answer.status}"
+    except urllib.error.HTTPError as exc:
+        return f"/readyz answered {exc.code}: {exc.read().decode(errors='replace').strip()}"
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        return f"/readyz unreachable: {exc}"
 
 
 def wait_ready(process: Process, *, within: float = 60.0) -> None:
     """Until the process has logged its health port and its own /readyz answers 200 there;
-    StackError naming it, with its last log lines, if it exits first or within `within` s."""
+    StackError naming it, with its last log lines, if it exits first or within `within` s
+    (then with why it is not ready, e.g. the readiness checks its /readyz names as failing)."""
+    why = ""
 
     def ready() -> bool:
+        nonlocal why
         if not alive(process.pid):
             raise StackError(f"{process.name} exited; its last log lines:\n{tail(process)}")
         if process.health is None:
             port = bound_port(process)
-            if port is None:
-                return False
-            process.health = f"http://127.0.0.1:{port}/readyz"
-        return probe(process)
+            if port is not None:
+                process.health = f"http://127.0.0.1:{port}/readyz"
+        why = readiness(process)
+        return not why
 
     try:
         wait_for(ready, within=within, what=f"{process.name} to be ready")
     except StackError as exc:
         if "timed out" not in str(exc):
             raise
-        raise StackError(f"{exc}; its last log lines:\n{tail(process)}") from None
+        raise StackError(f"{exc} ({why}); its last log lines:\n{tail(process)}") from None
 
 
 def tail(process: Process, lines: int = 15) -> str:

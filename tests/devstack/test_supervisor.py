@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import os
 import signal
@@ -21,8 +22,9 @@ import pytest
 from e2e.e2e_audit import ledger
 
 from devstack import processes, supervisor
-from devstack.demo import declarations
+from devstack.demo import Progress, declarations, report_stuck
 from devstack.stack import MGMT, ROOT_CA_SECRET, Stack, StackError, StackInfo
+from shared.k8s.client import KubeClient
 
 MESHTRUST = [sys.executable, "-m", "cli"]
 IC = ("get", "ic", "-n", "istio-system", "istio-cacerts", "-o", "json")
@@ -159,6 +161,25 @@ def test_an_operator_stops_starts_and_restarts_one_service(root: Path) -> None:
     unknown = meshtrust(root, "restart", "agent-nowhere")
     assert unknown.returncode == 1
     assert "agent-nowhere" in unknown.stderr
+
+
+def test_the_demo_names_a_stuck_cluster_and_what_holds_it(root: Path) -> None:
+    assert meshtrust(root, "stop", "issuer").returncode == 0
+    stack = attached(root)
+    out = io.StringIO()
+
+    async def report() -> None:
+        async with KubeClient.from_kubeconfig(stack.kubeconfig(MGMT)) as mgmt:
+            progress = {"east": Progress("east", state="ISSUING", error="no signature yet")}
+            await report_stuck(stack, progress, mgmt, out=out, final=True)
+
+    try:
+        asyncio.run(report())
+    finally:
+        assert meshtrust(root, "start", "issuer").returncode == 0
+    line = out.getvalue()
+    assert line.startswith("  gave up on east: east is ISSUING: no signature yet; mgmt says")
+    assert "not running: issuer stopped (stopped by stop)" in line
 
 
 @pytest.mark.timeout(400)
