@@ -385,7 +385,10 @@ class Stack:
         assert self.info is not None, "up() first"
         if name == "nats-server":
             assert self._nats is not None
-            self._nats.start()
+            try:
+                self._nats.start()
+            except (RuntimeError, TimeoutError) as exc:
+                raise StackError(f"nats-server did not start: {exc}") from exc
             assert self._nats.pid is not None
             fresh = Process(name, self._nats.pid, str(self._nats.log_file))
         elif name == "kubeapi":

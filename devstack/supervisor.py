@@ -129,7 +129,8 @@ class Supervisor:
         self.save()
 
     def _crashed(self, entry: Supervised, code: int, now: float) -> None:
-        recovered = now - entry.started_at >= self.backoff.reset_after
+        # A start that failed (started_at 0) is one more consecutive crash, not a recovery.
+        recovered = entry.started_at > 0 and now - entry.started_at >= self.backoff.reset_after
         entry.failures = 1 if recovered else entry.failures + 1
         delay = self.backoff.delay(entry.failures)
         entry.last_exit = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
@@ -230,10 +231,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the stack did not come up: {exc}", flush=True)
         return 1
     print(f"{time.strftime('%T')} stack up; supervising", flush=True)
-    while not stop.wait(TICK):
-        supervisor.step()
-        sys.stdout.flush()
-    supervisor.down()
+    try:
+        while not stop.wait(TICK):
+            supervisor.step()
+            sys.stdout.flush()
+    finally:  # a bug here must not leave the stack running without its owner
+        supervisor.down()
     print(f"{time.strftime('%T')} stack down: {', '.join(supervisor.stopped)}", flush=True)
     return 0
 
