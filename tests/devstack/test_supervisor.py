@@ -186,6 +186,9 @@ def test_the_demo_names_a_stuck_cluster_and_what_holds_it(root: Path) -> None:
 def test_down_then_up_resumes_with_the_same_root_and_serial_and_no_new_signature(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """No "nothing happened" is waited for: the resumed stack then issues a changed declaration
+    (the same key, so the issuer and the agent handle it after their start-up pass over it) and
+    the ledger has exactly one more entry: a re-issue at start-up would have made two."""
     monkeypatch.setenv("KUBECACHEDIR", str(tmp_path / "kubecache"))
     root = tmp_path / "devstack"
     try:
