@@ -287,6 +287,7 @@ class Stack:
             command += ["--cluster", f"{cluster}=127.0.0.1:{port}:{self.kubeconfig(cluster)}"]
         log = self.logs / "kubeapi.log"
         with ready.open("wb") as out, log.open("ab") as err:
+            offset = err.tell()
             process = subprocess.Popen(command, stdout=out, stderr=err, start_new_session=True)
         self._children["kubeapi"] = process
         processes.wait_for(
@@ -296,7 +297,7 @@ class Stack:
             within=30,
             what="the emulated clusters to serve",
         )
-        record = Process("kubeapi", process.pid, str(log))
+        record = Process("kubeapi", process.pid, str(log), log_offset=offset)
         if process.poll() is not None:
             raise StackError(f"kubeapi exited; its last log lines:\n{processes.tail(record)}")
         assert self.info is not None
