@@ -92,7 +92,6 @@ async def follow(
     naming every `REPORT_EVERY` s (and at the end) the clusters not done and why."""
     clients = {c: KubeClient.from_kubeconfig(stack.kubeconfig(c)) for c in [*progress, MGMT]}
     started = time.monotonic()
-    reported = started
     try:
         for client in clients.values():
             await client.__aenter__()
@@ -101,6 +100,7 @@ async def follow(
             await asyncio.to_thread(
                 stack.kubectl, MGMT, "apply", "-f", "-", stdin=declared[cluster]
             )
+        reported = time.monotonic()  # declaring 50 clusters takes a while: not a wait
         while not all(p.done for p in progress.values()):
             if time.monotonic() - started > within:
                 await report_stuck(stack, progress, clients[MGMT], out=out, final=True)
@@ -161,13 +161,13 @@ async def report_stuck(
                 in_mgmt += f" ({status['error']})"
         except NotFound:
             in_mgmt = "no declaration in mgmt"
-        here = p.state if p.state != "-" else "no IssuedCertificate in the cluster yet"
+        here = f"is {p.state}" if p.state != "-" else "has no IssuedCertificate yet"
         down = [
             f"{name} {e['state']} ({e['last_exit'] or 'no exit recorded'})"
             for name in ("issuer", f"agent-{cluster}", f"bouncer-{cluster}", "nats-server")
             if (e := supervised.get(name)) is not None and e["state"] != "running"
         ]
-        why = "; ".join([f"{cluster} is {here}" + (f": {p.error}" if p.error else ""), in_mgmt])
+        why = "; ".join([f"{cluster} {here}" + (f": {p.error}" if p.error else ""), in_mgmt])
         if down:
             why += "; not running: " + ", ".join(down)
         lead = "gave up on" if final else "still waiting for"
