@@ -1,11 +1,15 @@
 """`meshtrust demo`: the main job end to end on the local stack.
 
-Brings the stack up (`devstack.stack`), declares an IssuedCertificate and a PodBounceDirective
-for every remote cluster in `mgmt` (`deploy/examples/declarations.yaml`, applied with kubectl),
+Brings the stack up under its supervisor (`devstack.supervisor`), declares an
+IssuedCertificate and a PodBounceDirective for every remote cluster in `mgmt`
+(`deploy/examples/declarations.yaml`, applied with kubectl),
 follows each remote IssuedCertificate until FINISHED (or FAILED), then checks what a platform
 team would: every cluster's `cacerts` chains to the shared root (`openssl verify`), the bundle
 passes `shared.pki.check_bundle`, and the istiod-like pods were replaced. Prints a summary
-table, and stops the stack unless `keep`.
+table, and stops the stack unless `keep` (wiping it when every cluster verified; keeping its
+state and logs for a look when not). A cluster not done is named every `REPORT_EVERY` seconds
+with what holds it (its state and error here and in mgmt, and its processes as the supervisor
+sees them), so the demo never waits silently.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from devstack.stack import MGMT, REPO, ROOT_CA_SECRET, Stack
+from devstack import supervisor
+from devstack.stack import MGMT, REPO, ROOT_CA_SECRET, Stack, StackError, kept_clusters
 from shared.k8s.client import KubeClient
 from shared.k8s.errors import NotFound
 from shared.k8s.resources import ISSUED_CERTIFICATES, PODS, SECRETS
@@ -33,6 +38,8 @@ IC_NAME = "istio-cacerts"
 IC_NAMESPACE = "istio-system"
 HOSTS = ["spiffe://cluster.local/ns/istio-system/sa/citadel"]
 ORG = "meshtrust"
+REPORT_EVERY = 10.0
+"""Seconds between two reports of the clusters not done yet."""
 
 
 @dataclass
@@ -81,8 +88,9 @@ async def follow(
     within: float,
     out: TextIO,
 ) -> None:
-    """Declare, then poll every remote IssuedCertificate (50 ms) until done or `within` s."""
-    clients = {c: KubeClient.from_kubeconfig(stack.kubeconfig(c)) for c in progress}
+    """Declare, then poll every remote IssuedCertificate (50 ms) until done or `within` s,
+    naming every `REPORT_EVERY` s (and at the end) the clusters not done and why."""
+    clients = {c: KubeClient.from_kubeconfig(stack.kubeconfig(c)) for c in [*progress, MGMT]}
     started = time.monotonic()
     try:
         for client in clients.values():
@@ -92,9 +100,14 @@ async def follow(
             await asyncio.to_thread(
                 stack.kubectl, MGMT, "apply", "-f", "-", stdin=declared[cluster]
             )
+        reported = time.monotonic()  # declaring 50 clusters takes a while: not a wait
         while not all(p.done for p in progress.values()):
             if time.monotonic() - started > within:
+                await report_stuck(stack, progress, clients[MGMT], out=out, final=True)
                 break
+            if time.monotonic() - reported >= REPORT_EVERY:
+                reported = time.monotonic()
+                await report_stuck(stack, progress, clients[MGMT], out=out, final=False)
             for cluster, p in progress.items():
                 try:
                     obj = await clients[cluster].get(
@@ -124,6 +137,41 @@ async def follow(
     finally:
         for client in clients.values():
             await client.__aexit__(None, None, None)
+
+
+async def report_stuck(
+    stack: Stack,
+    progress: dict[str, Progress],
+    mgmt: KubeClient,
+    *,
+    out: TextIO,
+    final: bool,
+) -> None:
+    """One line per cluster not done: its state and error, its declaration's in mgmt, and its
+    processes that are not running (from the supervisor's state)."""
+    supervised = {e["name"]: e for e in (supervisor.read(stack.root) or {}).get("processes", [])}
+    for cluster, p in progress.items():
+        if p.done:
+            continue
+        try:
+            declaration = await mgmt.get(ISSUED_CERTIFICATES, IC_NAME, namespace=cluster)
+            status = declaration.get("status") or {}
+            in_mgmt = f"mgmt says {status.get('state', 'no status yet')}"
+            if status.get("error"):
+                in_mgmt += f" ({status['error']})"
+        except NotFound:
+            in_mgmt = "no declaration in mgmt"
+        here = f"is {p.state}" if p.state != "-" else "has no IssuedCertificate yet"
+        down = [
+            f"{name} {e['state']} ({e['last_exit'] or 'no exit recorded'})"
+            for name in ("issuer", f"agent-{cluster}", f"bouncer-{cluster}", "nats-server")
+            if (e := supervised.get(name)) is not None and e["state"] != "running"
+        ]
+        why = "; ".join([f"{cluster} {here}" + (f": {p.error}" if p.error else ""), in_mgmt])
+        if down:
+            why += "; not running: " + ", ".join(down)
+        lead = "gave up on" if final else "still waiting for"
+        print(f"  {lead} {cluster}: {why}", file=out, flush=True)
 
 
 async def _root(stack: Stack) -> bytes:
@@ -192,24 +240,33 @@ def run(
     out: TextIO = sys.stdout,
 ) -> int:
     """The demo; 0 when every cluster is FINISHED with a verified bundle and replaced pods."""
+    if kept_clusters(root) is not None:
+        raise StackError(
+            f"{root} keeps a stopped stack: resume it with `meshtrust devstack up`, or wipe it "
+            "with `meshtrust devstack down --purge` and run the demo again"
+        )
     stack = Stack(root, remotes=remotes)
     say = functools.partial(print, file=out, flush=True)
     say(f"starting the local stack in {root}: nats-server, clusters mgmt + {', '.join(remotes)}")
     started = time.monotonic()
-    stack.up()
-    say(f"stack up in {time.monotonic() - started:.1f}s; declaring IssuedCertificates in mgmt")
-    progress = {c: Progress(c) for c in remotes}
-    declared = {c: declarations(c, key_algorithm=key_algorithm, ttl=ttl) for c in remotes}
+    verified = False
     try:
+        supervisor.launch(root, remotes=remotes)
+        say(f"stack up in {time.monotonic() - started:.1f}s; declaring IssuedCertificates in mgmt")
+        progress = {c: Progress(c) for c in remotes}
+        declared = {c: declarations(c, key_algorithm=key_algorithm, ttl=ttl) for c in remotes}
         asyncio.run(follow(stack, progress, declared=declared, within=timeout, out=out))
         say("\n" + summary(progress) + "\n")
         how = "look around" if keep else "with --keep (make demo DEMO_ARGS=--keep), look around"
         say(f"{how}: kubectl --kubeconfig {stack.kubeconfig(remotes[0])} get ic -A")
         say(f"  {' ' * len(how)}kubectl --kubeconfig {stack.kubeconfig(MGMT)} get ic -A")
         say("  and: meshtrust status, meshtrust audit, meshtrust ledger")
-        return 0 if all(p.verified for p in progress.values()) else 1
+        verified = all(p.verified for p in progress.values())
+        return 0 if verified else 1
     finally:
         if keep:
-            say("the stack keeps running; stop it with: meshtrust devstack down")
+            say("the stack keeps running (supervised); stop it with: meshtrust devstack down")
         else:
-            stack.down()
+            supervisor.shutdown(root, purge=verified)
+            if not verified:
+                say(f"state and logs kept in {root}; wipe them: meshtrust devstack down --purge")

