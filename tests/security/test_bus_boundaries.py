@@ -12,6 +12,7 @@ library. The hub's side is read with the issuer's (or the provisioner's) credent
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +25,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
+from cli import ledger as cli_ledger
 from shared.bus import Bus, Delivery, PublishError
 from shared.bus.fleet import FleetConsumers, agent_consumer
 from shared.bus.publishing import MSG_ID
@@ -248,6 +250,24 @@ async def test_no_identity_can_pull_from_anothers_durable(
     assert info.delivered.consumer_seq == before.delivered.consumer_seq
     assert info.num_ack_pending == 0
     assert info.num_pending >= 1
+
+
+async def test_the_auditor_lists_the_ledger_and_is_told_what_it_could_not_check(
+    hub: Hub,
+) -> None:
+    """`meshtrust ledger` with the auditor's credential (it failed with a traceback): the
+    entries, and a note that the stream's configuration is out of this identity's sight."""
+    entry = {"serial_number": "a1", "cluster": "east"}
+    sequence = await ledger(hub.issuer).append(
+        "meshtrust.ledger.east", json.dumps(entry).encode(), msg_id="audit"
+    )
+    err = io.StringIO()
+    async with Bus.connect(hub.nats.settings("auditor")) as auditor:
+        rows = await cli_ledger.read_rows(
+            auditor, stream="MESHTRUST_LEDGER", cluster="east", start=1, err=err
+        )
+    assert sequence in {row["sequence"] for row in rows}
+    assert "append-only settings were not checked" in err.getvalue()
 
 
 @pytest.mark.parametrize(
