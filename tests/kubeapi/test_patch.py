@@ -102,7 +102,7 @@ async def test_strategic_merge_patch_on_a_custom_resource_is_415(
 async def test_json_patch_is_the_client_default_for_custom_objects_and_a_dict_body_is_rejected(
     widgets: client.CustomObjectsApi,
 ) -> None:
-    """FIELD-NOTES: CustomObjectsApi sends a dict as json-patch+json by default; kube rejects it."""
+    """CustomObjectsApi sends a dict as json-patch+json by default; kube-apiserver rejects it."""
     await widgets.create_namespaced_custom_object(*W, widget("w"))
     with pytest.raises(client.ApiException) as err:
         await widgets.patch_namespaced_custom_object(*W, "w", {"spec": {"size": 2}})
