@@ -43,6 +43,11 @@ class LedgerError(BusError):
     """The ledger stream is missing, or exists without its append-only guarantees."""
 
 
+class ConfigurationHidden(LedgerError):
+    """The ledger's configuration is out of this identity's sight (the auditor reads streams by
+    direct get only): whether it is append-only could not be checked."""
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
     """One stored entry: its stream sequence, subject, server time and payload."""
@@ -112,11 +117,21 @@ class Ledger:
             log.info("ledger stream opened to direct gets", stream=self.stream)
 
     async def check(self) -> None:
-        """Raise `LedgerError` unless the stream exists and is append-only (no provisioning)."""
+        """Raise `LedgerError` unless the stream exists and is append-only (no provisioning);
+        `ConfigurationHidden` where this identity may not read stream configurations."""
         try:
             info = await self._connection.js.stream_info(self.stream)
         except nats.js.errors.NotFoundError:
             raise LedgerError(f"ledger stream {self.stream} does not exist") from None
+        except (
+            nats.js.errors.ServiceUnavailableError,
+            nats.errors.NoRespondersError,
+            nats.errors.TimeoutError,
+        ) as exc:
+            raise ConfigurationHidden(
+                f"this NATS identity may not read {self.stream}'s configuration "
+                f"({type(exc).__name__})"
+            ) from None
         self._check(info.config)
 
     def _check(self, current: StreamConfig) -> None:
