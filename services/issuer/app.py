@@ -25,7 +25,8 @@ from services.issuer.reconciler import Declarations
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
 from shared.bus import Bucket, Bus, ConsumerSettings, Handler
-from shared.bus.fleet import FleetConsumers
+from shared.bus.fairness import FairConsumers
+from shared.bus.fleet import CSR_CLUSTER_IN_FLIGHT, FleetConsumers, csr_consumer
 from shared.bus.ledger import Ledger
 from shared.controller.components import ControllerComponent, PeriodicComponent, Task
 from shared.events import DESIRED_BUCKET, EventType, any_cluster
@@ -81,7 +82,10 @@ def compose(
         signing_cas=SigningCAs(),
     )
     fleet = FleetConsumers(
-        bus.connection, ack_wait=settings.cluster_ack_wait, clusters=settings.clusters
+        bus.connection,
+        ack_wait=settings.cluster_ack_wait,
+        csr_ack_wait=settings.ack_wait,
+        clusters=settings.clusters,
     )
     declarations = Declarations(
         settings=settings,
@@ -99,7 +103,7 @@ def compose(
     return [
         health,
         *_declaration_components(declarations, settings),
-        *_consumers(shared, declarations, metrics, issued=issued, ledger=ledger),
+        *_consumers(shared, declarations, metrics, issued=issued, ledger=ledger, fleet=fleet),
         fleet,
     ]
 
@@ -111,9 +115,14 @@ def _consumers(
     *,
     issued: Bucket,
     ledger: Ledger,
+    fleet: FleetConsumers,
 ) -> list[Component]:
     """The consumers of every cluster's `csr.requested` and `status.changed`, with their
-    handlers; status reports let the CSRs being handled go first (one `InFlight`)."""
+    handlers; status reports let the CSRs being handled go first (one `InFlight`).
+
+    CSRs are read through a durable per cluster, served in turn (`shared.bus.fairness`;
+    docs/issuer.md, "Fairness"): one cluster's flood waits in the stream, not ahead of another
+    cluster's CSR. `fleet` makes a cluster's durable when its first CSR rings."""
     settings, in_flight = shared.settings, InFlight()
     csr = CsrHandler(
         settings=settings,
@@ -135,13 +144,6 @@ def _consumers(
         declarations=declarations.certificates,
         in_flight=in_flight,
     )
-    # (event type, durable, fetch batch, at most in flight) of each consumer
-    csr_route = (
-        EventType.CSR_REQUESTED,
-        settings.csr_durable,
-        settings.csr_batch,
-        settings.csr_in_flight,
-    )
     status_route = (
         EventType.STATUS_CHANGED,
         settings.status_durable,
@@ -149,11 +151,33 @@ def _consumers(
         settings.status_in_flight,
     )
     return [
-        _hub_consumer(
-            shared.bus, metrics.heard_from(csr), settings, *csr_route, ack_wait=settings.ack_wait
-        ),
+        _csr_consumers(shared.bus, metrics.heard_from(csr), settings, fleet),
         _hub_consumer(shared.bus, metrics.heard_from(status), settings, *status_route),
     ]
+
+
+def _csr_consumers(
+    bus: Bus, handler: Handler, settings: IssuerSettings, fleet: FleetConsumers
+) -> Component:
+    """Every cluster's CSRs, each cluster through its own durable, `csr_in_flight` at once."""
+
+    def for_cluster(cluster: str) -> ConsumerSettings:
+        return csr_consumer(cluster, ack_wait=settings.ack_wait).consumer_settings(
+            # The hub keeps the durable (`fleet`): this side only binds to it.
+            provision=False,
+            batch=CSR_CLUSTER_IN_FLIGHT,
+            max_in_flight=CSR_CLUSTER_IN_FLIGHT,
+            fetch_timeout=settings.fetch_timeout,
+        )
+
+    return FairConsumers(
+        bus,
+        handler,
+        event=EventType.CSR_REQUESTED,
+        settings_for=for_cluster,
+        prepare=fleet.ensure,
+        in_flight=settings.csr_in_flight,
+    )
 
 
 def _declaration_components(
@@ -263,7 +287,9 @@ async def _provision(bus: Bus, ledger: Ledger, settings: IssuerSettings) -> None
     await bus.provision()
     await ledger.ensure()
     await bus.bucket(ISSUED_BUCKET, description=ISSUED_DESCRIPTION, history=1)
-    fleet = FleetConsumers(bus.connection, ack_wait=settings.cluster_ack_wait)
+    fleet = FleetConsumers(
+        bus.connection, ack_wait=settings.cluster_ack_wait, csr_ack_wait=settings.ack_wait
+    )
     for cluster in settings.clusters:
         await fleet.ensure(cluster)
 

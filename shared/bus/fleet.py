@@ -52,6 +52,8 @@ AGENT_EVENTS = frozenset(
 """What a cluster's agent consumes."""
 BOUNCER_EVENTS = frozenset({EventType.BOUNCE_REQUESTED})
 """What a cluster's bouncer consumes."""
+CSR_EVENTS = frozenset({EventType.CSR_REQUESTED})
+"""What the issuer consumes of a cluster through that cluster's own durable (fairness)."""
 AGENT_PUBLISHES = (
     EventType.CSR_REQUESTED,
     EventType.STATUS_CHANGED,
@@ -68,6 +70,11 @@ def agent_durable(cluster: str) -> str:
 
 def bouncer_durable(cluster: str) -> str:
     return f"bouncer-{check_cluster_name(cluster)}"
+
+
+def csr_durable(cluster: str) -> str:
+    """The issuer's durable of one cluster's CSRs (`shared.bus.fairness`)."""
+    return f"csr-{check_cluster_name(cluster)}"
 
 
 def desired_durable(cluster: str) -> str:
@@ -152,6 +159,28 @@ def bouncer_consumer(cluster: str, *, ack_wait: float = DEFAULT_ACK_WAIT) -> Eve
     )
 
 
+CSR_MAX_ACK_PENDING = 8
+"""A cluster's CSRs delivered and not yet answered, across every issuer replica: the most of
+one cluster's backlog the issuers hold at once, so that a flood waits in the stream, not in
+the issuers (docs/issuer.md, "Fairness")."""
+CSR_CLUSTER_IN_FLIGHT = 4
+"""A cluster's CSRs one issuer replica holds at once (fetched together): what another
+cluster's CSR may wait behind, per busy cluster."""
+
+
+def csr_consumer(cluster: str, *, ack_wait: float = DEFAULT_ACK_WAIT) -> EventConsumerSpec:
+    """The issuer's durable of `cluster`'s `csr.requested`; made by the hub like the others,
+    read only by the issuer (no cluster account imports it)."""
+    return EventConsumerSpec(
+        durable=csr_durable(cluster),
+        events=CSR_EVENTS,
+        cluster=cluster,
+        ack_wait=ack_wait,
+        max_deliver=100,
+        max_ack_pending=CSR_MAX_ACK_PENDING,
+    )
+
+
 def desired_consumer_config(cluster: str) -> ConsumerConfig:
     """The agent's change feed of its cluster's desired state: a durable that starts at the
     last value of every key and then follows new writes. Unacknowledged: the agent reads a full
@@ -169,12 +198,13 @@ def desired_consumer_config(cluster: str) -> ConsumerConfig:
 
 
 def cluster_consumers(
-    cluster: str, *, ack_wait: float = DEFAULT_ACK_WAIT
+    cluster: str, *, ack_wait: float = DEFAULT_ACK_WAIT, csr_ack_wait: float = DEFAULT_ACK_WAIT
 ) -> list[tuple[str, ConsumerConfig]]:
     """(stream, configuration) of every consumer the hub keeps for `cluster`."""
     return [
         (STREAM, agent_consumer(cluster, ack_wait=ack_wait).config()),
         (STREAM, bouncer_consumer(cluster, ack_wait=ack_wait).config()),
+        (STREAM, csr_consumer(cluster, ack_wait=csr_ack_wait).config()),
         (DESIRED_STREAM, desired_consumer_config(cluster)),
     ]
 
@@ -199,13 +229,16 @@ class FleetConsumers:
         connection: Connection,
         *,
         ack_wait: float = DEFAULT_ACK_WAIT,
+        csr_ack_wait: float = DEFAULT_ACK_WAIT,
         clusters: Iterable[str] = (),
         sweep_interval: float = 60.0,
     ) -> None:
-        """`clusters`: those whose consumers `run` makes at once (the deployment's list)."""
+        """`clusters`: those whose consumers `run` makes at once (the deployment's list);
+        `ack_wait`: of the agents' and bouncers' durables; `csr_ack_wait`: of the issuer's."""
         self._connection = connection
         self._initial = tuple(clusters)
         self._ack_wait = ack_wait
+        self._csr_ack_wait = csr_ack_wait
         self._sweep_interval = sweep_interval
         self._clusters: set[str] = set()
         self._floors: dict[tuple[str, str], int] = {}
@@ -226,6 +259,7 @@ class FleetConsumers:
         events = [
             agent_consumer(cluster, ack_wait=self._ack_wait),
             bouncer_consumer(cluster, ack_wait=self._ack_wait),
+            csr_consumer(cluster, ack_wait=self._csr_ack_wait),
         ]
         for spec in events:
             await self._ensure_one(STREAM, spec.durable, cluster, spec=spec)
