@@ -159,11 +159,11 @@ def bouncer_consumer(cluster: str, *, ack_wait: float = DEFAULT_ACK_WAIT) -> Eve
     )
 
 
-CSR_MAX_ACK_PENDING = 8
+CSR_MAX_ACK_PENDING = 16
 """A cluster's CSRs delivered and not yet answered, across every issuer replica: the most of
 one cluster's backlog the issuers hold at once, so that a flood waits in the stream, not in
 the issuers (docs/issuer.md, "Fairness")."""
-CSR_CLUSTER_IN_FLIGHT = 4
+CSR_CLUSTER_IN_FLIGHT = 8
 """A cluster's CSRs one issuer replica holds at once (fetched together): what another
 cluster's CSR may wait behind, per busy cluster."""
 
