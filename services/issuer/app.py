@@ -25,14 +25,16 @@ from services.issuer.reconciler import Declarations
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
 from shared.bus import Bucket, Bus, ConsumerSettings, Handler
+from shared.bus.completions import RECORD_STREAM
 from shared.bus.fairness import FairConsumers
 from shared.bus.fleet import CSR_CLUSTER_IN_FLIGHT, FleetConsumers, csr_consumer
 from shared.bus.ledger import Ledger
+from shared.bus.sizes import stream_sizes
 from shared.controller.components import ControllerComponent, PeriodicComponent, Task
 from shared.events import DESIRED_BUCKET, EventType, any_cluster
 from shared.k8s import EventRecorder, KubeClient
 from shared.k8s.config import client_from_settings
-from shared.runtime import Component, get_logger, supervise
+from shared.runtime import Component, TransientError, get_logger, supervise
 from shared.runtime.clock import Clock, utcnow
 from shared.runtime.concurrency import InFlight
 from shared.runtime.health import HealthServer
@@ -102,6 +104,7 @@ def compose(
     health.add_check("nats", bus.is_connected)
     return [
         health,
+        _stream_sizes(bus, metrics, ledger),
         *_declaration_components(declarations, settings),
         *_consumers(shared, declarations, metrics, issued=issued, ledger=ledger, fleet=fleet),
         fleet,
@@ -178,6 +181,29 @@ def _csr_consumers(
         prepare=fleet.ensure,
         in_flight=settings.csr_in_flight,
     )
+
+
+STREAM_SIZES_INTERVAL = 15.0
+"""Seconds between two reads of the streams' sizes (`meshtrust_bus_stream_*`)."""
+
+
+def _stream_sizes(bus: Bus, metrics: IssuerMetrics, ledger: Ledger) -> Component:
+    """Reads how full every stream is into the metrics, every `STREAM_SIZES_INTERVAL`."""
+    streams = (
+        bus.settings.stream,
+        ledger.stream,
+        RECORD_STREAM,
+        f"KV_{DESIRED_BUCKET}",
+        f"KV_{ISSUED_BUCKET}",
+    )
+
+    async def read() -> None:
+        try:
+            metrics.streams(await stream_sizes(bus.connection, streams))
+        except TransientError as exc:
+            log.warning("stream sizes not read", error=exc.message)
+
+    return PeriodicComponent("stream-sizes", read, interval=STREAM_SIZES_INTERVAL)
 
 
 def _declaration_components(

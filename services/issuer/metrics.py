@@ -1,5 +1,6 @@
 """The issuer's metrics (docs/metrics.md): signatures and denials, how long a CSR waited for its
-signature, when each cluster was last heard from, and when the signing CAs expire.
+signature, when each cluster was last heard from, when the signing CAs expire, and how full
+the bus's streams are (read every `STREAM_SIZES_INTERVAL` seconds by `app.py`).
 
 The signing CAs' expiry is read at scrape time from the signing Secrets informer's cache (the
 certificates only, never a key), cached per Secret version so that a scrape parses nothing that
@@ -17,7 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -26,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from shared.api.meta import metadata
 from shared.bus import Delivery, Handler
+from shared.bus.sizes import StreamSize
 from shared.events import Event
 from shared.k8s.informer import Informer
 from shared.pki.authority import signing_ca_expiry
@@ -70,6 +72,25 @@ class IssuerMetrics:
             ["cluster"],
             registry=registry,
         )
+        self.stream_bytes = Gauge(
+            "meshtrust_bus_stream_bytes",
+            "Bytes a JetStream stream holds (the event stream, the ledger, the record stream, "
+            "the buckets), as last read by the issuer.",
+            ["stream"],
+            registry=registry,
+        )
+        self.stream_max_bytes = Gauge(
+            "meshtrust_bus_stream_max_bytes",
+            "A stream's size limit in bytes (0: none); at the limit new messages are refused.",
+            ["stream"],
+            registry=registry,
+        )
+        self.stream_messages = Gauge(
+            "meshtrust_bus_stream_messages",
+            "Messages a JetStream stream holds, as last read by the issuer.",
+            ["stream"],
+            registry=registry,
+        )
         self._reasons = BoundedLabels(MAX_REASONS)
         if signing_secrets:
             registry.register(_SigningCACollector(signing_secrets))
@@ -80,6 +101,13 @@ class IssuerMetrics:
 
     def denied(self, cluster: str, reason: str) -> None:
         self.denials.labels(cluster, self._reasons(reason)).inc()
+
+    def streams(self, sizes: Iterable[StreamSize]) -> None:
+        """Note the streams' sizes (`shared.bus.sizes`)."""
+        for size in sizes:
+            self.stream_bytes.labels(size.stream).set(size.bytes)
+            self.stream_max_bytes.labels(size.stream).set(size.max_bytes)
+            self.stream_messages.labels(size.stream).set(size.messages)
 
     def heard_from(self, handler: Handler) -> Handler:
         """`handler`, noting first that the event's cluster was heard from."""
