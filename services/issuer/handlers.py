@@ -48,7 +48,7 @@ stall (under a steady stream of CSRs each report waits that long, and reports ar
 
 
 class CsrHandler:
-    """Handles `csr.requested` from every cluster (consumer `issuer`)."""
+    """Handles `csr.requested` from every cluster (each cluster's durable `csr-<cluster>`)."""
 
     def __init__(
         self,

@@ -10,6 +10,10 @@ declaration for, and again whenever one disappears). Where a service may use the
 itself (one account without permissions: the tests, a single-tenant setup), it creates its own
 consumers from the same specifications (`ConsumerSettings.provision`).
 
+The hub keeps one more durable per cluster for itself: `csr-<cluster>`, the issuer's reader of
+that cluster's CSRs (`shared.bus.fairness`: a durable per cluster, so that one cluster's backlog
+is never ahead of another's in stream order). It lives and heals with the cluster's others.
+
 The specifications fix what the server enforces: the filter subjects (a cluster reads only its
 own events), ack wait, deliveries, and how many messages may be pending. What a service tunes
 for itself (how many handlers, fetch sizes, timeouts) stays in its settings.
