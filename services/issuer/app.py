@@ -173,7 +173,7 @@ def _csr_consumers(
             fetch_timeout=settings.fetch_timeout,
         )
 
-    return FairConsumers(
+    fair = FairConsumers(
         bus,
         handler,
         event=EventType.CSR_REQUESTED,
@@ -181,6 +181,10 @@ def _csr_consumers(
         prepare=fleet.ensure,
         in_flight=settings.csr_in_flight,
     )
+    # A durable made after its cluster's CSRs were stored (they rang no doorbell then: no
+    # issuer listened yet) has them waiting: serve it at once, not at the next sweep.
+    fleet.on_csr_durable_created(fair.ring)
+    return fair
 
 
 STREAM_SIZES_INTERVAL = 15.0

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -247,6 +247,12 @@ class FleetConsumers:
         self._clusters: set[str] = set()
         self._floors: dict[tuple[str, str], int] = {}
         self._wake: asyncio.Queue[str] = asyncio.Queue()
+        self._csr_listeners: list[Callable[[str], None]] = []
+
+    def on_csr_durable_created(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(cluster)` whenever a cluster's CSR durable is made: CSRs stored
+        before it existed are waiting in it, and nothing else announces them."""
+        self._csr_listeners.append(listener)
 
     @property
     def clusters(self) -> frozenset[str]:
@@ -299,6 +305,9 @@ class FleetConsumers:
                 f"cannot provision consumer {durable} for {cluster}: {type(exc).__name__} {exc}"
             ) from None
         log.info("consumer provisioned", stream=stream, durable=durable, after_floor=floor)
+        if spec is not None and spec.events == CSR_EVENTS:
+            for listener in self._csr_listeners:
+                listener(cluster)
 
     async def _next_due(self, stop: asyncio.Event) -> set[str]:
         """The clusters to look at next: one whose consumer was deleted, as soon as that is

@@ -14,6 +14,7 @@ import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats.js.errors
 import pytest
 
 from devstack.natsconfig import PROVISIONER_USER
@@ -21,7 +22,7 @@ from issuer.issuer_testing import Agent, World, declaration, running, world
 from issuer.test_issuer_signing import ledger_entries
 from services.issuer.flood import OverRate
 from services.issuer.issued import ISSUED_BUCKET
-from shared.bus import Bus
+from shared.bus import Bus, NatsSettings
 from shared.events import CertificateDenied, CertificateIssued, CsrRequested
 from support.secured_nats import SecuredNats, secured_nats
 from support.waiting import eventually
@@ -109,3 +110,18 @@ async def test_a_flood_is_answered_within_its_quota_and_another_cluster_is_serve
         assert sorted(e["cluster"] for e in entries) == ["east"] * BURST + ["west"] * 2
         records = await w.bus.bucket(ISSUED_BUCKET, history=1)
         assert len([k for k in await records.keys() if k.startswith("east.")]) == BURST
+
+
+async def test_a_csr_stored_before_its_clusters_durable_existed_is_answered(
+    tmp_path: Path, nats_settings: NatsSettings
+) -> None:
+    # No issuer has run: no durable reads east's CSRs yet, and none heard this one arrive.
+    async with world(tmp_path, nats_settings) as w:
+        decl = await w.create(declaration("east", "istio-ca"))
+        east = w.agent("east")
+        early = await east.send(east.request(decl))
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await w.bus.connection.js.consumer_info("MESHTRUST", "csr-east")
+        # Well within the 30 s sweep: the durable's creation serves it.
+        async with running(w.settings()):
+            await w.answers.issued(early.issuance)
