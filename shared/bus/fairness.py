@@ -7,7 +7,8 @@ small `max_ack_pending`: the most of one cluster's backlog held at once across e
 and `FairConsumers` serves them:
 
 - **Only clusters with work cost anything.** A cluster's `Consumer` runs only while the cluster
-  has something to read, and stops once nothing of it was delivered for `idle_after` seconds.
+  has something to read, and stops once nothing of it was delivered for `idle_after` seconds
+  and its durable has nothing pending or unacknowledged (one request to ask).
   What wakes it is a doorbell: a plain subscription to the events' subject of every cluster (in
   the hub, every publish reaches it too, across the clusters' imports; one message, one
   dictionary look-up). A doorbell missed (while reconnecting, or before this replica started)
@@ -36,6 +37,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 
 from shared.bus.bus import Bus
@@ -93,6 +95,8 @@ class FairConsumers:
         """When each serving cluster last had a message delivered (monotonic)."""
         self._group: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
+        self.listening = asyncio.Event()
+        """Set once the doorbell is subscribed at the server: from then on no event is missed."""
 
     @property
     def serving(self) -> frozenset[str]:
@@ -108,8 +112,12 @@ class FairConsumers:
             if len(parts) > 2:
                 self.ring(parts[2])
 
-        sub = await self._bus.connection.nc.subscribe(any_cluster(self._event), cb=rang)
+        nc = self._bus.connection.nc
+        sub = await nc.subscribe(any_cluster(self._event), cb=rang)
         try:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await nc.flush()  # the sweep catches anything stored before the subscription
+            self.listening.set()
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 group.create_task(self._sweep(stop), name=f"{self.name}:sweep")
@@ -171,12 +179,27 @@ class FairConsumers:
                 last = max(started, self._rung.get(cluster, 0.0), self._delivered.get(cluster, 0.0))
                 left = last + self._idle_after - time.monotonic()
                 if left <= 0:
-                    return
+                    if not await self._still_waiting(cluster):
+                        return
+                    started = time.monotonic()  # another idle period: a delivery is due
+                    continue
                 await asyncio.wait(
                     (running, stopped), timeout=left, return_when=asyncio.FIRST_COMPLETED
                 )
         finally:
             stopped.cancel()
+
+    async def _still_waiting(self, cluster: str) -> bool:
+        """Whether `cluster`'s durable still has messages to deliver: unacknowledged ones come
+        back (a nak's delay, another replica's crash), and no doorbell rings for them."""
+        durable = self._settings_for(cluster).durable
+        try:
+            info = await self._bus.connection.js.consumer_info(self._bus.settings.stream, durable)
+        except nats.js.errors.NotFoundError:
+            return False
+        except (nats.errors.Error, TimeoutError):
+            return True  # cannot tell: keep serving, ask again after another idle period
+        return bool(info.num_pending or info.num_ack_pending)
 
     def _fair(self, cluster: str) -> Handler:
         async def handle(event: Event, delivery: Delivery) -> None:
