@@ -250,8 +250,9 @@ class FleetConsumers:
         self._csr_listeners: list[Callable[[str], None]] = []
 
     def on_csr_durable_created(self, listener: Callable[[str], None]) -> None:
-        """Call `listener(cluster)` whenever a cluster's CSR durable is made: CSRs stored
-        before it existed are waiting in it, and nothing else announces them."""
+        """Call `listener(cluster)` whenever a cluster's CSR durable is made, or found with
+        messages pending or unacknowledged: CSRs stored before it existed (or before this
+        process listened) wait in it, and nothing else announces them."""
         self._csr_listeners.append(listener)
 
     @property
@@ -290,6 +291,8 @@ class FleetConsumers:
             else:
                 floor = info.ack_floor.stream_seq if info.ack_floor is not None else None
                 self._floors[(stream, durable)] = floor or 0
+                if info.num_pending or info.num_ack_pending:
+                    self._has_csrs(spec, cluster)
                 return
             floor = self._floors.get((stream, durable))
             if spec is None:
@@ -305,6 +308,10 @@ class FleetConsumers:
                 f"cannot provision consumer {durable} for {cluster}: {type(exc).__name__} {exc}"
             ) from None
         log.info("consumer provisioned", stream=stream, durable=durable, after_floor=floor)
+        self._has_csrs(spec, cluster)
+
+    def _has_csrs(self, spec: EventConsumerSpec | None, cluster: str) -> None:
+        """Tell the listeners that `cluster`'s CSR durable may hold CSRs (if `spec` is it)."""
         if spec is not None and spec.events == CSR_EVENTS:
             for listener in self._csr_listeners:
                 listener(cluster)
