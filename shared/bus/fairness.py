@@ -154,11 +154,10 @@ class FairConsumers:
                 own = asyncio.Event()
                 async with asyncio.TaskGroup() as group:
                     running = group.create_task(self._consume(consumer, own, cluster))
-                    await self._until_idle(cluster, started, running)
+                    idle_at = await self._until_idle(cluster, started, running)
                     own.set()
-                    idle_at = time.monotonic()
                 if self._rung.get(cluster, 0.0) < idle_at:
-                    return
+                    return  # else rung after it was judged idle: serve it again
         finally:
             self._serving.discard(cluster)
             self._delivered.pop(cluster, None)
@@ -170,22 +169,25 @@ class FairConsumers:
             # Its next doorbell or the sweep tries again; other clusters go on meanwhile.
             log.warning("cluster consumer failed", cluster=cluster, error=str(exc))
 
-    async def _until_idle(self, cluster: str, started: float, running: asyncio.Task[None]) -> None:
+    async def _until_idle(self, cluster: str, started: float, running: asyncio.Task[None]) -> float:
         """Return when nothing was delivered to or rung for `cluster` for `idle_after`
-        seconds, when `running` ended, or at stop."""
+        seconds and its durable has nothing waiting, when `running` ended, or at stop: the
+        moment it was judged so (monotonic; a doorbell after it is served again)."""
         stopped = asyncio.ensure_future(self._stop.wait())
         try:
             while not stopped.done() and not running.done():
                 last = max(started, self._rung.get(cluster, 0.0), self._delivered.get(cluster, 0.0))
-                left = last + self._idle_after - time.monotonic()
+                judged = time.monotonic()
+                left = last + self._idle_after - judged
                 if left <= 0:
                     if not await self._still_waiting(cluster):
-                        return
+                        return judged
                     started = time.monotonic()  # another idle period: a delivery is due
                     continue
                 await asyncio.wait(
                     (running, stopped), timeout=left, return_when=asyncio.FIRST_COMPLETED
                 )
+            return time.monotonic()
         finally:
             stopped.cancel()
 
