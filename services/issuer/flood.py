@@ -13,7 +13,8 @@ agent sends it again at T and then hears the real reason. That is the price of a
 flood at the cost of a record read and a publish per CSR.
 
 The gate learns T only from the denials the full path sends (`NotingAnswers`), so it never
-denies what the bucket would have signed. Per process, as the buckets are.
+denies what the bucket would have signed at the rate it had then; a rate raised meanwhile (a
+ClusterRegistration's quota) applies from T on. Per process, as the buckets are.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from services.issuer.answers import Answers
-from services.issuer.settings import IssuerSettings
 from shared.api import reasons
 from shared.api.v1alpha2 import IssuedCertificate
 from shared.bus import Bucket
@@ -34,23 +34,27 @@ __all__ = ["FloodGate", "NotingAnswers", "OverRate"]
 
 
 class OverRate:
-    """Clusters with no token before a known time (as their last `RateLimited` said)."""
+    """Clusters with no token before a known time, and the denial that said so (its reason
+    names the rate that applies: the issuer's default or the cluster's own)."""
 
     def __init__(self) -> None:
-        self._until: dict[str, datetime] = {}
+        self._until: dict[str, tuple[datetime, Finding]] = {}
 
-    def note(self, cluster: str, until: datetime) -> None:
-        self._until[cluster] = max(until, self._until.get(cluster, until))
+    def note(self, cluster: str, until: datetime, verdict: Finding) -> None:
+        known = self._until.get(cluster)
+        if known is None or known[0] < until:
+            self._until[cluster] = (until, verdict)
 
-    def until(self, cluster: str, now: datetime) -> datetime | None:
-        """When `cluster` may have a token again, if that is after `now`; else None."""
-        until = self._until.get(cluster)
-        if until is None:
+    def until(self, cluster: str, now: datetime) -> tuple[datetime, Finding] | None:
+        """When `cluster` may have a token again and why not before, if that is after `now`;
+        else None."""
+        known = self._until.get(cluster)
+        if known is None:
             return None
-        if until <= now:
+        if known[0] <= now:
             del self._until[cluster]
             return None
-        return until
+        return known
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -68,7 +72,7 @@ class NotingAnswers(Answers):
         retry_after: datetime | None = None,
     ) -> None:
         if verdict.reason == reasons.RATE_LIMITED and retry_after is not None:
-            self.over_rate.note(event.cluster, retry_after)
+            self.over_rate.note(event.cluster, retry_after, verdict)
         # Not super(): a slotted dataclass is a new class, which zero-argument super() misses.
         await Answers.deny(self, event, verdict, declaration, retry_after=retry_after)
 
@@ -77,22 +81,15 @@ class NotingAnswers(Answers):
 class FloodGate:
     """Denies a CSR of a cluster over its rate at the cost of a record read and a publish."""
 
-    settings: IssuerSettings
     issued: Bucket
     answers: NotingAnswers
     clock: Clock = utcnow
 
     async def answered(self, event: CsrRequested, key: str) -> bool:
         """True when `event` was denied here; False: it takes the full path."""
-        until = self.answers.over_rate.until(event.cluster, self.clock())
-        if until is None or await self.issued.get(key) is not None:
+        known = self.answers.over_rate.until(event.cluster, self.clock())
+        if known is None or await self.issued.get(key) is not None:
             return False
-        s = self.settings
-        verdict = Finding(
-            reasons.RATE_LIMITED,
-            f"cluster {event.cluster} is over its issuance rate ({s.issuance_burst} at once, "
-            f"then {s.issuance_per_hour:g} an hour): the CSR was not signed; send it again at "
-            f"or after {until.isoformat()}",
-        )
+        until, verdict = known  # the same answer as the full path's, to the letter
         await self.answers.deny(event, verdict, None, retry_after=until)
         return True

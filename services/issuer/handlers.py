@@ -70,7 +70,7 @@ class CsrHandler:
         answers = NotingAnswers(
             settings=settings, bus=bus, issued=issued, ledger=ledger, clock=clock, metrics=metrics
         )
-        self._gate = FloodGate(settings=settings, issued=issued, answers=answers, clock=clock)
+        self._gate = FloodGate(issued=issued, answers=answers, clock=clock)
         self._signing = CsrSigning(
             settings=settings,
             kube=kube,

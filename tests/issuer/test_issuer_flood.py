@@ -23,6 +23,7 @@ from issuer.test_issuer_signing import ledger_entries
 from services.issuer.flood import OverRate
 from services.issuer.issued import ISSUED_BUCKET
 from shared.bus import Bus, NatsSettings
+from shared.controller.policy import Finding
 from shared.events import CertificateDenied, CertificateIssued, CsrRequested
 from support.secured_nats import SecuredNats, secured_nats
 from support.waiting import eventually
@@ -42,10 +43,11 @@ def hub(tmp_path: Path) -> Iterator[SecuredNats]:
 
 def test_a_cluster_over_its_rate_is_known_so_until_its_retry_time_and_no_longer() -> None:
     over = OverRate()
+    later, sooner = Finding("RateLimited", "until 12:06"), Finding("RateLimited", "until 12:03")
     assert over.until("east", T0) is None
-    over.note("east", T0 + dt.timedelta(minutes=6))
-    over.note("east", T0 + dt.timedelta(minutes=3))  # an older answer never shortens it
-    assert over.until("east", T0) == T0 + dt.timedelta(minutes=6)
+    over.note("east", T0 + dt.timedelta(minutes=6), later)
+    over.note("east", T0 + dt.timedelta(minutes=3), sooner)  # an older answer never shortens it
+    assert over.until("east", T0) == (T0 + dt.timedelta(minutes=6), later)
     assert over.until("west", T0) is None, "clusters are apart"
     assert over.until("east", T0 + dt.timedelta(minutes=6)) is None
 
@@ -105,6 +107,10 @@ async def test_a_flood_is_answered_within_its_quota_and_another_cluster_is_serve
         assert len(issued) == BURST
         assert len(denied) == FLOOD - BURST
         assert {d.data.reason for d in denied} == {"RateLimited"}
+        # The cheap denials say what the full ones say.
+        assert all(
+            d.data.message.startswith("cluster east is over its issuance rate") for d in denied
+        )
         assert all(d.data.retry_after is not None for d in denied)
         entries = await ledger_entries(w)
         assert sorted(e["cluster"] for e in entries) == ["east"] * BURST + ["west"] * 2
