@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-SYSTEM = "nats"
 _UNSET = object()
 _tracer: Any = _UNSET
 """The OpenTelemetry tracer, None when OpenTelemetry is off; decided on first use."""
