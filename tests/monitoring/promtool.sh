@@ -46,7 +46,7 @@ fetch_from_debian() {
     dpkg-deb -x "$deb" "$CACHE/root" || die "dpkg-deb -x $deb failed"
     [ -x "$CACHE/root/usr/bin/promtool" ] || die "no usr/bin/promtool in $deb"
     cp "$CACHE/root/usr/bin/promtool" "$VENV_BIN/promtool"
-    rm -rf "$CACHE/root"
+    rm -rf "$CACHE"  # promtool is kept in $VENV_BIN; the rest of the package is not needed
     echo "$VENV_BIN/promtool"
 }
 
