@@ -55,3 +55,24 @@ PROMTOOL=$(find_promtool || fetch_from_debian)
 
 "$PROMTOOL" check rules deploy/monitoring/rules.yaml
 "$PROMTOOL" test rules tests/monitoring/*.test.yaml
+
+# The dashboard's queries parse too: each becomes a recording rule of a throw-away rules file
+# (Grafana's variables replaced by values a query could have).
+panels=$(mktemp --suffix=.yaml)
+trap 'rm -f "$panels"' EXIT
+"$VENV_BIN/python" - deploy/monitoring/dashboard.json >"$panels" <<'PY'
+import json, sys
+dashboard = json.load(open(sys.argv[1]))
+def panels(items):
+    for panel in items:
+        yield panel
+        yield from panels(panel.get("panels", []))
+exprs = [t["expr"] for p in panels(dashboard["panels"]) for t in p.get("targets", [])]
+rules = [
+    {"record": f"dashboard:query_{i}", "expr": e.replace("$__rate_interval", "5m").replace("$cluster", ".*")}
+    for i, e in enumerate(exprs)
+]
+json.dump({"groups": [{"name": "dashboard", "rules": rules}]}, sys.stdout)
+PY
+echo "Checking the dashboard's queries (deploy/monitoring/dashboard.json)" >&2
+"$PROMTOOL" check rules "$panels"
