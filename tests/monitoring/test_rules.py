@@ -79,6 +79,7 @@ def test_the_rules_file_has_the_alerts_the_issue_asks_for() -> None:
     assert names >= {
         "MeshtrustCertificateExpiringSoon",
         "MeshtrustCertificateRenewalOverdue",
+        "MeshtrustCertificateFailed",
         "MeshtrustClusterSilent",
         "MeshtrustSigningCAExpiring",
         "MeshtrustRootCAExpiring",
