@@ -81,6 +81,7 @@ def test_the_rules_file_has_the_alerts_the_issue_asks_for() -> None:
         "MeshtrustCertificateRenewalOverdue",
         "MeshtrustCertificateFailed",
         "MeshtrustClusterSilent",
+        "MeshtrustClusterUnheard",
         "MeshtrustSigningCAExpiring",
         "MeshtrustRootCAExpiring",
         "MeshtrustDenialsRising",
