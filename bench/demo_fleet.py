@@ -6,7 +6,7 @@ comes, and prints:
 - start-up: the demo's own "stack up in S s" (nats-server, N + 1 emulated clusters, the issuer,
   N agents and N bouncers, all ready);
 - to all FINISHED: the largest time the demo printed for a cluster's FINISHED (from the first
-  declaration), and how many clusters reached it;
+  declaration), how many clusters reached it, and the median cluster's time;
 - memory: the resident memory (VmRSS) of every stack process the supervisor records, in total
   and per kind of process (the same figure as `meshtrust devstack status`'s RSS column),
   measured once every cluster is FINISHED (the stack is kept for that), then the stack is
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,7 +72,11 @@ def _run(root: Path, *, clusters: int, timeout: float) -> int:
     print(f"clusters: {clusters}; demo exit code {code}; wall time {wall:.1f}s")
     print(f"start-up (stack up): {_seconds(stack_up)}")
     slowest = max(finished.values()) if finished else None
-    print(f"to all FINISHED: {_seconds(slowest)} ({len(finished)}/{clusters} FINISHED)")
+    median = statistics.median(finished.values()) if finished else None
+    print(
+        f"to all FINISHED: {_seconds(slowest)} ({len(finished)}/{clusters} FINISHED; "
+        f"median cluster {_seconds(median)})"
+    )
     total = sum(rss.values())
     print(f"RSS of the stack's processes: {total / 2**20:.0f} MiB in total")
     for kind, (count, size) in sorted(_by_kind(rss).items()):
