@@ -102,6 +102,9 @@ class CsrSigning:
 
     async def handle(self, event: CsrRequested, key: str) -> None:
         """Answer `event`, whose issuance has the `meshtrust-issued` key `key`."""
+        if self.registrations is not None and not self.registrations.informer.has_synced:
+            # Until they are listed, a registered cluster would look unregistered (permissive).
+            raise TransientError("the ClusterRegistrations are not listed yet")
         # The record (was this issuance signed already?) and the state to sign against are
         # independent reads: both at once. The state goes unused when the record is there.
         entry, state = await concurrently(self.issued.get(key), self._read_state_or_why(event))
