@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -30,6 +31,7 @@ from issuer.test_issuer_signing_scope import failed
 from services.issuer.registrations import CLUSTER_REGISTRATIONS
 from shared.bus import NatsSettings
 from shared.events import DESIRED_BUCKET, CertificateDenied, CertificateIssued
+from shared.k8s import KubeError
 from shared.k8s.resources import ISSUED_CERTIFICATES
 from support.waiting import eventually
 
@@ -148,6 +150,10 @@ async def test_the_registration_quota_overrides_the_issuers_default(
     async with world(tmp_path, nats_settings) as w:
         # The issuer's default here is 10,000 at once; east's registration allows 2, then 1 an hour.
         await register(w.kube, "east", issuance={"perHour": 1, "burst": 2})
+        # The API server validates registrations with the CRD's schema: a zero rate is refused.
+        with pytest.raises(KubeError) as invalid:
+            await register(w.kube, "west", issuance={"perHour": 0, "burst": 1})
+        assert invalid.value.code == 422
         async with running(w.settings()):
             east_decl = await declared(w, declaration("east", "istio-ca"))
             west_decl = await declared(w, declaration("west", "istio-ca"))
