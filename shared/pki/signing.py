@@ -142,11 +142,7 @@ def sign_intermediate(
         .not_valid_after(not_after)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
-    if names := parse_hosts(hosts):
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    if constraints is not None:
-        builder = builder.add_extension(constraints, critical=True)
-    certificate = builder.sign(ca.key, ca.signature_hash)
+    certificate = _with_names(builder, hosts, constraints).sign(ca.key, ca.signature_hash)
     certificate_pem = certificate.public_bytes(serialization.Encoding.PEM)
     return IssuedCertificate(
         certificate_pem=certificate_pem,
@@ -158,6 +154,19 @@ def sign_intermediate(
         signing_ca_fingerprint=ca.fingerprint,
         certificate=certificate,
     )
+
+
+def _with_names(
+    builder: x509.CertificateBuilder,
+    hosts: Sequence[str],
+    constraints: x509.NameConstraints | None,
+) -> x509.CertificateBuilder:
+    """The SANs of the declared hosts (non-critical), and the name constraints (critical)."""
+    if names := parse_hosts(hosts):
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    if constraints is not None:
+        builder = builder.add_extension(constraints, critical=True)
+    return builder
 
 
 def _check_arguments(

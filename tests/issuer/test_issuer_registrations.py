@@ -5,9 +5,12 @@ and name constraints apply to what is signed."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +31,16 @@ from issuer.issuer_testing import (
 from issuer.registration_testing import register, registration_body
 from issuer.test_issuer_signing import declared, ledger_entries
 from issuer.test_issuer_signing_scope import failed
-from services.issuer.registrations import CLUSTER_REGISTRATIONS
-from shared.bus import NatsSettings
+from services.issuer.handlers import CsrHandler
+from services.issuer.issued import ISSUED_BUCKET
+from services.issuer.ledger import open_ledger
+from services.issuer.registrations import CLUSTER_REGISTRATIONS, Registrations
+from services.issuer.signer import SigningCAs
+from shared.bus import Delivery, NatsSettings
 from shared.events import DESIRED_BUCKET, CertificateDenied, CertificateIssued
 from shared.k8s import KubeError
 from shared.k8s.resources import ISSUED_CERTIFICATES
+from shared.runtime import TransientError
 from support.waiting import eventually
 
 OPENSSL = shutil.which("openssl")
@@ -248,3 +256,44 @@ async def test_the_issued_intermediate_carries_the_registrations_name_constraint
         # West has no registration: its intermediate is unconstrained, as before.
         west_cert = x509.load_pem_x509_certificate(west_answer.data.certificate_pem.encode())
         assert x509.NameConstraints not in [type(e.value) for e in west_cert.extensions]
+
+
+async def test_no_csr_is_answered_before_the_registrations_are_listed(
+    tmp_path: Path, nats_settings: NatsSettings
+) -> None:
+    """Before its first list the cache would show a registered cluster as unregistered (the
+    permissive mode): the CSR is left for redelivery (a transient error: nak), not signed."""
+    async with world(tmp_path, nats_settings) as w:
+        await register(w.kube, "east", hosts=["spiffe://east.local/ns/other/sa/*"])
+        body = await w.create(declaration("east", "istio-ca"))
+        settings = w.settings()
+        ledger = open_ledger(w.bus)
+        await ledger.ensure()
+        registrations = Registrations(w.kube, settings)  # never run: never listed
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            handler = CsrHandler(
+                settings=settings,
+                bus=w.bus,
+                kube=w.kube,
+                issued=await w.bus.bucket(ISSUED_BUCKET, history=1),
+                ledger=ledger,
+                executor=executor,
+                signing_cas=SigningCAs(),
+                registrations=registrations,
+            )
+            request = w.agent("east").request(body)
+            delivery = Delivery(subject="", stream_sequence=1, num_delivered=1)
+            with pytest.raises(TransientError, match="ClusterRegistrations are not listed yet"):
+                await handler(request, delivery)
+            # Listed: the same CSR is now judged by the registration.
+            task = asyncio.create_task(registrations.informer.run())
+            try:
+                await registrations.informer.wait_synced()
+                await handler(request, delivery)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        answer = await w.answers.denied(request.issuance)
+        assert answer.data.reason == "HostNotRegistered"
+        assert await ledger_entries(w) == []
