@@ -1,16 +1,17 @@
 """Declarations -> desired state: the management cluster's objects, published per cluster.
 
-Two level-based controllers over three informers (IssuedCertificates, PodBounceDirectives,
-signing Secrets). `reconcile_certificate(key)` and `reconcile_directive(key)` get a key, read
-the current state, decide, and write at most once:
+Two level-based controllers over the informers of IssuedCertificates, PodBounceDirectives,
+signing Secrets and ClusterRegistrations. `reconcile_certificate(key)` and
+`reconcile_directive(key)` get a key, read the current state, decide, and write at most once:
 
 - An IssuedCertificate `<cluster>/<name>` is published to `meshtrust-desired` under
   `<cluster>.issuedcertificates.<name>`: uid, generation, spec as declared, the namespace of its
   `issuedCertificateSecret` (where the agent applies it) and the fingerprint of its signing
   chain. A change of the signing Secret's CA changes that fingerprint, and so the value: the
   agent re-issues (docs/issuer.md). If the signing Secret is outside the signing namespaces
-  (never read, then), forbidden to the issuer (403), missing or invalid, or the spec
-  cannot be issued, the declaration gets FAILED with an `issuer: ...` error and nothing is
+  (never read, then), forbidden to the issuer (403), missing or invalid, the declaration
+  lies outside its cluster's ClusterRegistration (`registrations.py`), or the spec cannot be
+  issued, the declaration gets FAILED with an `issuer: ...` error and nothing is
   published (a value published before stays: a broken Secret must not tear down the clusters'
   certificates); once fixed, the error is cleared (PENDING) and publishing resumes.
 - A PodBounceDirective `<cluster>/<name>` is published under
