@@ -7,9 +7,11 @@
    unreadable one by compare-and-set on its revision.
 2. Read the declaration `<cluster>/<name>` and its signing Secret *live* from the API (not from a
    cache that may lag behind a generation bump); the cached declaration only chooses which
-   Secret to read early. Decide with `policies.authorise`.
-3. Take a token from the cluster's issuance bucket (`quota.py`; none left: deny `RateLimited`
-   with `retry_after`, not recorded). Sign in the signing executor (CPU-bound), then
+   Secret to read early. Decide with `policies.authorise`, with the cluster's ClusterRegistration
+   from the issuer's cache (`registrations.py`; until its first list no CSR is answered: nak).
+3. Take a token from the cluster's issuance bucket (`quota.py`, at the registration's rate if it
+   sets one; none left: deny `RateLimited` with `retry_after`, not recorded); sign with the
+   registration's name constraints, if any. Sign in the signing executor (CPU-bound), then
    `Answers.deliver`. Denials publish `certificate.denied`; they are not recorded, so a request
    denied for a missing declaration succeeds once the declaration exists.
 
