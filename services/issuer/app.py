@@ -127,6 +127,7 @@ def _consumers(
         in_flight=in_flight,
         clock=shared.clock,
         metrics=metrics,
+        registrations=declarations.registrations,
     )
     status = StatusHandler(
         settings=settings,
@@ -162,6 +163,7 @@ def _declaration_components(
     """The declarations' informers, their two controllers and the periodic sweep."""
     yield Task("informer:issuedcertificates", declarations.certificates.run)
     yield Task("informer:podbouncedirectives", declarations.directives.run)
+    yield Task("informer:clusterregistrations", declarations.registrations.informer.run)
     namespaces = settings.signing_namespaces or ("*",)
     for namespace, secrets in zip(namespaces, declarations.secrets, strict=True):
         yield Task(f"informer:secrets:{namespace}", secrets.run)

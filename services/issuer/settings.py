@@ -112,6 +112,19 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
         "are watched. Empty (the default) is the permissive mode: any namespace's Secret may "
         "sign and Secrets are watched cluster-wide (docs/issuer.md).",
     )
+    registration_namespace: str = Field(
+        default="meshtrust-system",
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="The namespace of the ClusterRegistrations (one per cluster, named after "
+        "it), which bound what each cluster's declarations may ask: only there are they "
+        "watched, so only whoever may write there (the administrator) sets them.",
+    )
+    require_registration: bool = Field(
+        default=False,
+        description="Whether a cluster without a ClusterRegistration is refused (its "
+        "declarations FAILED, ClusterNotRegistered). False (the default) is the permissive "
+        "mode: such a cluster is bounded by the issuer's settings only (docs/issuer.md).",
+    )
     sweep_interval: float = Field(
         default=300.0,
         gt=0,

@@ -73,3 +73,16 @@ SIGNING_SECRET_MISSING: Final = "SigningSecretMissing"  # noqa: S105 - a reason 
 SIGNING_SECRET_INVALID: Final = "SigningSecretInvalid"  # noqa: S105 - a reason code
 SIGNING_SECRET_OUT_OF_SCOPE: Final = "SigningSecretOutOfScope"  # noqa: S105 - a reason code
 SIGNING_SECRET_FORBIDDEN: Final = "SigningSecretForbidden"  # noqa: S105 - a reason code
+
+# --- the issuer: a declaration or CSR outside its cluster's ClusterRegistration -----------------
+
+CLUSTER_NOT_REGISTERED: Final = "ClusterNotRegistered"
+"""No ClusterRegistration for the cluster, and the issuer requires one."""
+REGISTRATION_INVALID: Final = "RegistrationInvalid"
+"""The cluster's ClusterRegistration cannot be read: nothing of the cluster is signed."""
+HOST_NOT_REGISTERED: Final = "HostNotRegistered"
+"""A host matches none of the registration's patterns, or lies outside its name constraints."""
+SIGNING_CA_NOT_REGISTERED: Final = "SigningCANotRegistered"
+"""The signing Secret is not one the registration allows."""
+TTL_ABOVE_REGISTRATION: Final = "TTLAboveRegistration"
+"""certOptions asks a longer lifetime than the registration's maxTTL."""

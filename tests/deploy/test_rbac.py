@@ -173,6 +173,9 @@ def scope(service: str, item: Need) -> set[str]:
         if item.resource == "secrets":
             scoped = _env("issuer")["MESHTRUST_ISSUER_SIGNING_NAMESPACES"]
             return {n.strip() for n in scoped.split(",") if n.strip()}
+        if item.resource == "clusterregistrations":
+            env = _env("issuer")
+            return {env.get("MESHTRUST_ISSUER_REGISTRATION_NAMESPACE", "meshtrust-system")}
         return {EVERYWHERE}  # every namespace is a cluster registration
     if service == "agent":
         served = _env("agent").get("MESHTRUST_AGENT_NAMESPACES", "")
