@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 from shared.api.meta import metadata
 from shared.bus import Delivery, Handler
 from shared.events import Event
+from shared.events.reports import ClusterReport
 from shared.k8s.informer import Informer
 from shared.pki.authority import signing_ca_expiry
 from shared.pki.errors import InvalidSigningCA
@@ -65,12 +66,13 @@ class IssuerMetrics:
         )
         self.last_seen = Gauge(
             "meshtrust_issuer_cluster_last_seen_timestamp_seconds",
-            "When the issuer last received an event from the cluster (csr.requested or "
-            "status.changed; Unix time).",
+            "When the issuer last heard from the cluster: its periodic report (meshtrust-reports) "
+            "or an event (csr.requested, status.changed); Unix time.",
             ["cluster"],
             registry=registry,
         )
         self._reasons = BoundedLabels(MAX_REASONS)
+        self._registry = registry
         if signing_secrets:
             registry.register(_SigningCACollector(signing_secrets))
 
@@ -81,6 +83,11 @@ class IssuerMetrics:
     def denied(self, cluster: str, reason: str) -> None:
         self.denials.labels(cluster, self._reasons(reason)).inc()
 
+    def watch_reports(self, reports: Callable[[], Iterable[ClusterReport]]) -> None:
+        """Export the certificates' expiry and renewal times from the clusters' last reports
+        (read at scrape time; they stay while a cluster is silent)."""
+        self._registry.register(_ReportCollector(reports))
+
     def heard_from(self, handler: Handler) -> Handler:
         """`handler`, noting first that the event's cluster was heard from."""
 
@@ -89,6 +96,43 @@ class IssuerMetrics:
             await handler(event, delivery)
 
         return heard
+
+
+class _ReportCollector(Collector):
+    def __init__(self, reports: Callable[[], Iterable[ClusterReport]]) -> None:
+        self._reports = reports
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        expiry, renewal = self._families()
+        for report in self._reports():
+            for certificate in report.certificates:
+                labels = [report.cluster, certificate.namespace, certificate.name]
+                if certificate.not_after is not None:
+                    expiry.add_metric(labels, certificate.not_after.timestamp())
+                if certificate.renewal_time is not None:
+                    renewal.add_metric(labels, certificate.renewal_time.timestamp())
+        yield from (expiry, renewal)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        labels = ("cluster", "namespace", "name")
+        return (
+            GaugeMetricFamily(
+                "meshtrust_issuer_certificate_expiration_timestamp_seconds",
+                "An IssuedCertificate's notAfter, from its cluster's last report (namespace: "
+                "where it is in the cluster; Unix time).",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                "meshtrust_issuer_certificate_renewal_timestamp_seconds",
+                "When the cluster's agent renews the IssuedCertificate (renewalTime), from its "
+                "last report (Unix time).",
+                labels=labels,
+            ),
+        )
 
 
 class _SigningCACollector(Collector):
