@@ -112,3 +112,4 @@ class Reporter:
             log.warning("report not written; trying again next interval", error=str(exc))
             return
         self.written += 1
+        log.debug("report written", cluster=self._cluster)

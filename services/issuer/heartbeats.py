@@ -122,6 +122,7 @@ class Heartbeats:
             log.warning("report under another cluster's key ignored", key=entry.key)
             return
         self._reports[report.cluster] = report
+        log.debug("report read", cluster=report.cluster, certificates=len(report.certificates))
         # A report just written is heard now; one read back after a restart, at its own time.
         self.noted(report.cluster, None if fresh else min(report.time, self._clock()))
 
