@@ -7,6 +7,7 @@ import datetime as dt
 
 import pytest
 
+from services.agent.settings import AgentSettings
 from services.issuer.liveness import (
     LIVENESS_PREFIX,
     Seen,
@@ -15,6 +16,7 @@ from services.issuer.liveness import (
     liveness_flag,
 )
 from services.issuer.mirror import ISSUER_ERROR_PREFIX
+from services.issuer.settings import IssuerSettings
 from shared.api.v1alpha2 import IssuedCertificateStatus, State
 from shared.events import CertificateState
 from shared.events.reports import ReportedCertificate
@@ -210,3 +212,22 @@ def test_the_same_flag_again_writes_nothing() -> None:
         current, flag=f"{LIVENESS_PREFIX}x", heard=NOW, reported=None, thresholds=T
     )
     assert new is current
+
+
+def test_the_liveness_settings_read_durations_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MESHTRUST_ISSUER_SILENCE_THRESHOLD", "90s")
+    monkeypatch.setenv("MESHTRUST_ISSUER_RENEWAL_GRACE", "1h")
+    monkeypatch.setenv("MESHTRUST_ISSUER_LAST_SEEN_RESOLUTION", "30")
+    monkeypatch.setenv("MESHTRUST_ISSUER_LIVENESS_INTERVAL", "5")
+    settings = IssuerSettings()
+    assert settings.silence_threshold == dt.timedelta(seconds=90)
+    assert settings.renewal_grace == dt.timedelta(hours=1)
+    assert settings.last_seen_resolution == dt.timedelta(seconds=30)
+    assert settings.liveness_interval == 5.0
+
+
+def test_the_agent_reports_every_minute_by_default_and_the_issuer_waits_three() -> None:
+    interval = AgentSettings.model_fields["report_interval"].default
+    assert IssuerSettings().silence_threshold == dt.timedelta(seconds=3 * interval)
