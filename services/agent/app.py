@@ -176,20 +176,24 @@ def build_agent(
         health=_health(settings, registry, bus, desired, informers.all, trust),
         informers=informers.all,
         trust=trust,
-        reporter=Reporter(
-            bus,
-            informers.ic,
-            cluster=settings.cluster,
-            source=settings.source,
-            interval=settings.report_interval,
-            clock=now,
-        ),
+        reporter=_reporter(settings, bus, informers, now),
     )
     handlers = Handlers(
         objects=objects, informers=informers.ic, requeue=controller.queue.add, now=now, trust=trust
     )
     agent.components = _components(agent, informers, bus, handlers, trust)
     return agent
+
+
+def _reporter(settings: AgentSettings, bus: Bus, informers: _Informers, now: Clock) -> Reporter:
+    return Reporter(
+        bus,
+        informers.ic,
+        cluster=settings.cluster,
+        source=settings.source,
+        interval=settings.report_interval,
+        clock=now,
+    )
 
 
 def _timing(settings: AgentSettings) -> Timing:
