@@ -111,5 +111,8 @@ class Reporter:
         except TransientError as exc:
             log.warning("report not written; trying again next interval", error=str(exc))
             return
+        except Exception as exc:  # opening the bucket while NATS is away: never stop the agent
+            log.warning("reports bucket not opened; next interval", error=type(exc).__name__)
+            return
         self.written += 1
         log.debug("report written", cluster=self._cluster)

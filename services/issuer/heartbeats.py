@@ -31,7 +31,7 @@ from shared.events import Event
 from shared.events.reports import ClusterReport, ReportedCertificate
 from shared.k8s import KubeClient, KubeError, NotFound, update_model_status
 from shared.k8s.informer import Informer
-from shared.runtime import get_logger
+from shared.runtime import TransientError, get_logger
 from shared.runtime.clock import Clock, utcnow
 
 __all__ = ["Heartbeats"]
@@ -175,7 +175,7 @@ class Heartbeats:
             )
         except NotFound:
             return
-        except (KubeError, ValidationError) as exc:
+        except (KubeError, ValidationError, TransientError) as exc:
             log.warning(
                 "liveness not written; next check", name=f"{cluster}/{name}", error=str(exc)
             )
