@@ -25,8 +25,6 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from shared.api.meta import metadata
-from shared.bus import Delivery, Handler
-from shared.events import Event
 from shared.events.reports import ClusterReport
 from shared.k8s.informer import Informer
 from shared.pki.authority import signing_ca_expiry
@@ -87,15 +85,6 @@ class IssuerMetrics:
         """Export the certificates' expiry and renewal times from the clusters' last reports
         (read at scrape time; they stay while a cluster is silent)."""
         self._registry.register(_ReportCollector(reports))
-
-    def heard_from(self, handler: Handler) -> Handler:
-        """`handler`, noting first that the event's cluster was heard from."""
-
-        async def heard(event: Event, delivery: Delivery) -> None:
-            self.last_seen.labels(event.cluster).set_to_current_time()
-            await handler(event, delivery)
-
-        return heard
 
 
 class _ReportCollector(Collector):
