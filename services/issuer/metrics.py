@@ -1,13 +1,16 @@
 """The issuer's metrics (docs/metrics.md): signatures and denials, how long a CSR waited for its
-signature, when each cluster was last heard from, and when the signing CAs expire.
+signature, when each cluster was last heard from, when the signing CAs expire, and when each
+cluster's certificates expire and are renewed.
 
 The signing CAs' expiry is read at scrape time from the signing Secrets informer's cache (the
 certificates only, never a key), cached per Secret version so that a scrape parses nothing that
-did not change. The rest is observed by the handlers.
+did not change; the certificates' expiry and renewal, at scrape time from the clusters' last
+reports (`heartbeats.Heartbeats`, which also sets the last-seen gauge). The rest is observed by
+the handlers.
 
 Labels: `cluster` (the clusters whose events reach the issuer: only clusters with a NATS identity
 can publish), `reason` (the policies' fixed codes, bounded again by `BoundedLabels`), and a
-signing Secret's `namespace` and `name`; never an issuance id.
+signing Secret's or a remote IssuedCertificate's `namespace` and `name`; never an issuance id.
 
 Deliberately not here: the consumers' metrics (`shared.bus.metrics`).
 """
