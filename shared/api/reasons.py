@@ -56,6 +56,10 @@ NOT_MANAGED: Final = "NotManaged"
 """An object of the desired state's name exists in the cluster and meshtrust does not manage it."""
 WRONG_OBJECT: Final = "WrongObject"
 """A desired-state value names another object than its key."""
+SECRET_TAMPERED: Final = "IssuedSecretTampered"  # noqa: S105 - a reason code
+"""Warning: the issued Secret was changed under the agent (unreadable, or not the issuance's)."""
+FOREIGN_CA: Final = "ForeignCA"
+"""Warning: the issued Secret (`cacerts`) holds a CA that chains to no pinned root."""
 
 # --- the issuer: why a declaration is not served or a CSR is denied -----------------------------
 
