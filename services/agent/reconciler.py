@@ -35,6 +35,7 @@ import structlog
 from pydantic import ValidationError
 
 from services.agent import policies
+from services.agent.forbidden import forbidden_status
 from services.agent.messages import Messages
 from services.agent.metrics import AgentMetrics
 from services.agent.objects import (
@@ -74,6 +75,7 @@ from shared.events import (
 )
 from shared.k8s.controller import Done, ReconcileResult, RequeueAfter
 from shared.k8s.early import EarlyRead, spec_ref
+from shared.k8s.errors import Forbidden
 from shared.k8s.events import EventRecorder
 from shared.k8s.resources import ISSUED_CERTIFICATES
 from shared.pki import (
@@ -131,7 +133,10 @@ class Reconciler:
 
     async def reconcile(self, key: ObjectKey) -> ReconcileResult:
         with structlog.contextvars.bound_contextvars(key=str(key), cluster=self._cluster):
-            return await self._pass(key)
+            try:
+                return await self._pass(key)
+            except Forbidden as error:  # our RBAC: FAILED with what to grant (forbidden.py)
+                return await self._forbidden(key, error)
 
     async def _pass(self, key: ObjectKey) -> ReconcileResult:
         # The three reads of a pass are independent but for the issued Secret's name, which
@@ -333,6 +338,26 @@ class Reconciler:
         warning = policies.refusal_event_reason(decision.reason)
         await self._transition(p, new, decision.reason, decision.error, warning=warning)
         return RequeueAfter(0)
+
+    async def _forbidden(self, key: ObjectKey, error: Forbidden) -> ReconcileResult:
+        raw = await self._objects.get(ISSUED_CERTIFICATES, key.namespace, key.name)
+        if raw is None or metadata(raw).deletion_timestamp is not None:
+            return Done()
+        old = _readable_status(raw)
+        new = forbidden_status(
+            old,
+            error,
+            generation=metadata(raw).generation,
+            now=(now := self._now()),
+            timing=self._timing,
+            rand=self._rand(),
+        )
+        log.warning("reconcile.forbidden", error=error.message)
+        await self._transitions.write(
+            key, raw, old, new, reason=reasons.FORBIDDEN, message=new.error
+        )
+        assert new.renewal_time is not None
+        return RequeueAfter(max(0.0, (new.renewal_time - now).total_seconds()))
 
     async def _finish(self, p: _Pass) -> ReconcileResult:
         new = p.status.model_copy(

@@ -60,6 +60,8 @@ SECRET_TAMPERED: Final = "IssuedSecretTampered"  # noqa: S105 - a reason code
 """Warning: the issued Secret was changed under the agent (unreadable, or not the issuance's)."""
 FOREIGN_CA: Final = "ForeignCA"
 """Warning: the issued Secret (`cacerts`) holds a CA that chains to no pinned root."""
+FORBIDDEN: Final = "Forbidden"
+"""FAILED: the agent's ServiceAccount may not read or write an object the issuance needs."""
 
 # --- the issuer: why a declaration is not served or a CSR is denied -----------------------------
 
