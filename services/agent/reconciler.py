@@ -35,6 +35,7 @@ import structlog
 from pydantic import ValidationError
 
 from services.agent import policies
+from services.agent.forbidden import forbidden_status
 from services.agent.messages import Messages
 from services.agent.metrics import AgentMetrics
 from services.agent.objects import (
@@ -61,21 +62,22 @@ from services.agent.policies import (
     Timing,
     Wait,
 )
+from services.agent.transitions import Transitions
 from services.agent.trust import TrustBundle, assess_issued
+from services.agent.warnings import tamper_warning, warning_message
 from shared.api import reasons
 from shared.api.meta import Obj, ObjectKey, metadata
 from shared.api.v1alpha2 import IssuedCertificateSpec, IssuedCertificateStatus, State
 from shared.bus import Bus
 from shared.events import (
-    DesiredKind,
     DesiredObject,
     new_issuance_id,
 )
 from shared.k8s.controller import Done, ReconcileResult, RequeueAfter
 from shared.k8s.early import EarlyRead, spec_ref
-from shared.k8s.events import EventRecorder, transition_message, transition_reason
+from shared.k8s.errors import Forbidden
+from shared.k8s.events import EventRecorder
 from shared.k8s.resources import ISSUED_CERTIFICATES
-from shared.k8s.status import update_status
 from shared.pki import (
     KeySpec,
     build_csr,
@@ -117,7 +119,9 @@ class Reconciler:
         self._messages = Messages(source=source, cluster=cluster)
         self._objects = objects
         self._bus = bus
-        self._recorder = recorder
+        self._transitions = Transitions(
+            kube=objects.kube, bus=bus, recorder=recorder, messages=self._messages
+        )
         self._timing = timing
         self._now = now
         self._rand = rand
@@ -129,26 +133,32 @@ class Reconciler:
 
     async def reconcile(self, key: ObjectKey) -> ReconcileResult:
         with structlog.contextvars.bound_contextvars(key=str(key), cluster=self._cluster):
-            # The three reads of a pass are independent but for the issued Secret's name, which
-            # is in the spec: read by the name the cached copy gives, and again in `_observe`
-            # only if the fresh spec names another Secret.
-            raw, raw_key_secret, early = await concurrently(
-                self._objects.get(ISSUED_CERTIFICATES, key.namespace, key.name),
-                self._objects.get_secret(key.namespace, key_secret_name(key.name)),
-                self._objects.get_secret_early(spec_ref(self._cached(key), ISSUED_SECRET)),
-            )
-            if raw is None:
-                self._sent.pop(key, None)
-                return Done()
-            if metadata(raw).deletion_timestamp is not None:
-                return Done()
-            now = self._now()
-            observed, key_secret = await self._observe(key, raw, raw_key_secret, early, now)
-            decision = policies.decide(observed, now=now, timing=self._timing)
-            issuance = observed.status.issuance_id
-            with structlog.contextvars.bound_contextvars(issuance=issuance):
-                log.debug("reconcile.decided", decision=type(decision).__name__)
-                return await self._act(_Pass(key, raw, observed, key_secret, now), decision)
+            try:
+                return await self._pass(key)
+            except Forbidden as error:  # our RBAC: FAILED with what to grant (forbidden.py)
+                return await self._forbidden(key, error)
+
+    async def _pass(self, key: ObjectKey) -> ReconcileResult:
+        # The three reads of a pass are independent but for the issued Secret's name, which
+        # is in the spec: read by the name the cached copy gives, and again in `_observe`
+        # only if the fresh spec names another Secret.
+        raw, raw_key_secret, early = await concurrently(
+            self._objects.get(ISSUED_CERTIFICATES, key.namespace, key.name),
+            self._objects.get_secret(key.namespace, key_secret_name(key.name)),
+            self._objects.get_secret_early(spec_ref(self._cached(key), ISSUED_SECRET)),
+        )
+        if raw is None:
+            self._sent.pop(key, None)
+            return Done()
+        if metadata(raw).deletion_timestamp is not None:
+            return Done()
+        now = self._now()
+        observed, key_secret = await self._observe(key, raw, raw_key_secret, early, now)
+        decision = policies.decide(observed, now=now, timing=self._timing)
+        issuance = observed.status.issuance_id
+        with structlog.contextvars.bound_contextvars(issuance=issuance):
+            log.debug("reconcile.decided", decision=type(decision).__name__)
+            return await self._act(_Pass(key, raw, observed, key_secret, now), decision)
 
     # -- gathering ----------------------------------------------------------------------------
 
@@ -161,10 +171,7 @@ class Reconciler:
         now: dt.datetime,
     ) -> tuple[Observed, KeySecret | None]:
         generation = metadata(raw).generation
-        try:
-            status = IssuedCertificateStatus.model_validate(raw.get("status") or {})
-        except ValidationError:
-            status = IssuedCertificateStatus()  # unreadable: start again, as from PENDING
+        status = _readable_status(raw)
         spec, spec_error = policies.validate_spec(raw.get("spec"), name=key.name)
         issued = await self._issued_view(spec, early, now)
         key_secret = read_key_secret(raw_key_secret)
@@ -253,7 +260,11 @@ class Reconciler:
             attempt = material.material.attempt
             await self._send_csr(p, written, material, attempt)
 
-        await self._transition(p, new, decision.reason, decision.message, then=send)
+        message, warning = decision.message, tamper_warning(decision.reason, decision.message)
+        if warning is not None:
+            ref = p.spec.issued_certificate_secret
+            message = warning_message(warning, message, secret=f"{ref.namespace}/{ref.name}")
+        await self._transition(p, new, decision.reason, message, then=send, warning=warning)
         return RequeueAfter(self._timing.resend_after)
 
     async def _new_key(self, p: _Pass, issuance: str) -> KeySecret | None:
@@ -328,6 +339,26 @@ class Reconciler:
         await self._transition(p, new, decision.reason, decision.error, warning=warning)
         return RequeueAfter(0)
 
+    async def _forbidden(self, key: ObjectKey, error: Forbidden) -> ReconcileResult:
+        raw = await self._objects.get(ISSUED_CERTIFICATES, key.namespace, key.name)
+        if raw is None or metadata(raw).deletion_timestamp is not None:
+            return Done()
+        old = _readable_status(raw)
+        new = forbidden_status(
+            old,
+            error,
+            generation=metadata(raw).generation,
+            now=(now := self._now()),
+            timing=self._timing,
+            rand=self._rand(),
+        )
+        log.warning("reconcile.forbidden", error=error.message)
+        await self._transitions.write(
+            key, raw, old, new, reason=reasons.FORBIDDEN, message=new.error
+        )
+        assert new.renewal_time is not None
+        return RequeueAfter(max(0.0, (new.renewal_time - now).total_seconds()))
+
     async def _finish(self, p: _Pass) -> ReconcileResult:
         new = p.status.model_copy(
             update={"state": State.FINISHED, "error": "", "failed_attempts": 0}
@@ -390,66 +421,16 @@ class Reconciler:
         then: Callable[[Obj], Awaitable[None]] | None = None,
         warning: str | None = None,
     ) -> Obj:
-        """Write `new` (the one status write of this pass); then `then(written)` (the step's
-        own message, so that it does not wait behind the bookkeeping); then record the Event
-        and publish status.changed when the state or the issuance changed (`warning`: the
-        Event is a Warning of that reason). Returns the object written."""
-        wire = new.to_wire()
-        write = await update_status(
-            self._objects.kube,
-            ISSUED_CERTIFICATES,
-            p.key.name,
-            namespace=p.key.namespace,
-            mutate=lambda _obj: wire,
-            current=p.raw,
+        """The one status write of this pass, and its Event and status.changed
+        (`transitions.py`). Returns the object written."""
+        return await self._transitions.write(
+            p.key, p.raw, p.status, new, reason=reason, message=message, then=then, warning=warning
         )
-        try:
-            if then is not None:
-                await then(write.object)
-        finally:
-            # The bookkeeping is done even when `then` failed: the state change stands.
-            await self._announce(p.key, write.object, p.status, new, reason, message, warning)
-        return write.object
-
-    async def _announce(
-        self,
-        key: ObjectKey,
-        written: Obj,
-        old: IssuedCertificateStatus,
-        new: IssuedCertificateStatus,
-        reason: str,
-        message: str,
-        warning: str | None = None,
-    ) -> None:
-        """The Event and status.changed of a transition (nothing when nothing changed)."""
-        if old.state == new.state and old.issuance_id == new.issuance_id and old.error == new.error:
-            return
-        if warning is not None:
-            await self._recorder.record(written, type="Warning", reason=warning, message=message)
-        else:
-            text = transition_message(new.state, new.error)
-            if new.state is not State.FAILED:
-                text = f"{text} ({reason}: {message})"
-            await self._recorder.record(
-                written,
-                type="Warning" if new.state is State.FAILED else "Normal",
-                reason=transition_reason(new.state),
-                message=text,
-            )
-        log.info(
-            "state.changed",
-            old=old.state.value,
-            new=new.state.value,
-            reason=reason,
-            error=new.error or None,
-        )
-        await self._bus.publish(self._messages.status_changed(key, written, new))
 
     async def report_refused(self, desired: DesiredObject, error: str) -> None:
         """status.changed FAILED for a declaration this cluster refused (desired state hands
         it over): it cannot exist here, so it has no status of its own to write."""
-        if desired.kind is DesiredKind.ISSUED_CERTIFICATE:
-            await self._bus.publish(self._messages.declaration_refused(desired, error))
+        await self._transitions.report_refused(desired, error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,6 +452,13 @@ class _Pass:
         """The valid spec: every decision but `Fail` and `Wait` is made only with one."""
         assert self.observed.spec is not None
         return self.observed.spec
+
+
+def _readable_status(raw: Obj) -> IssuedCertificateStatus:
+    try:
+        return IssuedCertificateStatus.model_validate(raw.get("status") or {})
+    except ValidationError:
+        return IssuedCertificateStatus()  # unreadable: start again, as from PENDING
 
 
 def _wait(decision: Wait) -> ReconcileResult:

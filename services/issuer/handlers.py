@@ -18,6 +18,7 @@ from services.issuer.flood import FloodGate, NotingAnswers
 from services.issuer.issued import issued_key
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.mirroring import mirror_report
+from services.issuer.registrations import Registrations
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
 from services.issuer.signing import CsrSigning
@@ -64,6 +65,7 @@ class CsrHandler:
         in_flight: InFlight | None = None,
         clock: Clock = utcnow,
         metrics: IssuerMetrics | None = None,
+        registrations: Registrations | None = None,
     ) -> None:
         self._in_flight = in_flight or InFlight()
         self._issuances: KeyedLocks[str] = KeyedLocks()
@@ -80,6 +82,7 @@ class CsrHandler:
             answers=answers,
             declarations=declarations,
             clock=clock,
+            registrations=registrations,
         )
 
     async def __call__(self, event: Event, delivery: Delivery) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent.agent_testing import AgentProcess, get_secret, ic_body, state_of
@@ -39,6 +40,7 @@ from shared.k8s.resources import ISSUED_CERTIFICATES, NAMESPACES
 
 pytestmark = pytest.mark.slow
 SERVED = "istio-system"
+IC = "istio-cacerts"
 
 
 @pytest.fixture
@@ -87,11 +89,38 @@ async def test_the_agent_issues_within_its_deploy_rbac(
     namespace: str,
     agent: AgentProcess,
 ) -> None:
-    await kube.create(ISSUED_CERTIFICATES, ic_body("istio-ca", namespace))
+    # The names of deploy/examples/declarations.yaml: the only Secrets the RBAC lets it write.
+    await kube.create(ISSUED_CERTIFICATES, ic_body(IC, namespace, secret="cacerts"))
 
     async def finished() -> bool:
-        return await state_of(kube, namespace, "istio-ca") == "FINISHED"
+        return await state_of(kube, namespace, IC) == "FINISHED"
 
     await eventually(finished, within=20, message="FINISHED under the agent's RBAC")
-    assert await get_secret(kube, namespace, "istio-ca-cacerts") is not None
-    assert await get_secret(kube, namespace, key_secret_name("istio-ca")) is None
+    assert await get_secret(kube, namespace, "cacerts") is not None
+    assert await get_secret(kube, namespace, key_secret_name(IC)) is None
+
+
+async def test_a_secret_outside_the_agents_rbac_fails_with_what_to_grant(
+    kube: KubeClient,  # noqa: F811
+    namespace: str,
+    agent: AgentProcess,
+) -> None:
+    # deploy/ names the Secrets the agent may read and write; "other-cacerts" is not one of
+    # them: a 403, which retrying at once cannot cure, so FAILED with what to do, not a loop.
+    await kube.create(ISSUED_CERTIFICATES, ic_body(IC, namespace, secret="other-cacerts"))
+
+    seen: dict[str, Any] = {}
+
+    async def failed() -> bool:
+        obj = await kube.get(ISSUED_CERTIFICATES, IC, namespace=namespace)
+        seen.update(obj.get("status") or {})
+        return seen.get("state") == "FAILED"
+
+    await eventually(failed, within=20, message="FAILED under the agent's RBAC")
+    status = seen
+    error = status["error"]
+    assert error.startswith("forbidden: ")
+    assert "system:serviceaccount:meshtrust-system:meshtrust-agent" in error
+    assert "deploy/remote/agent-rbac.yaml" in error
+    assert status.get("renewalTime"), "retried after a backoff, once the RBAC may be fixed"
+    assert await get_secret(kube, namespace, "other-cacerts") is None
