@@ -1,6 +1,6 @@
 """Flood benchmark: another cluster's issuance while one cluster floods the issuer with CSRs.
 
-Run: ``.venv/bin/python bench/flood.py [--rounds 5] [--flood 2000]`` (about a minute).
+Run: ``.venv/bin/python bench/flood.py [--rounds 5] [--flood 2000]`` (under a minute).
 
 One nats-server (file storage), the Kubernetes API emulator as the management cluster, and one
 issuer replica in this process (`services.issuer.app.serve`, as the issuer tests run it), with
