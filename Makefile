@@ -51,6 +51,7 @@ schemas: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bus.py
 	$(BIN)/python bench/pki.py
+	$(BIN)/python bench/flood.py
 
 ## demo: the main job on the local stack (nats-server, emulated clusters, the services)
 demo: $(STAMP)

@@ -26,14 +26,17 @@ from services.issuer.reconciler import Declarations
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
 from shared.bus import Bucket, Bus, ConsumerSettings, Handler
-from shared.bus.fleet import FleetConsumers
+from shared.bus.completions import RECORD_STREAM
+from shared.bus.fairness import FairConsumers
+from shared.bus.fleet import CSR_CLUSTER_IN_FLIGHT, FleetConsumers, csr_consumer
 from shared.bus.ledger import Ledger
+from shared.bus.sizes import stream_sizes
 from shared.controller.components import ControllerComponent, PeriodicComponent, Task
 from shared.events import DESIRED_BUCKET, EventType, any_cluster
 from shared.events.reports import REPORTS_BUCKET, REPORTS_DESCRIPTION
 from shared.k8s import EventRecorder, KubeClient
 from shared.k8s.config import client_from_settings
-from shared.runtime import Component, get_logger, supervise
+from shared.runtime import Component, TransientError, get_logger, supervise
 from shared.runtime.clock import Clock, utcnow
 from shared.runtime.concurrency import InFlight
 from shared.runtime.health import HealthServer
@@ -85,7 +88,10 @@ def compose(
         signing_cas=SigningCAs(),
     )
     fleet = FleetConsumers(
-        bus.connection, ack_wait=settings.cluster_ack_wait, clusters=settings.clusters
+        bus.connection,
+        ack_wait=settings.cluster_ack_wait,
+        csr_ack_wait=settings.ack_wait,
+        clusters=settings.clusters,
     )
     declarations = Declarations(
         settings=settings,
@@ -105,8 +111,11 @@ def compose(
     health.add_check("nats", bus.is_connected)
     return [
         health,
+        _stream_sizes(bus, metrics, ledger),
         *_declaration_components(declarations, settings),
-        *_consumers(shared, declarations, metrics, heartbeats, issued=issued, ledger=ledger),
+        *_consumers(
+            shared, declarations, metrics, heartbeats, issued=issued, ledger=ledger, fleet=fleet
+        ),
         fleet,
         *_liveness(heartbeats, settings, reports),
     ]
@@ -140,9 +149,14 @@ def _consumers(
     *,
     issued: Bucket,
     ledger: Ledger,
+    fleet: FleetConsumers,
 ) -> list[Component]:
     """The consumers of every cluster's `csr.requested` and `status.changed`, with their
-    handlers; status reports let the CSRs being handled go first (one `InFlight`)."""
+    handlers; status reports let the CSRs being handled go first (one `InFlight`).
+
+    CSRs are read through a durable per cluster, served in turn (`shared.bus.fairness`;
+    docs/issuer.md, "Fairness"): one cluster's flood waits in the stream, not ahead of another
+    cluster's CSR. `fleet` makes a cluster's durable when its first CSR rings."""
     settings, in_flight = shared.settings, InFlight()
     csr = CsrHandler(
         settings=settings,
@@ -165,13 +179,6 @@ def _consumers(
         declarations=declarations.certificates,
         in_flight=in_flight,
     )
-    # (event type, durable, fetch batch, at most in flight) of each consumer
-    csr_route = (
-        EventType.CSR_REQUESTED,
-        settings.csr_durable,
-        settings.csr_batch,
-        settings.csr_in_flight,
-    )
     status_route = (
         EventType.STATUS_CHANGED,
         settings.status_durable,
@@ -179,11 +186,60 @@ def _consumers(
         settings.status_in_flight,
     )
     return [
-        _hub_consumer(
-            shared.bus, heartbeats.heard_from(csr), settings, *csr_route, ack_wait=settings.ack_wait
-        ),
+        _csr_consumers(shared.bus, heartbeats.heard_from(csr), settings, fleet),
         _hub_consumer(shared.bus, heartbeats.heard_from(status), settings, *status_route),
     ]
+
+
+def _csr_consumers(
+    bus: Bus, handler: Handler, settings: IssuerSettings, fleet: FleetConsumers
+) -> Component:
+    """Every cluster's CSRs, each cluster through its own durable, `csr_in_flight` at once."""
+
+    def for_cluster(cluster: str) -> ConsumerSettings:
+        return csr_consumer(cluster, ack_wait=settings.ack_wait).consumer_settings(
+            # The hub keeps the durable (`fleet`): this side only binds to it.
+            provision=False,
+            batch=CSR_CLUSTER_IN_FLIGHT,
+            max_in_flight=CSR_CLUSTER_IN_FLIGHT,
+            fetch_timeout=settings.fetch_timeout,
+        )
+
+    fair = FairConsumers(
+        bus,
+        handler,
+        event=EventType.CSR_REQUESTED,
+        settings_for=for_cluster,
+        prepare=fleet.ensure,
+        in_flight=settings.csr_in_flight,
+    )
+    # A durable made after its cluster's CSRs were stored (they rang no doorbell then: no
+    # issuer listened yet) has them waiting: serve it at once, not at the next sweep.
+    fleet.on_csr_durable_created(fair.ring)
+    return fair
+
+
+STREAM_SIZES_INTERVAL = 15.0
+"""Seconds between two reads of the streams' sizes (`meshtrust_bus_stream_*`)."""
+
+
+def _stream_sizes(bus: Bus, metrics: IssuerMetrics, ledger: Ledger) -> Component:
+    """Reads how full every stream is into the metrics, every `STREAM_SIZES_INTERVAL`."""
+    streams = (
+        bus.settings.stream,
+        ledger.stream,
+        RECORD_STREAM,
+        f"KV_{DESIRED_BUCKET}",
+        f"KV_{ISSUED_BUCKET}",
+    )
+
+    async def read() -> None:
+        try:
+            metrics.streams(await stream_sizes(bus.connection, streams))
+        except TransientError as exc:
+            log.warning("stream sizes not read", error=exc.message)
+
+    return PeriodicComponent("stream-sizes", read, interval=STREAM_SIZES_INTERVAL)
 
 
 def _declaration_components(
@@ -297,7 +353,9 @@ async def _provision(bus: Bus, ledger: Ledger, settings: IssuerSettings) -> None
     await ledger.ensure()
     await bus.bucket(ISSUED_BUCKET, description=ISSUED_DESCRIPTION, history=1)
     await bus.bucket(REPORTS_BUCKET, description=REPORTS_DESCRIPTION, history=1)
-    fleet = FleetConsumers(bus.connection, ack_wait=settings.cluster_ack_wait)
+    fleet = FleetConsumers(
+        bus.connection, ack_wait=settings.cluster_ack_wait, csr_ack_wait=settings.ack_wait
+    )
     for cluster in settings.clusters:
         await fleet.ensure(cluster)
 

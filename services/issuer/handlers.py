@@ -3,8 +3,9 @@
 Both are called by `shared.bus` consumers, which ack when the handler returns, nak on
 `TransientError`, and terminate on `PermanentError` (invalid messages never get here: the codec
 terminates them). Both are idempotent, as redeliveries require. They are thin: which event,
-which order, then the procedure: `signing.CsrSigning` (authorise and sign, answered through
-`answers.Answers`) and `mirroring.mirror_report` (the decision in `mirror.py`).
+which order, then the procedure: `flood.FloodGate` (a cluster over its rate is denied at once),
+`signing.CsrSigning` (authorise and sign, answered through `answers.Answers`) and
+`mirroring.mirror_report` (the decision in `mirror.py`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from concurrent.futures import Executor
 from typing import Any
 
-from services.issuer.answers import Answers
+from services.issuer.flood import FloodGate, NotingAnswers
 from services.issuer.issued import issued_key
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.mirroring import mirror_report
@@ -48,7 +49,7 @@ stall (under a steady stream of CSRs each report waits that long, and reports ar
 
 
 class CsrHandler:
-    """Handles `csr.requested` from every cluster (consumer `issuer`)."""
+    """Handles `csr.requested` from every cluster (each cluster's durable `csr-<cluster>`)."""
 
     def __init__(
         self,
@@ -68,9 +69,10 @@ class CsrHandler:
     ) -> None:
         self._in_flight = in_flight or InFlight()
         self._issuances: KeyedLocks[str] = KeyedLocks()
-        answers = Answers(
+        answers = NotingAnswers(
             settings=settings, bus=bus, issued=issued, ledger=ledger, clock=clock, metrics=metrics
         )
+        self._gate = FloodGate(issued=issued, answers=answers, clock=clock)
         self._signing = CsrSigning(
             settings=settings,
             kube=kube,
@@ -91,7 +93,9 @@ class CsrHandler:
         # process wait for each other: the first signs, the others answer from its record.
         with self._in_flight.held():
             async with self._issuances.hold(key):
-                await self._signing.handle(event, key)
+                # A cluster known to be over its rate is denied before any expensive work.
+                if not await self._gate.answered(event, key):
+                    await self._signing.handle(event, key)
 
 
 class StatusHandler:

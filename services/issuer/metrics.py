@@ -1,6 +1,7 @@
 """The issuer's metrics (docs/metrics.md): signatures and denials, how long a CSR waited for its
-signature, when each cluster was last heard from, when the signing CAs expire, and when each
-cluster's certificates expire and are renewed.
+signature, when each cluster was last heard from, when the signing CAs expire, when each
+cluster's certificates expire and are renewed, and how full the bus's streams are (read every
+`STREAM_SIZES_INTERVAL` seconds by `app.py`).
 
 The signing CAs' expiry is read at scrape time from the signing Secrets informer's cache (the
 certificates only, never a key), cached per Secret version so that a scrape parses nothing that
@@ -28,6 +29,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from shared.api.meta import metadata
+from shared.bus.sizes import StreamSize
 from shared.events.reports import ClusterReport
 from shared.k8s.informer import Informer
 from shared.pki.authority import signing_ca_expiry
@@ -72,6 +74,25 @@ class IssuerMetrics:
             ["cluster"],
             registry=registry,
         )
+        self.stream_bytes = Gauge(
+            "meshtrust_bus_stream_bytes",
+            "Bytes a JetStream stream holds (the event stream, the ledger, the record stream, "
+            "the buckets), as last read by the issuer.",
+            ["stream"],
+            registry=registry,
+        )
+        self.stream_max_bytes = Gauge(
+            "meshtrust_bus_stream_max_bytes",
+            "A stream's size limit in bytes (0: none); at the limit new messages are refused.",
+            ["stream"],
+            registry=registry,
+        )
+        self.stream_messages = Gauge(
+            "meshtrust_bus_stream_messages",
+            "Messages a JetStream stream holds, as last read by the issuer.",
+            ["stream"],
+            registry=registry,
+        )
         self._reasons = BoundedLabels(MAX_REASONS)
         self._registry = registry
         if signing_secrets:
@@ -83,6 +104,13 @@ class IssuerMetrics:
 
     def denied(self, cluster: str, reason: str) -> None:
         self.denials.labels(cluster, self._reasons(reason)).inc()
+
+    def streams(self, sizes: Iterable[StreamSize]) -> None:
+        """Note the streams' sizes (`shared.bus.sizes`)."""
+        for size in sizes:
+            self.stream_bytes.labels(size.stream).set(size.bytes)
+            self.stream_max_bytes.labels(size.stream).set(size.max_bytes)
+            self.stream_messages.labels(size.stream).set(size.messages)
 
     def watch_reports(self, reports: Callable[[], Iterable[ClusterReport]]) -> None:
         """Export the certificates' expiry and renewal times from the clusters' last reports

@@ -10,6 +10,10 @@ declaration for, and again whenever one disappears). Where a service may use the
 itself (one account without permissions: the tests, a single-tenant setup), it creates its own
 consumers from the same specifications (`ConsumerSettings.provision`).
 
+The hub keeps one more durable per cluster for itself: `csr-<cluster>`, the issuer's reader of
+that cluster's CSRs (`shared.bus.fairness`: a durable per cluster, so that one cluster's backlog
+is never ahead of another's in stream order). It lives and heals with the cluster's others.
+
 The specifications fix what the server enforces: the filter subjects (a cluster reads only its
 own events), ack wait, deliveries, and how many messages may be pending. What a service tunes
 for itself (how many handlers, fetch sizes, timeouts) stays in its settings.
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -52,6 +56,8 @@ AGENT_EVENTS = frozenset(
 """What a cluster's agent consumes."""
 BOUNCER_EVENTS = frozenset({EventType.BOUNCE_REQUESTED})
 """What a cluster's bouncer consumes."""
+CSR_EVENTS = frozenset({EventType.CSR_REQUESTED})
+"""What the issuer consumes of a cluster through that cluster's own durable (fairness)."""
 AGENT_PUBLISHES = (
     EventType.CSR_REQUESTED,
     EventType.STATUS_CHANGED,
@@ -68,6 +74,11 @@ def agent_durable(cluster: str) -> str:
 
 def bouncer_durable(cluster: str) -> str:
     return f"bouncer-{check_cluster_name(cluster)}"
+
+
+def csr_durable(cluster: str) -> str:
+    """The issuer's durable of one cluster's CSRs (`shared.bus.fairness`)."""
+    return f"csr-{check_cluster_name(cluster)}"
 
 
 def desired_durable(cluster: str) -> str:
@@ -152,6 +163,28 @@ def bouncer_consumer(cluster: str, *, ack_wait: float = DEFAULT_ACK_WAIT) -> Eve
     )
 
 
+CSR_MAX_ACK_PENDING = 16
+"""A cluster's CSRs delivered and not yet answered, across every issuer replica: the most of
+one cluster's backlog the issuers hold at once, so that a flood waits in the stream, not in
+the issuers (docs/issuer.md, "Fairness")."""
+CSR_CLUSTER_IN_FLIGHT = 8
+"""A cluster's CSRs one issuer replica holds at once (fetched together): what another
+cluster's CSR may wait behind, per busy cluster."""
+
+
+def csr_consumer(cluster: str, *, ack_wait: float = DEFAULT_ACK_WAIT) -> EventConsumerSpec:
+    """The issuer's durable of `cluster`'s `csr.requested`; made by the hub like the others,
+    read only by the issuer (no cluster account imports it)."""
+    return EventConsumerSpec(
+        durable=csr_durable(cluster),
+        events=CSR_EVENTS,
+        cluster=cluster,
+        ack_wait=ack_wait,
+        max_deliver=100,
+        max_ack_pending=CSR_MAX_ACK_PENDING,
+    )
+
+
 def desired_consumer_config(cluster: str) -> ConsumerConfig:
     """The agent's change feed of its cluster's desired state: a durable that starts at the
     last value of every key and then follows new writes. Unacknowledged: the agent reads a full
@@ -169,12 +202,13 @@ def desired_consumer_config(cluster: str) -> ConsumerConfig:
 
 
 def cluster_consumers(
-    cluster: str, *, ack_wait: float = DEFAULT_ACK_WAIT
+    cluster: str, *, ack_wait: float = DEFAULT_ACK_WAIT, csr_ack_wait: float = DEFAULT_ACK_WAIT
 ) -> list[tuple[str, ConsumerConfig]]:
     """(stream, configuration) of every consumer the hub keeps for `cluster`."""
     return [
         (STREAM, agent_consumer(cluster, ack_wait=ack_wait).config()),
         (STREAM, bouncer_consumer(cluster, ack_wait=ack_wait).config()),
+        (STREAM, csr_consumer(cluster, ack_wait=csr_ack_wait).config()),
         (DESIRED_STREAM, desired_consumer_config(cluster)),
     ]
 
@@ -199,17 +233,27 @@ class FleetConsumers:
         connection: Connection,
         *,
         ack_wait: float = DEFAULT_ACK_WAIT,
+        csr_ack_wait: float = DEFAULT_ACK_WAIT,
         clusters: Iterable[str] = (),
         sweep_interval: float = 60.0,
     ) -> None:
-        """`clusters`: those whose consumers `run` makes at once (the deployment's list)."""
+        """`clusters`: those whose consumers `run` makes at once (the deployment's list);
+        `ack_wait`: of the agents' and bouncers' durables; `csr_ack_wait`: of the issuer's."""
         self._connection = connection
         self._initial = tuple(clusters)
         self._ack_wait = ack_wait
+        self._csr_ack_wait = csr_ack_wait
         self._sweep_interval = sweep_interval
         self._clusters: set[str] = set()
         self._floors: dict[tuple[str, str], int] = {}
         self._wake: asyncio.Queue[str] = asyncio.Queue()
+        self._csr_listeners: list[Callable[[str], None]] = []
+
+    def on_csr_durable_created(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(cluster)` whenever a cluster's CSR durable is made, or found with
+        messages pending or unacknowledged: CSRs stored before it existed (or before this
+        process listened) wait in it, and nothing else announces them."""
+        self._csr_listeners.append(listener)
 
     @property
     def clusters(self) -> frozenset[str]:
@@ -226,6 +270,7 @@ class FleetConsumers:
         events = [
             agent_consumer(cluster, ack_wait=self._ack_wait),
             bouncer_consumer(cluster, ack_wait=self._ack_wait),
+            csr_consumer(cluster, ack_wait=self._csr_ack_wait),
         ]
         for spec in events:
             await self._ensure_one(STREAM, spec.durable, cluster, spec=spec)
@@ -246,6 +291,8 @@ class FleetConsumers:
             else:
                 floor = info.ack_floor.stream_seq if info.ack_floor is not None else None
                 self._floors[(stream, durable)] = floor or 0
+                if info.num_pending or info.num_ack_pending:
+                    self._has_csrs(spec, cluster)
                 return
             floor = self._floors.get((stream, durable))
             if spec is None:
@@ -261,6 +308,13 @@ class FleetConsumers:
                 f"cannot provision consumer {durable} for {cluster}: {type(exc).__name__} {exc}"
             ) from None
         log.info("consumer provisioned", stream=stream, durable=durable, after_floor=floor)
+        self._has_csrs(spec, cluster)
+
+    def _has_csrs(self, spec: EventConsumerSpec | None, cluster: str) -> None:
+        """Tell the listeners that `cluster`'s CSR durable may hold CSRs (if `spec` is it)."""
+        if spec is not None and spec.events == CSR_EVENTS:
+            for listener in self._csr_listeners:
+                listener(cluster)
 
     async def _next_due(self, stop: asyncio.Event) -> set[str]:
         """The clusters to look at next: one whose consumer was deleted, as soon as that is

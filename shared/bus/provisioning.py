@@ -1,7 +1,9 @@
 """Idempotent provisioning of the stream `MESHTRUST` and the KV buckets.
 
 Safe to run from every replica at every start: a missing stream is created, an existing one whose
-configuration differs in a field we own is updated, and an equal one is left alone. Storage type
+configuration differs in a field we own is updated in place (its messages kept: a stream made by
+an older version gets its size limit this way, discard-new first), and an equal one is left
+alone. Storage type
 and retention are never changed in place (JetStream refuses it); a mismatch there is an error an
 operator must resolve.
 """
@@ -26,17 +28,22 @@ from shared.runtime.logging import get_logger
 log = get_logger(__name__)
 
 _DAY = 86_400.0
+UNLIMITED = -1
+"""JetStream's "no limit" for a stream's max_bytes and max_msgs."""
 
 
 def stream_config(settings: NatsSettings) -> StreamConfig:
-    """The MESHTRUST stream: limits retention (it is the audit log), file storage."""
+    """The MESHTRUST stream: limits retention (it is the audit log), file storage, at most
+    `stream_max_bytes`; at the limit new events are refused (discard new), never old ones
+    dropped: an old event may not be handled yet."""
     return StreamConfig(
         name=settings.stream,
         description="meshtrust events; also the audit log",
         subjects=[STREAM_SUBJECTS],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
+        discard=DiscardPolicy.NEW,
+        max_bytes=settings.stream_max_bytes or UNLIMITED,
         num_replicas=settings.stream_replicas,
         duplicate_window=settings.duplicate_window,
         max_age=settings.stream_max_age_days * _DAY if settings.stream_max_age_days else None,
@@ -52,6 +59,7 @@ _OWNED = (
     "max_age",
     "description",
     "discard",
+    "max_bytes",
     "allow_direct",
 )
 
@@ -79,8 +87,27 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             f"retention={current.retention}; expected {config.storage}/{config.retention}"
         )
     if drift:
+        if current.discard != config.discard:
+            # Discard new first, on its own: a limit applied while the stream still discards
+            # old messages would drop the oldest (maybe unhandled) ones to fit.
+            current.discard = config.discard
+            await js.update_stream(current)
         await js.update_stream(config)
         log.info("stream updated", stream=config.name, fields=drift)
+    _warn_if_full(config, info.state.bytes)
+
+
+def _warn_if_full(config: StreamConfig, size: int) -> None:
+    """A stream already holding its limit (a limit lowered below its size keeps every message;
+    JetStream then refuses new ones): say so at every start."""
+    if config.discard == DiscardPolicy.NEW and config.max_bytes and 0 < config.max_bytes <= size:
+        log.error(
+            "stream is at its size limit: new messages are refused until the limit is raised "
+            "or old ones age out",
+            stream=config.name,
+            bytes=size,
+            max_bytes=config.max_bytes,
+        )
 
 
 def _norm(value: object) -> object:

@@ -50,6 +50,15 @@ RETRIABLE: tuple[type[Exception], ...] = (
 )
 
 
+STORE_FAILED = 10077
+"""JetStream's error code for a store that failed, "maximum bytes exceeded" among them: a
+stream with discard new at its limit (a 503, which is otherwise a passing outage)."""
+
+
+class _StreamFull(Exception):
+    """The stream refused the event: it is full."""
+
+
 @dataclass(frozen=True, slots=True)
 class Published:
     stream: str
@@ -136,7 +145,12 @@ class Publisher:
             # Not `stream=` (a Nats-Expected-Stream header): it would be stored with every event
             # and parsed by every consumer. Streams cannot share subjects, so the stream that
             # answers is the one that owns the subject; checked below instead.
-            ack = await js.publish(target, payload, timeout=self._timeout, headers=headers)
+            try:
+                ack = await js.publish(target, payload, timeout=self._timeout, headers=headers)
+            except nats.js.errors.ServiceUnavailableError as exc:
+                if exc.err_code == STORE_FAILED:  # full (discard new): not a passing outage
+                    raise _StreamFull(exc.description or "stream full") from None
+                raise
             return Published(stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate))
 
         try:
@@ -146,6 +160,12 @@ class Publisher:
                 f"{event.event_type.value} for issuance {event.issuance} not stored within "
                 f"{self._policy.timeout:.0f}s ({type(exc).__name__}); is NATS up, and may this "
                 f"user publish on {target}?"
+            ) from None
+        except _StreamFull as exc:
+            log.warning("stream full: event refused", subject=target, error=str(exc))
+            raise PublishError(
+                f"stream {self._stream} refused {target}: {exc} (it is at its size limit, "
+                "MESHTRUST_NATS_STREAM_MAX_BYTES; nothing stored was dropped)"
             ) from None
         except nats.js.errors.APIError as exc:
             raise PublishError(f"JetStream refused {target}: {exc.description}") from None

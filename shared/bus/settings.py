@@ -61,6 +61,15 @@ class NatsSettings(MeshtrustSettings, env_prefix="MESHTRUST_NATS_"):
     stream_max_age_days: float = Field(
         default=365.0, ge=0, description="Audit history kept; 0 keeps it forever."
     )
+    stream_max_bytes: int = Field(
+        default=1024**3,
+        ge=0,
+        description="Bytes the event stream may hold; 0: no limit. At the limit JetStream "
+        "refuses new events (discard new: an event not yet handled is never dropped to make "
+        "room) until the audit history ages out or the limit is raised. 1 GiB: ~300,000 "
+        "events, years of a large fleet's issuance; alert well before it "
+        "(`meshtrust_bus_stream_bytes` / `meshtrust_bus_stream_max_bytes`).",
+    )
     duplicate_window: float = Field(
         default=120.0,
         gt=0,

@@ -160,7 +160,7 @@ async def test_the_provisioner_then_the_issuer_run_read_only_and_stop_on_sigterm
             assert (await js.stream_info("MESHTRUST_LEDGER")).config.deny_delete is True
             assert (await js.stream_info("KV_meshtrust-desired")).config.name
             assert (await js.consumer_info("MESHTRUST", "agent-east")).name == "agent-east"
-            assert (await js.consumer_info("MESHTRUST", "issuer")).name == "issuer"
+            assert (await js.consumer_info("MESHTRUST", "csr-east")).name == "csr-east"
 
         # SIGTERM (docker stop) ends it cleanly within the grace period: exit 0, no SIGKILL.
         wrapped.stop(timeout=30)

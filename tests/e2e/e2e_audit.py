@@ -187,17 +187,21 @@ async def wait_csr_stored(stack: Stack, cluster: str, issuance: str, *, within: 
 
 
 async def wait_issuer_idle(stack: Stack, *, within: float) -> None:
-    """Poll until the issuer's CSR consumer has nothing pending and nothing unacknowledged."""
+    """Poll until the issuer's CSR consumers (one per cluster, `csr-<cluster>`) have nothing
+    pending and nothing unacknowledged."""
     deadline = time.monotonic() + within
     async with issuer_bus(stack) as bus:
         while True:
-            info = await bus.connection.js.consumer_info("MESHTRUST", "issuer")
-            if info.num_pending == 0 and info.num_ack_pending == 0:
+            infos = await bus.connection.js.consumers_info("MESHTRUST")
+            csrs = [i for i in infos if (i.name or "").startswith("csr-")]
+            pending = sum(i.num_pending or 0 for i in csrs)
+            unacked = sum(i.num_ack_pending or 0 for i in csrs)
+            if pending == 0 and unacked == 0:
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"the issuer still has CSRs after {within}s: {info.num_pending} pending, "
-                    f"{info.num_ack_pending} unacknowledged"
+                    f"the issuer still has CSRs after {within}s: {pending} pending, "
+                    f"{unacked} unacknowledged"
                 )
             await asyncio.sleep(0.05)
 

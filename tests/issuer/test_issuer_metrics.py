@@ -78,7 +78,7 @@ async def test_signatures_denials_and_durations_are_counted_once_per_request(
         async def all_acked() -> Scrape | None:
             got = await scrape(port)
             acks = got.value(
-                "meshtrust_bus_messages_handled_total", durable="issuer", outcome="ack"
+                "meshtrust_bus_messages_handled_total", durable="csr-east", outcome="ack"
             )
             return got if acks == 3.0 else None
 
@@ -93,7 +93,7 @@ async def test_signatures_denials_and_durations_are_counted_once_per_request(
         assert metrics.value(LAST_SEEN, cluster="west") is None
         assert request.issuance not in metrics.label_values()
         assert wrong_hosts.issuance not in metrics.label_values()
-        assert metrics.value("meshtrust_bus_messages_in_flight", durable="issuer") == 0.0
+        assert metrics.value("meshtrust_bus_messages_in_flight", durable="csr-east") == 0.0
 
 
 async def test_a_status_report_marks_its_cluster_as_heard_from(

@@ -223,13 +223,15 @@ async def test_malformed_events_are_terminated_and_the_issuer_keeps_serving(
         answer = await w.answers.issued(good.issuance)
         assert isinstance(answer, CertificateIssued)
 
+        # Each cluster's CSRs are read through its own durable (docs/issuer.md, "Fairness").
         async def all_handled() -> bool:
-            info = await js.consumer_info("MESHTRUST", "issuer")
-            return info.num_pending == 0 and info.num_ack_pending == 0
+            infos = [await js.consumer_info("MESHTRUST", f"csr-{c}") for c in ("east", "west")]
+            return all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos)
 
         await eventually(all_handled, message="every message acknowledged or terminated")
-        info = await js.consumer_info("MESHTRUST", "issuer")
-        assert info.num_redelivered == 0
+        for cluster in ("east", "west"):
+            info = await js.consumer_info("MESHTRUST", f"csr-{cluster}")
+            assert info.num_redelivered == 0
         assert spoofed.issuance not in w.answers.by_issuance
         assert w.answers.count() == 1
 
@@ -268,7 +270,7 @@ async def test_a_repeated_request_gets_the_same_certificate_not_a_new_serial(
         )
 
         async def all_handled() -> bool:
-            info = await w.bus.connection.js.consumer_info("MESHTRUST", "issuer")
+            info = await w.bus.connection.js.consumer_info("MESHTRUST", "csr-east")
             return info.num_pending == 0 and info.num_ack_pending == 0
 
         await eventually(all_handled)
@@ -315,7 +317,7 @@ async def test_a_csr_redelivered_after_a_failed_answer_gets_the_same_serial(
             )
 
             async def redelivered() -> bool:
-                consumer = await js.consumer_info("MESHTRUST", "issuer")
+                consumer = await js.consumer_info("MESHTRUST", "csr-east")
                 return consumer.num_redelivered == 1
 
             await eventually(redelivered, message="the CSR to be delivered again")
@@ -323,7 +325,7 @@ async def test_a_csr_redelivered_after_a_failed_answer_gets_the_same_serial(
             await js.update_stream(normal)
 
             answer = await w.answers.issued(request.issuance)
-            consumer = await js.consumer_info("MESHTRUST", "issuer")
+            consumer = await js.consumer_info("MESHTRUST", "csr-east")
             assert consumer.delivered is not None
             assert consumer.delivered.consumer_seq >= 2  # one CSR, delivered more than once
         assert json.loads(record.value)["serial_number"] == answer.data.serial_number

@@ -174,7 +174,7 @@ async def test_no_identity_but_the_hubs_can_delete_a_consumer_and_issuance_goes_
     for user in ("auditor", "agent-east", "agent-west", "bouncer-east"):
         client = await connect(stack, user)
         try:
-            for durable in ("issuer", "agent-east", "issuer-status", "bouncer-east"):
+            for durable in ("csr-east", "agent-east", "issuer-status", "bouncer-east"):
                 with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
                     await client.request(
                         f"$JS.API.CONSUMER.DELETE.MESHTRUST.{durable}", b"", timeout=0.5

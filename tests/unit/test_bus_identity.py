@@ -120,11 +120,12 @@ def test_the_issuer_may_not_delete_purge_or_reconfigure_streams() -> None:
     assert {"$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>"} <= set(ISSUER_DENIED)
 
 
-def test_the_hub_keeps_three_consumers_per_cluster_each_reading_only_that_cluster() -> None:
+def test_the_hub_keeps_four_consumers_per_cluster_each_reading_only_that_cluster() -> None:
     consumers = cluster_consumers("east")
     assert [config.durable_name for _, config in consumers] == [
         "agent-east",
         "bouncer-east",
+        "csr-east",
         "desired-east",
     ]
     for _, config in consumers:
