@@ -51,6 +51,7 @@ from shared.bus.durables import (
     Handler,
     durable_config,
     nak_delay,
+    timing_update,
 )
 from shared.bus.metrics import ConsumerMetrics, Outcome
 from shared.events import Event, InvalidEvent, decode
@@ -62,8 +63,6 @@ log = get_logger(__name__)
 
 KEEP_ALIVE_MAX = 2.0
 """Longest interval between two `in_progress()` of a message being handled (seconds)."""
-FLOOR_REFRESH = 10.0
-"""How often a consumer that may make its durable notes the server's ack floor (seconds)."""
 
 
 class Consumer:
@@ -111,12 +110,9 @@ class Consumer:
             try:
                 await js.add_consumer(settings.stream, config=self.consumer_config())
             except nats.js.errors.APIError as exc:
-                # Kept by someone else (the hub re-created it from its ack floor): use it.
-                log.warning(
-                    "consumer not updated; binding to it as it is",
-                    durable=self._settings.durable,
-                    error=exc.description,
-                )
+                # Re-created from a start sequence (by the hub or by `_consumer_missing`): its
+                # deliver policy cannot change; its timing (ack wait) still follows settings.
+                await self._update_timing(exc.description)
         if self._settings.record_completed:
             self._completions = CompletionLog(
                 self._connection,
@@ -126,6 +122,23 @@ class Consumer:
             )
             await self._completions.open(provision=self._settings.provision)
         return await js.pull_subscribe_bind(durable=self._settings.durable, stream=settings.stream)
+
+    async def _update_timing(self, refused: str | None) -> None:
+        """Update the durable's ack wait, deliveries and pending bound in place, keeping the
+        rest as the server has it (a durable made with an older ack wait gets the new one)."""
+        js, stream = self._connection.js, self._connection.settings.stream
+        try:
+            info = await js.consumer_info(stream, self._settings.durable)
+            update = timing_update(info.config, self.consumer_config())
+            if update is not None:
+                await js.add_consumer(stream, config=update)
+                log.info("consumer timing updated in place", durable=self._settings.durable)
+        except nats.js.errors.APIError as exc:
+            log.warning(
+                "consumer not updated; binding to it as it is",
+                durable=self._settings.durable,
+                error=exc.description or refused,
+            )
 
     async def _open(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription:
         """`_subscribe`, tried again for up to the connection's `connect_deadline` while NATS
@@ -178,7 +191,8 @@ class Consumer:
         return self._newest + 1 if self._newest else None
 
     async def _refresh_floor(self) -> None:
-        """Note the durable's ack floor (where this identity may ask JetStream)."""
+        """Note the durable's ack floor and pending count (where this identity may ask
+        JetStream: a cluster's may not, and counts its lag from each delivery instead)."""
         if not self._settings.provision:
             return
         try:
@@ -191,6 +205,20 @@ class Consumer:
         floor = info.ack_floor.stream_seq if info.ack_floor is not None else None
         if floor is not None:
             self._floor = floor
+        if info.num_pending is not None:
+            self._pending(info.num_pending)
+
+    async def _watch_durable(self) -> None:
+        """`_refresh_floor` every `info_refresh`, apart from the keep-alive: an API answer that
+        is slow to come must not delay an `in_progress()` past a short ack wait."""
+        while True:
+            await self._refresh_floor()
+            await asyncio.sleep(self._settings.info_refresh)
+
+    def _pending(self, count: int) -> None:
+        """Messages of the durable not yet delivered: its lag."""
+        if self._metrics is not None:
+            self._metrics.pending.labels(durable=self._settings.durable).set(count)
 
     async def _consumer_missing(self, stop: asyncio.Event, failures: int) -> None:
         """No consumer answered the pull (JetStream's 503: it was deleted, or is not created
@@ -234,7 +262,10 @@ class Consumer:
         )
         try:
             async with asyncio.TaskGroup() as outer:
-                helpers = [outer.create_task(self._keep_alive(), name=f"{self.name}:keep-alive")]
+                helpers = [
+                    outer.create_task(self._keep_alive(), name=f"{self.name}:keep-alive"),
+                    outer.create_task(self._watch_durable(), name=f"{self.name}:info"),
+                ]
                 if self._completions is not None:
                     helpers.append(
                         outer.create_task(self._completions.run(), name=f"{self.name}:records")
@@ -274,6 +305,7 @@ class Consumer:
                 raise_if_cancelled()
                 failures = 0
                 self._quiet = True
+                self._pending(0)  # nothing was waiting to be delivered
                 continue
             except nats.errors.Error as exc:
                 if self._connection.nc.is_closed:
@@ -291,6 +323,7 @@ class Consumer:
                 continue
             failures = 0
             self._quiet = False
+            self._pending_after(msgs)
             now = time.monotonic()
             for msg in msgs:
                 self._free -= 1
@@ -298,6 +331,13 @@ class Consumer:
                 if self._metrics is not None:
                     self._metrics.in_flight.labels(durable=self._settings.durable).inc()
                 handlers.create_task(self._handle(msg))
+
+    def _pending_after(self, msgs: list[Msg]) -> None:
+        """The lag as the server counted it when it delivered the last of `msgs` (its metadata:
+        no API request, so also where this identity may not ask JetStream)."""
+        with contextlib.suppress(ValueError):  # not a JetStream delivery: no metadata
+            if msgs:
+                self._pending(msgs[-1].metadata.num_pending)
 
     def _fetch_size(self) -> int:
         """How many messages to ask for: one after a fetch that found nothing, else a batch.
@@ -323,14 +363,9 @@ class Consumer:
         and at least every `KEEP_ALIVE_MAX` seconds, since a consumer the hub made for a
         cluster (`shared.bus.fleet`) may have a shorter ack wait than this side knows."""
         interval = min(self._settings.ack_wait / 3, KEEP_ALIVE_MAX)
-        refreshed = time.monotonic()
-        await self._refresh_floor()
         while True:
             raise_if_cancelled()
             await asyncio.sleep(interval)
-            if time.monotonic() - refreshed >= FLOOR_REFRESH:
-                refreshed = time.monotonic()
-                await self._refresh_floor()
             due = time.monotonic() - interval
             for msg, started in list(self._in_flight.values()):
                 if started <= due:
