@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
+
 from issuer.issuer_testing import world
 from issuer.test_issuer_metrics import replica
-
 from shared.bus import NatsSettings
 from support.waiting import eventually
 
