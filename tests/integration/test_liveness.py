@@ -94,7 +94,7 @@ async def test_a_blocked_loop_answers_no_probe_and_the_watchdog_says_where() -> 
 
     def wedge_the_loop() -> None:  # a component that blocks the loop (the fault under test)
         blocked.set()
-        time.sleep(2.5)
+        time.sleep(4.0)  # room for the probe thread to be scheduled on a loaded machine
 
     with capture_logs() as logs:
         async with serving(server) as base:
