@@ -51,18 +51,22 @@ from shared.bus.durables import (
     Handler,
     durable_config,
     nak_delay,
-    timing_update,
 )
 from shared.bus.metrics import ConsumerMetrics, Outcome
+from shared.bus.upkeep import DurableUpkeep
 from shared.events import Event, InvalidEvent, decode
 from shared.runtime.concurrency import pause, raise_if_cancelled, wait_any
 from shared.runtime.errors import PermanentError, TransientError
+from shared.runtime.liveness import Heartbeat
 from shared.runtime.logging import get_logger
 
 log = get_logger(__name__)
 
 KEEP_ALIVE_MAX = 2.0
 """Longest interval between two `in_progress()` of a message being handled (seconds)."""
+STUCK_AFTER = 30.0
+"""Seconds without a turn of the fetch loop after which the consumer is stuck (`/livez`): a
+turn takes at most a fetch (`fetch_timeout`), a retry's pause (5 s) or a request's timeout."""
 
 
 class Consumer:
@@ -92,8 +96,11 @@ class Consumer:
         """Stream sequences fetched and not yet acknowledged or terminated."""
         self._newest = 0
         """The newest stream sequence fetched."""
-        self._floor: int | None = None
-        """The durable's ack floor as last read from the server (see `resume_sequence`)."""
+        self._upkeep = DurableUpkeep(connection, settings, metrics)
+        """The durable's timing, ack floor (see `resume_sequence`) and lag."""
+        self.progress = Heartbeat(self.name, within=STUCK_AFTER)
+        """Beaten at every turn of the fetch loop, waiting for free slots included (the
+        handlers' messages are kept alive apart): `/livez` watches it (`supervise`)."""
 
     @property
     def name(self) -> str:
@@ -112,7 +119,7 @@ class Consumer:
             except nats.js.errors.APIError as exc:
                 # Re-created from a start sequence (by the hub or by `_consumer_missing`): its
                 # deliver policy cannot change; its timing (ack wait) still follows settings.
-                await self._update_timing(exc.description)
+                await self._upkeep.update_timing(self.consumer_config(), exc.description)
         if self._settings.record_completed:
             self._completions = CompletionLog(
                 self._connection,
@@ -122,23 +129,6 @@ class Consumer:
             )
             await self._completions.open(provision=self._settings.provision)
         return await js.pull_subscribe_bind(durable=self._settings.durable, stream=settings.stream)
-
-    async def _update_timing(self, refused: str | None) -> None:
-        """Update the durable's ack wait, deliveries and pending bound in place, keeping the
-        rest as the server has it (a durable made with an older ack wait gets the new one)."""
-        js, stream = self._connection.js, self._connection.settings.stream
-        try:
-            info = await js.consumer_info(stream, self._settings.durable)
-            update = timing_update(info.config, self.consumer_config())
-            if update is not None:
-                await js.add_consumer(stream, config=update)
-                log.info("consumer timing updated in place", durable=self._settings.durable)
-        except nats.js.errors.APIError as exc:
-            log.warning(
-                "consumer not updated; binding to it as it is",
-                durable=self._settings.durable,
-                error=exc.description or refused,
-            )
 
     async def _open(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription:
         """`_subscribe`, tried again for up to the connection's `connect_deadline` while NATS
@@ -178,47 +168,18 @@ class Consumer:
     def resume_sequence(self) -> int | None:
         """Where a re-created durable must start so that nothing is lost.
 
-        Just after the server's ack floor as last seen (`_floor`, refreshed while consuming):
+        Just after the server's ack floor as last seen (refreshed while consuming):
         shared by every replica consuming from this durable, so a replica that has nothing
         unfinished cannot skip a message another one was asked to come back to. Stale, it only
         starts earlier: what was handled above it is in the completion records, acknowledged
         unrun. Without a floor seen, the oldest message this one fetched and did not finish,
         else just after the newest it fetched (None before the first fetch: the beginning)."""
-        if self._floor is not None:
-            return self._floor + 1
+        floor = self._upkeep.floor
+        if floor is not None:
+            return floor + 1
         if self._unfinished:
             return min(self._unfinished)
         return self._newest + 1 if self._newest else None
-
-    async def _refresh_floor(self) -> None:
-        """Note the durable's ack floor and pending count (where this identity may ask
-        JetStream: a cluster's may not, and counts its lag from each delivery instead)."""
-        if not self._settings.provision:
-            return
-        try:
-            info = await self._connection.js.consumer_info(
-                self._connection.settings.stream, self._settings.durable
-            )
-        except (nats.errors.Error, TimeoutError) as exc:
-            log.debug("ack floor not read", error_type=type(exc).__name__)
-            return
-        floor = info.ack_floor.stream_seq if info.ack_floor is not None else None
-        if floor is not None:
-            self._floor = floor
-        if info.num_pending is not None:
-            self._pending(info.num_pending)
-
-    async def _watch_durable(self) -> None:
-        """`_refresh_floor` every `info_refresh`, apart from the keep-alive: an API answer that
-        is slow to come must not delay an `in_progress()` past a short ack wait."""
-        while True:
-            await self._refresh_floor()
-            await asyncio.sleep(self._settings.info_refresh)
-
-    def _pending(self, count: int) -> None:
-        """Messages of the durable not yet delivered: its lag."""
-        if self._metrics is not None:
-            self._metrics.pending.labels(durable=self._settings.durable).set(count)
 
     async def _consumer_missing(self, stop: asyncio.Event, failures: int) -> None:
         """No consumer answered the pull (JetStream's 503: it was deleted, or is not created
@@ -264,7 +225,7 @@ class Consumer:
             async with asyncio.TaskGroup() as outer:
                 helpers = [
                     outer.create_task(self._keep_alive(), name=f"{self.name}:keep-alive"),
-                    outer.create_task(self._watch_durable(), name=f"{self.name}:info"),
+                    outer.create_task(self._upkeep.run(), name=f"{self.name}:info"),
                 ]
                 if self._completions is not None:
                     helpers.append(
@@ -289,6 +250,7 @@ class Consumer:
     ) -> None:
         failures = 0
         while not stop.is_set():
+            self.progress.beat()
             if not await self._wait_for_slot(stop):
                 return
             try:
@@ -305,7 +267,7 @@ class Consumer:
                 raise_if_cancelled()
                 failures = 0
                 self._quiet = True
-                self._pending(0)  # nothing was waiting to be delivered
+                self._upkeep.pending(0)  # nothing was waiting to be delivered
                 continue
             except nats.errors.Error as exc:
                 if self._connection.nc.is_closed:
@@ -323,7 +285,7 @@ class Consumer:
                 continue
             failures = 0
             self._quiet = False
-            self._pending_after(msgs)
+            self._upkeep.pending_after(msgs)
             now = time.monotonic()
             for msg in msgs:
                 self._free -= 1
@@ -331,13 +293,6 @@ class Consumer:
                 if self._metrics is not None:
                     self._metrics.in_flight.labels(durable=self._settings.durable).inc()
                 handlers.create_task(self._handle(msg))
-
-    def _pending_after(self, msgs: list[Msg]) -> None:
-        """The lag as the server counted it when it delivered the last of `msgs` (its metadata:
-        no API request, so also where this identity may not ask JetStream)."""
-        with contextlib.suppress(ValueError):  # not a JetStream delivery: no metadata
-            if msgs:
-                self._pending(msgs[-1].metadata.num_pending)
 
     def _fetch_size(self) -> int:
         """How many messages to ask for: one after a fetch that found nothing, else a batch.
@@ -380,8 +335,11 @@ class Consumer:
         took after a quiet fetch (`_fetch_size`), so the next ones are not held behind it."""
         wanted = min(self._settings.batch, max(1, self._settings.max_in_flight - 1))
         while self._free < wanted:
+            self.progress.beat()
             self._slot_freed.clear()
-            await wait_any(stop, self._slot_freed)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.fetch_timeout):
+                    await wait_any(stop, self._slot_freed)
             if stop.is_set():
                 return False
         return True

@@ -70,8 +70,12 @@ class HealthServer:
         `within` seconds old. Choose `within` above the longest quiet the component may have
         (an idle wait that wakes up every second: a few seconds)."""
         beat = Heartbeat(name, within)
-        self._heartbeats[name] = beat
+        self.watch(beat)
         return beat
+
+    def watch(self, heartbeat: Heartbeat) -> None:
+        """Fail `/livez` when `heartbeat` goes stale (a component's own, made by it)."""
+        self._heartbeats[heartbeat.name] = heartbeat
 
     def stale(self) -> list[str]:
         """The heartbeats older than their threshold, by name."""

@@ -26,6 +26,8 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
 
 from shared.runtime.logging import get_logger
 
@@ -43,12 +45,43 @@ class Heartbeat:
     def beat(self) -> None:
         self._last = time.monotonic()
 
+    @property
+    def last(self) -> float:
+        """`time.monotonic()` of the last beat."""
+        return self._last
+
     def age(self) -> float:
         """Seconds since the last beat (or since it was made)."""
         return time.monotonic() - self._last
 
     def stale(self) -> bool:
         return self.age() > self.within
+
+
+@runtime_checkable
+class Progressing(Protocol):
+    """A component that says it makes progress (a `Consumer`: its fetch loop)."""
+
+    @property
+    def progress(self) -> Heartbeat: ...
+
+
+@runtime_checkable
+class Watcher(Protocol):
+    """What serves `/livez` (`shared.runtime.health.HealthServer`)."""
+
+    def watch(self, heartbeat: Heartbeat) -> None: ...
+
+
+def watch_progress(components: Iterable[object]) -> None:
+    """Have every `Watcher` among `components` watch the heartbeat of every `Progressing` one:
+    what `shared.runtime.lifecycle.supervise` does with the components it runs."""
+    items = list(components)
+    for watcher in items:
+        if isinstance(watcher, Watcher):
+            for component in items:
+                if isinstance(component, Progressing):
+                    watcher.watch(component.progress)
 
 
 async def beat_forever(heartbeat: Heartbeat, interval: float = 1.0) -> None:

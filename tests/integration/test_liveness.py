@@ -13,9 +13,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
+from integration.bus_harness import Recorder, all_events_consumer, running
 from structlog.testing import capture_logs
 
+from shared.bus import Bus
 from shared.runtime.health import HealthServer, HealthSettings
+from shared.runtime.lifecycle import supervise
+from shared.runtime.liveness import Heartbeat
+from support.events import sample_events
 from support.waiting import eventually
 
 
@@ -117,3 +122,50 @@ async def test_a_blocked_loop_answers_no_probe_and_the_watchdog_says_where() -> 
 
 async def _live(url: str) -> bool:
     return (await status(url))[0] == 200
+
+
+class Wedged:
+    """A component whose work loop stopped making progress (it never beats again)."""
+
+    name = "wedged"
+
+    def __init__(self) -> None:
+        self.progress = Heartbeat("wedged", within=0.5)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+
+
+async def test_supervise_has_the_health_server_watch_its_components_progress() -> None:
+    health = HealthServer(HealthSettings(host="127.0.0.1", port=0))
+    stop = asyncio.Event()
+    async with asyncio.TaskGroup() as group:
+        group.create_task(supervise([Wedged(), health], grace=1, stop=stop, handle_signals=False))
+        await health.started.wait()
+        try:
+            answer = await eventually(
+                lambda: _failing(f"http://127.0.0.1:{health.port}/livez"),
+                within=3.0,
+                message="livez 503",
+            )
+            assert answer == "not live: wedged\n"
+        finally:
+            stop.set()
+
+
+async def test_a_consumer_beats_while_idle_and_while_every_slot_is_busy(bus: Bus) -> None:
+    release = asyncio.Event()
+
+    async def hold(event: object, delivery: object) -> None:
+        await release.wait()
+
+    recorder = Recorder(behaviour=hold)  # type: ignore[arg-type]
+    consumer = bus.consumer(all_events_consumer(max_in_flight=1, batch=1), recorder)
+    async with running(consumer):
+        mark = time.monotonic()
+        await eventually(lambda: consumer.progress.last > mark, message="beats while idle")
+        await bus.publish(sample_events("east")[0])
+        await eventually(lambda: len(recorder.events) == 1, message="the only slot busy")
+        mark = time.monotonic()
+        await eventually(lambda: consumer.progress.last > mark, message="beats while busy")
+        release.set()
