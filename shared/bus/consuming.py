@@ -140,6 +140,7 @@ class Consumer:
         deadline = time.monotonic() + self._connection.settings.connect_deadline
         delay = 0.1
         while True:
+            self.progress.beat()  # waiting out an outage is not being stuck
             try:
                 return await self._subscribe()
             except nats.js.errors.APIError:
