@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test test-containers wheelhouse lint typecheck layers unit schemas bench demo clean
+.PHONY: test test-rules test-containers wheelhouse lint typecheck layers unit schemas bench demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 ## test: lint, types, layering contracts, then the whole pytest suite (but the container tests)
 test: $(STAMP) lint typecheck layers
 	$(BIN)/python -m pytest
+
+## test-rules: promtool checks and unit-tests the alert rules (deploy/monitoring; promtool from
+## PATH, else Debian's prometheus package, unpacked, not installed: tests/monitoring/promtool.sh)
+test-rules: $(STAMP)
+	VENV=$(VENV) bash tests/monitoring/promtool.sh
 
 ## test-containers: the image (built offline), the compose stack and testcontainers, for real
 test-containers: $(STAMP)

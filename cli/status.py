@@ -2,7 +2,10 @@
 
 The issuer mirrors each remote cluster's state onto its declaration, so one list of the
 management cluster shows every cluster: cluster (the declaration's namespace), name, state,
-error, expiry. The management cluster is reached through `--kubeconfig`, else
+when the issuer last heard from the cluster (`status.lastSeenTime`, LAST SEEN), when the
+certificate expires (`status.notAfter`, EXPIRES IN), and the error, which says when a cluster is
+silent or its certificate expired (docs/issuer.md, "Liveness"). Durations are human: "12s ago",
+"in 364d", "expired 3m ago". The management cluster is reached through `--kubeconfig`, else
 `MESHTRUST_KUBE_KUBECONFIG`, else the local stack's `.devstack/mgmt.kubeconfig` if there is one,
 else in-cluster configuration.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,7 +25,8 @@ from shared.k8s.errors import KubeError
 from shared.k8s.resources import ISSUED_CERTIFICATES
 
 HELP = "show every IssuedCertificate across the management cluster"
-COLUMNS = ("CLUSTER", "NAME", "STATE", "ERROR", "EXPIRES")
+COLUMNS = ("CLUSTER", "NAME", "STATE", "LAST SEEN", "EXPIRES IN", "ERROR")
+ERROR_WIDTH = 200
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +44,39 @@ def settings_for(args: argparse.Namespace) -> KubeSettings:
     return settings
 
 
-def rows(items: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+def human(delta: timedelta) -> str:
+    """A duration in its largest unit: 45s, 12m, 5h, 364d."""
+    seconds = int(abs(delta.total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _parsed(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def last_seen(value: object, now: datetime) -> str:
+    when = _parsed(value)
+    return f"{human(now - when)} ago" if when is not None else ""
+
+
+def expires_in(value: object, now: datetime) -> str:
+    when = _parsed(value)
+    if when is None:
+        return ""
+    return f"in {human(when - now)}" if when > now else f"expired {human(now - when)} ago"
+
+
+def rows(items: list[dict[str, Any]], *, now: datetime | None = None) -> list[tuple[str, ...]]:
+    now = now or datetime.now(UTC)
     result: list[tuple[str, ...]] = []
     for item in sorted(items, key=lambda i: (i["metadata"]["namespace"], i["metadata"]["name"])):
         status = item.get("status") or {}
@@ -48,8 +85,9 @@ def rows(items: list[dict[str, Any]]) -> list[tuple[str, ...]]:
                 item["metadata"]["namespace"],
                 item["metadata"]["name"],
                 status.get("state", "PENDING"),
-                (status.get("error") or "")[:80],
-                status.get("notAfter") or "",
+                last_seen(status.get("lastSeenTime"), now),
+                expires_in(status.get("notAfter"), now),
+                (status.get("error") or "")[:ERROR_WIDTH],
             )
         )
     return result

@@ -12,6 +12,7 @@ The model (docs/bus.md has the threat model and the tests that prove it):
   - agent-C: publish C's `csr.requested`, `status.changed`, `bounce.requested`; pull and ack
     its durables `agent-C` (events) and `desired-C` (its cluster's desired state); publish its
     completion records; direct gets of the desired-state bucket and of the record stream;
+    write its own key `C` of the reports bucket (`$KV.meshtrust-reports.C`);
   - bouncer-C: publish C's `bounce.completed`; pull and ack `bouncer-C`; its records;
   - auditor: direct gets of the event stream and of the ledger. Nothing else.
 - JetStream answers API requests (create, change or delete a consumer or a stream) only from
@@ -49,6 +50,7 @@ from shared.bus.fleet import (
     desired_durable,
 )
 from shared.events import EventType, check_cluster_name, subject
+from shared.events.reports import REPORTS_BUCKET
 
 RECORDS = "MESHTRUST_CONSUMED"
 LEDGER = "MESHTRUST_LEDGER"
@@ -128,7 +130,8 @@ def imports_of(user: ClusterUser) -> list[tuple[str, str]]:
     if user.service == "agent":
         events = AGENT_PUBLISHES
         durables = [(STREAM, agent_durable(cluster)), (KV_STREAM, desired_durable(cluster))]
-        reads = [_direct(KV_STREAM)]
+        # Its own report key, and no other (a KV put is a publish to `$KV.<bucket>.<key>`).
+        reads = [_direct(KV_STREAM), (report_subject(cluster), "singleton")]
     else:
         events = BOUNCER_PUBLISHES
         durables = [(STREAM, bouncer_durable(cluster))]
@@ -140,6 +143,11 @@ def imports_of(user: ClusterUser) -> list[tuple[str, str]]:
     durable = durables[0][1]
     services += [(f"meshtrust.consumed.{durable}", "singleton"), _direct(RECORDS), *reads]
     return services
+
+
+def report_subject(cluster: str) -> str:
+    """The one subject through which `cluster`'s agent writes its report (shared.events.reports)."""
+    return f"$KV.{REPORTS_BUCKET}.{check_cluster_name(cluster)}"
 
 
 def auditor_imports() -> list[tuple[str, str]]:

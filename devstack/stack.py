@@ -8,13 +8,17 @@
    configuration holds public keys only), then `meshtrust-issuer provision` with the
    provisioner's seed (the services themselves may not create streams);
 2. one `meshtrust-kubeapi` process serving `mgmt` and every remote cluster on its own port,
-   kubeconfigs written to `.devstack/<cluster>.kubeconfig`, state kept in `.devstack/kube/`;
+   enforcing RBAC, admin kubeconfigs written to `.devstack/<cluster>.kubeconfig`, state kept in
+   `.devstack/kube/`;
 3. `kubectl apply` of `deploy/crds/` to every cluster, a root CA Secret in `mgmt`
    (`meshtrust-system/root-ca`, made now by `shared.pki.create_root_ca`), and the stand-in
-   workloads of `deploy/examples/workloads.yaml` in every remote cluster;
-4. the services through their production entry points and environment settings: the issuer
-   (waited for until ready, since it makes the clusters' consumers), then an agent and a
-   bouncer per remote cluster, each with its own NATS account, seed and inbox prefix.
+   workloads of `deploy/examples/workloads.yaml` in every remote cluster; then, on every `up`,
+   the services' ServiceAccounts and RBAC from deploy/ itself and a kubeconfig per service with
+   its ServiceAccount's token (`devstack.identities`);
+4. the services, each under its own ServiceAccount, through their production entry points and
+   environment settings: the issuer (waited for until ready, since it makes the clusters'
+   consumers), then an agent and a bouncer per remote cluster, each with its own NATS account,
+   seed and inbox prefix.
 
 Everything is recorded in `.devstack/stack.json` (NATS URL, pids, clusters and their
 kubeconfigs), which `down()` reads to stop it all, services first. `down()` keeps the state: the
@@ -44,7 +48,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack import processes
+from devstack import identities, processes
 from devstack.natsconfig import (
     HUB_USERS,
     PROVISIONER_USER,
@@ -136,7 +140,17 @@ class Stack:
         return self.root / "stack.json"
 
     def kubeconfig(self, cluster: str) -> Path:
+        """The cluster-admin's kubeconfig (the operator's, kubectl's, the tests')."""
         return self.root / f"{cluster}.kubeconfig"
+
+    def service_kubeconfig(self, service: str, cluster: str) -> Path:
+        """The kubeconfig `service` runs with in `cluster`: its ServiceAccount's token."""
+        return self.root / f"{cluster}-{service}.kubeconfig"
+
+    @property
+    def signing_key(self) -> Path:
+        """The key of this run's ServiceAccount tokens (`devstack.identities`)."""
+        return self.kube_dir / "service-account.key"
 
     @property
     def kube_dir(self) -> Path:
@@ -175,6 +189,7 @@ class Stack:
                 processes=started,
             )
             self._save()
+            identities.write_signing_key(self.signing_key)
             started.append(self._start_kubeapi())
             self._save()
             if kept is None:  # a kept state has its CRDs, root CA and trust bundles already
@@ -187,6 +202,7 @@ class Stack:
                 )
                 # Written once seeding is complete: only such a state is resumed.
                 (self.kube_dir / SEEDED).write_text(json.dumps(self.remotes) + "\n")
+            self._identities()
             self._provision()
             started.append(self._start_service("issuer", None))
             self._save()
@@ -281,7 +297,8 @@ class Stack:
         ready.write_text("")
         clusters = [MGMT, *self.remotes]
         command = [str(BIN / "meshtrust-kubeapi"), "--pod-ready-delay", str(self.pod_ready_delay)]
-        command += ["--state", str(kube_dir / "state.json")]
+        command += ["--state", str(kube_dir / "state.json"), "--authorization-mode", "RBAC"]
+        command += ["--service-account-key-file", str(self.signing_key), "--tls"]
         for cluster in clusters:
             port = (ports or {}).get(cluster, 0)
             command += ["--cluster", f"{cluster}=127.0.0.1:{port}:{self.kubeconfig(cluster)}"]
@@ -306,6 +323,17 @@ class Stack:
             self.info.clusters[name]["url"] = url
         return record
 
+    def _identities(self) -> None:
+        """Every service's ServiceAccount and RBAC, applied from deploy/ (on every up: a kept
+        state follows deploy/), and its kubeconfig with a token minted now."""
+        for cluster in [MGMT, *self.remotes]:
+            remote = cluster != MGMT
+            files = identities.manifests(REPO / "deploy", remote=remote)
+            self.kubectl(cluster, "apply", *[a for f in files for a in ("-f", str(f))])
+            for service in identities.REMOTE_SERVICES if remote else identities.MGMT_SERVICES:
+                path = self.service_kubeconfig(service, cluster)
+                identities.issue(self.kubeconfig(cluster), service, path, cluster=cluster)
+
     def kubectl(self, cluster: str, *args: str, stdin: str | None = None) -> str:
         command = [str(BIN / "kubectl"), "--kubeconfig", str(self.kubeconfig(cluster)), *args]
         result = subprocess.run(
@@ -322,7 +350,7 @@ class Stack:
             **self.nats_env(name),
             # Streams, buckets and the clusters' consumers are the hub's (docs/bus.md).
             "MESHTRUST_NATS_PROVISION": "false",
-            "MESHTRUST_KUBE_KUBECONFIG": str(self.kubeconfig(cluster or MGMT)),
+            "MESHTRUST_KUBE_KUBECONFIG": str(self.service_kubeconfig(service, cluster or MGMT)),
             "MESHTRUST_HEALTH_HOST": "127.0.0.1",
             # Bound by the service itself and logged (processes.bound_port): no port race.
             "MESHTRUST_HEALTH_PORT": "0",
@@ -331,6 +359,8 @@ class Stack:
         if cluster is not None:
             env[f"MESHTRUST_{service.upper()}_CLUSTER"] = cluster
             env[f"MESHTRUST_{service.upper()}_INSTANCE"] = f"{name}-0"
+            if service == "agent":  # where its RoleBindings are (deploy/remote/agent-*.yaml)
+                env["MESHTRUST_AGENT_NAMESPACES"] = "istio-system"
         else:
             env["MESHTRUST_ISSUER_INSTANCE"] = "issuer-0"
             env["MESHTRUST_ISSUER_CLUSTERS"] = ",".join(self.remotes)

@@ -2,7 +2,7 @@
 
     meshtrust-kubeapi --listen 127.0.0.1:0 --kubeconfig /tmp/east.kubeconfig [--name east] [--tls]
         [--token TOKEN] [--authorization-mode RBAC] [--state FILE] [--pod-ready-delay 0.5]
-        [--pod-termination-delay 0.5]
+        [--pod-termination-delay 0.5] [--service-account-key-file FILE]
     meshtrust-kubeapi --cluster mgmt=127.0.0.1:0:/tmp/mgmt.kubeconfig \
                       --cluster east=127.0.0.1:0:/tmp/east.kubeconfig [--tls] ...
 
@@ -80,6 +80,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[Cluster
     )
     p.add_argument("--state", help="JSON file to keep state in across restarts")
     p.add_argument(
+        "--service-account-key-file",
+        help="the key ServiceAccount tokens are signed with, so that they outlive a restart "
+        "(default: a random key per start)",
+    )
+    p.add_argument(
         "--pod-ready-delay", type=float, default=0.5, help="seconds until a Pod turns Ready"
     )
     p.add_argument(
@@ -106,7 +111,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[Cluster
     return args, specs
 
 
-async def serve(args: argparse.Namespace, specs: list[ClusterSpec]) -> None:
+async def serve(
+    args: argparse.Namespace, specs: list[ClusterSpec], key: bytes | None = None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -127,6 +134,7 @@ async def serve(args: argparse.Namespace, specs: list[ClusterSpec]) -> None:
                 pod_termination_delay=args.pod_termination_delay,
                 state_file=state,
                 bookmark_interval=args.bookmark_interval,
+                service_account_key=key,
             )
             await stack.enter_async_context(api)
             api.write_kubeconfig(spec.kubeconfig)
@@ -136,9 +144,13 @@ async def serve(args: argparse.Namespace, specs: list[ClusterSpec]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args, specs = parse_args(argv)
+    key = None
+    if args.service_account_key_file:
+        with open(args.service_account_key_file, "rb") as file:
+            key = file.read()
     freeze_start_up()
     try:
-        asyncio.run(serve(args, specs))
+        asyncio.run(serve(args, specs, key))
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -31,6 +31,7 @@ from .operations import Context, Operations
 from .resources import Registry, access_resources
 from .server import PUBLIC_PATHS, Server
 from .store import Store
+from .tokens import Signer
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class KubeAPI:
       bookmark_interval: seconds between BOOKMARK events on watches that allow them
         (kube-apiserver sends them about once a minute; tests want them sooner).
       max_history: watch events kept before the oldest are compacted away (410 Expired).
+      service_account_key: the key ServiceAccount tokens are signed with (random if None: the
+        tokens die with this KubeAPI).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class KubeAPI:
         state_file: str | os.PathLike[str] | None = None,
         bookmark_interval: float = 1.0,
         max_history: int = 20_000,
+        service_account_key: bytes | None = None,
     ) -> None:
         self.name = name
         self.host = host
@@ -93,6 +97,7 @@ class KubeAPI:
             for rt in access_resources():
                 self.registry.add(rt)
         self.access = Access(self.ops, token=self.token, mode=authorization, public=PUBLIC_PATHS)
+        self.access.signer = Signer(service_account_key)
         self.controllers = Controllers(
             self.ops, pod_ready_delay=pod_ready_delay, pod_termination_delay=pod_termination_delay
         )
@@ -142,7 +147,7 @@ class KubeAPI:
                 self.ops.create(namespaces, "v1", "", {"metadata": {"name": ns}}, ctx)
         ssl_ctx: ssl.SSLContext | None = None
         if self.tls:
-            self._certs = await asyncio.to_thread(tlsgen.generate, self.name, self.host)
+            self._certs = await asyncio.to_thread(self._server_certs)
             ssl_ctx = self._certs.ssl_context()
         app = Server(self).app()
         self._runner = web.AppRunner(
@@ -242,6 +247,26 @@ class KubeAPI:
             self.state_file.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(text)
             tmp.replace(self.state_file)
+
+    def _server_certs(self) -> tlsgen.ServerCerts:
+        """Fresh ones; with a state file, kept beside it (`<state>.tls`, mode 600) and used
+        again by the next start, as kube-apiserver keeps its serving certificate: clients
+        that pinned the CA go on trusting a restarted cluster."""
+        kept = (
+            None
+            if self.state_file is None
+            else self.state_file.with_name(self.state_file.name + ".tls")
+        )
+        if kept is not None and kept.exists():
+            pems = json.loads(kept.read_text())
+            return tlsgen.ServerCerts(**{k: v.encode() for k, v in pems.items()})
+        certs = tlsgen.generate(self.name, self.host)
+        if kept is not None:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.touch(mode=0o600)
+            pems = {k: getattr(certs, k).decode() for k in ("ca_pem", "cert_pem", "key_pem")}
+            kept.write_text(json.dumps(pems))
+        return certs
 
     def _load_state(self) -> bool:
         if self.state_file is None or not self.state_file.exists():

@@ -3,7 +3,8 @@
 kube-apiserver signs bound tokens (TokenRequest, `kubectl create token`) with RS256 and the
 service-account key; here HS256 with a random key that lives as long as the `KubeAPI` (a
 restarted emulator refuses the tokens of the previous one, as a cluster whose key was rotated
-would).  The claims are kube's (`sub`, `aud`, `exp`, `iat`, `nbf`, `iss`, `jti`, and
+would), or with the key given (`--service-account-key-file`), whose tokens outlive a restart.
+The claims are kube's (`sub`, `aud`, `exp`, `iat`, `nbf`, `iss`, `jti`, and
 `kubernetes.io` with the namespace and the ServiceAccount's name and uid), so a client that
 decodes its token sees what it would see against a real cluster.  Checking that the
 ServiceAccount still exists with that uid is the caller's business (`access.py`).
@@ -45,8 +46,10 @@ class Claims:
 class Signer:
     """Issues and verifies the tokens of one cluster."""
 
-    def __init__(self) -> None:
-        self._key = secrets.token_bytes(32)
+    def __init__(self, key: bytes | None = None) -> None:
+        """`key`: kube-apiserver's --service-account-key-file (tokens outlive a restart);
+        None: a random one (they die with this signer)."""
+        self._key = key if key is not None else secrets.token_bytes(32)
 
     def _sign(self, signing_input: str) -> str:
         return _b64(hmac.new(self._key, signing_input.encode(), hashlib.sha256).digest())

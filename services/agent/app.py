@@ -22,12 +22,13 @@ from services.agent.metrics import AgentMetrics
 from services.agent.objects import MANAGED_SELECTOR, AgentObjects, key_secret_name, owner_of
 from services.agent.policies import Timing
 from services.agent.reconciler import Reconciler
+from services.agent.reporting import Reporter
 from services.agent.settings import AgentSettings
 from services.agent.trust import TrustBundle
 from shared.api.meta import Obj, ObjectKey
 from shared.bus import Bus
 from shared.bus.fleet import agent_consumer, desired_consumer_config
-from shared.controller.components import ControllerComponent, Task
+from shared.controller.components import ControllerComponent, PeriodicComponent, Task
 from shared.events import DESIRED_BUCKET, DesiredKind
 from shared.k8s.backoff import BackoffPolicy
 from shared.k8s.client import KubeClient
@@ -68,6 +69,7 @@ class Agent:
     informers: list[Informer] = field(default_factory=list)
     components: list[Component] = field(default_factory=list)
     trust: TrustBundle | None = None
+    reporter: Reporter | None = None
 
     def ready(self) -> bool:
         return (
@@ -174,12 +176,24 @@ def build_agent(
         health=_health(settings, registry, bus, desired, informers.all, trust),
         informers=informers.all,
         trust=trust,
+        reporter=_reporter(settings, bus, informers, now),
     )
     handlers = Handlers(
         objects=objects, informers=informers.ic, requeue=controller.queue.add, now=now, trust=trust
     )
     agent.components = _components(agent, informers, bus, handlers, trust)
     return agent
+
+
+def _reporter(settings: AgentSettings, bus: Bus, informers: _Informers, now: Clock) -> Reporter:
+    return Reporter(
+        bus,
+        informers.ic,
+        cluster=settings.cluster,
+        source=settings.source,
+        interval=settings.report_interval,
+        clock=now,
+    )
 
 
 def _timing(settings: AgentSettings) -> Timing:
@@ -321,6 +335,27 @@ def _components(
         ControllerComponent(agent.controller, [*informers.ic, *informers.secrets]),
         ControllerComponent(agent.applier, [*informers.ic, *informers.pbd]),
         consumer,
+        *_reporting(agent, informers),
+    ]
+
+
+def _reporting(agent: Agent, informers: _Informers) -> list[Component]:
+    """The periodic report, once the IssuedCertificates are cached (a report of an empty
+    cache would say the cluster holds nothing)."""
+    if agent.reporter is None:
+        return []
+
+    async def synced() -> None:
+        for informer in informers.ic:
+            await informer.wait_synced()
+
+    return [
+        PeriodicComponent(
+            "cluster-report",
+            agent.reporter.report,
+            interval=agent.settings.report_interval,
+            ready=synced,
+        )
     ]
 
 

@@ -62,6 +62,7 @@ from services.agent.policies import (
     Wait,
 )
 from services.agent.trust import TrustBundle, assess_issued
+from services.agent.warnings import tamper_warning, warning_message
 from shared.api import reasons
 from shared.api.meta import Obj, ObjectKey, metadata
 from shared.api.v1alpha2 import IssuedCertificateSpec, IssuedCertificateStatus, State
@@ -253,7 +254,11 @@ class Reconciler:
             attempt = material.material.attempt
             await self._send_csr(p, written, material, attempt)
 
-        await self._transition(p, new, decision.reason, decision.message, then=send)
+        message, warning = decision.message, tamper_warning(decision.reason, decision.message)
+        if warning is not None:
+            ref = p.spec.issued_certificate_secret
+            message = warning_message(warning, message, secret=f"{ref.namespace}/{ref.name}")
+        await self._transition(p, new, decision.reason, message, then=send, warning=warning)
         return RequeueAfter(self._timing.resend_after)
 
     async def _new_key(self, p: _Pass, issuance: str) -> KeySecret | None:

@@ -197,16 +197,18 @@ async def assess_issued(
     chain = notes.get(SIGNING_CHAIN)
     try:
         bundle = Bundle.from_secret_data(secret_bytes(secret))
+        # The root first: a CA of a root nobody pinned is a foreign CA, whatever else is wrong
+        # with it (the agent warns of it as such: `warnings.tamper_warning`). Judged only
+        # against roots actually read: without a bundle, nothing in place is torn down (a
+        # new certificate could not be installed anyway).
+        if isinstance(anchors, TrustAnchors) and (
+            untrusted := check_root(anchors, bundle.root_cert_pem.decode(errors="replace"))
+        ):
+            problem = f"{untrusted.reason}: {untrusted.message}"
+            return IssuedView(issuance=issuance, info=None, problem=problem, signing_chain=chain)
         info = await checks.check(bundle, hosts=spec.hosts, org=spec.org, now=now)
     except PkiError as exc:  # BundleInvalid, or the declared hosts or org themselves
         return IssuedView(issuance=issuance, info=None, problem=str(exc), signing_chain=chain)
-    if isinstance(anchors, TrustAnchors) and (
-        untrusted := check_root(anchors, bundle.root_cert_pem.decode(errors="replace"))
-    ):
-        # Judged only against roots actually read: without a bundle, nothing in place is
-        # torn down (a new certificate could not be installed anyway).
-        problem = f"{untrusted.reason}: {untrusted.message}"
-        return IssuedView(issuance=issuance, info=None, problem=problem, signing_chain=chain)
     return IssuedView(issuance=issuance, info=info, problem=None, signing_chain=chain)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.issuer.handlers import CsrHandler, StatusHandler
+from services.issuer.heartbeats import Heartbeats
 from services.issuer.issued import ISSUED_BUCKET, ISSUED_DESCRIPTION
 from services.issuer.ledger import open_ledger
 from services.issuer.metrics import IssuerMetrics
@@ -29,6 +30,7 @@ from shared.bus.fleet import FleetConsumers
 from shared.bus.ledger import Ledger
 from shared.controller.components import ControllerComponent, PeriodicComponent, Task
 from shared.events import DESIRED_BUCKET, EventType, any_cluster
+from shared.events.reports import REPORTS_BUCKET, REPORTS_DESCRIPTION
 from shared.k8s import EventRecorder, KubeClient
 from shared.k8s.config import client_from_settings
 from shared.runtime import Component, get_logger, supervise
@@ -67,9 +69,11 @@ def compose(
     executor: Executor,
     clock: Clock = utcnow,
     health: HealthServer | None = None,
+    reports: Bucket | None = None,
 ) -> list[Component]:
     """Every component of one issuer replica, wired together; the metrics go to the registry
-    `health` serves (the bus's too, when it was connected with that registry)."""
+    `health` serves (the bus's too, when it was connected with that registry). `reports`: the
+    clusters' reports bucket (liveness; without it, only events tell a cluster is alive)."""
     health = health or HealthServer(settings.health)
     shared = _Shared(
         settings=settings,
@@ -94,13 +98,37 @@ def compose(
         clock=clock,
     )
     metrics = IssuerMetrics(health.registry, signing_secrets=declarations.secrets)
+    heartbeats = Heartbeats(
+        settings, kube=kube, declarations=declarations.certificates, metrics=metrics, clock=clock
+    )
     health.add_check("informers-synced", declarations.synced)
     health.add_check("nats", bus.is_connected)
     return [
         health,
         *_declaration_components(declarations, settings),
-        *_consumers(shared, declarations, metrics, issued=issued, ledger=ledger),
+        *_consumers(shared, declarations, metrics, heartbeats, issued=issued, ledger=ledger),
         fleet,
+        *_liveness(heartbeats, settings, reports),
+    ]
+
+
+def _liveness(
+    heartbeats: Heartbeats, settings: IssuerSettings, reports: Bucket | None
+) -> list[Component]:
+    """The clusters' reports followed, and the periodic liveness check (docs/issuer.md)."""
+    if reports is None:
+        heartbeats.loaded.set()
+        watch: list[Component] = []
+    else:
+        watch = [Task("cluster-reports", lambda: heartbeats.watch(reports))]
+    return [
+        *watch,
+        PeriodicComponent(
+            "liveness-check",
+            heartbeats.check,
+            interval=settings.liveness_interval,
+            ready=heartbeats.ready,
+        ),
     ]
 
 
@@ -108,6 +136,7 @@ def _consumers(
     shared: _Shared,
     declarations: Declarations,
     metrics: IssuerMetrics,
+    heartbeats: Heartbeats,
     *,
     issued: Bucket,
     ledger: Ledger,
@@ -127,6 +156,7 @@ def _consumers(
         in_flight=in_flight,
         clock=shared.clock,
         metrics=metrics,
+        registrations=declarations.registrations,
     )
     status = StatusHandler(
         settings=settings,
@@ -150,9 +180,9 @@ def _consumers(
     )
     return [
         _hub_consumer(
-            shared.bus, metrics.heard_from(csr), settings, *csr_route, ack_wait=settings.ack_wait
+            shared.bus, heartbeats.heard_from(csr), settings, *csr_route, ack_wait=settings.ack_wait
         ),
-        _hub_consumer(shared.bus, metrics.heard_from(status), settings, *status_route),
+        _hub_consumer(shared.bus, heartbeats.heard_from(status), settings, *status_route),
     ]
 
 
@@ -162,6 +192,7 @@ def _declaration_components(
     """The declarations' informers, their two controllers and the periodic sweep."""
     yield Task("informer:issuedcertificates", declarations.certificates.run)
     yield Task("informer:podbouncedirectives", declarations.directives.run)
+    yield Task("informer:clusterregistrations", declarations.registrations.informer.run)
     namespaces = settings.signing_namespaces or ("*",)
     for namespace, secrets in zip(namespaces, declarations.secrets, strict=True):
         yield Task(f"informer:secrets:{namespace}", secrets.run)
@@ -222,6 +253,7 @@ async def serve(
             await ledger.check()
         desired = await bus.bucket(DESIRED_BUCKET)
         issued = await bus.bucket(ISSUED_BUCKET, description=ISSUED_DESCRIPTION, history=1)
+        reports = await bus.bucket(REPORTS_BUCKET, description=REPORTS_DESCRIPTION, history=1)
         with ThreadPoolExecutor(
             max_workers=settings.signing_threads, thread_name_prefix="issuer-sign"
         ) as executor:
@@ -235,6 +267,7 @@ async def serve(
                 executor=executor,
                 clock=clock,
                 health=health,
+                reports=reports,
             )
             _log_start(settings)
             await supervise(
@@ -258,11 +291,12 @@ def _log_start(settings: IssuerSettings) -> None:
 
 async def _provision(bus: Bus, ledger: Ledger, settings: IssuerSettings) -> None:
     """Create or update what the issuer owns on the bus: the stream, the record stream, the
-    desired-state and `meshtrust-issued` buckets, the ledger, and the consumers of the clusters
-    named in the settings (idempotent)."""
+    desired-state, `meshtrust-issued` and `meshtrust-reports` buckets, the ledger, and the
+    consumers of the clusters named in the settings (idempotent)."""
     await bus.provision()
     await ledger.ensure()
     await bus.bucket(ISSUED_BUCKET, description=ISSUED_DESCRIPTION, history=1)
+    await bus.bucket(REPORTS_BUCKET, description=REPORTS_DESCRIPTION, history=1)
     fleet = FleetConsumers(bus.connection, ack_wait=settings.cluster_ack_wait)
     for cluster in settings.clusters:
         await fleet.ensure(cluster)

@@ -17,6 +17,7 @@ from services.issuer.answers import Answers
 from services.issuer.issued import issued_key
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.mirroring import mirror_report
+from services.issuer.registrations import Registrations
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
 from services.issuer.signing import CsrSigning
@@ -63,6 +64,7 @@ class CsrHandler:
         in_flight: InFlight | None = None,
         clock: Clock = utcnow,
         metrics: IssuerMetrics | None = None,
+        registrations: Registrations | None = None,
     ) -> None:
         self._in_flight = in_flight or InFlight()
         self._issuances: KeyedLocks[str] = KeyedLocks()
@@ -78,6 +80,7 @@ class CsrHandler:
             answers=answers,
             declarations=declarations,
             clock=clock,
+            registrations=registrations,
         )
 
     async def __call__(self, event: Event, delivery: Delivery) -> None:

@@ -1,13 +1,16 @@
 """The issuer's metrics (docs/metrics.md): signatures and denials, how long a CSR waited for its
-signature, when each cluster was last heard from, and when the signing CAs expire.
+signature, when each cluster was last heard from, when the signing CAs expire, and when each
+cluster's certificates expire and are renewed.
 
 The signing CAs' expiry is read at scrape time from the signing Secrets informer's cache (the
 certificates only, never a key), cached per Secret version so that a scrape parses nothing that
-did not change. The rest is observed by the handlers.
+did not change; the certificates' expiry and renewal, at scrape time from the clusters' last
+reports (`heartbeats.Heartbeats`, which also sets the last-seen gauge). The rest is observed by
+the handlers.
 
 Labels: `cluster` (the clusters whose events reach the issuer: only clusters with a NATS identity
 can publish), `reason` (the policies' fixed codes, bounded again by `BoundedLabels`), and a
-signing Secret's `namespace` and `name`; never an issuance id.
+signing Secret's or a remote IssuedCertificate's `namespace` and `name`; never an issuance id.
 
 Deliberately not here: the consumers' metrics (`shared.bus.metrics`).
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -25,8 +28,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from shared.api.meta import metadata
-from shared.bus import Delivery, Handler
-from shared.events import Event
+from shared.events.reports import ClusterReport
 from shared.k8s.informer import Informer
 from shared.pki.authority import signing_ca_expiry
 from shared.pki.errors import InvalidSigningCA
@@ -65,12 +67,13 @@ class IssuerMetrics:
         )
         self.last_seen = Gauge(
             "meshtrust_issuer_cluster_last_seen_timestamp_seconds",
-            "When the issuer last received an event from the cluster (csr.requested or "
-            "status.changed; Unix time).",
+            "When the issuer last heard from the cluster: its periodic report (meshtrust-reports) "
+            "or an event (csr.requested, status.changed); Unix time.",
             ["cluster"],
             registry=registry,
         )
         self._reasons = BoundedLabels(MAX_REASONS)
+        self._registry = registry
         if signing_secrets:
             registry.register(_SigningCACollector(signing_secrets))
 
@@ -81,14 +84,47 @@ class IssuerMetrics:
     def denied(self, cluster: str, reason: str) -> None:
         self.denials.labels(cluster, self._reasons(reason)).inc()
 
-    def heard_from(self, handler: Handler) -> Handler:
-        """`handler`, noting first that the event's cluster was heard from."""
+    def watch_reports(self, reports: Callable[[], Iterable[ClusterReport]]) -> None:
+        """Export the certificates' expiry and renewal times from the clusters' last reports
+        (read at scrape time; they stay while a cluster is silent)."""
+        self._registry.register(_ReportCollector(reports))
 
-        async def heard(event: Event, delivery: Delivery) -> None:
-            self.last_seen.labels(event.cluster).set_to_current_time()
-            await handler(event, delivery)
 
-        return heard
+class _ReportCollector(Collector):
+    def __init__(self, reports: Callable[[], Iterable[ClusterReport]]) -> None:
+        self._reports = reports
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        expiry, renewal = self._families()
+        for report in self._reports():
+            for certificate in report.certificates:
+                labels = [report.cluster, certificate.namespace, certificate.name]
+                if certificate.not_after is not None:
+                    expiry.add_metric(labels, certificate.not_after.timestamp())
+                if certificate.renewal_time is not None:
+                    renewal.add_metric(labels, certificate.renewal_time.timestamp())
+        yield from (expiry, renewal)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        labels = ("cluster", "namespace", "name")
+        return (
+            GaugeMetricFamily(
+                "meshtrust_issuer_certificate_expiration_timestamp_seconds",
+                "An IssuedCertificate's notAfter, from its cluster's last report (namespace: "
+                "where it is in the cluster; Unix time).",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                "meshtrust_issuer_certificate_renewal_timestamp_seconds",
+                "When the cluster's agent renews the IssuedCertificate (renewalTime), from its "
+                "last report (Unix time).",
+                labels=labels,
+            ),
+        )
 
 
 class _SigningCACollector(Collector):

@@ -4,13 +4,15 @@ Each policy is a check `func(input) -> Finding | None` (a `shared.controller.pol
 the first finding is the denial, None means allowed. Two chains:
 
 - `DECLARATION_CHAIN` decides whether a declaration may be published to its cluster at all: the
-  signing Secret must be in one of the issuer's signing namespaces, exist and hold a usable CA,
-  and hosts and org must fit in a certificate.
+  signing Secret must be in one of the issuer's signing namespaces, the declaration inside its
+  cluster's ClusterRegistration (when there is one: allowed CAs, maxTTL, host patterns and name
+  constraints), the Secret must exist and hold a usable CA, and hosts and org must fit in a
+  certificate.
   A denial here is written to the management object as FAILED with the message as its error.
 - `CSR_CHAIN` authorises one `csr.requested` against the declaration the issuer owns for the
   cluster in the subject: the declaration exists (in *that* cluster's namespace), is the same
   object and generation the agent answers, is not being deleted, its signing Secret is in a
-  signing namespace, its signing CA is usable, and
+  signing namespace, it is inside the cluster's registration, its signing CA is usable, and
   the CSR passes the PKI core's check (hosts and org exactly as declared, proof of possession,
   key policy). A denial here becomes `certificate.denied` with the reason.
 
@@ -20,10 +22,15 @@ policies decide. Messages are for operators and never quote the CSR or any key.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
 
 from shared.api import reasons
+from shared.api.registrations import ClusterRegistration, NameConstraintsSpec, host_pattern
 from shared.api.v1alpha2 import IssuedCertificate
 from shared.controller.policy import Chain, Finding
 from shared.events import CsrRequestedData
@@ -35,10 +42,13 @@ __all__ = [
     "DECLARATION_CHAIN",
     "CsrInput",
     "DeclarationInput",
+    "RegistrationState",
     "SigningState",
     "authorise",
     "check_declaration",
     "forbidden_secret",
+    "registration_for",
+    "registration_problem",
     "scope_problem",
 ]
 
@@ -80,12 +90,18 @@ def forbidden_secret(namespace: str, name: str, server_message: str) -> Finding:
     )
 
 
+RegistrationState = ClusterRegistration | Finding | None
+"""The cluster's ClusterRegistration; None: there is none and none is required (the permissive
+mode); a `Finding`: it cannot be read, or there is none and the issuer requires one."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeclarationInput:
     declaration: IssuedCertificate
     signing: SigningState
     signing_namespaces: tuple[str, ...] = ()
     """The issuer's signing namespaces; empty: any (the permissive mode)."""
+    registration: RegistrationState = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,6 +116,91 @@ class CsrInput:
     policy: KeyPolicy
     signing_namespaces: tuple[str, ...] = ()
     """The issuer's signing namespaces; empty: any (the permissive mode)."""
+    registration: RegistrationState = None
+
+
+# --- cluster registrations --------------------------------------------------------------------
+
+
+def registration_for(
+    cluster: str, raw: Mapping[str, Any] | None, *, namespace: str, required: bool
+) -> RegistrationState:
+    """The registration `namespace/<cluster>` as the cache holds it (`raw`), validated."""
+    where = f"ClusterRegistration {namespace}/{cluster}"
+    if raw is None:
+        if not required:
+            return None
+        return Finding(
+            reasons.CLUSTER_NOT_REGISTERED,
+            f"cluster {cluster} has no {where}, and the issuer signs only for registered "
+            f"clusters (MESHTRUST_ISSUER_REQUIRE_REGISTRATION). Have the administrator create "
+            f"{where} (docs/issuer.md, Cluster registrations)",
+        )
+    try:
+        return ClusterRegistration.from_object(raw)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors()[:5])
+        return Finding(
+            reasons.REGISTRATION_INVALID,
+            f"{where} cannot be read (fields: {fields}): nothing of cluster {cluster} is "
+            "signed until the administrator fixes it",
+        )
+
+
+def _outside_constraints(host: str, constraints: NameConstraintsSpec) -> str | None:
+    """Why `host` lies outside the permitted subtrees, or None."""
+    if "://" in host:
+        domain = constraints.trust_domain
+        if domain is not None and urlsplit(host).hostname != domain:
+            return f"its host is not the trust domain {domain}"
+        return None
+    suffixes = constraints.dns_suffixes
+    if suffixes and not any(host == s or host.endswith("." + s) for s in suffixes):
+        return f"it is under none of the DNS suffixes {', '.join(suffixes)}"
+    return None
+
+
+def _host_problem(host: str, registration: ClusterRegistration) -> str | None:
+    spec = registration.spec
+    if spec.hosts and not any(host_pattern(p).fullmatch(host) for p in spec.hosts):
+        return f"it matches none of the host patterns ({', '.join(spec.hosts)})"
+    if spec.name_constraints is not None:
+        return _outside_constraints(host, spec.name_constraints)
+    return None
+
+
+def registration_problem(
+    declaration: IssuedCertificate, registration: RegistrationState
+) -> Finding | None:
+    """Why the declaration lies outside its cluster's registration, or None (inside, or no
+    registration and none required). Checked: the signing CA, the TTL, each host."""
+    if registration is None or isinstance(registration, Finding):
+        return registration
+    spec, where = declaration.spec, f"ClusterRegistration {registration.key}"
+    ref = spec.signing_certificate_secret
+    allowed = registration.spec.signing_certificate_secrets
+    if allowed and not any((a.namespace, a.name) == (ref.namespace, ref.name) for a in allowed):
+        names = ", ".join(f"{a.namespace}/{a.name}" for a in allowed)
+        return Finding(
+            reasons.SIGNING_CA_NOT_REGISTERED,
+            f"signingCertificateSecret {ref.namespace}/{ref.name} is not among the CAs {where} "
+            f"allows (signingCertificateSecrets: {names})",
+        )
+    limit = registration.spec.max_lifetime
+    if limit is not None and spec.cert_options.lifetime > limit:
+        return Finding(
+            reasons.TTL_ABOVE_REGISTRATION,
+            f"certOptions asks a lifetime of {spec.cert_options.lifetime}; {where} allows at "
+            f"most {limit} (maxTTL {registration.spec.max_ttl})",
+        )
+    for index, host in enumerate(spec.hosts):
+        why = _host_problem(host, registration)
+        if why is not None:
+            return Finding(
+                reasons.HOST_NOT_REGISTERED,
+                f"hosts[{index}] {host!r} is outside {where}: {why}",
+            )
+    return None
 
 
 # --- declarations ------------------------------------------------------------------------------
@@ -134,8 +235,14 @@ def names_fit_a_certificate(value: DeclarationInput) -> Finding | None:
     return None
 
 
+def inside_registration(value: DeclarationInput) -> Finding | None:
+    """The administrator's registration of the cluster bounds what its declarations ask."""
+    return registration_problem(value.declaration, value.registration)
+
+
 DECLARATION_CHAIN: Chain[DeclarationInput] = Chain(
     signing_secret_in_scope,
+    inside_registration,
     signing_ca_usable,
     names_fit_a_certificate,
 )
@@ -206,6 +313,11 @@ def signing_secret_allowed(value: CsrInput) -> Finding | None:
     return _in_scope(value.declaration, value.signing_namespaces)
 
 
+def csr_inside_registration(value: CsrInput) -> Finding | None:
+    assert value.declaration is not None
+    return registration_problem(value.declaration, value.registration)
+
+
 def signing_ca_ready(value: CsrInput) -> Finding | None:
     if isinstance(value.signing, Finding):
         return value.signing
@@ -241,6 +353,7 @@ CSR_CHAIN: Chain[CsrInput] = Chain(
     not_being_deleted,
     generation_is_current,
     signing_secret_allowed,
+    csr_inside_registration,
     signing_ca_ready,
     declaration_fits,
     csr_matches_declaration,

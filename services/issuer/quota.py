@@ -42,16 +42,23 @@ class IssuanceQuota:
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
-    def take(self, cluster: str, now: datetime) -> datetime | None:
+    def take(
+        self, cluster: str, now: datetime, *, rate: tuple[float, int] | None = None
+    ) -> datetime | None:
+        """`rate`: the cluster's own (per_hour, burst), from its ClusterRegistration, instead
+        of the default; a bucket keeps its tokens when its rate changes (at most the burst)."""
+        per_second, burst = self._per_second, self._burst
+        if rate is not None:
+            per_second, burst = rate[0] / 3600.0, float(rate[1])
         with self._lock:
             bucket = self._buckets.get(cluster)
             if bucket is None:
-                bucket = self._buckets[cluster] = _Bucket(self._burst, now)
+                bucket = self._buckets[cluster] = _Bucket(burst, now)
             elapsed = max(0.0, (now - bucket.at).total_seconds())
-            bucket.tokens = min(self._burst, bucket.tokens + elapsed * self._per_second)
+            bucket.tokens = min(burst, bucket.tokens + elapsed * per_second)
             bucket.at = max(bucket.at, now)
             if bucket.tokens >= 1.0:
                 bucket.tokens -= 1.0
                 return None
-            wait = (1.0 - bucket.tokens) / self._per_second
+            wait = (1.0 - bucket.tokens) / per_second
             return bucket.at + timedelta(seconds=wait)

@@ -1,16 +1,17 @@
 """Declarations -> desired state: the management cluster's objects, published per cluster.
 
-Two level-based controllers over three informers (IssuedCertificates, PodBounceDirectives,
-signing Secrets). `reconcile_certificate(key)` and `reconcile_directive(key)` get a key, read
-the current state, decide, and write at most once:
+Two level-based controllers over the informers of IssuedCertificates, PodBounceDirectives,
+signing Secrets and ClusterRegistrations. `reconcile_certificate(key)` and
+`reconcile_directive(key)` get a key, read the current state, decide, and write at most once:
 
 - An IssuedCertificate `<cluster>/<name>` is published to `meshtrust-desired` under
   `<cluster>.issuedcertificates.<name>`: uid, generation, spec as declared, the namespace of its
   `issuedCertificateSecret` (where the agent applies it) and the fingerprint of its signing
   chain. A change of the signing Secret's CA changes that fingerprint, and so the value: the
   agent re-issues (docs/issuer.md). If the signing Secret is outside the signing namespaces
-  (never read, then), forbidden to the issuer (403), missing or invalid, or the spec
-  cannot be issued, the declaration gets FAILED with an `issuer: ...` error and nothing is
+  (never read, then), forbidden to the issuer (403), missing or invalid, the declaration
+  lies outside its cluster's ClusterRegistration (`registrations.py`), or the spec cannot be
+  issued, the declaration gets FAILED with an `issuer: ...` error and nothing is
   published (a value published before stays: a broken Secret must not tear down the clusters'
   certificates); once fixed, the error is cleared (PENDING) and publishing resumes.
 - A PodBounceDirective `<cluster>/<name>` is published under
@@ -40,7 +41,13 @@ from pydantic import ValidationError
 
 from services.issuer.entries import readable
 from services.issuer.mirror import ISSUER_ERROR_PREFIX, cleared_status, issuer_failed
-from services.issuer.policies import DeclarationInput, SigningState, check_declaration
+from services.issuer.policies import (
+    DeclarationInput,
+    RegistrationState,
+    SigningState,
+    check_declaration,
+)
+from services.issuer.registrations import Registrations
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, read_signing_secret
 from shared.api import reasons
@@ -130,6 +137,7 @@ class Declarations:
         self._clock = clock
         self.certificates = Informer(kube, ISSUED_CERTIFICATES)
         self.directives = Informer(kube, POD_BOUNCE_DIRECTIVES)
+        self.registrations = Registrations(kube, settings)
         # One informer per signing namespace (a Role in each suffices); unscoped, one for all.
         self.secrets = [
             Informer(kube, SECRETS, namespace=namespace)
@@ -144,6 +152,8 @@ class Declarations:
         self.certificate_controller.watch(self.certificates, map_to=unless_status_only)
         for secrets in self.secrets:
             self.certificate_controller.watch(secrets, map_to=self._certificates_signed_by)
+        registered = self.registrations.declarations_of(self.certificates)
+        self.certificate_controller.watch(self.registrations.informer, map_to=registered)
         self.directive_controller = Controller(
             name="issuer-directives", reconcile=self.reconcile_directive, settings=workers
         )
@@ -152,7 +162,7 @@ class Declarations:
 
     @property
     def informers(self) -> list[Informer]:
-        return [self.certificates, self.directives, *self.secrets]
+        return [self.certificates, self.directives, *self.secrets, self.registrations.informer]
 
     def synced(self) -> bool:
         return all(informer.has_synced for informer in self.informers)
@@ -212,6 +222,7 @@ class Declarations:
             signing,
             chain_fingerprint,
             scope=self._settings.signing_namespaces,
+            registration=self.registrations.state(key.namespace),
         )
         if isinstance(desired, Finding):
             return await self._refuse(declaration, desired)
@@ -445,11 +456,17 @@ def _desired_certificate(
     chain_fingerprint: str | None,
     *,
     scope: tuple[str, ...],
+    registration: RegistrationState = None,
 ) -> DesiredObject | Finding:
     """The value a declaration calls for, or why it may not be published: `DECLARATION_CHAIN`
     (`scope`: the signing namespaces), or a Secret namespace that is not a namespace name."""
     verdict = check_declaration(
-        DeclarationInput(declaration=declaration, signing=signing, signing_namespaces=scope)
+        DeclarationInput(
+            declaration=declaration,
+            signing=signing,
+            signing_namespaces=scope,
+            registration=registration,
+        )
     )
     if verdict is not None:
         return verdict

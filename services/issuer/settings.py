@@ -112,6 +112,19 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
         "are watched. Empty (the default) is the permissive mode: any namespace's Secret may "
         "sign and Secrets are watched cluster-wide (docs/issuer.md).",
     )
+    registration_namespace: str = Field(
+        default="meshtrust-system",
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="The namespace of the ClusterRegistrations (one per cluster, named after "
+        "it), which bound what each cluster's declarations may ask: only there are they "
+        "watched, so only whoever may write there (the administrator) sets them.",
+    )
+    require_registration: bool = Field(
+        default=False,
+        description="Whether a cluster without a ClusterRegistration is refused (its "
+        "declarations FAILED, ClusterNotRegistered). False (the default) is the permissive "
+        "mode: such a cluster is bounded by the issuer's settings only (docs/issuer.md).",
+    )
     sweep_interval: float = Field(
         default=300.0,
         gt=0,
@@ -156,6 +169,34 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
     )
     workers: int = Field(default=2, ge=1, description="Concurrent reconciles (of distinct keys).")
 
+    # --- liveness (docs/issuer.md, "Liveness") ---
+    silence_threshold: timedelta = Field(
+        default=timedelta(minutes=3),
+        gt=timedelta(0),
+        description="A cluster not heard from (report or event) for longer is flagged silent on "
+        "its declarations: three of the agents' default 60 s reports missed (a duration, as "
+        "max_ttl). Keep it above MESHTRUST_AGENT_REPORT_INTERVAL.",
+    )
+    renewal_grace: timedelta = Field(
+        default=timedelta(minutes=10),
+        ge=timedelta(0),
+        description="A certificate still not renewed this long after its renewalTime is "
+        "flagged (a renewal takes seconds; a few failed attempts' backoff fits in ten minutes).",
+    )
+    liveness_interval: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds between two checks of every declaration against its cluster's "
+        "last-seen time and last report (in memory; writes only what changes).",
+    )
+    last_seen_resolution: timedelta = Field(
+        default=timedelta(minutes=1),
+        ge=timedelta(0),
+        description="status.lastSeenTime moves by at least this much: a fleet reporting every "
+        "minute does not rewrite every declaration on every report (the metric "
+        "meshtrust_issuer_cluster_last_seen_timestamp_seconds is exact).",
+    )
+
     # --- groups ---
     nats: NatsSettings = Field(default_factory=NatsSettings)
     kube: KubeSettings = Field(default_factory=KubeSettings)
@@ -171,7 +212,14 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("max_ttl", "backdate", mode="before")
+    @field_validator(
+        "max_ttl",
+        "backdate",
+        "silence_threshold",
+        "renewal_grace",
+        "last_seen_resolution",
+        mode="before",
+    )
     @classmethod
     def _duration(cls, value: object) -> object:
         if isinstance(value, str):

@@ -180,8 +180,10 @@ def sign(
     path_len: int,
     backdate: timedelta,
     now: datetime,
+    constraints: x509.NameConstraints | None = None,
 ) -> IssuedCertificate | Finding:
-    """Sign an authorised CSR (`policies.authorise` passed), or say why the CA refuses."""
+    """Sign an authorised CSR (`policies.authorise` passed), or say why the CA refuses;
+    `constraints`: the cluster registration's name constraints, if any."""
     csr = x509.load_pem_x509_csr(csr_pem.encode())
     try:
         return sign_intermediate(
@@ -194,6 +196,7 @@ def sign(
             now=now,
             path_len=path_len,
             backdate=backdate,
+            constraints=constraints,
         )
     except SigningRefused as exc:
         return Finding(exc.reason, exc.message)

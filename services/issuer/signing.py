@@ -7,9 +7,11 @@
    unreadable one by compare-and-set on its revision.
 2. Read the declaration `<cluster>/<name>` and its signing Secret *live* from the API (not from a
    cache that may lag behind a generation bump); the cached declaration only chooses which
-   Secret to read early. Decide with `policies.authorise`.
-3. Take a token from the cluster's issuance bucket (`quota.py`; none left: deny `RateLimited`
-   with `retry_after`, not recorded). Sign in the signing executor (CPU-bound), then
+   Secret to read early. Decide with `policies.authorise`, with the cluster's ClusterRegistration
+   from the issuer's cache (`registrations.py`; until its first list no CSR is answered: nak).
+3. Take a token from the cluster's issuance bucket (`quota.py`, at the registration's rate if it
+   sets one; none left: deny `RateLimited` with `retry_after`, not recorded); sign with the
+   registration's name constraints, if any. Sign in the signing executor (CPU-bound), then
    `Answers.deliver`. Denials publish `certificate.denied`; they are not recorded, so a request
    denied for a missing declaration succeeds once the declaration exists.
 
@@ -33,6 +35,7 @@ from pydantic import ValidationError
 from services.issuer.answers import Answers
 from services.issuer.policies import CsrInput, SigningState, authorise, scope_problem
 from services.issuer.quota import IssuanceQuota
+from services.issuer.registrations import Registrations, constraints_of, rate_of
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, read_signing_secret, sign
 from shared.api import reasons
@@ -60,13 +63,13 @@ _Secret = Mapping[str, Any] | Finding | None
 class _RateLimited:
     """The cluster's issuance bucket is empty: deny `RateLimited`, re-send at `at`."""
 
-    def __init__(self, cluster: str, at: datetime, settings: IssuerSettings) -> None:
+    def __init__(self, cluster: str, at: datetime, rate: tuple[float, int], whose: str) -> None:
         self.at = at.replace(microsecond=0) + timedelta(seconds=1)  # rounded up, never early
         self.verdict = Finding(
             reasons.RATE_LIMITED,
-            f"cluster {cluster} is over its issuance rate ({settings.issuance_burst} at once, "
-            f"then {settings.issuance_per_hour:g} an hour): the CSR was not signed; send it "
-            f"again at or after {self.at.isoformat()}",
+            f"cluster {cluster} is over its issuance rate ({rate[1]} at once, then "
+            f"{rate[0]:g} an hour, {whose}): the CSR was not signed; send it again at or "
+            f"after {self.at.isoformat()}",
         )
 
 
@@ -87,6 +90,8 @@ class CsrSigning:
     answers: Answers
     declarations: Informer | None = None
     """The issuer's IssuedCertificate informer: only to guess which Secret to read."""
+    registrations: Registrations | None = None
+    """The ClusterRegistrations (None: none are watched, the permissive mode)."""
     clock: Clock = utcnow
     _policy: KeyPolicy = field(init=False)
     _quota: IssuanceQuota = field(init=False)
@@ -99,6 +104,9 @@ class CsrSigning:
 
     async def handle(self, event: CsrRequested, key: str) -> None:
         """Answer `event`, whose issuance has the `meshtrust-issued` key `key`."""
+        if self.registrations is not None and not self.registrations.informer.has_synced:
+            # Until they are listed, a registered cluster would look unregistered (permissive).
+            raise TransientError("the ClusterRegistrations are not listed yet")
         # The record (was this issuance signed already?) and the state to sign against are
         # independent reads: both at once. The state goes unused when the record is there.
         entry, state = await concurrently(self.issued.get(key), self._read_state_or_why(event))
@@ -198,6 +206,7 @@ class CsrSigning:
         elif declaration is not None:
             ref = declaration.spec.signing_certificate_secret
             signing, _ = self.cas.load(secret, namespace=ref.namespace, name=ref.name, now=now)
+        registration = self.registrations.state(event.cluster) if self.registrations else None
         verdict = authorise(
             CsrInput(
                 cluster=event.cluster,
@@ -206,14 +215,18 @@ class CsrSigning:
                 signing=signing,
                 policy=self._policy,
                 signing_namespaces=self.settings.signing_namespaces,
+                registration=registration,
             )
         )
         if verdict is not None:
             return verdict
         # Only a signature takes a token (an answer from the record never gets here).
-        retry_at = self._quota.take(event.cluster, now)
+        rate = rate_of(registration)
+        retry_at = self._quota.take(event.cluster, now, rate=rate)
         if retry_at is not None:
-            return _RateLimited(event.cluster, retry_at, self.settings)
+            whose = "its ClusterRegistration's" if rate else "the issuer's default"
+            default = (self.settings.issuance_per_hour, self.settings.issuance_burst)
+            return _RateLimited(event.cluster, retry_at, rate or default, whose)
         # The chain allowed it, so both are there and the CA loaded.
         assert declaration is not None
         assert isinstance(signing, SigningCA)
@@ -225,6 +238,7 @@ class CsrSigning:
             path_len=self.settings.path_len,
             backdate=self.settings.backdate,
             now=now,
+            constraints=constraints_of(registration),
         )
 
 

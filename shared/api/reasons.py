@@ -56,6 +56,10 @@ NOT_MANAGED: Final = "NotManaged"
 """An object of the desired state's name exists in the cluster and meshtrust does not manage it."""
 WRONG_OBJECT: Final = "WrongObject"
 """A desired-state value names another object than its key."""
+SECRET_TAMPERED: Final = "IssuedSecretTampered"  # noqa: S105 - a reason code
+"""Warning: the issued Secret was changed under the agent (unreadable, or not the issuance's)."""
+FOREIGN_CA: Final = "ForeignCA"
+"""Warning: the issued Secret (`cacerts`) holds a CA that chains to no pinned root."""
 
 # --- the issuer: why a declaration is not served or a CSR is denied -----------------------------
 
@@ -73,3 +77,16 @@ SIGNING_SECRET_MISSING: Final = "SigningSecretMissing"  # noqa: S105 - a reason 
 SIGNING_SECRET_INVALID: Final = "SigningSecretInvalid"  # noqa: S105 - a reason code
 SIGNING_SECRET_OUT_OF_SCOPE: Final = "SigningSecretOutOfScope"  # noqa: S105 - a reason code
 SIGNING_SECRET_FORBIDDEN: Final = "SigningSecretForbidden"  # noqa: S105 - a reason code
+
+# --- the issuer: a declaration or CSR outside its cluster's ClusterRegistration -----------------
+
+CLUSTER_NOT_REGISTERED: Final = "ClusterNotRegistered"
+"""No ClusterRegistration for the cluster, and the issuer requires one."""
+REGISTRATION_INVALID: Final = "RegistrationInvalid"
+"""The cluster's ClusterRegistration cannot be read: nothing of the cluster is signed."""
+HOST_NOT_REGISTERED: Final = "HostNotRegistered"
+"""A host matches none of the registration's patterns, or lies outside its name constraints."""
+SIGNING_CA_NOT_REGISTERED: Final = "SigningCANotRegistered"
+"""The signing Secret is not one the registration allows."""
+TTL_ABOVE_REGISTRATION: Final = "TTLAboveRegistration"
+"""certOptions asks a longer lifetime than the registration's maxTTL."""

@@ -171,6 +171,9 @@ class IssuedCertificateStatus(_Wire):
     serial_number: str | None = None
     issuance_id: str | None = None
     failed_attempts: int = Field(default=0, ge=0)
+    last_seen_time: datetime | None = None
+    """meshtrust addition, on the management declaration only: when the issuer last heard
+    from the cluster (docs/issuer.md, "Liveness")."""
 
 
 class ObjectMeta(_Wire):

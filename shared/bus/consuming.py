@@ -59,6 +59,7 @@ from shared.runtime.concurrency import pause, raise_if_cancelled, wait_any
 from shared.runtime.errors import PermanentError, TransientError
 from shared.runtime.liveness import Heartbeat
 from shared.runtime.logging import get_logger
+from shared.runtime.spans import handling
 
 log = get_logger(__name__)
 
@@ -359,7 +360,9 @@ class Consumer:
             )
             if self._metrics is not None and delivery.num_delivered > 1:
                 self._metrics.redelivered.labels(durable=self._settings.durable).inc()
-            if await self._handle_one(msg, delivery):
+            with handling(msg.headers, subject=msg.subject, consumer=self._settings.durable):
+                done = await self._handle_one(msg, delivery)
+            if done:
                 self._unfinished.discard(sequence)
         except nats.errors.Error as exc:
             # The connection failed under an ack/nak/term: the server redelivers the message

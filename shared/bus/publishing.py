@@ -5,6 +5,10 @@ election the publish times out (or finds no responders) although the buffered me
 land later; so every publish carries a `Nats-Msg-Id` and is retried with the same id, and the
 stream's duplicate window drops the repeat. A publish that is refused for any other reason
 (for example a subject the user may not publish on) is not retried beyond `publish_deadline`.
+
+Every event carries a W3C `traceparent` header (and `tracestate` when its trace has one): a
+child of the span of the message being handled, else the first span of the issuance's trace
+(`shared.runtime.spans.producing`). Retries send the same header: they are the same message.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from shared.events.subjects import PREFIX
 from shared.runtime.errors import TransientError
 from shared.runtime.logging import get_logger
 from shared.runtime.retry import RetryPolicy, retry
+from shared.runtime.spans import producing
+from shared.runtime.tracing import TRACEPARENT
 
 log = get_logger(__name__)
 
@@ -118,8 +124,12 @@ class Publisher:
         """Store `event` in the stream; raises `PublishError` when that cannot be done in time."""
         # The envelope's cluster is a validated DNS label: no need to check it again here.
         target = f"{PREFIX}.{event.cluster}.{event.event_type.value}"
+        with producing(target, issuance=event.issuance) as span:
+            headers = {MSG_ID: msg_id(self._key, target, event.dedupe_key()), **span.headers()}
+            return await self._publish(event, target, headers)
+
+    async def _publish(self, event: Envelope, target: str, headers: dict[str, str]) -> Published:
         payload = encode(event)
-        headers = {MSG_ID: msg_id(self._key, target, event.dedupe_key())}
         js = self._connection.js
 
         async def once() -> Published:
@@ -150,5 +160,6 @@ class Publisher:
             seq=result.sequence,
             duplicate=result.duplicate,
             issuance=event.issuance,
+            traceparent=headers.get(TRACEPARENT),
         )
         return result

@@ -1,4 +1,5 @@
-"""JSON Schema for every event and for desired-state values: `python -m shared.events.schemas DIR`.
+"""JSON Schema of every event, desired-state value and cluster report:
+`python -m shared.events.schemas DIR`.
 
 The committed files under docs/events/ are the published contract; a test regenerates them in
 memory and fails when they differ from what is committed.
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from shared.events.desired import DesiredObject
 from shared.events.models import EVENT_MODELS
+from shared.events.reports import ClusterReport
 
 
 def render() -> dict[str, str]:
@@ -21,6 +23,7 @@ def render() -> dict[str, str]:
         for kind, model in sorted(EVENT_MODELS.items())
     }
     files["desired-object.json"] = _dump(DesiredObject.model_json_schema())
+    files["cluster-report.json"] = _dump(ClusterReport.model_json_schema())
     return files
 
 

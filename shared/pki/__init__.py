@@ -39,7 +39,7 @@ from shared.pki.keys import (
 )
 from shared.pki.policy import KeyPolicy, check_csr
 from shared.pki.rootca import create_root_ca
-from shared.pki.signing import IssuedCertificate, sign_intermediate
+from shared.pki.signing import IssuedCertificate, name_constraints, sign_intermediate
 
 __all__ = [
     "BUNDLE_FIELDS",
@@ -72,6 +72,7 @@ __all__ = [
     "load_private_key",
     "load_signing_ca",
     "make_bundle",
+    "name_constraints",
     "parse_hosts",
     "private_key_to_pem",
     "serial_hex",

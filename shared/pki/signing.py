@@ -17,7 +17,12 @@ Synchronous and pure; the clock is the caller's ``now``. Signing costs one priva
 (~9 ms with RSA-4096, ~0.4 ms with P-384): a service signing in bulk uses an executor.
 `SigningCA`, `load_signing_ca` and `fingerprint` are re-exported here for callers that sign.
 
-Deliberately not here: CRLs, OCSP, name constraints on issued intermediates, the ledger.
+With ``constraints`` (`name_constraints(...)`: a trust domain and/or DNS suffixes), the
+intermediate also carries a critical NameConstraints extension with those permitted subtrees
+(RFC 5280 4.2.1.10): path validation then refuses any certificate below it whose URI host is not
+the trust domain, or whose DNS names are not under a suffix (docs/pki.md).
+
+Deliberately not here: CRLs, OCSP, excluded subtrees, the ledger.
 """
 
 from __future__ import annotations
@@ -41,8 +46,23 @@ __all__ = [
     "SigningCA",
     "fingerprint",
     "load_signing_ca",
+    "name_constraints",
     "sign_intermediate",
 ]
+
+
+def name_constraints(
+    *, trust_domain: str | None = None, dns_suffixes: Sequence[str] = ()
+) -> x509.NameConstraints:
+    """Permitted subtrees: URIs whose host is exactly ``trust_domain`` (a SPIFFE trust domain),
+    DNS names equal to or under each of ``dns_suffixes``. Excluded subtrees: none."""
+    permitted: list[x509.GeneralName] = []
+    if trust_domain is not None:
+        permitted.append(x509.UniformResourceIdentifier(trust_domain))
+    permitted.extend(x509.DNSName(suffix) for suffix in dns_suffixes)
+    if not permitted:
+        raise ValueError("name constraints need a trust domain or a DNS suffix")
+    return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,6 +108,7 @@ def sign_intermediate(
     now: dt.datetime,
     path_len: int = 0,
     backdate: dt.timedelta = dt.timedelta(minutes=5),
+    constraints: x509.NameConstraints | None = None,
 ) -> IssuedCertificate:
     """Sign an intermediate CA for the CSR's key, as declared (``hosts``, ``org``, ``name``).
 
@@ -121,9 +142,7 @@ def sign_intermediate(
         .not_valid_after(not_after)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
-    if names := parse_hosts(hosts):
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    certificate = builder.sign(ca.key, ca.signature_hash)
+    certificate = _with_names(builder, hosts, constraints).sign(ca.key, ca.signature_hash)
     certificate_pem = certificate.public_bytes(serialization.Encoding.PEM)
     return IssuedCertificate(
         certificate_pem=certificate_pem,
@@ -135,6 +154,19 @@ def sign_intermediate(
         signing_ca_fingerprint=ca.fingerprint,
         certificate=certificate,
     )
+
+
+def _with_names(
+    builder: x509.CertificateBuilder,
+    hosts: Sequence[str],
+    constraints: x509.NameConstraints | None,
+) -> x509.CertificateBuilder:
+    """The SANs of the declared hosts (non-critical), and the name constraints (critical)."""
+    if names := parse_hosts(hosts):
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    if constraints is not None:
+        builder = builder.add_extension(constraints, critical=True)
+    return builder
 
 
 def _check_arguments(

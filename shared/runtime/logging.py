@@ -2,6 +2,9 @@
 
 Every line carries what `bind_contextvars` put there (object key, cluster, issuance id), so the
 services bind once per message or reconcile and log plainly afterwards.
+While a message is handled, the consumer binds its trace context too (`trace_id`, `span_id`,
+`parent_span_id`: `shared.runtime.spans`), so the lines of one issuance can be followed across
+the services.
 
 As defence in depth, a processor replaces any logged string that contains a PEM private-key
 header: key material must never reach a log line, even through a bug.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import io
 import json
 import subprocess
 import sys
@@ -100,24 +102,64 @@ async def test_nats_config_seeds_work_against_nats_server(tmp_path: Path) -> Non
     assert public.public_key.decode() in stdout
 
 
-def test_status_rows_show_cluster_state_error_and_expiry() -> None:
-    expiry = "2027-01-01T00:00:00Z"
+NOW = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
+
+
+def test_status_rows_show_cluster_state_last_seen_expiry_and_error() -> None:
     items = [
         {
             "metadata": {"namespace": "west", "name": "ca"},
-            "status": {"state": "FAILED", "error": "hosts differ"},
+            "status": {
+                "state": "FINISHED",
+                "error": "liveness: cluster west silent since ...",
+                "lastSeenTime": "2026-12-07T11:00:00Z",
+                "notAfter": "2026-12-07T11:57:00Z",
+            },
         },
         {
             "metadata": {"namespace": "east", "name": "ca"},
-            "status": {"state": "FINISHED", "notAfter": expiry},
+            "status": {
+                "state": "FINISHED",
+                "notAfter": "2027-12-06T12:00:00Z",
+                "lastSeenTime": "2026-12-07T11:59:48.5Z",
+            },
         },
         {"metadata": {"namespace": "east", "name": "new"}},
     ]
-    assert status.rows(items) == [
-        ("east", "ca", "FINISHED", "", "2027-01-01T00:00:00Z"),
-        ("east", "new", "PENDING", "", ""),
-        ("west", "ca", "FAILED", "hosts differ", ""),
+    assert status.rows(items, now=NOW) == [
+        ("east", "ca", "FINISHED", "11s ago", "in 364d", ""),
+        ("east", "new", "PENDING", "", "", ""),
+        (
+            "west",
+            "ca",
+            "FINISHED",
+            "1h ago",
+            "expired 3m ago",
+            "liveness: cluster west silent since ...",
+        ),
     ]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0s"), (59, "59s"), (60, "1m"), (3599, "59m"), (3600, "1h"), (86400 * 2 + 5, "2d")],
+)
+def test_status_durations_are_human(seconds: int, text: str) -> None:
+    assert status.human(dt.timedelta(seconds=seconds)) == text
+
+
+def test_status_table_has_last_seen_and_expires_in_columns() -> None:
+    out = io.StringIO()
+    status.table(status.rows([{"metadata": {"namespace": "e", "name": "n"}}], now=NOW), out)
+    header = out.getvalue().splitlines()[0]
+    assert header.split("  ")[0] == "CLUSTER"
+    assert "LAST SEEN" in header
+    assert "EXPIRES IN" in header
+
+
+def test_status_ignores_an_unreadable_time() -> None:
+    item = {"metadata": {"namespace": "e", "name": "n"}, "status": {"notAfter": "soon"}}
+    assert status.rows([item], now=NOW)[0][4] == ""
 
 
 @pytest.mark.parametrize("event", sample_events("east"), ids=lambda e: e.type.value)

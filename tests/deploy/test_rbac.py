@@ -158,11 +158,39 @@ def _trust_bundle() -> tuple[str, str]:
     return namespace, name
 
 
-def named(service: str, item: Need) -> str | None:
-    """The one object `service` requests `item` of, when its code names a single object."""
+def _examples(kind: str) -> list[Document]:
+    paths = ("declarations.yaml", "workloads.yaml")
+    docs = [d for p in paths for d in documents(REPO / "deploy" / "examples" / p, cluster="east")]
+    return [d for d in docs if d.kind == kind]
+
+
+BY_NAME = {"get", "update", "patch", "delete"}  # the verbs whose request names its object
+
+
+def named(service: str, item: Need) -> frozenset[str] | None:
+    """The objects `service` requests `item` of, when they are known in advance: the one its
+    code names, or those the example declarations and workloads name."""
     if service == "agent" and item.resource == "configmaps":
-        return _trust_bundle()[1]
+        return frozenset({_trust_bundle()[1]})
+    if service == "agent" and item.resource == "secrets" and item.verb in BY_NAME:
+        from services.agent.objects import key_secret_name
+
+        ics = _examples("IssuedCertificate")
+        issued = {d.body["spec"]["issuedCertificateSecret"]["name"] for d in ics}
+        return frozenset(issued | {key_secret_name(str(d.name)) for d in ics})
+    if service == "bouncer" and item.resource == "deployments" and item.verb in BY_NAME:
+        return frozenset(str(d.name) for d in _examples("Deployment"))
     return None
+
+
+def _root_cert_sync_namespaces() -> set[str]:
+    """Where the example directives use rootCertSync (its role is bound only there)."""
+    out: set[str] = set()
+    for doc in _examples("PodBounceDirective"):
+        for selector in doc.body["spec"]["podsToBounce"]:
+            sync = selector.get("rootCertSync") or {}
+            out |= {sync[ref]["namespace"] for ref in ("secretRef", "configMapRef") if ref in sync}
+    return out
 
 
 def scope(service: str, item: Need) -> set[str]:
@@ -173,18 +201,27 @@ def scope(service: str, item: Need) -> set[str]:
         if item.resource == "secrets":
             scoped = _env("issuer")["MESHTRUST_ISSUER_SIGNING_NAMESPACES"]
             return {n.strip() for n in scoped.split(",") if n.strip()}
+        if item.resource == "clusterregistrations":
+            env = _env("issuer")
+            return {env.get("MESHTRUST_ISSUER_REGISTRATION_NAMESPACE", "meshtrust-system")}
         return {EVERYWHERE}  # every namespace is a cluster registration
     if service == "agent":
         served = _env("agent").get("MESHTRUST_AGENT_NAMESPACES", "")
         return {n.strip() for n in served.split(",") if n.strip()} or {EVERYWHERE}
+    if item.resource in ("secrets", "configmaps"):
+        return _root_cert_sync_namespaces()
     return _bounced_namespaces()
 
 
-def _covered(item: Need, namespace: str, granted: set[Grant], name: str | None = None) -> bool:
-    """Granted there (or everywhere), for any object or for the one named."""
+def _covered(
+    item: Need, namespace: str, granted: set[Grant], names: frozenset[str] | None = None
+) -> bool:
+    """Granted there (or everywhere), for any object or for every one named."""
     places = {EVERYWHERE, namespace}
-    names = {None, name}
-    return any(Grant(item, place, n) in granted for place in places for n in names)
+    return any(Grant(item, place, None) in granted for place in places) or (
+        names is not None
+        and all(any(Grant(item, place, n) in granted for place in places) for n in names)
+    )
 
 
 FOLDER = {"issuer": "management", "agent": "remote", "bouncer": "remote"}
@@ -304,8 +341,9 @@ def test_rbac_covers_every_request_where_the_service_makes_it(service: str) -> N
 def test_rbac_names_the_object_where_the_service_reads_only_one(service: str) -> None:
     account = _deployment(service).body["spec"]["template"]["spec"]["serviceAccountName"]
     for grant in grants(FOLDER[service], account):
-        if grant.name is not None or named(service, grant.need) is not None:
-            assert grant.name == named(service, grant.need), grant
+        names = named(service, grant.need)
+        if grant.name is not None or names is not None:
+            assert grant.name in (names or ()), grant
 
 
 def test_the_agent_may_read_its_trust_bundle_and_nothing_else_of_configmaps() -> None:

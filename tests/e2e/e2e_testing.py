@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from devstack.identities import tls_context
 from devstack.stack import MGMT, REPO, ROOT_CA_SECRET, Stack
 from devstack.stack import status as processes_alive
 from shared.api import metadata
@@ -105,7 +106,8 @@ def set_latency(stack: Stack, cluster: str, seconds: float) -> None:
         headers={"Content-Type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+    context = tls_context(stack.kubeconfig(cluster))  # the clusters serve HTTPS
+    with urllib.request.urlopen(request, timeout=10, context=context) as answer:  # noqa: S310
         assert answer.status == 200
 
 

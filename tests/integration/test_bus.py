@@ -16,6 +16,7 @@ from shared.bus import Bus, NatsSettings, PublishError
 from shared.bus.reading import read_stream
 from shared.events import CsrRequested, EventType, encode, new_issuance_id, subject
 from shared.runtime import PermanentError, TransientError
+from shared.runtime.tracing import trace_id_for
 from support.events import sample_events
 from support.waiting import eventually
 
@@ -349,12 +350,16 @@ async def test_an_event_stored_in_another_stream_than_configured_fails_clearly(
             await bus.publish(sample_events("east")[0])
 
 
-async def test_a_stored_event_carries_only_its_message_id_header(bus: Bus) -> None:
-    """Every header is stored with the event and parsed by every consumer: only the dedupe id."""
+async def test_a_stored_event_carries_only_its_message_id_and_trace_headers(bus: Bus) -> None:
+    """Every header is stored with the event and parsed by every consumer: only the dedupe id
+    and the trace context (published outside a handler: the issuance's trace)."""
     event = sample_events("east")[0]
     published = await bus.publish(event)
     stored = await bus.connection.js.get_msg("MESHTRUST", published.sequence)
-    assert stored.headers == {"Nats-Msg-Id": event.dedupe_key()}
+    assert stored.headers is not None
+    assert stored.headers.keys() == {"Nats-Msg-Id", "traceparent"}
+    assert stored.headers["Nats-Msg-Id"] == event.dedupe_key()
+    assert stored.headers["traceparent"].startswith(f"00-{trace_id_for(event.issuance)}-")
 
 
 async def test_completion_records_are_group_committed_and_cover_every_handled_message(

@@ -2,7 +2,10 @@
 in-process through their composition function, and agents played by test code.
 
 Test CAs (ECDSA P-256) and the agents' keys are made at test time with bare `cryptography`;
-nothing is written to disk but the emulator's kubeconfig.
+nothing is written to disk but the kubeconfigs: the cluster-admin's (`World.kube`, the tests'
+own client) and the issuer's (`World.kubeconfig`), whose user is its ServiceAccount with a token
+from the TokenRequest API, bound by exactly the RBAC of deploy/management/ (the emulator
+enforces it).
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from k8s.harness import crd_documents
+from security.rbac_support import DEPLOY, KINDS, apply, kubeconfig_of
 
+from devstack.kubeapi.kubeconfig import write as write_kubeconfig
 from services.issuer.app import serve
 from services.issuer.settings import DEFAULT_EXCLUDED_NAMESPACES, IssuerSettings
 from shared.bus import Bus, ConsumerSettings, Delivery, NatsSettings
@@ -53,6 +59,10 @@ SYSTEM_NAMESPACE = "meshtrust-system"
 SIGNING_SECRET = "root-ca"
 ORG = "meshtrust tests"
 CLUSTERS = ("east", "west")
+MGMT_MANIFESTS = (
+    DEPLOY / "management" / "00-namespace.yaml",
+    DEPLOY / "management" / "issuer-rbac.yaml",
+)
 
 _serials = itertools.count(1)
 
@@ -322,6 +332,18 @@ class World:
         }[body["kind"]]
         return await self.kube.create(resource, body)
 
+    async def grant_secrets_everywhere(self) -> None:
+        """What the permissive mode (no signing namespaces) needs besides the setting: deploy/'s
+        Role meshtrust-issuer-signing as a ClusterRole, bound cluster-wide (docs/deploy.md)."""
+        path = DEPLOY / "management" / "issuer-rbac.yaml"
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc["kind"] in ("Role", "RoleBinding"):
+                kind = f"Cluster{doc['kind']}"
+                del doc["metadata"]["namespace"]
+                doc["kind"] = kind
+                doc.get("roleRef", {})["kind"] = "ClusterRole"
+                await self.kube.create(KINDS[kind], doc)
+
     async def put_signing_secret(self, hierarchy: Hierarchy, name: str = SIGNING_SECRET) -> None:
         body = secret_body(name, SYSTEM_NAMESPACE, hierarchy.secret_data())
         try:
@@ -352,14 +374,20 @@ async def install_crds(kube: KubeClient) -> None:
 async def world(tmp_path: Path, nats: NatsSettings, *, levels: int = 2) -> AsyncIterator[World]:
     from devstack.kubeapi import KubeAPI
 
-    async with KubeAPI(name="mgmt", tls=False, token=None) as api:
-        kubeconfig = api.write_kubeconfig(tmp_path / "mgmt.kubeconfig")
+    async with KubeAPI(name="mgmt", tls=True, authorization="RBAC") as api:
+        admin = api.write_kubeconfig(tmp_path / "mgmt.kubeconfig")
         async with (
-            KubeClient.from_kubeconfig(kubeconfig) as kube,
+            KubeClient.from_kubeconfig(admin) as kube,
             Bus.connect(nats) as bus,
         ):
             await install_crds(kube)
-            for namespace in (*CLUSTERS, SYSTEM_NAMESPACE):
+            # The issuer runs as its ServiceAccount, bound by deploy/'s RBAC (meshtrust-system
+            # comes with it); the tests' own client `kube` is the cluster-admin.
+            await apply(kube, MGMT_MANIFESTS)
+            kubeconfig = write_kubeconfig(
+                tmp_path / "mgmt-issuer.kubeconfig", await kubeconfig_of(api, "issuer")
+            )
+            for namespace in CLUSTERS:
                 await kube.create(
                     NAMESPACES,
                     {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},

@@ -244,7 +244,7 @@ def test_declaration_chain(make: Any, reason: str | None) -> None:
     assert (verdict is not None) is (reason is not None)
     if verdict is not None:
         assert verdict.reason == reason
-    assert len(DECLARATION_CHAIN) == 3
+    assert len(DECLARATION_CHAIN) == 4  # scope, registration, usable CA, names
 
 
 def test_an_out_of_scope_secret_is_refused_with_the_rule_and_both_fixes() -> None:

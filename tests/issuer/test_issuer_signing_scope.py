@@ -112,6 +112,8 @@ async def test_without_signing_namespaces_any_secret_signs_as_documented(
     async with world(tmp_path, nats_settings) as w:
         other = Hierarchy.make(levels=1)
         await w.create(secret_body("west-ca", "west", other.secret_data()))
+        # The permissive mode is the settings' part; the RBAC must let the issuer read there too.
+        await w.grant_secrets_everywhere()
         async with running(w.settings(signing_namespaces=())):
             body = await w.create(foreign("east", "west", namespace="west", secret="west-ca"))
             bucket = await w.bus.bucket(DESIRED_BUCKET)

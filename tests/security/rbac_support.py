@@ -3,6 +3,7 @@ user is a service's ServiceAccount, with a token from the TokenRequest API."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,10 @@ async def token(api: KubeAPI, service: str) -> str:
     """A token of `meshtrust-<service>` in meshtrust-system, as the kubelet would mount."""
     path = f"/api/v1/namespaces/meshtrust-system/serviceaccounts/meshtrust-{service}/token"
     headers = {"Authorization": f"Bearer {api.token}"}
+    tls = None if api.ca_pem is None else ssl.create_default_context(cadata=api.ca_pem.decode())
     async with (
         aiohttp.ClientSession() as session,
-        session.post(f"{api.url}{path}", json={"spec": {}}, headers=headers) as resp,
+        session.post(f"{api.url}{path}", json={"spec": {}}, headers=headers, ssl=tls) as resp,
     ):
         assert resp.status == 201, await resp.text()
         return str((await resp.json())["status"]["token"])

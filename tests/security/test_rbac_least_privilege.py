@@ -3,9 +3,10 @@
 through `shared.k8s.client.KubeClient`, with a token issued by the TokenRequest API as the
 kubelet would mount it. Each row says what the service may do, or is refused with kube's 403.
 
-The rows marked "(today)" are what the manifests still allow beyond a service's need
-(docs/deploy.md, "RBAC: what each rule is for"): they are asserted so that narrowing them later
-shows up here as a change of the table, not silently.
+The rows marked "(today)" are what the manifests still allow beyond a service's need, because
+RBAC cannot narrow a label-selected list or an unselected informer by name (docs/deploy.md,
+"RBAC: what each rule is for"): they are asserted so that narrowing them later shows up here as
+a change of the table, not silently.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from shared.k8s.errors import Forbidden, NotFound
 from shared.k8s.resources import (
     CONFIG_MAPS,
     CUSTOM_RESOURCE_DEFINITIONS,
+    DEPLOYMENTS,
     ISSUED_CERTIFICATES,
     NAMESPACES,
     PODS,
@@ -86,6 +88,15 @@ def list_(resource: Resource, namespace: str | None) -> Call:
     return lambda c: c.list(resource, namespace=namespace)
 
 
+def by_name(resource: Resource, namespace: str, name: str) -> Call:
+    """A list (a watch's first step) field-selected to one object, as the bouncer's informers."""
+    return lambda c: c.list(resource, namespace=namespace, field_selector=f"metadata.name={name}")
+
+
+def patch(resource: Resource, namespace: str, name: str) -> Call:
+    return lambda c: c.patch_merge(resource, name, {"metadata": {}}, namespace=namespace)
+
+
 def create(resource: Resource, namespace: str, name: str) -> Call:
     return lambda c: c.create(resource, _body(resource, namespace, name))
 
@@ -95,6 +106,7 @@ def delete(resource: Resource, namespace: str, name: str) -> Call:
 
 
 ALLOWED, REFUSED = True, False
+KEY = "istio-cacerts-meshtrust-key"  # the agent's key Secret of deploy/examples' declaration
 SYS, ISTIO, ICS = "meshtrust-system", "istio-system", ISSUED_CERTIFICATES
 TABLE: list[tuple[str, str, Call, bool]] = [
     ("the issuer reads the signing CA", "issuer", get(SECRETS, SYS, "root-ca"), ALLOWED),
@@ -108,6 +120,13 @@ TABLE: list[tuple[str, str, Call, bool]] = [
     ("the issuer lists declarations everywhere", "issuer", list_(ICS, None), ALLOWED),
     ("the issuer cannot delete a declaration", "issuer", delete(ICS, "east", "x"), REFUSED),
     ("the issuer cannot write a Secret", "issuer", create(SECRETS, SYS, "x"), REFUSED),
+    (
+        "the issuer cannot write a Secret in a registration's namespace",
+        "issuer",
+        create(SECRETS, "east", "x"),
+        REFUSED,
+    ),
+    ("the issuer cannot list Secrets everywhere", "issuer", list_(SECRETS, None), REFUSED),
     ("the agent reads cacerts", "agent", get(SECRETS, ISTIO, "cacerts"), ALLOWED),
     ("the agent writes a key Secret", "agent", create(SECRETS, ISTIO, "x-meshtrust-key"), ALLOWED),
     ("the agent cannot read the signing CA", "agent", get(SECRETS, SYS, "root-ca"), REFUSED),
@@ -116,15 +135,28 @@ TABLE: list[tuple[str, str, Call, bool]] = [
     ("the agent cannot read the bundle's neighbour", "agent", get(CONFIG_MAPS, SYS, "o"), REFUSED),
     ("the agent cannot list ConfigMaps", "agent", list_(CONFIG_MAPS, SYS), REFUSED),
     ("the agent cannot delete pods", "agent", delete(PODS, ISTIO, "x"), REFUSED),
+    ("the agent cannot read another Secret", "agent", get(SECRETS, ISTIO, "u"), REFUSED),
+    ("the agent cannot delete another Secret", "agent", delete(SECRETS, ISTIO, "u"), REFUSED),
+    ("the agent cannot patch another Secret", "agent", patch(SECRETS, ISTIO, "u"), REFUSED),
+    ("the agent deletes its key Secret", "agent", delete(SECRETS, ISTIO, KEY), ALLOWED),
+    ("the agent lists istio-system's Secrets (today)", "agent", list_(SECRETS, ISTIO), ALLOWED),
+    ("the bouncer cannot get cacerts", "bouncer", get(SECRETS, ISTIO, "cacerts"), REFUSED),
+    ("the bouncer cannot watch cacerts", "bouncer", by_name(SECRETS, ISTIO, "cacerts"), REFUSED),
+    ("the bouncer cannot read meshtrust-system's Secrets", "bouncer", list_(SECRETS, SYS), REFUSED),
+    ("the bouncer cannot list istio-system's Secrets", "bouncer", list_(SECRETS, ISTIO), REFUSED),
+    ("the bouncer restarts istiod", "bouncer", patch(DEPLOYMENTS, ISTIO, "istiod"), ALLOWED),
     (
-        "the agent reads any Secret of istio-system (today)",
-        "agent",
-        get(SECRETS, ISTIO, "u"),
+        "the bouncer cannot patch another Deployment",
+        "bouncer",
+        patch(DEPLOYMENTS, ISTIO, "other"),
+        REFUSED,
+    ),
+    (
+        "the bouncer watches Deployments (today)",
+        "bouncer",
+        list_(DEPLOYMENTS, ISTIO),
         ALLOWED,
     ),
-    ("the bouncer cannot get cacerts", "bouncer", get(SECRETS, ISTIO, "cacerts"), REFUSED),
-    ("the bouncer cannot read meshtrust-system's Secrets", "bouncer", list_(SECRETS, SYS), REFUSED),
-    ("the bouncer lists istio-system's Secrets (today)", "bouncer", list_(SECRETS, ISTIO), ALLOWED),
     (
         "the bouncer deletes pods where it bounces",
         "bouncer",
