@@ -131,10 +131,11 @@ class Consumer:
             await self._completions.open(provision=self._settings.provision)
         return await js.pull_subscribe_bind(durable=self._settings.durable, stream=settings.stream)
 
-    async def _open(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription:
+    async def _open(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription | None:
         """`_subscribe`, tried again for up to the connection's `connect_deadline` while NATS
         answers nothing or the completion records cannot be read yet (a server restarting as
-        the service starts); a refusal (`APIError`) or a deadline run out surfaces. While the
+        the service starts); a refusal (`APIError`) or a deadline run out surfaces; None when
+        `stop` was set meanwhile (a stop is no failure, even before the consumer ran). While the
         connection is reconnecting the deadline does not run: a NATS outage that begins as a
         consumer opens is waited out, as it is once the consumer runs (it killed the issuer
         in CI when the outage outlasted the deadline)."""
@@ -152,7 +153,9 @@ class Consumer:
                     # NATS went away after the service connected: wait for it as the
                     # connection does (forever), then give the open its time again.
                     deadline = time.monotonic() + self._connection.settings.connect_deadline
-                if time.monotonic() + delay > deadline or stop.is_set():
+                if stop.is_set():
+                    return None
+                if time.monotonic() + delay > deadline:
                     if isinstance(exc, TransientError):
                         raise BusError(
                             f"cannot open consumer {self._settings.durable}: {exc.message}"
@@ -220,6 +223,9 @@ class Consumer:
                 f"cannot open consumer {self._settings.durable}: no answer from JetStream "
                 f"({type(exc).__name__}); is NATS up, and may this user use that consumer?"
             ) from None
+        if sub is None:
+            log.info("consumer stopped before it opened", durable=self._settings.durable)
+            return
         log.info(
             "consuming", durable=self._settings.durable, subjects=self._settings.filter_subjects
         )
