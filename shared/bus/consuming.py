@@ -100,8 +100,8 @@ class Consumer:
         self._upkeep = DurableUpkeep(connection, settings, metrics)
         """The durable's timing, ack floor (see `resume_sequence`) and lag."""
         self.progress = Heartbeat(self.name, within=STUCK_AFTER)
-        """Beaten at every turn of the fetch loop, waiting for free slots included (the
-        handlers' messages are kept alive apart): `/livez` watches it (`supervise`)."""
+        """Beaten at every turn of the fetch loop, and by the keep-alive while handlers run (the
+        fetch loop may be waiting for their slots): `/livez` watches it (`supervise`)."""
 
     @property
     def name(self) -> str:
@@ -329,6 +329,8 @@ class Consumer:
         while True:
             raise_if_cancelled()
             await asyncio.sleep(interval)
+            if self._free < self._settings.max_in_flight:
+                self.progress.beat()  # the fetch loop may be waiting for these handlers
             due = time.monotonic() - interval
             for msg, started in list(self._in_flight.values()):
                 if started <= due:
@@ -343,11 +345,9 @@ class Consumer:
         took after a quiet fetch (`_fetch_size`), so the next ones are not held behind it."""
         wanted = min(self._settings.batch, max(1, self._settings.max_in_flight - 1))
         while self._free < wanted:
-            self.progress.beat()
+            self.progress.beat()  # and the keep-alive beats it while this waits
             self._slot_freed.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._settings.fetch_timeout):
-                    await wait_any(stop, self._slot_freed)
+            await wait_any(stop, self._slot_freed)
             if stop.is_set():
                 return False
         return True

@@ -116,7 +116,7 @@ class LoopWatchdog:
 
     def stop(self) -> None:
         self._halt.set()
-        self._thread.join()
+        self._thread.join(timeout=2 * self._interval)  # a daemon: never wait longer for it
 
     def _watch(self) -> None:
         stuck_since: float | None = None
