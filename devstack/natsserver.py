@@ -5,6 +5,12 @@ keeps its ports and store across `kill()` + `start()`, so tests can crash and re
 check that JetStream's file store carried the data over. Its health check counts only when the
 server itself holds the monitoring port (`devstack.processes.listens`): another process that
 took the port cannot answer for it.
+
+Ports not given are chosen by the server itself (`-1`: the kernel's free port, bound at once),
+which then writes them to `<exe>_<pid>.ports` in `--ports_file_dir`; they are read from there.
+Picking a free port here and handing it over would leave a moment in which another process can
+take it (with many servers starting at once in the tests, it happened). A restart binds the
+ports the first start got.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from devstack.ports import free_port
 from devstack.processes import listens
+
+ANY_PORT = -1
+"""What nats-server takes for "a free port of your choosing"."""
 
 
 def nats_server_binary() -> Path:
@@ -49,14 +57,18 @@ class NatsServer:
         log_file: Path | None = None,
     ) -> None:
         self.host = host
-        self.port = port or free_port(host)
-        self.monitor_port = monitor_port or free_port(host)
-        self._picked = not port and not monitor_port
-        """The ports were picked here: a start that loses them to another process picks again."""
+        self.port = port
+        """The client port; 0 until the first start when the server chooses it."""
+        self.monitor_port = monitor_port
+        """The monitoring port; 0 until the first start when the server chooses it."""
+        self.cluster_port: int | None = None
+        """The route port, when the configuration has a cluster block (read after start)."""
         self.store_dir = store_dir
         self.config_file = config_file
         self.server_name = server_name
         self.log_file = log_file or store_dir.parent / f"{server_name}.log"
+        self.ports_dir = store_dir.parent / f"{server_name}.ports.d"
+        """Where the server writes the ports it bound (`--ports_file_dir`)."""
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -81,9 +93,11 @@ class NatsServer:
             "--addr",
             self.host,
             "--port",
-            str(self.port),
+            str(self.port or ANY_PORT),
             "--http_port",
-            str(self.monitor_port),
+            str(self.monitor_port or ANY_PORT),
+            "--ports_file_dir",
+            str(self.ports_dir),
             "--server_name",
             self.server_name,
         ]
@@ -92,35 +106,40 @@ class NatsServer:
         return cmd
 
     def start(self, *, timeout: float = 15.0) -> None:
-        """Start and wait until JetStream answers healthy (or raise with the log's tail).
-
-        A port picked free here may be taken by another process before the server binds it
-        (many servers start at once in the tests): then, on the first start only, new ports are
-        picked and the start is tried again, up to three times."""
-        for attempt in range(3):
-            try:
-                self._start_once(timeout)
-                return
-            except RuntimeError as exc:
-                lost = "address already in use" in str(exc)
-                if not (lost and self._picked and attempt < 2):
-                    raise
-                self.port, self.monitor_port = free_port(self.host), free_port(self.host)
-
-    def _start_once(self, timeout: float) -> None:
+        """Start and wait until JetStream answers healthy (or raise with the log's tail)."""
         if self._process is not None and self._process.poll() is None:
             raise RuntimeError("nats-server is already running")
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.ports_dir.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:
             self._process = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        self._wait_healthy(timeout)
-        self._picked = False  # bound: a restart (after kill) keeps these ports
-
-    def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        self._read_ports(deadline)
+        self._wait_healthy(deadline)
+
+    def _read_ports(self, deadline: float) -> None:
+        """The ports this process bound, from the file it writes once it listens."""
+        assert self._process is not None
+        pid = self._process.pid
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"nats-server exited early:\n{self._log_tail()}")
+            for path in self.ports_dir.glob(f"*_{pid}.ports"):
+                try:
+                    ports = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue  # being written
+                self.port = _port_of(ports, "nats") or self.port
+                self.monitor_port = _port_of(ports, "monitoring") or self.monitor_port
+                self.cluster_port = _port_of(ports, "cluster")
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"nats-server wrote no ports file in time:\n{self._log_tail()}")
+
+    def _wait_healthy(self, deadline: float) -> None:
         url = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
         while time.monotonic() < deadline:
             assert self._process is not None
@@ -136,7 +155,7 @@ class NatsServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.05)
-        raise TimeoutError(f"nats-server not healthy after {timeout}s:\n{self._log_tail()}")
+        raise TimeoutError(f"nats-server not healthy in time:\n{self._log_tail()}")
 
     def _log_tail(self) -> str:
         try:
@@ -175,3 +194,12 @@ class NatsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _port_of(ports: object, kind: str) -> int | None:
+    """The port of the first `kind` URL in a ports file (`{"nats": ["nats://h:p"], ...}`)."""
+    urls = ports.get(kind) if isinstance(ports, dict) else None
+    if not isinstance(urls, list) or not urls or not isinstance(urls[0], str):
+        return None
+    _, _, port = urls[0].rpartition(":")
+    return int(port) if port.isdigit() else None

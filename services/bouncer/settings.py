@@ -68,7 +68,7 @@ class BouncerSettings(MeshtrustSettings, env_prefix="MESHTRUST_BOUNCER_"):
         "blocking another without storming the cluster.",
     )
     ack_wait: float = Field(
-        default=30.0,
+        default=5.0,
         gt=0,
         description="Seconds without an ack before JetStream redelivers, where the bouncer "
         "makes its own consumer (MESHTRUST_NATS_PROVISION); else the hub's consumer has the "

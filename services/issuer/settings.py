@@ -149,10 +149,13 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
         default=1.0, gt=0, description="Seconds a pull waits when idle; also how fast stop is seen."
     )
     ack_wait: float = Field(
-        default=30.0, gt=0, description="Seconds before an unacknowledged CSR is redelivered."
+        default=5.0,
+        gt=0,
+        description="Seconds before an unacknowledged CSR is redelivered (a crashed replica's: "
+        "a CSR being signed is kept alive with in_progress()).",
     )
     cluster_ack_wait: float = Field(
-        default=30.0,
+        default=5.0,
         gt=0,
         description="Ack wait of the consumers the issuer makes for each cluster's agent and "
         "bouncer (shared.bus.fleet): how long a crashed agent's or bouncer's message waits "

@@ -53,9 +53,11 @@ from shared.bus.durables import (
     nak_delay,
 )
 from shared.bus.metrics import ConsumerMetrics, Outcome
+from shared.bus.upkeep import DurableUpkeep
 from shared.events import Event, InvalidEvent, decode
 from shared.runtime.concurrency import pause, raise_if_cancelled, wait_any
 from shared.runtime.errors import PermanentError, TransientError
+from shared.runtime.liveness import Heartbeat
 from shared.runtime.logging import get_logger
 from shared.runtime.spans import handling
 
@@ -63,8 +65,9 @@ log = get_logger(__name__)
 
 KEEP_ALIVE_MAX = 2.0
 """Longest interval between two `in_progress()` of a message being handled (seconds)."""
-FLOOR_REFRESH = 10.0
-"""How often a consumer that may make its durable notes the server's ack floor (seconds)."""
+STUCK_AFTER = 30.0
+"""Seconds without a turn of the fetch loop after which the consumer is stuck (`/livez`): a
+turn takes at most a fetch (`fetch_timeout`), a retry's pause (5 s) or a request's timeout."""
 
 
 class Consumer:
@@ -94,8 +97,11 @@ class Consumer:
         """Stream sequences fetched and not yet acknowledged or terminated."""
         self._newest = 0
         """The newest stream sequence fetched."""
-        self._floor: int | None = None
-        """The durable's ack floor as last read from the server (see `resume_sequence`)."""
+        self._upkeep = DurableUpkeep(connection, settings, metrics)
+        """The durable's timing, ack floor (see `resume_sequence`) and lag."""
+        self.progress = Heartbeat(self.name, within=STUCK_AFTER)
+        """Beaten at every turn of the fetch loop, and by the keep-alive while handlers run (the
+        fetch loop may be waiting for their slots): `/livez` watches it (`supervise`)."""
 
     @property
     def name(self) -> str:
@@ -112,12 +118,9 @@ class Consumer:
             try:
                 await js.add_consumer(settings.stream, config=self.consumer_config())
             except nats.js.errors.APIError as exc:
-                # Kept by someone else (the hub re-created it from its ack floor): use it.
-                log.warning(
-                    "consumer not updated; binding to it as it is",
-                    durable=self._settings.durable,
-                    error=exc.description,
-                )
+                # Re-created from a start sequence (by the hub or by `_consumer_missing`): its
+                # deliver policy cannot change; its timing (ack wait) still follows settings.
+                await self._upkeep.update_timing(self.consumer_config(), exc.description)
         if self._settings.record_completed:
             self._completions = CompletionLog(
                 self._connection,
@@ -128,16 +131,18 @@ class Consumer:
             await self._completions.open(provision=self._settings.provision)
         return await js.pull_subscribe_bind(durable=self._settings.durable, stream=settings.stream)
 
-    async def _open(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription:
+    async def _open(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription | None:
         """`_subscribe`, tried again for up to the connection's `connect_deadline` while NATS
         answers nothing or the completion records cannot be read yet (a server restarting as
-        the service starts); a refusal (`APIError`) or a deadline run out surfaces. While the
+        the service starts); a refusal (`APIError`) or a deadline run out surfaces; None when
+        `stop` was set meanwhile (a stop is no failure, even before the consumer ran). While the
         connection is reconnecting the deadline does not run: a NATS outage that begins as a
         consumer opens is waited out, as it is once the consumer runs (it killed the issuer
         in CI when the outage outlasted the deadline)."""
         deadline = time.monotonic() + self._connection.settings.connect_deadline
         delay = 0.1
         while True:
+            self.progress.beat()  # waiting out an outage is not being stuck
             try:
                 return await self._subscribe()
             except nats.js.errors.APIError:
@@ -148,7 +153,9 @@ class Consumer:
                     # NATS went away after the service connected: wait for it as the
                     # connection does (forever), then give the open its time again.
                     deadline = time.monotonic() + self._connection.settings.connect_deadline
-                if time.monotonic() + delay > deadline or stop.is_set():
+                if stop.is_set():
+                    return None
+                if time.monotonic() + delay > deadline:
                     if isinstance(exc, TransientError):
                         raise BusError(
                             f"cannot open consumer {self._settings.durable}: {exc.message}"
@@ -166,32 +173,18 @@ class Consumer:
     def resume_sequence(self) -> int | None:
         """Where a re-created durable must start so that nothing is lost.
 
-        Just after the server's ack floor as last seen (`_floor`, refreshed while consuming):
+        Just after the server's ack floor as last seen (refreshed while consuming):
         shared by every replica consuming from this durable, so a replica that has nothing
         unfinished cannot skip a message another one was asked to come back to. Stale, it only
         starts earlier: what was handled above it is in the completion records, acknowledged
         unrun. Without a floor seen, the oldest message this one fetched and did not finish,
         else just after the newest it fetched (None before the first fetch: the beginning)."""
-        if self._floor is not None:
-            return self._floor + 1
+        floor = self._upkeep.floor
+        if floor is not None:
+            return floor + 1
         if self._unfinished:
             return min(self._unfinished)
         return self._newest + 1 if self._newest else None
-
-    async def _refresh_floor(self) -> None:
-        """Note the durable's ack floor (where this identity may ask JetStream)."""
-        if not self._settings.provision:
-            return
-        try:
-            info = await self._connection.js.consumer_info(
-                self._connection.settings.stream, self._settings.durable
-            )
-        except (nats.errors.Error, TimeoutError) as exc:
-            log.debug("ack floor not read", error_type=type(exc).__name__)
-            return
-        floor = info.ack_floor.stream_seq if info.ack_floor is not None else None
-        if floor is not None:
-            self._floor = floor
 
     async def _consumer_missing(self, stop: asyncio.Event, failures: int) -> None:
         """No consumer answered the pull (JetStream's 503: it was deleted, or is not created
@@ -230,12 +223,18 @@ class Consumer:
                 f"cannot open consumer {self._settings.durable}: no answer from JetStream "
                 f"({type(exc).__name__}); is NATS up, and may this user use that consumer?"
             ) from None
+        if sub is None:
+            log.info("consumer stopped before it opened", durable=self._settings.durable)
+            return
         log.info(
             "consuming", durable=self._settings.durable, subjects=self._settings.filter_subjects
         )
         try:
             async with asyncio.TaskGroup() as outer:
-                helpers = [outer.create_task(self._keep_alive(), name=f"{self.name}:keep-alive")]
+                helpers = [
+                    outer.create_task(self._keep_alive(), name=f"{self.name}:keep-alive"),
+                    outer.create_task(self._upkeep.run(), name=f"{self.name}:info"),
+                ]
                 if self._completions is not None:
                     helpers.append(
                         outer.create_task(self._completions.run(), name=f"{self.name}:records")
@@ -259,6 +258,7 @@ class Consumer:
     ) -> None:
         failures = 0
         while not stop.is_set():
+            self.progress.beat()
             if not await self._wait_for_slot(stop):
                 return
             try:
@@ -275,6 +275,7 @@ class Consumer:
                 raise_if_cancelled()
                 failures = 0
                 self._quiet = True
+                self._upkeep.pending(0)  # nothing was waiting to be delivered
                 continue
             except nats.errors.Error as exc:
                 if self._connection.nc.is_closed:
@@ -292,6 +293,7 @@ class Consumer:
                 continue
             failures = 0
             self._quiet = False
+            self._upkeep.pending_after(msgs)
             now = time.monotonic()
             for msg in msgs:
                 self._free -= 1
@@ -324,14 +326,11 @@ class Consumer:
         and at least every `KEEP_ALIVE_MAX` seconds, since a consumer the hub made for a
         cluster (`shared.bus.fleet`) may have a shorter ack wait than this side knows."""
         interval = min(self._settings.ack_wait / 3, KEEP_ALIVE_MAX)
-        refreshed = time.monotonic()
-        await self._refresh_floor()
         while True:
             raise_if_cancelled()
             await asyncio.sleep(interval)
-            if time.monotonic() - refreshed >= FLOOR_REFRESH:
-                refreshed = time.monotonic()
-                await self._refresh_floor()
+            if self._free < self._settings.max_in_flight:
+                self.progress.beat()  # the fetch loop may be waiting for these handlers
             due = time.monotonic() - interval
             for msg, started in list(self._in_flight.values()):
                 if started <= due:
@@ -346,6 +345,7 @@ class Consumer:
         took after a quiet fetch (`_fetch_size`), so the next ones are not held behind it."""
         wanted = min(self._settings.batch, max(1, self._settings.max_in_flight - 1))
         while self._free < wanted:
+            self.progress.beat()  # and the keep-alive beats it while this waits
             self._slot_freed.clear()
             await wait_any(stop, self._slot_freed)
             if stop.is_set():

@@ -42,8 +42,10 @@ class ConsumerSettings:
     max_in_flight: int = 128
     """Handlers running at once (two fetches' worth, so fetching overlaps the work); JetStream's
     max_ack_pending is set a little above it. Lower it where each handler is heavy."""
-    ack_wait: float = 30.0
-    """Redelivery after this long without an ack; `in_progress()` every third of it."""
+    ack_wait: float = 5.0
+    """Redelivery after this long without an ack; a message being handled is kept alive with
+    `in_progress()` every third of it, so this bounds only how long a crashed consumer's
+    messages wait (docs/bus.md, "Ack wait and crash recovery")."""
     max_deliver: int = 100
     """Deliveries before JetStream gives up on a message (transient errors only get here)."""
     max_bytes: int = DEFAULT_MAX_BYTES
@@ -67,6 +69,9 @@ class ConsumerSettings:
     a busy consumer then writes one record per few milliseconds rather than one per message."""
     max_ack_pending: int | None = None
     """JetStream's bound on unacknowledged messages; None: a little above `max_in_flight`."""
+    info_refresh: float = 10.0
+    """How often a consumer that may ask JetStream about its durable reads its ack floor and
+    pending count (`meshtrust_bus_consumer_pending_messages`)."""
     extra_config: dict[str, object] = field(default_factory=dict)
 
 
@@ -98,6 +103,23 @@ def durable_config(
         max_ack_pending=s.max_ack_pending or s.max_in_flight + s.batch,
         **s.extra_config,  # type: ignore[arg-type]
     )
+
+
+TIMING_FIELDS = ("ack_wait", "max_deliver", "max_ack_pending")
+"""What a durable's configuration may change in place and a service's settings decide."""
+
+
+def timing_update(existing: ConsumerConfig, wanted: ConsumerConfig) -> ConsumerConfig | None:
+    """`existing` (as the server has it) with `wanted`'s timing fields, when any differs: the
+    configuration to update the durable with in place. The rest of it is kept as the server has
+    it, since JetStream refuses to change some of it (a durable re-created from a start sequence
+    has another deliver policy). None when nothing differs."""
+    changes: dict[str, object] = {}
+    for name in TIMING_FIELDS:
+        have, want = getattr(existing, name), getattr(wanted, name)
+        if want is not None and have != want:
+            changes[name] = want
+    return existing.evolve(**changes) if changes else None
 
 
 def nak_delay(num_delivered: int, *, initial: float, cap: float, rng: random.Random) -> float:

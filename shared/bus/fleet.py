@@ -35,7 +35,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared.bus.completions import DEFAULT_TTL as RECORDS_TTL
 from shared.bus.connection import Connection
-from shared.bus.durables import ConsumerSettings, durable_config
+from shared.bus.durables import ConsumerSettings, durable_config, timing_update
 from shared.events import DESIRED_BUCKET, EventType, check_cluster_name, subject
 from shared.runtime.clock import utcnow
 from shared.runtime.concurrency import raise_if_cancelled
@@ -135,9 +135,10 @@ class EventConsumerSpec:
         )
 
 
-DEFAULT_ACK_WAIT = 30.0
+DEFAULT_ACK_WAIT = 5.0
 """Seconds before an unacknowledged cluster event comes back; handlers that run longer are kept
-alive with `in_progress()` (`shared.bus.consuming`), so this bounds only a crash's delay."""
+alive with `in_progress()` (`shared.bus.consuming`), so this bounds only a crash's delay
+(docs/bus.md, "Ack wait and crash recovery")."""
 
 
 def agent_consumer(cluster: str, *, ack_wait: float = DEFAULT_ACK_WAIT) -> EventConsumerSpec:
@@ -293,6 +294,10 @@ class FleetConsumers:
                 self._floors[(stream, durable)] = floor or 0
                 if info.num_pending or info.num_ack_pending:
                     self._has_csrs(spec, cluster)
+                update = timing_update(info.config, spec.config()) if spec else None
+                if update is not None:  # made with an older ack wait: change it in place
+                    await js.add_consumer(stream, config=update)
+                    log.info("consumer timing updated", durable=durable, ack_wait=update.ack_wait)
                 return
             floor = self._floors.get((stream, durable))
             if spec is None:

@@ -17,6 +17,7 @@ import signal
 from collections.abc import Sequence
 from typing import Protocol
 
+from shared.runtime.liveness import watch_progress
 from shared.runtime.logging import get_logger
 
 log = get_logger(__name__)
@@ -40,6 +41,7 @@ async def supervise(
 ) -> None:
     """Run `components` until they all return; SIGTERM/SIGINT set `stop`; `grace` is in seconds."""
     stop = stop if stop is not None else asyncio.Event()
+    watch_progress(components)  # a health server among them watches the others' heartbeats
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
     if handle_signals:
