@@ -133,7 +133,6 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
     )
 
     # --- bus consumers ---
-    csr_durable: str = Field(default="issuer", description="Durable consumer of csr.requested.")
     status_durable: str = Field(
         default="issuer-status", description="Durable consumer of status.changed."
     )
@@ -143,7 +142,6 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
         description="CSRs handled at once per replica: signing is CPU-bound, so a few more "
         "than the signing threads keep them busy while others wait on the API and the bus.",
     )
-    csr_batch: int = Field(default=8, ge=1, description="CSRs fetched per pull request.")
     status_in_flight: int = Field(default=32, ge=1, description="Status reports handled at once.")
     fetch_timeout: float = Field(
         default=1.0, gt=0, description="Seconds a pull waits when idle; also how fast stop is seen."
