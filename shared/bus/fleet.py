@@ -248,6 +248,8 @@ class FleetConsumers:
         self._clusters: set[str] = set()
         self._floors: dict[tuple[str, str], int] = {}
         self._wake: asyncio.Queue[str] = asyncio.Queue()
+        self._failures: dict[str, int] = {}
+        """Checks failed in a row per cluster: each is tried again after a growing delay."""
         self._csr_listeners: list[Callable[[str], None]] = []
 
     def on_csr_durable_created(self, listener: Callable[[str], None]) -> None:
@@ -338,6 +340,21 @@ class FleetConsumers:
             return {woken.result()}
         return set() if stop.is_set() else set(self._clusters)
 
+    async def _check_or_retry(self, cluster: str) -> None:
+        """`check`, and on a transient failure (e.g. the server still removing a consumer
+        just deleted: "error creating store for consumer") again soon, 0.25 s doubling up to
+        the sweep interval, rather than only at the next sweep."""
+        try:
+            await self.check(cluster)
+        except TransientError as exc:
+            failures = self._failures.get(cluster, 0) + 1
+            self._failures[cluster] = failures
+            delay = min(self._sweep_interval, 0.25 * 2 ** (failures - 1))
+            log.warning("consumer upkeep failed", cluster=cluster, error=exc.message, retry=delay)
+            asyncio.get_running_loop().call_later(delay, self._wake.put_nowait, cluster)
+        else:
+            self._failures.pop(cluster, None)
+
     async def run(self, stop: asyncio.Event) -> None:
         nc = self._connection.nc
 
@@ -359,10 +376,7 @@ class FleetConsumers:
                 while not self._wake.empty():
                     due.add(self._wake.get_nowait())
                 for cluster in sorted(due):
-                    try:
-                        await self.check(cluster)
-                    except TransientError as exc:
-                        log.warning("consumer upkeep failed", cluster=cluster, error=exc.message)
+                    await self._check_or_retry(cluster)
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
