@@ -58,7 +58,8 @@ def _runbooks() -> dict[str, str]:
     """The "Alerts" section's entries: `### Name` heading -> its text."""
     text = METRICS_DOC.read_text()
     section = text[text.index("\n## Alerts\n") :]
-    section = section[: section.index("\n## ", 1)]
+    end = section.find("\n## ", 1)  # the next section, if the Alerts are not the last
+    section = section if end < 0 else section[:end]
     parts = re.split(r"^### (\S+)\n", section, flags=re.MULTILINE)
     return dict(zip(parts[1::2], parts[2::2], strict=True))
 
