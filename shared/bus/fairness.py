@@ -45,7 +45,7 @@ from shared.bus.connection import BusError
 from shared.bus.consuming import Consumer
 from shared.bus.durables import ConsumerSettings, Delivery, Handler
 from shared.events import Event, EventType, any_cluster, check_cluster_name
-from shared.runtime.concurrency import pause
+from shared.runtime.concurrency import pause, raise_if_cancelled
 from shared.runtime.errors import TransientError
 from shared.runtime.logging import get_logger
 
@@ -148,6 +148,7 @@ class FairConsumers:
                     await self._prepare(cluster)
                 except TransientError as exc:
                     log.warning("cluster consumer not ready", cluster=cluster, error=exc.message)
+                    raise_if_cancelled()
                     await pause(self._stop, 1.0)
                     continue
                 consumer = self._bus.consumer(self._settings_for(cluster), self._fair(cluster))
@@ -219,6 +220,7 @@ class FairConsumers:
                     self.ring(cluster)
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("sweep for waiting events failed", error_type=type(exc).__name__)
+            raise_if_cancelled()  # nats-py's request may have swallowed it
             await pause(stop, self._sweep_interval)
 
     async def _waiting(self) -> list[str]:

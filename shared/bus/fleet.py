@@ -377,6 +377,7 @@ class FleetConsumers:
                     due.add(self._wake.get_nowait())
                 for cluster in sorted(due):
                     await self._check_or_retry(cluster)
+                    raise_if_cancelled()  # `check` catches nats-py's errors
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()

@@ -24,6 +24,7 @@ from nats.js.api import ConsumerConfig
 from shared.bus.connection import Connection
 from shared.bus.durables import ConsumerSettings, timing_update
 from shared.bus.metrics import ConsumerMetrics
+from shared.runtime.concurrency import raise_if_cancelled
 from shared.runtime.logging import get_logger
 
 log = get_logger(__name__)
@@ -81,6 +82,7 @@ class DurableUpkeep:
         keep-alive: an API answer slow to come must not delay an `in_progress()`."""
         while True:
             await self.refresh()
+            raise_if_cancelled()  # nats-py's request may have swallowed it (`refresh` catches)
             await asyncio.sleep(self._settings.info_refresh)
 
     def pending(self, count: int) -> None:

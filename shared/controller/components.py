@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from shared.k8s.controller import Controller
 from shared.k8s.informer import Informer
-from shared.runtime.concurrency import pause
+from shared.runtime.concurrency import pause, raise_if_cancelled
 
 __all__ = ["ControllerComponent", "PeriodicComponent", "Task"]
 
@@ -82,6 +82,7 @@ class PeriodicComponent:
             return
         while not stop.is_set():
             await self._work()
+            raise_if_cancelled()  # work that catches the bus's errors may have swallowed it
             await pause(stop, self._interval)
 
 
