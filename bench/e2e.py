@@ -64,6 +64,7 @@ from e2e_stack import (
     Remote,
     Sample,
     api_costs,
+    grant_bench_secrets,
     issue,
     quiet,
     retire,
@@ -158,6 +159,7 @@ async def run(stack: Stack, *, counts: dict[str, int], warmup: int, within: floa
         watching = group.create_task(informer.run(), name="bench:remote-watch")
         try:
             await informer.wait_synced()
+            await grant_bench_secrets(east)
             namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": REMOTE}}
             with contextlib.suppress(AlreadyExists):
                 await mgmt.create(NAMESPACES, namespace)

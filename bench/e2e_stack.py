@@ -20,9 +20,9 @@ from typing import Any
 
 from devstack.stack import ROOT_CA_SECRET, StackInfo
 from shared.k8s.client import KubeClient
-from shared.k8s.errors import NotFound
+from shared.k8s.errors import AlreadyExists, NotFound
 from shared.k8s.informer import EventType, InformerEvent
-from shared.k8s.resources import CONFIG_MAPS, ISSUED_CERTIFICATES, SECRETS
+from shared.k8s.resources import CONFIG_MAPS, ISSUED_CERTIFICATES, SECRETS, Resource
 from shared.pki import KeyAlgorithm, KeySpec, SigningCA, load_signing_ca
 
 REMOTE = "east"
@@ -41,6 +41,42 @@ DELETE_WITHIN = 30.0  # seconds for FINISHED, then for the remote copy to go, be
 # fetches, far below one reconcile pass.
 QUIET_WINDOW = 0.2
 QUIET_CPU = 0.025
+
+
+ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")
+ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
+BENCH_GRANT = "meshtrust-bench-secrets"
+
+
+async def grant_bench_secrets(remote: KubeClient) -> None:
+    """Let the agent read and write any Secret in `REMOTE_NAMESPACE`: deploy/'s RBAC names the
+    Secrets it may use (`cacerts`, its key Secret), and each sample here has Secrets of its own
+    name, as a user whose declarations name other Secrets grants them (docs/deploy.md)."""
+    meta = {"name": BENCH_GRANT, "namespace": REMOTE_NAMESPACE}
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": meta,
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "verbs": ["get", "update", "patch", "delete"],
+            }
+        ],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": meta,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": BENCH_GRANT},
+        "subjects": [
+            {"kind": "ServiceAccount", "name": "meshtrust-agent", "namespace": "meshtrust-system"}
+        ],
+    }
+    for resource, body in ((ROLES, role), (ROLE_BINDINGS, binding)):
+        with contextlib.suppress(AlreadyExists):
+            await remote.create(resource, body, namespace=REMOTE_NAMESPACE)
 
 
 def cpu_seconds(info: StackInfo) -> dict[str, float]:
