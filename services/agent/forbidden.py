@@ -12,13 +12,9 @@ The server's message names the user, verb, resource and namespace, never any Sec
 
 from __future__ import annotations
 
-import datetime as dt
-
-from services.agent import policies
-from shared.api.v1alpha2 import IssuedCertificateStatus, State
 from shared.k8s.errors import Forbidden
 
-__all__ = ["forbidden_error", "forbidden_status"]
+__all__ = ["forbidden_error"]
 
 
 def forbidden_error(error: Forbidden) -> str:
@@ -27,27 +23,4 @@ def forbidden_error(error: Forbidden) -> str:
         f"forbidden: {error.message}; the agent's ServiceAccount lacks this permission: grant it "
         "(deploy/remote/agent-rbac.yaml lists by name the Secrets the agent may read and write) "
         "or name a Secret it may use in the declaration"
-    )
-
-
-def forbidden_status(
-    status: IssuedCertificateStatus,
-    error: Forbidden,
-    *,
-    generation: int | None,
-    now: dt.datetime,
-    timing: policies.Timing,
-    rand: float,
-) -> IssuedCertificateStatus:
-    """FAILED with the refusal, retried after the usual failure backoff (`renewal_time`)."""
-    failures = status.failed_attempts + 1
-    delay = policies.retry_delay(failures, timing=timing, rand=rand)
-    return status.model_copy(
-        update={
-            "state": State.FAILED,
-            "error": forbidden_error(error),
-            "observed_generation": generation,
-            "failed_attempts": failures,
-            "renewal_time": now + dt.timedelta(seconds=delay),
-        }
     )

@@ -35,7 +35,7 @@ import structlog
 from pydantic import ValidationError
 
 from services.agent import policies
-from services.agent.forbidden import forbidden_status
+from services.agent.forbidden import forbidden_error
 from services.agent.messages import Messages
 from services.agent.metrics import AgentMetrics
 from services.agent.objects import (
@@ -344,13 +344,12 @@ class Reconciler:
         if raw is None or metadata(raw).deletion_timestamp is not None:
             return Done()
         old = _readable_status(raw)
-        new = forbidden_status(
+        new = self._failed(
             old,
-            error,
+            error=forbidden_error(error),
             generation=metadata(raw).generation,
             now=(now := self._now()),
-            timing=self._timing,
-            rand=self._rand(),
+            retry=True,
         )
         log.warning("reconcile.forbidden", error=error.message)
         await self._transitions.write(
@@ -370,28 +369,47 @@ class Reconciler:
         return RequeueAfter(wait)
 
     async def _fail(self, p: _Pass, decision: Fail) -> ReconcileResult:
-        failures = p.status.failed_attempts + 1
-        retry_at: dt.datetime | None = None
-        if decision.retry:
-            delay = policies.retry_delay(failures, timing=self._timing, rand=self._rand())
-            retry_at = p.now + dt.timedelta(seconds=delay)
-        new = p.status.model_copy(
-            update={
-                "state": State.FAILED,
-                "error": decision.error,
-                "observed_generation": p.observed.generation,
-                "failed_attempts": failures,
-                "renewal_time": retry_at,
-            }
+        new = self._failed(
+            p.status,
+            error=decision.error,
+            generation=p.observed.generation,
+            now=p.now,
+            retry=decision.retry,
         )
         if p.key_secret is not None:
             # First, so that FAILED never has its issuance's key lying around; a crash in between
             # is REQUESTED without a key, which starts over (KeyLost).
             await self._objects.delete_key_secret(p.key)  # its key will never be certified
         await self._transition(p, new, decision.reason, decision.error)
-        if retry_at is None:
+        if new.renewal_time is None:
             return Done()
-        return RequeueAfter(max(0.0, (retry_at - p.now).total_seconds()))
+        return RequeueAfter(max(0.0, (new.renewal_time - p.now).total_seconds()))
+
+    def _failed(
+        self,
+        status: IssuedCertificateStatus,
+        *,
+        error: str,
+        generation: int,
+        now: dt.datetime,
+        retry: bool,
+    ) -> IssuedCertificateStatus:
+        """FAILED with `error`; with `retry`, tried again after the failure backoff
+        (`renewal_time`)."""
+        failures = status.failed_attempts + 1
+        retry_at: dt.datetime | None = None
+        if retry:
+            delay = policies.retry_delay(failures, timing=self._timing, rand=self._rand())
+            retry_at = now + dt.timedelta(seconds=delay)
+        return status.model_copy(
+            update={
+                "state": State.FAILED,
+                "error": error,
+                "observed_generation": generation,
+                "failed_attempts": failures,
+                "renewal_time": retry_at,
+            }
+        )
 
     async def _send_csr(self, p: _Pass, raw: Obj, key_secret: KeySecret, attempt: int) -> None:
         material = key_secret.material
