@@ -24,6 +24,12 @@ from shared.events.names import (
 
 DESIRED_BUCKET = "meshtrust-desired"
 
+TRUST_EPOCH_ANNOTATION = "meshtrust.io/trust-epoch"
+"""Set by the issuer on a desired IssuedCertificate during a root rotation (docs/rotation.md):
+which step of the rotation the cluster is asked to be on. A change of its value asks the agent
+for a new issuance (a new key and CSR, sent with that `trust_epoch`), as a new generation does;
+its absence is the epoch outside any rotation."""
+
 
 class DesiredKind(StrEnum):
     """Key token of each kind (Kubernetes resource plural: lower-case, no dots)."""

@@ -49,6 +49,28 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class _OmitsUnset(_Model):
+    """A model with optional fields added after schema_version 1: each is absent from the JSON
+    when not set (`_omitted_when_none`), so that an event without it reads, and is signed into
+    the audit stream, as it did before the field existed."""
+
+    _omitted_when_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in self._omitted_when_none:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+
+TrustEpoch = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{0,252}$")]
+"""Which step of a root rotation an issuance belongs to (docs/rotation.md): set by the issuer on
+the desired IssuedCertificate (annotation `meshtrust.io/trust-epoch`), sent back by the agent
+with the CSR it made for that step."""
+
+
 class TraceContext(_Model):
     """W3C Trace Context, carried so that one issuance can be followed across the services."""
 
@@ -68,18 +90,27 @@ class ObjectRef(_Model):
 # --- payloads ---------------------------------------------------------------------------------
 
 
-class CsrRequestedData(_Model):
+class CsrRequestedData(_OmitsUnset):
     """The agent asks for its CSR to be signed."""
+
+    _omitted_when_none: ClassVar[tuple[str, ...]] = ("trust_epoch",)
 
     name: ObjectName = Field(description="The IssuedCertificate's name (= the declaration's).")
     declaration_uid: str = Field(min_length=1, max_length=64)
     declaration_generation: int = Field(ge=1, description="The declaration this CSR answers.")
     csr_pem: Pem
     attempt: int = Field(default=1, ge=1, description="1 for the first send, +1 per re-send.")
+    trust_epoch: TrustEpoch | None = Field(
+        default=None,
+        description="The rotation step this CSR was made for (the desired IssuedCertificate's "
+        "`meshtrust.io/trust-epoch`); absent outside a rotation.",
+    )
 
 
-class CertificateIssuedData(_Model):
+class CertificateIssuedData(_OmitsUnset):
     """The issuer's signed intermediate, with the chain to the root; no key, ever."""
+
+    _omitted_when_none: ClassVar[tuple[str, ...]] = ("cross_signed_pem",)
 
     name: ObjectName
     declaration_generation: int = Field(ge=1)
@@ -89,13 +120,24 @@ class CertificateIssuedData(_Model):
     ca_chain_pem: Pem = Field(
         description="The signing CA's certificate and every certificate above it, root last."
     )
-    root_cert_pem: Pem
+    root_cert_pem: Pem = Field(
+        description="The roots the cluster's workloads trust (Istio's root-cert.pem): the root "
+        "`ca_chain_pem` ends at, and during a root rotation the other root as well."
+    )
     not_before: AwareDatetime
     not_after: AwareDatetime
+    cross_signed_pem: Pem | None = Field(
+        default=None,
+        description="During and after a root rotation: for each root of `root_cert_pem` that "
+        "the agent may not pin yet, a certificate of that root's subject and key signed by a "
+        "root it does pin (the authority to trust it); absent otherwise.",
+    )
 
 
-class CertificateDeniedData(_Model):
+class CertificateDeniedData(_OmitsUnset):
     """The issuer refuses; `reason` is stable, `message` tells an operator what to fix."""
+
+    _omitted_when_none: ClassVar[tuple[str, ...]] = ("retry_after",)
 
     name: ObjectName
     declaration_generation: int | None = Field(default=None, ge=1)
@@ -108,13 +150,6 @@ class CertificateDeniedData(_Model):
         "not before. Absent from the JSON when not set, so that a denial without it reads as "
         "it did before the field existed (schema_version 1).",
     )
-
-    @model_serializer(mode="wrap")
-    def _without_unset_retry(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if data.get("retry_after") is None:
-            data.pop("retry_after", None)
-        return data
 
 
 class BounceRequestedData(_Model):

@@ -13,6 +13,7 @@ executor. Every deliberate failure is a `PkiError` with a stable ``reason`` and 
 
 from shared.pki.authority import SigningCA, load_signing_ca
 from shared.pki.bundle import BUNDLE_FIELDS, Bundle, BundleInfo, check_bundle, make_bundle
+from shared.pki.crosssign import Vouched, cross_sign, vouched_roots
 from shared.pki.csr import build_csr, parse_hosts
 from shared.pki.errors import (
     BundleInvalid,
@@ -63,10 +64,12 @@ __all__ = [
     "PublicKey",
     "SigningCA",
     "SigningRefused",
+    "Vouched",
     "build_csr",
     "check_bundle",
     "check_csr",
     "create_root_ca",
+    "cross_sign",
     "fingerprint",
     "generate_private_key",
     "load_private_key",
@@ -77,4 +80,5 @@ __all__ = [
     "private_key_to_pem",
     "serial_hex",
     "sign_intermediate",
+    "vouched_roots",
 ]

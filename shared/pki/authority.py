@@ -6,7 +6,10 @@
 - ``tls.crt`` + ``tls.key`` + ``ca.crt`` (cert-manager's form; ``tls.crt`` may carry the chain).
 
 It assembles the path ``[signing cert, intermediates..., root]`` in the order given (repeated
-certificates dropped, the root appended if the chain stops short of it) and refuses, with an
+certificates dropped, the root appended if the chain stops short of it). The root field may hold
+several roots (the overlap of a root rotation, docs/rotation.md): the path ends at the one that
+issued the chain's top, and every root goes into `SigningCA.trust_roots`, each of them checked as
+a valid self-signed CA. It refuses, with an
 `InvalidSigningCA` whose ``reason`` says why: a missing field (``MissingField``), both forms at once
 (``AmbiguousForm``), unreadable PEM (``Malformed``/``TooLarge``/``Encrypted``), a key that does not
 belong to the certificate (``KeyMismatch``) or is not RSA >= 2048 / ECDSA P-256, P-384, P-521
@@ -31,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -80,6 +84,10 @@ class SigningCA:
     cert: x509.Certificate
     key: PrivateKey = field(repr=False, compare=False)
     chain: tuple[x509.Certificate, ...]
+    trust_roots: tuple[x509.Certificate, ...] = ()
+    """Every root of the Secret's root field (``root-cert.pem``/``ca.crt``), in its order: the
+    bundle the issued intermediates are sent with. Empty means ``(root,)``; it always holds
+    ``root``. Several roots are the overlap of a root rotation (docs/rotation.md)."""
     _builders: dict[int, x509.CertificateBuilder] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -87,6 +95,10 @@ class SigningCA:
     def __post_init__(self) -> None:
         if not self.chain or self.chain[0] != self.cert:
             raise ValueError("SigningCA.chain must start with the signing certificate")
+        if not self.trust_roots:
+            object.__setattr__(self, "trust_roots", (self.chain[-1],))
+        elif self.chain[-1] not in self.trust_roots:
+            raise ValueError("SigningCA.trust_roots must hold the chain's root")
 
     @property
     def root(self) -> x509.Certificate:
@@ -100,6 +112,11 @@ class SigningCA:
     @functools.cached_property
     def root_pem(self) -> bytes:
         return certificates_to_pem([self.root])
+
+    @functools.cached_property
+    def trust_roots_pem(self) -> bytes:
+        """``trust_roots`` as concatenated PEM: what ``root-cert.pem`` of what it signs holds."""
+        return certificates_to_pem(self.trust_roots)
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -173,10 +190,6 @@ def load_signing_ca(data: Mapping[str, bytes], *, now: dt.datetime) -> SigningCA
     certificates = _load(data, cert_field)
     extra = _load(data, chain_field) if chain_field is not None and chain_field in data else []
     roots = _load(data, root_field)
-    if len(roots) != 1:
-        raise InvalidSigningCA(
-            "Malformed", f"{root_field}: expected exactly one root certificate, found {len(roots)}"
-        )
     key = _load_key(data, key_field)
     cert = certificates[0]
     if public_key_der(key) != spki_of(cert):
@@ -187,12 +200,16 @@ def load_signing_ca(data: Mapping[str, bytes], *, now: dt.datetime) -> SigningCA
         )
     if why := check_ca_extensions(cert):
         raise InvalidSigningCA("NotCA", f"{cert_field} {describe_certificate(cert)}: {why}")
-    path = _assemble(cert, [*certificates[1:], *extra], roots[0])
+    path = _assemble(cert, [*certificates[1:], *extra], _root_of(certificates, extra, roots))
     try:
         verify_path(path, now=now)
     except ChainInvalid as exc:
         raise InvalidSigningCA(exc.reason, f"signing CA chain: {exc.message}") from None
-    ca = SigningCA(cert=cert, key=key, chain=tuple(path))
+    trust_roots = _distinct(roots)
+    for other in trust_roots:
+        if other != path[-1]:
+            _check_other_root(other, root_field, now=now)
+    ca = SigningCA(cert=cert, key=key, chain=tuple(path), trust_roots=trust_roots)
     if ca.max_path_len is not None and ca.max_path_len < 0:
         raise InvalidSigningCA(
             "PathLenExhausted",
@@ -258,6 +275,44 @@ def _load_key(data: Mapping[str, bytes], field_name: str) -> PrivateKey:
             "P-256, P-384 or P-521",
         )
     return key
+
+
+def _root_of(
+    certificates: Sequence[x509.Certificate],
+    extra: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate],
+) -> x509.Certificate:
+    """The root (of several, in a rotation's overlap) that the chain given ends at: the one whose
+    subject is the issuer of the chain's last certificate; the first root if none matches (path
+    validation then says why)."""
+    top = [*certificates, *extra][-1]
+    if top in roots:
+        return top
+    candidates = [root for root in roots if root.subject == top.issuer]
+    for root in candidates:  # a re-keyed root may keep its predecessor's subject
+        try:
+            top.verify_directly_issued_by(root)
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            continue
+        return root
+    return (candidates or roots)[0]
+
+
+def _check_other_root(root: x509.Certificate, root_field: str, *, now: dt.datetime) -> None:
+    """A root in the bundle beside the chain's own must be a valid self-signed CA as well: it
+    goes into every ``root-cert.pem`` signed here."""
+    try:
+        verify_path([root], now=now)
+    except ChainInvalid as exc:
+        raise InvalidSigningCA(exc.reason, f"{root_field}: {exc.message}") from None
+
+
+def _distinct(roots: Sequence[x509.Certificate]) -> tuple[x509.Certificate, ...]:
+    kept: list[x509.Certificate] = []
+    for root in roots:
+        if root not in kept:
+            kept.append(root)
+    return tuple(kept)
 
 
 def _assemble(

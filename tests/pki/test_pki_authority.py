@@ -81,6 +81,31 @@ def _three_level() -> Hierarchy:
     return Hierarchy(h.root, signer)
 
 
+@pytest.mark.parametrize("new_first", [False, True], ids=["old root first", "new root first"])
+@pytest.mark.parametrize("levels", [1, 2], ids=["root signs", "intermediate signs"])
+def test_several_roots_load_as_the_bundle_and_the_chain_ends_at_the_signing_one(
+    levels: int, new_first: bool
+) -> None:
+    h = hierarchy(levels=levels)
+    other = _other_root().cert
+    roots = [other, h.root.cert] if new_first else [h.root.cert, other]
+    ca = load_signing_ca(_data(h, root_cert_pem=pem(*roots)), now=NOW)
+    assert ca.root == h.root.cert
+    assert ca.trust_roots == tuple(roots)
+    assert ca.trust_roots_pem == pem(*roots)
+
+
+def test_a_re_keyed_root_with_the_same_subject_is_told_apart_by_its_signature() -> None:
+    h = hierarchy(levels=2)
+    same_name = make_ca(cn="root", private_key=key(P256, 107)).cert
+    assert same_name.subject == h.root.cert.subject
+    ca = load_signing_ca(
+        _data(h, root_cert_pem=pem(same_name, h.root.cert), cert_chain_pem=None), now=NOW
+    )
+    assert ca.root == h.root.cert
+    assert ca.trust_roots == (same_name, h.root.cert)
+
+
 def test_a_three_level_chain_in_order_loads() -> None:
     h = hierarchy(levels=2)
     signer = make_ca(cn="third level", private_key=key(P256, 102), parent=h.intermediate)
@@ -175,13 +200,30 @@ LOAD_FAILURES = [
         "ca-key.pem",
     ),
     (
-        "two roots are malformed",
+        "a second root that is not self-signed is refused",
         lambda: _data(
             hierarchy(levels=1),
-            root_cert_pem=pem(hierarchy(levels=1).root.cert, _other_root().cert),
+            root_cert_pem=pem(hierarchy(levels=1).root.cert, hierarchy(levels=2).signer.cert),
         ),
-        "Malformed",
-        "exactly one root",
+        "RootNotSelfSigned",
+        "root-cert.pem",
+    ),
+    (
+        "an expired second root is refused",
+        lambda: _data(
+            hierarchy(levels=1),
+            root_cert_pem=pem(
+                hierarchy(levels=1).root.cert,
+                make_ca(
+                    cn="expired root",
+                    private_key=key(P256, 106),
+                    not_before=NOW - 400 * DAY,
+                    not_after=NOW - DAY,
+                ).cert,
+            ),
+        ),
+        "Expired",
+        "root-cert.pem",
     ),
     (
         "a huge field is too large",
