@@ -140,6 +140,11 @@ class Stack:
         self._nats: NatsNodes | None = None
 
     @property
+    def nats(self) -> NatsNodes | None:
+        """The NATS servers, once up (tests find a stream's leader among them)."""
+        return self._nats
+
+    @property
     def state_file(self) -> Path:
         return self.root / "stack.json"
 
