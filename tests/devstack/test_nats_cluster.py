@@ -11,8 +11,9 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 
-from devstack.natscluster import NatsNodes
+from devstack.natscluster import NatsNodes, kept_nodes
 from devstack.natsconfig import PROVISIONER_USER, nkeys_for, render, user_names
+from devstack.stack import Stack, StackError
 from shared.bus import Bus, NatsSettings
 from shared.bus.completions import RECORD_STREAM
 from shared.bus.ledger import Ledger
@@ -153,3 +154,16 @@ async def test_a_killed_stream_leader_is_replaced_and_rejoins(
         return bool(peers) and len(peers or []) == 2 and all(p.current for p in peers or [])
 
     await eventually(caught_up, within=30, interval=0.1, message="the old leader caught up")
+
+
+def test_a_kept_stack_is_resumed_only_with_the_nodes_it_was_made_with(tmp_path: Path) -> None:
+    # Its streams' replicas live in those nodes' stores: one node could not serve them.
+    root = tmp_path / "devstack"
+    (root / "nats").mkdir(parents=True)
+    (root / "nats" / "nodes").write_text("3\n")
+    assert kept_nodes(root / "nats") == 3
+    with pytest.raises(StackError, match="keeps 3 NATS nodes, not 1"):
+        Stack(root, remotes=["east"], nats_nodes=1).up()
+    assert not (root / "nats" / "node-0").exists(), "nothing was started"
+    with pytest.raises(StackError, match="at least 1"):
+        NatsNodes(tmp_path / "none", tmp_path / "logs", 0)
