@@ -6,6 +6,8 @@ that dies, and keeps running after `up` returns; `up` on a stack that `down` sto
 (same clusters, root CA, certificates and JetStream). `down` stops it all and keeps that state;
 `down --purge` wipes it. `status` shows each process's state, restarts, memory and uptime;
 `stop|start|restart SERVICE` (e.g. `agent-east`) act on one process through the supervisor.
+`up --nats-nodes 3` runs three nats-server nodes in one JetStream cluster (`nats-server-0..2`,
+every stream and bucket with three replicas; `devstack.natscluster`) instead of one.
 """
 
 from __future__ import annotations
