@@ -51,25 +51,26 @@ class _LazyInit:
         self.lock = threading.RLock()
 
     def __call__(self, name: str) -> Any:
-        with self.lock:
-            if name in vars(self.module):  # set meanwhile, by another thread or the __init__
-                return vars(self.module)[name]
-            found = self._imported_name(name)
-            if found is None and not name.startswith("__"):
-                found = self._submodule(name)
-            if found is None:
-                self._run_init()
-                if name not in vars(self.module):
-                    module = self.module.__name__
-                    raise AttributeError(f"module {module!r} has no attribute {name!r}")
-                return vars(self.module)[name]
+        # Imports run outside the lock (the import system has its own per-module locks; a lock
+        # of ours held across an import could deadlock against them). Only building the names
+        # and running the __init__, each once, hold it.
+        found = self._imported_name(name)
+        if found is None and not name.startswith("__"):
+            found = self._submodule(name)
+        if found is not None:
             setattr(self.module, name, found[0])
             return found[0]
+        self._run_init()
+        if name not in vars(self.module):
+            module = self.module.__name__
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        return vars(self.module)[name]
 
     def _imported_name(self, name: str) -> tuple[Any] | None:
         """What the `__init__` would have bound to `name` by an import, if it imports it."""
-        if self.names is None:
-            self.names = imported_names(self.module)
+        with self.lock:
+            if self.names is None:
+                self.names = imported_names(self.module)
         where = self.names.get(name)
         if where is None:
             return None
@@ -84,13 +85,14 @@ class _LazyInit:
         return (importlib.import_module(qualified),)
 
     def _run_init(self) -> None:
-        if self.ran_init:
-            return
-        self.ran_init = True
-        spec = self.module.__spec__
-        assert spec is not None
-        assert spec.loader is not None
-        spec.loader.exec_module(self.module)
+        with self.lock:
+            if self.ran_init:
+                return
+            self.ran_init = True
+            spec = self.module.__spec__
+            assert spec is not None
+            assert spec.loader is not None
+            spec.loader.exec_module(self.module)
 
 
 def imported_names(module: ModuleType) -> dict[str, tuple[str, str | None]]:

@@ -130,3 +130,30 @@ def _constant(node: ast.expr) -> bool:
     if isinstance(node, ast.List | ast.Tuple):
         return all(_constant(e) for e in node.elts)
     return False
+
+
+def test_threads_resolving_names_at_once_get_the_same_objects() -> None:
+    found = run_python(
+        """
+        import json, threading
+        import shared.k8s
+        import kubernetes_asyncio.client as client
+        names = ["V1Pod", "V1Secret", "CoreV1Api", "__all__", "Configuration", "V1ObjectMeta"]
+        seen, errors, start = [], [], threading.Barrier(8)
+
+        def resolve():
+            start.wait()
+            try:
+                seen.append([id(getattr(client, n)) for n in names])
+            except Exception as exc:
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=resolve) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print(json.dumps({"errors": errors, "distinct": len({tuple(s) for s in seen})}))
+        """
+    )
+    assert found == {"errors": [], "distinct": 1}
