@@ -12,8 +12,8 @@ comes, and prints:
   measured once every cluster is FINISHED (the stack is kept for that), then the stack is
   stopped and its state wiped.
 
-No floor, no ratio: this is a capacity figure (issue 17: 50 clusters on a 2-core machine), not a
-comparison. It takes minutes at N=50 and is not part of `make bench`:
+No floor, no ratio: this is a capacity figure (issue 17: 50 clusters on a 2-core machine; issue
+20: 100), not a comparison. It takes minutes at N=50 and is not part of `make bench`:
 
     .venv/bin/python bench/demo_fleet.py [--clusters 50] [--timeout 900]
 """

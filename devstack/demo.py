@@ -5,9 +5,10 @@ IssuedCertificate and a PodBounceDirective for every remote cluster in `mgmt`
 (`deploy/examples/declarations.yaml`, applied with kubectl),
 follows each remote IssuedCertificate until FINISHED (or FAILED), then checks what a platform
 team would: every cluster's `cacerts` chains to the shared root (`openssl verify`), the bundle
-passes `shared.pki.check_bundle`, and the istiod-like pods were replaced. Prints a summary
-table, and stops the stack unless `keep` (wiping it when every cluster verified; keeping its
-state and logs for a look when not). A cluster not done is named every `REPORT_EVERY` seconds
+passes `shared.pki.check_bundle`, and the istiod-like pods were replaced. Prints the start-up
+time and the stack's total resident memory (once up and at the end) and a summary table, and
+stops the stack unless `keep` (wiping it when every cluster verified; keeping its state and logs
+for a look when not). A cluster not done is named every `REPORT_EVERY` seconds
 with what holds it (its state and error here and in mgmt, and its processes as the supervisor
 sees them), so the demo never waits silently.
 """
