@@ -4,10 +4,11 @@
 emulated clusters `mgmt` + remotes and the services (see `devstack.stack`), restarts any of them
 that dies, and keeps running after `up` returns; `up` on a stack that `down` stopped resumes it
 (same clusters, root CA, certificates and JetStream). `down` stops it all and keeps that state;
-`down --purge` wipes it. `status` shows each process's state, restarts, memory and uptime;
-`stop|start|restart SERVICE` (e.g. `agent-east`) act on one process through the supervisor.
-`up --nats-nodes 3` runs three nats-server nodes in one JetStream cluster (`nats-server-0..2`,
-every stream and bucket with three replicas; `devstack.natscluster`) instead of one.
+`down --purge` wipes it. `status` shows each process's state, restarts, memory (RSS) and
+uptime, and their total memory; `stop|start|restart SERVICE` (e.g. `agent-east`) act on one
+process through the supervisor. `up --nats-nodes 3` runs three nats-server nodes in one
+JetStream cluster (`nats-server-0..2`, every stream and bucket with three replicas;
+`devstack.natscluster`) instead of one.
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ def _status(root: Path) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    sizes = supervisor.resident(root)
+    print(f"RSS {sum(sizes.values()) / 2**20:.0f} MiB in total, {len(sizes)} processes")
     return 0 if healthy else 1
 
 

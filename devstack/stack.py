@@ -19,7 +19,7 @@
 4. the services, each under its own ServiceAccount, through their production entry points and
    environment settings: the issuer (waited for until ready, since it makes the clusters'
    consumers), then an agent and a bouncer per remote cluster, each with its own NATS account,
-   seed and inbox prefix.
+   seed and inbox prefix, a few starting at once (`devstack.startup`: no starved start-ups).
 
 Everything is recorded in `.devstack/stack.json` (NATS URL, pids, clusters and their
 kubeconfigs), which `down()` reads to stop it all, services first. `down()` keeps the state: the
@@ -47,9 +47,10 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from devstack import identities, processes
+from devstack import identities, processes, startup
 from devstack.natscluster import NatsNodes, kept_nodes
 from devstack.natsconfig import (
     HUB_USERS,
@@ -217,12 +218,10 @@ class Stack:
             self._save()
             processes.wait_ready(started[-1])
             self._save()
-            for cluster in self.remotes:
-                for service in ("agent", "bouncer"):
-                    started.append(self._start_service(service, cluster))
-                    self._save()
-            for process in started[len(self._nats.names) + 2 :]:
-                processes.wait_ready(process)
+            services = [(s, c) for c in self.remotes for s in ("agent", "bouncer")]
+            for process in startup.bounded(partial(self._start_service, *s) for s in services):
+                started.append(process)  # a few at once (devstack/startup.py), each ready
+                self._save()
             self._save()
         except BaseException:
             self.down()

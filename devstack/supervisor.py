@@ -339,3 +339,18 @@ def request(root: Path, action: str, name: str, *, within: float = 120.0) -> str
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def resident(root: Path) -> dict[str, int]:
+    """Resident memory (VmRSS, bytes) of every running process of the stack of `root` the
+    supervisor records, by name, and of the supervisor itself ("supervisor")."""
+    state = read(root) or {}
+    out = {}
+    for entry in state.get("processes", []):
+        size = processes.rss_bytes(entry["pid"]) if entry.get("state") == "running" else None
+        if size is not None:
+            out[entry["name"]] = size
+    pid = running(root)
+    if pid is not None and (size := processes.rss_bytes(pid)) is not None:
+        out["supervisor"] = size
+    return out
