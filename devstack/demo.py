@@ -165,8 +165,10 @@ async def report_stuck(
         here = f"is {p.state}" if p.state != "-" else "has no IssuedCertificate yet"
         down = [
             f"{name} {e['state']} ({e['last_exit'] or 'no exit recorded'})"
-            for name in ("issuer", f"agent-{cluster}", f"bouncer-{cluster}", "nats-server")
-            if (e := supervised.get(name)) is not None and e["state"] != "running"
+            for name in sorted(supervised)
+            if name in ("issuer", f"agent-{cluster}", f"bouncer-{cluster}")
+            or name.startswith("nats-server")  # one node, or nats-server-0..2
+            if (e := supervised[name])["state"] != "running"
         ]
         why = "; ".join([f"{cluster} {here}" + (f": {p.error}" if p.error else ""), in_mgmt])
         if down:
