@@ -22,6 +22,7 @@ from typing import Any
 from services.agent.bundles import BundleChecks
 from services.agent.policies import KeyMaterial, Verdict
 from shared.api.meta import Obj, ObjectKey, metadata
+from shared.events.desired import TRUST_EPOCH_ANNOTATION
 from shared.k8s.client import KubeClient
 from shared.k8s.early import EarlyRead, read_early
 from shared.k8s.errors import AlreadyExists, NotFound
@@ -45,6 +46,13 @@ SERIAL_NUMBER = "meshtrust.io/serial-number"
 SIGNING_CHAIN = "meshtrust.io/signing-chain-fingerprint"
 """On the IssuedCertificate: the desired signing-chain fingerprint (set by the applier); on the
 key Secret and the issued Secret: the value the issuance was started under."""
+TRUST_EPOCH = TRUST_EPOCH_ANNOTATION
+"""On the IssuedCertificate: the rotation step the issuer asks for (copied from desired state);
+on the key Secret and the issued Secret: the value the issuance was started under. Absent is the
+epoch "" (outside any rotation); a difference re-issues (docs/agent.md, "Trust bundle")."""
+CROSS_SIGNED = "meshtrust.io/cross-signed"
+"""On the issued Secret: the cross certificates (PEM) the issuer's answer came with, by which a
+pinned root vouches for a root of root-cert.pem the agent does not pin (a root rotation)."""
 VERDICT = "meshtrust.io/verdict"
 """On the IssuedCertificate: JSON {issuance, kind, reason, message} left by a bus handler."""
 
@@ -157,6 +165,7 @@ def read_key_secret(secret: Mapping[str, Any] | None) -> KeySecret | None:
             attempt=max(1, _int(notes.get(ATTEMPT)) or 1),
             requested_at=requested_at,
             signing_chain=notes.get(SIGNING_CHAIN),
+            trust_epoch=notes.get(TRUST_EPOCH, ""),
         ),
         key_pem=data[KEY_FIELD],
         csr_pem=data[CSR_FIELD],
@@ -238,6 +247,7 @@ class AgentObjects:
         key_pem: bytes,
         csr_pem: bytes,
         signing_chain: str | None,
+        trust_epoch: str,
         requested_at: dt.datetime,
     ) -> Obj:
         """Create (or replace) the key Secret of a new issuance, owned by the IssuedCertificate
@@ -263,6 +273,7 @@ class AgentObjects:
                     ATTEMPT: "1",
                     REQUESTED_AT: _rfc3339(requested_at),
                     **({SIGNING_CHAIN: signing_chain} if signing_chain else {}),
+                    **({TRUST_EPOCH: trust_epoch} if trust_epoch else {}),
                 },
                 "ownerReferences": [
                     {
@@ -303,6 +314,8 @@ class AgentObjects:
         serial: str,
         owner: ObjectKey,
         signing_chain: str | None,
+        trust_epoch: str,
+        cross_signed: str | None,
         current: Obj | None,
     ) -> None:
         """Write the four bundle fields in one request, so the Secret goes from one complete,
@@ -315,6 +328,10 @@ class AgentObjects:
         notes = {ISSUANCE_ID: issuance, SERIAL_NUMBER: serial, ISSUED_CERTIFICATE: str(owner)}
         if signing_chain:
             notes[SIGNING_CHAIN] = signing_chain
+        if trust_epoch:
+            notes[TRUST_EPOCH] = trust_epoch
+        if cross_signed:
+            notes[CROSS_SIGNED] = cross_signed
         fields = _b64(bundle.to_secret_data())
         if current is None:
             body: Obj = {
@@ -336,7 +353,8 @@ class AgentObjects:
                 current = await self.kube.get(SECRETS, name, namespace=namespace)
         meta = dict(metadata(current))
         meta["labels"] = {**(meta.get("labels") or {}), MANAGED_BY: MANAGED_BY_VALUE}
-        kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k != SIGNING_CHAIN}
+        ours = (SIGNING_CHAIN, TRUST_EPOCH, CROSS_SIGNED)  # those of the previous issuance go
+        kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in ours}
         meta["annotations"] = {**kept, **notes}
         # PUT with the resourceVersion read: a concurrent writer makes this a Conflict, retried.
         await self.kube.replace(
