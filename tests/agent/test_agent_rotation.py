@@ -376,3 +376,44 @@ async def test_a_deleted_issued_certificate_re_adopts_its_certificate(
         agent.check()
     finally:
         await agent.stop()
+
+
+async def test_an_agent_killed_in_requested_resends_the_same_csr_with_the_same_epoch(
+    kube: KubeClient,
+    namespace: str,
+    stepper: StepIssuer,
+    rot: Rotation,
+    make_settings: Callable[..., AgentSettings],
+) -> None:
+    stepper.silent = True
+    process = AgentProcess(make_settings(resend_after=2.0))
+    await process.start()
+    body = ic_body("istio-ca", namespace)
+    body["metadata"]["annotations"] = {TRUST_EPOCH: f"{EPOCH}.add"}
+    await kube.create(ISSUED_CERTIFICATES, body)
+    await eventually(lambda: len(stepper.requests) == 1, within=20, message="the first CSR")
+    key_before = await get_secret(kube, namespace, key_secret_name("istio-ca"))
+    assert key_before is not None
+    issuance = stepper.requests[0].issuance
+
+    await process.kill()
+    stepper.silent = False
+    await process.start()
+    try:
+        status = await finished_other_than(kube, namespace, "")
+    finally:
+        await process.stop()
+
+    assert process.starts == 2
+    assert status["issuanceId"] == issuance
+    assert len(stepper.requests) >= 2, "the restart sent it again"
+    assert {r.issuance for r in stepper.requests} == {issuance}
+    assert {r.data.csr_pem.encode() for r in stepper.requests} == {key_before["csr.pem"]}
+    assert set(stepper.epochs()) == {f"{EPOCH}.add"}
+    issued = await get_secret(kube, namespace, "istio-ca-cacerts")
+    assert issued is not None
+    assert issued["ca-key.pem"] == key_before["tls.key"]
+    assert len(x509.load_pem_x509_certificates(issued["root-cert.pem"])) == 2
+    secret = await kube.get(SECRETS, "istio-ca-cacerts", namespace=namespace)
+    assert secret["metadata"]["annotations"][TRUST_EPOCH] == f"{EPOCH}.add"
+    assert rot.old_root.cert == x509.load_pem_x509_certificates(issued["cert-chain.pem"])[-1]
