@@ -121,23 +121,7 @@ def check_bundle(bundle: Bundle, *, hosts: Sequence[str], org: str, now: dt.date
             f"cert-chain.pem must start with ca-cert.pem; it starts with "
             f"{describe_certificate(chain[0])}",
         )
-    if chain[-1] not in roots:
-        held = ", ".join(describe_certificate(root) for root in roots)
-        raise BundleInvalid(
-            "RootMismatch",
-            f"cert-chain.pem must end with a root of root-cert.pem ({held}); it ends with "
-            f"{describe_certificate(chain[-1])}",
-        )
-    try:
-        verify_path(chain, now=now)
-    except ChainInvalid as exc:
-        raise BundleInvalid(exc.reason, f"cert-chain.pem: {exc.message}") from None
-    for other in roots:
-        if other != chain[-1]:
-            try:
-                verify_path([other], now=now)
-            except ChainInvalid as exc:
-                raise BundleInvalid(exc.reason, f"root-cert.pem: {exc.message}") from None
+    _check_roots(chain, roots, now=now)
     if why := check_ca_extensions(cert):
         raise BundleInvalid("NotCA", f"ca-cert.pem {describe_certificate(cert)}: {why}")
     orgs = subject_orgs(cert.subject)
@@ -162,6 +146,30 @@ def check_bundle(bundle: Bundle, *, hosts: Sequence[str], org: str, now: dt.date
         fingerprint=fingerprint(cert),
         public_key_fingerprint=fingerprint(key.public_key()),
     )
+
+
+def _check_roots(
+    chain: Sequence[x509.Certificate], roots: Sequence[x509.Certificate], *, now: dt.datetime
+) -> None:
+    """The chain ends at one of ``roots`` and is valid to it; every other root is a valid
+    self-signed CA (it goes to the workloads as trusted)."""
+    if chain[-1] not in roots:
+        held = ", ".join(describe_certificate(root) for root in roots)
+        raise BundleInvalid(
+            "RootMismatch",
+            f"cert-chain.pem must end with a root of root-cert.pem ({held}); it ends with "
+            f"{describe_certificate(chain[-1])}",
+        )
+    try:
+        verify_path(chain, now=now)
+    except ChainInvalid as exc:
+        raise BundleInvalid(exc.reason, f"cert-chain.pem: {exc.message}") from None
+    for other in roots:
+        if other != chain[-1]:
+            try:
+                verify_path([other], now=now)
+            except ChainInvalid as exc:
+                raise BundleInvalid(exc.reason, f"root-cert.pem: {exc.message}") from None
 
 
 def _single(pem: bytes, field_name: str) -> x509.Certificate:
