@@ -4,19 +4,24 @@ tests judge and install them without the issuer's rotation logic.
 
 - `old_root`/`new_root`: root-only `SigningCA`s (they can cross-sign); `old`/`new`: the signing
   intermediates below them; `cross`: the new root cross-signed by the old one;
-- `attacker_root`/`attacker`: a CA nobody pinned, for the forged answers.
+- `attacker_root`/`attacker`: a CA nobody pinned, for the forged answers;
+- `StepIssuer`: answers csr.requested on the bus as the issuer does for the CSR's step.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pki.pki_testing import Issuer, key_pem, make_ca, pem
 
-from shared.events import CertificateIssuedData
+from shared.api.v1alpha2 import IssuedCertificate
+from shared.bus import Bus, Delivery
+from shared.events import CertificateIssued, CertificateIssuedData, CsrRequested, Event
+from shared.k8s.client import KubeClient
+from shared.k8s.resources import ISSUED_CERTIFICATES
 from shared.pki import (
     KeyAlgorithm,
     KeySpec,
@@ -150,3 +155,57 @@ def answer(
         not_after=issued.not_after,
         cross_signed_pem=cross_pem,
     )
+
+
+@dataclass
+class StepIssuer:
+    """Answers csr.requested as the issuer does for the step its trust_epoch names (the last
+    dot-separated part; none: outside a rotation). `silent`: no answer."""
+
+    bus: Bus
+    kube: KubeClient
+    rot: Rotation
+    silent: bool = False
+    requests: list[CsrRequested] = field(default_factory=list)
+
+    async def __call__(self, event: Event, delivery: Delivery) -> None:
+        assert isinstance(event, CsrRequested)
+        self.requests.append(event)
+        if not self.silent:
+            await self.bus.publish(await self.answer(event))
+
+    async def answer(
+        self,
+        event: CsrRequested,
+        *,
+        step: str | None = None,
+        signer: SigningCA | None = None,
+        roots: str | None = None,
+        cross: str | None = "",
+    ) -> CertificateIssued:
+        data = event.data
+        listed = await self.kube.list(
+            ISSUED_CERTIFICATES, field_selector=f"metadata.name={data.name}"
+        )
+        spec = IssuedCertificate.from_object(listed.items[0]).spec
+        if step is None:
+            step = (data.trust_epoch or "").rpartition(".")[2]
+        ca, step_roots, step_cross = self.rot.step(step)
+        issued = answer(
+            x509.load_pem_x509_csr(data.csr_pem.encode()),
+            ca=signer or ca,
+            roots_pem=roots or step_roots,
+            cross_pem=step_cross if cross == "" else cross,
+            hosts=list(spec.hosts),
+            org=spec.org,
+            name=data.name,
+            ttl=spec.cert_options.lifetime,
+            generation=data.declaration_generation,
+            attempt=data.attempt,
+        )
+        return CertificateIssued(
+            source="issuer/test", cluster=event.cluster, issuance=event.issuance, data=issued
+        )
+
+    def epochs(self) -> list[str | None]:
+        return [r.data.trust_epoch for r in self.requests]

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from agent.agent_rotation import Rotation, answer, cert_pem, make_rotation
+from agent.agent_rotation import Rotation, StepIssuer, cert_pem, make_rotation
 from agent.agent_testing import (
     AgentProcess,
     Audit,
@@ -37,14 +36,11 @@ from cryptography import x509
 from services.agent.objects import CROSS_SIGNED, TRUST_EPOCH, AgentObjects, key_secret_name
 from services.agent.settings import AgentSettings
 from services.agent.trust import TrustAnchors, assess_issued, parse_trust_bundle
-from shared.api.v1alpha2 import IssuedCertificate, IssuedCertificateSpec
-from shared.bus import Bus, Delivery
+from shared.api.v1alpha2 import IssuedCertificateSpec
+from shared.bus import Bus
 from shared.events import (
     DESIRED_BUCKET,
-    CertificateIssued,
-    CsrRequested,
     DesiredKind,
-    Event,
     EventType,
     desired_key,
 )
@@ -68,60 +64,6 @@ def rot() -> Rotation:
 def signing_ca(rot: Rotation) -> SigningCA:
     """The conftest's trust bundle pins this CA's root: the old root."""
     return rot.old
-
-
-@dataclass
-class StepIssuer:
-    """Answers csr.requested as the issuer does for the step its trust_epoch names (the last
-    dot-separated part; none: outside a rotation). `silent`: no answer."""
-
-    bus: Bus
-    kube: KubeClient
-    rot: Rotation
-    silent: bool = False
-    requests: list[CsrRequested] = field(default_factory=list)
-
-    async def __call__(self, event: Event, delivery: Delivery) -> None:
-        assert isinstance(event, CsrRequested)
-        self.requests.append(event)
-        if not self.silent:
-            await self.bus.publish(await self.answer(event))
-
-    async def answer(
-        self,
-        event: CsrRequested,
-        *,
-        step: str | None = None,
-        signer: SigningCA | None = None,
-        roots: str | None = None,
-        cross: str | None = "",
-    ) -> CertificateIssued:
-        data = event.data
-        listed = await self.kube.list(
-            ISSUED_CERTIFICATES, field_selector=f"metadata.name={data.name}"
-        )
-        spec = IssuedCertificate.from_object(listed.items[0]).spec
-        if step is None:
-            step = (data.trust_epoch or "").rpartition(".")[2]
-        ca, step_roots, step_cross = self.rot.step(step)
-        issued = answer(
-            x509.load_pem_x509_csr(data.csr_pem.encode()),
-            ca=signer or ca,
-            roots_pem=roots or step_roots,
-            cross_pem=step_cross if cross == "" else cross,
-            hosts=list(spec.hosts),
-            org=spec.org,
-            name=data.name,
-            ttl=spec.cert_options.lifetime,
-            generation=data.declaration_generation,
-            attempt=data.attempt,
-        )
-        return CertificateIssued(
-            source="issuer/test", cluster=event.cluster, issuance=event.issuance, data=issued
-        )
-
-    def epochs(self) -> list[str | None]:
-        return [r.data.trust_epoch for r in self.requests]
 
 
 @pytest.fixture

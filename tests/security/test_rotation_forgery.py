@@ -16,7 +16,7 @@ import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
-from agent.agent_rotation import Rotation, cert_pem, make_rotation
+from agent.agent_rotation import Rotation, StepIssuer, cert_pem, make_rotation
 from agent.agent_testing import (
     AgentProcess,
     get_secret,
@@ -35,7 +35,6 @@ from agent.conftest import (  # noqa: F401
     no_retry_waits,
     trust_bundle,
 )
-from agent.test_agent_rotation import StepIssuer
 from cryptography import x509
 
 from services.agent.objects import TRUST_EPOCH
