@@ -39,6 +39,7 @@ from services.agent.objects import (
     AgentObjects,
     KeySecret,
     annotations_of,
+    issued_notes,
     key_secret_name,
     read_key_secret,
 )
@@ -185,12 +186,15 @@ class Handlers:
             namespace=ref.namespace,
             name=ref.name,
             bundle=bundle,
-            issuance=event.issuance,
-            serial=event.data.serial_number,
-            owner=found.key,
-            signing_chain=key_secret.material.signing_chain,
-            trust_epoch=key_secret.material.trust_epoch,
-            cross_signed=event.data.cross_signed_pem,
+            notes=issued_notes(
+                issuance=event.issuance,
+                serial=event.data.serial_number,
+                owner=found.key,
+                declaration_generation=event.data.declaration_generation,
+                signing_chain=key_secret.material.signing_chain,
+                trust_epoch=key_secret.material.trust_epoch,
+                cross_signed=event.data.cross_signed_pem,
+            ),
             current=found.issued,
         )
         log.info("issued Secret written", key=str(found.key), serial=event.data.serial_number)

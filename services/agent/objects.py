@@ -122,6 +122,34 @@ def secret_bytes(secret: Mapping[str, Any]) -> dict[str, bytes]:
     return out
 
 
+def issued_notes(
+    *,
+    issuance: str,
+    serial: str,
+    owner: ObjectKey,
+    declaration_generation: int,
+    signing_chain: str | None,
+    trust_epoch: str,
+    cross_signed: str | None,
+) -> dict[str, str]:
+    """The issued Secret's annotations for an issuance: whose it is, and what it was issued
+    under (the declaration's generation, the signing-chain fingerprint, the trust epoch) and
+    with (the cross certificates of its roots), for the checks of the Secret in place."""
+    notes = {
+        ISSUANCE_ID: issuance,
+        SERIAL_NUMBER: serial,
+        ISSUED_CERTIFICATE: str(owner),
+        DECLARATION_GENERATION: str(declaration_generation),
+    }
+    if signing_chain:
+        notes[SIGNING_CHAIN] = signing_chain
+    if trust_epoch:
+        notes[TRUST_EPOCH] = trust_epoch
+    if cross_signed:
+        notes[CROSS_SIGNED] = cross_signed
+    return notes
+
+
 def _b64(data: Mapping[str, bytes]) -> dict[str, str]:
     return {field: base64.b64encode(value).decode() for field, value in data.items()}
 
@@ -310,28 +338,17 @@ class AgentObjects:
         namespace: str,
         name: str,
         bundle: Bundle,
-        issuance: str,
-        serial: str,
-        owner: ObjectKey,
-        signing_chain: str | None,
-        trust_epoch: str,
-        cross_signed: str | None,
+        notes: Mapping[str, str],
         current: Obj | None,
     ) -> None:
         """Write the four bundle fields in one request, so the Secret goes from one complete,
         valid bundle to the next with no moment in between. Other data fields and metadata an
         operator put on an existing Secret are kept.
 
-        `current` is the Secret as the caller read it (None: absent). A stale read costs nothing
-        but a retry: the create meets AlreadyExists (then the Secret is read), the replace
-        carries the resourceVersion read and meets Conflict."""
-        notes = {ISSUANCE_ID: issuance, SERIAL_NUMBER: serial, ISSUED_CERTIFICATE: str(owner)}
-        if signing_chain:
-            notes[SIGNING_CHAIN] = signing_chain
-        if trust_epoch:
-            notes[TRUST_EPOCH] = trust_epoch
-        if cross_signed:
-            notes[CROSS_SIGNED] = cross_signed
+        `notes` are the issuance's annotations (`issued_notes`); those of the previous issuance
+        go. `current` is the Secret as the caller read it (None: absent). A stale read costs
+        nothing but a retry: the create meets AlreadyExists (then the Secret is read), the
+        replace carries the resourceVersion read and meets Conflict."""
         fields = _b64(bundle.to_secret_data())
         if current is None:
             body: Obj = {
@@ -342,7 +359,7 @@ class AgentObjects:
                     "name": name,
                     "namespace": namespace,
                     "labels": {MANAGED_BY: MANAGED_BY_VALUE},
-                    "annotations": notes,
+                    "annotations": dict(notes),
                 },
                 "data": fields,
             }
@@ -353,7 +370,7 @@ class AgentObjects:
                 current = await self.kube.get(SECRETS, name, namespace=namespace)
         meta = dict(metadata(current))
         meta["labels"] = {**(meta.get("labels") or {}), MANAGED_BY: MANAGED_BY_VALUE}
-        ours = (SIGNING_CHAIN, TRUST_EPOCH, CROSS_SIGNED)  # those of the previous issuance go
+        ours = (SIGNING_CHAIN, TRUST_EPOCH, CROSS_SIGNED, DECLARATION_GENERATION)
         kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in ours}
         meta["annotations"] = {**kept, **notes}
         # PUT with the resourceVersion read: a concurrent writer makes this a Conflict, retried.

@@ -48,6 +48,8 @@ class IssuedView:
     """The desired signing-chain fingerprint its issuance was started under."""
     epoch: str = ""
     """The trust epoch its issuance was started under ("": none)."""
+    declaration_generation: int | None = None
+    """The declaration generation its issuance answered (None: not recorded)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +85,8 @@ class Observed:
     signing_chain: str | None = None
     """The desired signing-chain fingerprint (`DesiredObject.signing_chain_fingerprint`, stamped
     on the IssuedCertificate by the applier); None for objects not from desired state."""
+    declaration_generation: int | None = None
+    """The declaration's generation (annotation; for an object made locally, its own)."""
     trust_epoch: str = ""
     """The trust epoch the issuer asks for (`meshtrust.io/trust-epoch` on the IssuedCertificate,
     copied from desired state during a root rotation); "" outside any."""

@@ -312,12 +312,17 @@ def _issue(o: Observed, reason: str, message: str) -> Issue:
 
 def readoptable(o: Observed, *, now: dt.datetime) -> Readopt | None:
     """`Readopt` when the issued Secret of a new IssuedCertificate holds an issuance of ours
-    that the re-issuance chain would keep if it were the current one: it passes the bundle check
-    for this spec and chains to pinned roots, was issued under the same signing CA and trust
-    epoch, and its renewal time (without jitter) has not come."""
+    that the re-issuance chain would keep if it were the current one: it answered the same
+    declaration generation, passes the bundle check for this spec and chains to pinned roots,
+    was issued under the same signing CA and trust epoch, and its renewal time (without jitter)
+    has not come."""
     issued = o.issued
     if o.spec is None or issued is None or issued.info is None or issued.issuance is None:
         return None
+    if issued.declaration_generation is None or (
+        issued.declaration_generation != o.declaration_generation
+    ):
+        return None  # not known to answer this declaration (its ttl and key are not checked)
     options = o.spec.cert_options
     due = renewal_time(
         not_before=issued.info.not_before,

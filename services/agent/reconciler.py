@@ -45,6 +45,7 @@ from services.agent.objects import (
     AgentObjects,
     KeySecret,
     annotations_of,
+    declaration_generation,
     key_secret_name,
     read_key_secret,
     read_verdict,
@@ -196,6 +197,7 @@ class Reconciler:
             issued=issued,
             verdict=read_verdict(raw, status.issuance_id),
             signing_chain=annotations_of(raw).get(SIGNING_CHAIN),
+            declaration_generation=declaration_generation(raw),
             trust_epoch=annotations_of(raw).get(TRUST_EPOCH, ""),
             sent=sent,
         )

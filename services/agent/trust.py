@@ -35,6 +35,7 @@ chains of cross certificates (a root vouched for only by a vouched-for root).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from services.agent.objects import (
     SIGNING_CHAIN,
     TRUST_EPOCH,
     annotations_of,
+    declaration_generation_or_none,
     secret_bytes,
 )
 from services.agent.policies import IssuedView
@@ -228,9 +230,14 @@ async def assess_issued(
     """The issued Secret in place as the reconciler sees it: whose issuance it holds, and
     whether it passes the bundle check and chains to a pinned root (`anchors`: as last read)."""
     notes = annotations_of(secret)
-    issuance = notes.get(ISSUANCE_ID)
-    chain = notes.get(SIGNING_CHAIN)
-    epoch = notes.get(TRUST_EPOCH, "")
+    view = IssuedView(
+        issuance=notes.get(ISSUANCE_ID),
+        info=None,
+        problem=None,
+        signing_chain=notes.get(SIGNING_CHAIN),
+        epoch=notes.get(TRUST_EPOCH, ""),
+        declaration_generation=declaration_generation_or_none(secret),
+    )
     try:
         bundle = Bundle.from_secret_data(secret_bytes(secret))
         # The root first: a CA of a root nobody pinned is a foreign CA, whatever else is wrong
@@ -245,16 +252,11 @@ async def assess_issued(
                 now=now,
             )
         ):
-            problem = f"{untrusted.reason}: {untrusted.message}"
-            return IssuedView(
-                issuance=issuance, info=None, problem=problem, signing_chain=chain, epoch=epoch
-            )
+            return dataclasses.replace(view, problem=f"{untrusted.reason}: {untrusted.message}")
         info = await checks.check(bundle, hosts=spec.hosts, org=spec.org, now=now)
     except PkiError as exc:  # BundleInvalid, or the declared hosts or org themselves
-        return IssuedView(
-            issuance=issuance, info=None, problem=str(exc), signing_chain=chain, epoch=epoch
-        )
-    return IssuedView(issuance=issuance, info=info, problem=None, signing_chain=chain, epoch=epoch)
+        return dataclasses.replace(view, problem=str(exc))
+    return dataclasses.replace(view, info=info)
 
 
 def _duration(delta: dt.timedelta) -> str:

@@ -39,6 +39,13 @@ def issued(**changes: object) -> IssuedView:
     return dataclasses.replace(GOOD, **changes)  # type: ignore[arg-type]
 
 
+def new(**values: object) -> Observed:
+    """A new object (PENDING) of declaration generation 1, its issued Secret holding a valid
+    certificate of ours that answered generation 1, unless `values` say otherwise."""
+    values.setdefault("issued", issued(declaration_generation=1))
+    return observed(PENDING, declaration_generation=1, **values)
+
+
 CASES: list[tuple[str, Observed, Decision]] = [
     (
         "a finished certificate of another epoch than asked for is issued again",
@@ -105,39 +112,53 @@ CASES: list[tuple[str, Observed, Decision]] = [
     ),
     (
         "a new object whose issued Secret holds a valid certificate of ours re-adopts it",
-        observed(PENDING),
+        new(),
         Readopt("i-current", INFO),
     ),
     (
         "re-adoption keeps the epoch it was issued under when that is the one asked for",
-        observed(PENDING, trust_epoch=E1, issued=issued(epoch=E1)),
+        new(trust_epoch=E1, issued=issued(epoch=E1, declaration_generation=1)),
         Readopt("i-current", INFO),
     ),
     (
         "a new object does not re-adopt a certificate of another epoch",
-        observed(PENDING, trust_epoch=E2, issued=issued(epoch=E1)),
+        new(trust_epoch=E2, issued=issued(epoch=E1, declaration_generation=1)),
         Issue("Pending", "a new IssuedCertificate"),
     ),
     (
         "a new object does not re-adopt a certificate of another signing CA",
-        observed(PENDING, signing_chain="b" * 64, issued=issued(signing_chain="a" * 64)),
+        new(
+            signing_chain="b" * 64, issued=issued(signing_chain="a" * 64, declaration_generation=1)
+        ),
+        Issue("Pending", "a new IssuedCertificate"),
+    ),
+    (
+        "a new object does not re-adopt a certificate of another declaration generation",
+        new(issued=issued(declaration_generation=2)),
+        Issue("Pending", "a new IssuedCertificate"),
+    ),
+    (
+        "a new object does not re-adopt a certificate whose declaration generation is unknown",
+        new(issued=issued()),
         Issue("Pending", "a new IssuedCertificate"),
     ),
     (
         "a new object does not re-adopt a Secret failing the bundle check",
-        observed(PENDING, issued=issued(info=None, problem="UntrustedRoot: no")),
+        new(issued=issued(info=None, problem="UntrustedRoot: no", declaration_generation=1)),
         Issue("Pending", "a new IssuedCertificate"),
     ),
     (
         "a new object does not re-adopt a Secret that no issuance of ours wrote",
-        observed(PENDING, issued=issued(issuance=None)),
+        new(issued=issued(issuance=None, declaration_generation=1)),
         Issue("Pending", "a new IssuedCertificate"),
     ),
     (
         "a new object does not re-adopt a certificate due for renewal",
-        observed(
-            PENDING,
-            issued=issued(info=dataclasses.replace(INFO, not_after=NOW + dt.timedelta(minutes=1))),
+        new(
+            issued=issued(
+                info=dataclasses.replace(INFO, not_after=NOW + dt.timedelta(minutes=1)),
+                declaration_generation=1,
+            )
         ),
         Issue("Pending", "a new IssuedCertificate"),
     ),
