@@ -62,27 +62,7 @@ class IssuerMetrics:
             ["cluster"],
             registry=registry,
         )
-        self.signatures_discarded = Counter(
-            "meshtrust_issuer_signatures_discarded",
-            "Signatures made and then dropped because another replica's record of the same "
-            "issuance was stored first: a second signature of one issuance (expected 0; a "
-            "claim taken over from a replica that was alive but late).",
-            ["cluster"],
-            registry=registry,
-        )
-        self.claim_waits = Counter(
-            "meshtrust_issuer_claim_waits",
-            "CSRs put back (nak with a delay) because another replica held the issuance's claim.",
-            ["cluster"],
-            registry=registry,
-        )
-        self.claims_taken_over = Counter(
-            "meshtrust_issuer_claims_taken_over",
-            "Issuance claims of another replica taken over after their lease ran out without a "
-            "renewal (the holder crashed or stalled).",
-            ["cluster"],
-            registry=registry,
-        )
+        self._replica_counters(registry)
         self.denials = Counter(
             "meshtrust_issuer_denials",
             "CSRs denied, by the policy's reason code.",
@@ -119,6 +99,30 @@ class IssuerMetrics:
         self._registry = registry
         if signing_secrets:
             registry.register(_SigningCACollector(signing_secrets))
+
+    def _replica_counters(self, registry: CollectorRegistry) -> None:
+        """What the replicas' coordination does (docs/issuer.md, "Several replicas")."""
+        self.signatures_discarded = Counter(
+            "meshtrust_issuer_signatures_discarded",
+            "Signatures made and then dropped because another replica's record of the same "
+            "issuance was stored first: a second signature of one issuance (expected 0; a "
+            "claim taken over from a replica that was alive but late).",
+            ["cluster"],
+            registry=registry,
+        )
+        self.claim_waits = Counter(
+            "meshtrust_issuer_claim_waits",
+            "CSRs put back (nak with a delay) because another replica held the issuance's claim.",
+            ["cluster"],
+            registry=registry,
+        )
+        self.claims_taken_over = Counter(
+            "meshtrust_issuer_claims_taken_over",
+            "Issuance claims of another replica taken over after their lease ran out without a "
+            "renewal (the holder crashed or stalled).",
+            ["cluster"],
+            registry=registry,
+        )
 
     def signed(self, cluster: str, *, requested: dt.datetime, now: dt.datetime) -> None:
         """A signature recorded (the one sent): its duration; counted when made (`made`)."""
