@@ -4,8 +4,9 @@ Both are called by `shared.bus` consumers, which ack when the handler returns, n
 `TransientError`, and terminate on `PermanentError` (invalid messages never get here: the codec
 terminates them). Both are idempotent, as redeliveries require. They are thin: which event,
 which order, then the procedure: `flood.FloodGate` (a cluster over its rate is denied at once),
-`signing.CsrSigning` (authorise and sign, answered through `answers.Answers`) and
-`mirroring.mirror_report` (the decision in `mirror.py`).
+`claims.Claims` (one replica at a time per issuance), `signing.CsrSigning` (authorise and sign,
+answered through `answers.Answers`) and `mirroring.mirror_report` (the decision in
+`mirror.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from concurrent.futures import Executor
 from typing import Any
 
+from services.issuer.claims import Claims
 from services.issuer.flood import FloodGate, NotingAnswers
 from services.issuer.issued import issued_key
 from services.issuer.metrics import IssuerMetrics
@@ -69,8 +71,21 @@ class CsrHandler:
     ) -> None:
         self._in_flight = in_flight or InFlight()
         self._issuances: KeyedLocks[str] = KeyedLocks()
+        self._claims = Claims(
+            issued=issued,
+            instance=settings.instance,
+            lease=settings.claim_lease,
+            clock=clock,
+            metrics=metrics,
+        )
         answers = NotingAnswers(
-            settings=settings, bus=bus, issued=issued, ledger=ledger, clock=clock, metrics=metrics
+            settings=settings,
+            bus=bus,
+            issued=issued,
+            ledger=ledger,
+            clock=clock,
+            metrics=metrics,
+            claims=self._claims,
         )
         self._gate = FloodGate(issued=issued, answers=answers, clock=clock)
         self._signing = CsrSigning(
@@ -91,11 +106,13 @@ class CsrHandler:
         key = issued_key(event.cluster, event.issuance)
         # Copies of one issuance (a redelivery, the agent's re-send) handled at once in this
         # process wait for each other: the first signs, the others answer from its record.
+        # Across replicas the issuance's claim does the same (`claims.py`); a claim of this
+        # replica's name found while holding the lock is no living copy's, so it is taken.
         with self._in_flight.held():
             async with self._issuances.hold(key):
                 # A cluster known to be over its rate is denied before any expensive work.
                 if not await self._gate.answered(event, key):
-                    await self._signing.handle(event, key)
+                    await self._claims.run(event, key, lambda: self._signing.handle(event, key))
 
 
 class StatusHandler:

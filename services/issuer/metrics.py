@@ -57,10 +57,12 @@ class IssuerMetrics:
         )
         self.signatures = Counter(
             "meshtrust_issuer_signatures",
-            "Certificates signed (each new signature once; answering a request again is not one).",
+            "Certificates signed: every signature made, once, whether or not it is the one sent "
+            "(answering a request again from its record is not one).",
             ["cluster"],
             registry=registry,
         )
+        self._replica_counters(registry)
         self.denials = Counter(
             "meshtrust_issuer_denials",
             "CSRs denied, by the policy's reason code.",
@@ -98,9 +100,37 @@ class IssuerMetrics:
         if signing_secrets:
             registry.register(_SigningCACollector(signing_secrets))
 
+    def _replica_counters(self, registry: CollectorRegistry) -> None:
+        """What the replicas' coordination does (docs/issuer.md, "Several replicas")."""
+        self.signatures_discarded = Counter(
+            "meshtrust_issuer_signatures_discarded",
+            "Signatures made and then dropped because another replica's record of the same "
+            "issuance was stored first: a second signature of one issuance (expected 0; a "
+            "claim taken over from a replica that was alive but late).",
+            ["cluster"],
+            registry=registry,
+        )
+        self.claim_waits = Counter(
+            "meshtrust_issuer_claim_waits",
+            "CSRs put back (nak with a delay) because another replica held the issuance's claim.",
+            ["cluster"],
+            registry=registry,
+        )
+        self.claims_taken_over = Counter(
+            "meshtrust_issuer_claims_taken_over",
+            "Issuance claims of another replica taken over after their lease ran out without a "
+            "renewal (the holder crashed or stalled).",
+            ["cluster"],
+            registry=registry,
+        )
+
     def signed(self, cluster: str, *, requested: dt.datetime, now: dt.datetime) -> None:
-        self.signatures.labels(cluster).inc()
+        """A signature recorded (the one sent): its duration; counted when made (`made`)."""
         self.signing_duration.labels(cluster).observe(max(0.0, (now - requested).total_seconds()))
+
+    def made(self, cluster: str) -> None:
+        """A signature made (recorded or not)."""
+        self.signatures.labels(cluster).inc()
 
     def denied(self, cluster: str, reason: str) -> None:
         self.denials.labels(cluster, self._reasons(reason)).inc()

@@ -159,6 +159,15 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
         "bouncer (shared.bus.fleet): how long a crashed agent's or bouncer's message waits "
         "before it comes back. Handlers in progress are kept alive.",
     )
+    claim_lease: float = Field(
+        default=10.0,
+        gt=0,
+        description='Seconds an issuance\'s claim holds (docs/issuer.md, "Several replicas"): '
+        "a replica claims an issuance in meshtrust-issued before it signs, renews the claim "
+        "every third of this while it works, and another replica takes over a claim not "
+        "renewed for this long (its holder crashed). Keep the replicas' clock skew well "
+        "below it; twice the ack wait lets a crashed replica's CSRs come back first.",
+    )
     signing_threads: int = Field(
         default=2, ge=1, description="Threads that sign (one per core keeps the loop free)."
     )
