@@ -16,7 +16,7 @@ OLD = {"name": "cacerts", "namespace": "meshtrust-system"}
 NEW = {"name": "cacerts-2027", "namespace": "meshtrust-system"}
 
 
-def rotation(status: Mapping[str, object] | None = None, **spec: object) -> CertificateRotation:
+def rotation(status: Mapping[str, object] | None = None, /, **spec: object) -> CertificateRotation:
     return CertificateRotation.from_object(
         {
             "metadata": {"name": "r", "namespace": "meshtrust-system", "uid": "u", "generation": 3},
