@@ -23,6 +23,7 @@ from services.issuer.issued import ISSUED_BUCKET, ISSUED_DESCRIPTION
 from services.issuer.ledger import open_ledger
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.reconciler import Declarations
+from services.issuer.rotating import RotationController
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
 from shared.bus import Bucket, Bus, ConsumerSettings, Handler
@@ -113,12 +114,28 @@ def compose(
         health,
         _stream_sizes(bus, metrics, ledger),
         *_declaration_components(declarations, settings),
+        _rotations(shared, declarations, issued),
         *_consumers(
             shared, declarations, metrics, heartbeats, issued=issued, ledger=ledger, fleet=fleet
         ),
         fleet,
         *_liveness(heartbeats, settings, reports),
     ]
+
+
+def _rotations(shared: _Shared, declarations: Declarations, issued: Bucket) -> Component:
+    """The CertificateRotations' controller (docs/rotation.md)."""
+    rotations = RotationController(
+        settings=shared.settings,
+        kube=shared.kube,
+        rotations=declarations.rotations,
+        declarations=declarations.certificates,
+        issued=issued,
+        cas=shared.signing_cas,
+        executor=shared.executor,
+        clock=shared.clock,
+    )
+    return ControllerComponent(rotations.controller, declarations.informers)
 
 
 def _liveness(
@@ -171,6 +188,7 @@ def _consumers(
         clock=shared.clock,
         metrics=metrics,
         registrations=declarations.registrations,
+        rotations=declarations.rotations,
     )
     status = StatusHandler(
         settings=settings,
@@ -249,6 +267,7 @@ def _declaration_components(
     yield Task("informer:issuedcertificates", declarations.certificates.run)
     yield Task("informer:podbouncedirectives", declarations.directives.run)
     yield Task("informer:clusterregistrations", declarations.registrations.informer.run)
+    yield Task("informer:certificaterotations", declarations.rotations.informer.run)
     namespaces = settings.signing_namespaces or ("*",)
     for namespace, secrets in zip(namespaces, declarations.secrets, strict=True):
         yield Task(f"informer:secrets:{namespace}", secrets.run)

@@ -23,6 +23,7 @@ issuance at a time, `handlers.py`), and recording and sending answers (`answers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Mapping
 from concurrent.futures import Executor
@@ -36,10 +37,14 @@ from services.issuer.answers import Answers
 from services.issuer.policies import CsrInput, SigningState, authorise, scope_problem
 from services.issuer.quota import IssuanceQuota
 from services.issuer.registrations import Registrations, constraints_of, rate_of
+from services.issuer.rotating import Rotations
+from services.issuer.rotating import decoded_secret_data as _decoded
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, read_signing_secret, sign
+from services.issuer.steps import StepCA, step_ca
 from shared.api import reasons
 from shared.api.meta import ObjectKey
+from shared.api.rotations import CertificateRotation, Step
 from shared.api.v1alpha2 import IssuedCertificate
 from shared.bus import Bucket
 from shared.controller.policy import Finding
@@ -73,6 +78,15 @@ class _RateLimited:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Rotating:
+    """A rotation covers the CSR's declaration: the cluster's step and the new CA's Secret."""
+
+    rotation: CertificateRotation
+    step: Step
+    new_secret: _Secret
+
+
 class _Unreadable(Exception):
     """The declaration exists but does not fit the model (say so, rather than 'no such')."""
 
@@ -92,6 +106,8 @@ class CsrSigning:
     """The issuer's IssuedCertificate informer: only to guess which Secret to read."""
     registrations: Registrations | None = None
     """The ClusterRegistrations (None: none are watched, the permissive mode)."""
+    rotations: Rotations | None = None
+    """The CertificateRotations: a cluster on a rotation step is signed for that step."""
     clock: Clock = utcnow
     _policy: KeyPolicy = field(init=False)
     _quota: IssuanceQuota = field(init=False)
@@ -119,9 +135,10 @@ class CsrSigning:
             await self.answers.deny(event, Finding(reasons.INVALID_DECLARATION, str(state)), None)
             return
         declaration, secret = state
+        step = await self._rotation_step(event, declaration)
         outcome = await asyncio.get_running_loop().run_in_executor(
             self.executor,
-            functools.partial(self._decide, event, declaration, secret, self.clock()),
+            functools.partial(self._decide, event, declaration, secret, self.clock(), step),
         )
         if isinstance(outcome, _RateLimited):
             await self.answers.deny(event, outcome.verdict, declaration, retry_after=outcome.at)
@@ -190,6 +207,49 @@ class CsrSigning:
             return None
         return spec_ref(self.declarations.get(ObjectKey(cluster, name)), "signingCertificateSecret")
 
+    async def _rotation_step(
+        self, event: CsrRequested, declaration: IssuedCertificate | None
+    ) -> _Rotating | None:
+        """The rotation covering the declaration's Secret and the cluster's step, with the new
+        CA's Secret read live; None outside a rotation. The step is the cluster's current one,
+        whatever epoch the CSR carries (docs/rotation.md, "Which step a CSR is signed for")."""
+        if self.rotations is None or declaration is None:
+            return None
+        ref = declaration.spec.signing_certificate_secret
+        covered = self.rotations.covering(ObjectKey(ref.namespace, ref.name), event.cluster)
+        if covered is None:
+            return None
+        rotation, step = covered
+        new = rotation.spec.new_signing_certificate_secret
+        secret = await self._signing_secret(ObjectKey(new.namespace, new.name))
+        return _Rotating(rotation, step, secret)
+
+    def _step_ca(
+        self, rotating: _Rotating, old: SigningState, now: datetime
+    ) -> tuple[SigningState, StepCA | None]:
+        """The CA that signs for the step (or why none can), and the step's answer parts."""
+        if not isinstance(old, SigningCA):
+            return old, None
+        new_secret = rotating.new_secret
+        if isinstance(new_secret, Finding):
+            return new_secret, None
+        ref = rotating.rotation.spec.new_signing_certificate_secret
+        new, _ = self.cas.load(new_secret, namespace=ref.namespace, name=ref.name, now=now)
+        if not isinstance(new, SigningCA):
+            return new, None
+        cross = None
+        if old.root != new.root and self.rotations is not None:
+            made = self.rotations.cross_for(
+                rotating.rotation, old, new, _decoded(new_secret), now=now
+            )
+            if isinstance(made, Finding):
+                return made, None
+            cross = made
+        parts = step_ca(rotating.step, old=old, new=new, cross=cross)
+        if isinstance(parts, Finding):
+            return parts, None
+        return parts.ca, parts
+
     # -- deciding -----------------------------------------------------------------------------
 
     def _decide(
@@ -198,14 +258,19 @@ class CsrSigning:
         declaration: IssuedCertificate | None,
         secret: _Secret,
         now: datetime,
+        rotating: _Rotating | None = None,
     ) -> Finding | _RateLimited | Signed:
-        """Authorise and sign (runs in the signing executor)."""
+        """Authorise and sign (runs in the signing executor); during a rotation with the CA
+        and roots of the cluster's step (`steps.py`)."""
         signing: SigningState | None = None
+        parts: StepCA | None = None
         if isinstance(secret, Finding):
             signing = secret
         elif declaration is not None:
             ref = declaration.spec.signing_certificate_secret
             signing, _ = self.cas.load(secret, namespace=ref.namespace, name=ref.name, now=now)
+            if rotating is not None:
+                signing, parts = self._step_ca(rotating, signing, now)
         registration = self.registrations.state(event.cluster) if self.registrations else None
         verdict = authorise(
             CsrInput(
@@ -230,7 +295,7 @@ class CsrSigning:
         # The chain allowed it, so both are there and the CA loaded.
         assert declaration is not None
         assert isinstance(signing, SigningCA)
-        return sign(
+        signed = sign(
             event.data.csr_pem,
             signing,
             declaration,
@@ -240,6 +305,9 @@ class CsrSigning:
             now=now,
             constraints=constraints_of(registration),
         )
+        if parts is None or isinstance(signed, Finding):
+            return signed
+        return dataclasses.replace(signed, root_pem=parts.roots_pem)
 
 
 async def _get_or_none(kube: KubeClient, key: ObjectKey) -> dict[str, Any] | None:
