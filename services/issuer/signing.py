@@ -37,6 +37,7 @@ from services.issuer.answers import Answers
 from services.issuer.policies import CsrInput, SigningState, authorise, scope_problem
 from services.issuer.quota import IssuanceQuota
 from services.issuer.registrations import Registrations, constraints_of, rate_of
+from services.issuer.roots import RootMemory, root_changed
 from services.issuer.rotating import Rotations
 from services.issuer.rotating import decoded_secret_data as _decoded
 from services.issuer.settings import IssuerSettings
@@ -54,7 +55,7 @@ from shared.k8s.early import read_early, spec_ref
 from shared.k8s.informer import Informer
 from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS
 from shared.pki import IssuedCertificate as Signed
-from shared.pki import KeyPolicy, SigningCA
+from shared.pki import KeyPolicy, SigningCA, fingerprint
 from shared.runtime import TransientError
 from shared.runtime.clock import Clock, utcnow
 from shared.runtime.concurrency import concurrently
@@ -111,12 +112,14 @@ class CsrSigning:
     clock: Clock = utcnow
     _policy: KeyPolicy = field(init=False)
     _quota: IssuanceQuota = field(init=False)
+    _roots: RootMemory = field(init=False)
 
     def __post_init__(self) -> None:
         self._policy = self.settings.key_policy()
         self._quota = IssuanceQuota(
             per_hour=self.settings.issuance_per_hour, burst=self.settings.issuance_burst
         )
+        self._roots = RootMemory(self.issued)
 
     async def handle(self, event: CsrRequested, key: str) -> None:
         """Answer `event`, whose issuance has the `meshtrust-issued` key `key`."""
@@ -136,10 +139,11 @@ class CsrSigning:
             return
         declaration, secret = state
         step = await self._rotation_step(event, declaration)
-        outcome = await asyncio.get_running_loop().run_in_executor(
-            self.executor,
-            functools.partial(self._decide, event, declaration, secret, self.clock(), step),
+        remembered = await self._remembered_root(declaration, step)
+        decide = functools.partial(
+            self._decide, event, declaration, secret, self.clock(), step, remembered
         )
+        outcome = await asyncio.get_running_loop().run_in_executor(self.executor, decide)
         if isinstance(outcome, _RateLimited):
             await self.answers.deny(event, outcome.verdict, declaration, retry_after=outcome.at)
             return
@@ -148,6 +152,7 @@ class CsrSigning:
             return
         assert declaration is not None
         await self.answers.deliver(event, declaration, outcome, corrupt=entry)
+        await self._remember_root(declaration, secret)
 
     # -- gathering ----------------------------------------------------------------------------
 
@@ -207,6 +212,25 @@ class CsrSigning:
             return None
         return spec_ref(self.declarations.get(ObjectKey(cluster, name)), "signingCertificateSecret")
 
+    async def _remembered_root(
+        self, declaration: IssuedCertificate | None, rotating: _Rotating | None
+    ) -> str | None:
+        """The root the declaration's Secret last signed under (None: unknown, or a rotation
+        covers it: then the rotation decides which root)."""
+        if declaration is None or rotating is not None:
+            return None
+        ref = declaration.spec.signing_certificate_secret
+        return await self._roots.remembered(ObjectKey(ref.namespace, ref.name))
+
+    async def _remember_root(self, declaration: IssuedCertificate, secret: _Secret) -> None:
+        """After a signature: the Secret's root, remembered (`roots.py`)."""
+        if secret is None or isinstance(secret, Finding):
+            return
+        ref = declaration.spec.signing_certificate_secret
+        ca, _ = self.cas.load(secret, namespace=ref.namespace, name=ref.name, now=self.clock())
+        if isinstance(ca, SigningCA):
+            await self._roots.remember(ObjectKey(ref.namespace, ref.name), fingerprint(ca.root))
+
     async def _rotation_step(
         self, event: CsrRequested, declaration: IssuedCertificate | None
     ) -> _Rotating | None:
@@ -252,6 +276,30 @@ class CsrSigning:
 
     # -- deciding -----------------------------------------------------------------------------
 
+    def _signing_state(
+        self,
+        declaration: IssuedCertificate | None,
+        secret: _Secret,
+        now: datetime,
+        rotating: _Rotating | None,
+        remembered: str | None,
+    ) -> tuple[SigningState | None, StepCA | None]:
+        """The CA to sign with (or why none), and during a rotation the step's answer parts;
+        outside one, a Secret now under another root than `remembered` is refused."""
+        if isinstance(secret, Finding):
+            return secret, None
+        if declaration is None:
+            return None, None
+        ref = declaration.spec.signing_certificate_secret
+        signing, _ = self.cas.load(secret, namespace=ref.namespace, name=ref.name, now=now)
+        if rotating is not None:
+            return self._step_ca(rotating, signing, now)
+        if isinstance(signing, SigningCA):
+            where = ObjectKey(ref.namespace, ref.name)
+            cut = root_changed(where, remembered, fingerprint(signing.root), secret)
+            return (signing if cut is None else cut), None
+        return signing, None
+
     def _decide(
         self,
         event: CsrRequested,
@@ -259,18 +307,11 @@ class CsrSigning:
         secret: _Secret,
         now: datetime,
         rotating: _Rotating | None = None,
+        remembered: str | None = None,
     ) -> Finding | _RateLimited | Signed:
         """Authorise and sign (runs in the signing executor); during a rotation with the CA
         and roots of the cluster's step (`steps.py`)."""
-        signing: SigningState | None = None
-        parts: StepCA | None = None
-        if isinstance(secret, Finding):
-            signing = secret
-        elif declaration is not None:
-            ref = declaration.spec.signing_certificate_secret
-            signing, _ = self.cas.load(secret, namespace=ref.namespace, name=ref.name, now=now)
-            if rotating is not None:
-                signing, parts = self._step_ca(rotating, signing, now)
+        signing, parts = self._signing_state(declaration, secret, now, rotating, remembered)
         registration = self.registrations.state(event.cluster) if self.registrations else None
         verdict = authorise(
             CsrInput(
