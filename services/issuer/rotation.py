@@ -120,8 +120,14 @@ def plan(
     step_timeout: timedelta,
 ) -> Plan:
     """What to do now for `rotation` over `clusters` (every cluster it covers)."""
+    # Paused and error are decided afresh each time: a cluster that recovered, or a CA that
+    # can be used again, clears them.
     status = rotation.status.model_copy(
-        update={"observed_generation": rotation.metadata.generation or 0}
+        update={
+            "observed_generation": rotation.metadata.generation or 0,
+            "paused": False,
+            "error": None,
+        }
     )
     if status.phase in _FINAL:
         return Plan(status)

@@ -12,17 +12,21 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from issuer.issuer_testing import (
     SYSTEM_NAMESPACE,
     Hierarchy,
     World,
     declaration,
+    make_ca,
+    pem,
     running,
     secret_body,
     world,
 )
 from services.issuer.rotating import CERTIFICATE_ROTATIONS
+from services.issuer.steps import CROSS_SIGNED_FIELD
 from shared.api.rotations import CertificateRotation, Phase
 from shared.bus import NatsSettings
 from shared.events import (
@@ -33,11 +37,10 @@ from shared.events import (
     StatusChangedData,
 )
 from shared.k8s.resources import SECRETS
-from shared.pki import vouched_roots
+from shared.pki import cross_sign, load_signing_ca, vouched_roots
 from support.waiting import eventually
 
 NEW_SECRET = "root-ca-2027"
-KEY = "east.issuedcertificates.istiod"
 
 
 def rotation_body(**spec: Any) -> dict[str, Any]:
@@ -59,11 +62,11 @@ async def rotation_of(w: World) -> CertificateRotation:
     return CertificateRotation.from_object(raw)
 
 
-async def epoch_in_desired(w: World, suffix: str) -> str:
+async def epoch_in_desired(w: World, suffix: str, cluster: str = "east") -> str:
     bucket = await w.bus.bucket("meshtrust-desired")
 
     async def epoch() -> str | None:
-        entry = await bucket.get(KEY)
+        entry = await bucket.get(f"{cluster}.issuedcertificates.istiod")
         if entry is None:
             return None
         value = DesiredObject.model_validate_json(entry.value)
@@ -74,7 +77,8 @@ async def epoch_in_desired(w: World, suffix: str) -> str:
 
 async def issue_and_finish(w: World, decl: dict[str, Any], epoch: str) -> CertificateIssued:
     """The agent's part of one step: CSR with the epoch, then FINISHED with the serial."""
-    agent = w.agent("east")
+    cluster = decl["metadata"]["namespace"]
+    agent = w.agent(cluster)
     request = agent.request(decl)
     request = request.model_copy(
         update={"data": request.data.model_copy(update={"trust_epoch": epoch})}
@@ -83,8 +87,8 @@ async def issue_and_finish(w: World, decl: dict[str, Any], epoch: str) -> Certif
     issued = await w.answers.issued(request.issuance)
     await w.bus.publish(
         StatusChanged(
-            source="agent/east",
-            cluster="east",
+            source=f"agent/{cluster}",
+            cluster=cluster,
             issuance=request.issuance,
             data=StatusChangedData(
                 name="istiod",
@@ -197,3 +201,73 @@ async def test_a_failed_cluster_pauses_the_rotation_and_abort_rolls_it_back(
                 return (await rotation_of(w)).status.phase is Phase.ROLLED_BACK
 
             await eventually(rolled_back, within=20, message="the rotation to roll back")
+
+
+async def rotation_ended(w: World) -> CertificateRotation:
+    async def ended() -> CertificateRotation | None:
+        rotation = await rotation_of(w)
+        return rotation if rotation.status.phase is Phase.SUCCEEDED else None
+
+    return await eventually(ended, within=20, message="the rotation to succeed")
+
+
+async def test_an_intermediate_only_rotation_reissues_in_waves_the_canary_first(
+    tmp_path: Path, nats_settings: NatsSettings
+) -> None:
+    async with world(tmp_path, nats_settings, levels=2) as w:
+        root = w.hierarchy.root
+        new = Hierarchy(root, make_ca("next intermediate", root))
+        await w.kube.create(SECRETS, secret_body(NEW_SECRET, SYSTEM_NAMESPACE, new.secret_data()))
+        east = await w.create(declaration("east", "istiod"))
+        west = await w.create(declaration("west", "istiod"))
+        async with running(w.settings()):
+            await w.kube.create(CERTIFICATE_ROTATIONS, rotation_body(canary="west"))
+            first = await issue_and_finish(w, west, await epoch_in_desired(w, ".reissue", "west"))
+            assert (await rotation_of(w)).status.phase is Phase.REISSUING
+            bucket = await w.bus.bucket("meshtrust-desired")
+            entry = await bucket.get("east.issuedcertificates.istiod")
+            assert entry is not None
+            assert DesiredObject.model_validate_json(entry.value).trust_epoch is None, (
+                "east waits for the canary"
+            )
+            second = await issue_and_finish(w, east, await epoch_in_desired(w, ".reissue"))
+            for issued in (first, second):
+                chain = x509.load_pem_x509_certificates(issued.data.ca_chain_pem.encode())
+                assert chain[0] == new.signer.cert
+                assert subjects(issued.data.root_cert_pem) == [root.cert.subject]
+                assert issued.data.cross_signed_pem is None
+            done = await rotation_ended(w)
+            assert done.status.old_root_fingerprint == done.status.new_root_fingerprint
+
+
+async def test_an_intermediate_old_ca_rotates_to_a_new_root_with_the_given_cross_certificate(
+    tmp_path: Path, nats_settings: NatsSettings
+) -> None:
+    async with world(tmp_path, nats_settings, levels=2) as w:
+        old, new = w.hierarchy, Hierarchy.make(levels=1)
+        old_root = load_signing_ca(
+            {
+                "ca-cert.pem": pem(old.root.cert),
+                "ca-key.pem": old.root.key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ),
+                "root-cert.pem": pem(old.root.cert),
+            },
+            now=dt.datetime.now(dt.UTC),
+        )
+        cross = cross_sign(new.root.cert, by=old_root, now=dt.datetime.now(dt.UTC))
+        data = {**new.secret_data(), CROSS_SIGNED_FIELD: pem(cross)}
+        await w.kube.create(SECRETS, secret_body(NEW_SECRET, SYSTEM_NAMESPACE, data))
+        decl = await w.create(declaration("east", "istiod"))
+        async with running(w.settings()):
+            await w.kube.create(CERTIFICATE_ROTATIONS, rotation_body())
+            add = await issue_and_finish(w, decl, await epoch_in_desired(w, ".add"))
+            assert x509.load_pem_x509_certificates(add.data.ca_chain_pem.encode())[0] == (
+                old.signer.cert
+            )
+            assert x509.load_pem_x509_certificate((add.data.cross_signed_pem or "").encode()) == (
+                cross
+            )
+            assert vouched_by_old(add, old)
