@@ -68,6 +68,7 @@ class CsrHandler:
         metrics: IssuerMetrics | None = None,
         registrations: Registrations | None = None,
         rotations: Rotations | None = None,
+        roots: Bucket | None = None,
     ) -> None:
         self._in_flight = in_flight or InFlight()
         self._issuances: KeyedLocks[str] = KeyedLocks()
@@ -92,6 +93,7 @@ class CsrHandler:
             clock=clock,
             registrations=registrations,
             rotations=rotations,
+            roots=roots,
         )
 
     async def __call__(self, event: Event, delivery: Delivery) -> None:

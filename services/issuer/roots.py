@@ -3,8 +3,8 @@
 A signing Secret replaced in place by a CA under another root would have every cluster re-issue
 under the new root at once, each one distrusting the others' workloads until all have: the
 outage a `CertificateRotation` avoids (docs/rotation.md). So the issuer remembers, per Secret, the
-fingerprint of the root it last signed under (key `_roots.<namespace>.<name>` of the
-`meshtrust-issued` bucket: a key space no issuance key can take, cluster names having no `_`),
+fingerprint of the root it last signed under (KV bucket `meshtrust-roots`, key
+`<namespace>.<name>`),
 and refuses (`SigningRootChanged`) to sign under another root unless a rotation covers the Secret
 or the Secret's annotation `meshtrust.io/accept-root-fingerprint` names the new root (the
 emergency escape: the hard cut, accepted explicitly).
@@ -22,14 +22,26 @@ from shared.api import reasons
 from shared.api.meta import ObjectKey, metadata
 from shared.bus import Bucket, RevisionMismatch
 from shared.controller.policy import Finding
+from shared.runtime import TransientError, get_logger
 
-__all__ = ["ACCEPT_ROOT_ANNOTATION", "RootMemory", "root_changed", "roots_key"]
+__all__ = [
+    "ACCEPT_ROOT_ANNOTATION",
+    "ROOTS_BUCKET",
+    "ROOTS_DESCRIPTION",
+    "RootMemory",
+    "root_changed",
+    "roots_key",
+]
+
+log = get_logger(__name__)
 
 ACCEPT_ROOT_ANNOTATION = "meshtrust.io/accept-root-fingerprint"
+ROOTS_BUCKET = "meshtrust-roots"
+ROOTS_DESCRIPTION = "the root each signing Secret last signed under (hard cuts refused)"
 
 
 def roots_key(secret: ObjectKey) -> str:
-    return f"_roots.{secret.namespace}.{secret.name}"
+    return f"{secret.namespace}.{secret.name}"
 
 
 def root_changed(
@@ -53,16 +65,22 @@ def root_changed(
 
 
 class RootMemory:
-    """The remembered root of each signing Secret (`meshtrust-issued`, key `_roots.*`)."""
+    """The remembered root of each signing Secret (`meshtrust-roots`)."""
 
-    def __init__(self, issued: Bucket) -> None:
-        self._issued = issued
+    def __init__(self, bucket: Bucket) -> None:
+        self._issued = bucket
         self._known: dict[ObjectKey, str] = {}
 
     async def remembered(self, secret: ObjectKey) -> str | None:
+        """The Secret's remembered root; None when unknown, or when the bucket cannot be read
+        (logged: a missing bucket, not provisioned yet, must not stop the signing)."""
         if secret in self._known:
             return self._known[secret]
-        entry = await self._issued.get(roots_key(secret))
+        try:
+            entry = await self._issued.get(roots_key(secret))
+        except TransientError as exc:
+            log.warning("remembered root unreadable; hard cuts not checked", error=str(exc))
+            return None
         if entry is None:
             return None
         value = entry.value.decode(errors="replace")
@@ -74,13 +92,16 @@ class RootMemory:
         if self._known.get(secret) == root:
             return
         key = roots_key(secret)
-        entry = await self._issued.get(key)
         try:
+            entry = await self._issued.get(key)
             if entry is None:
                 await self._issued.create(key, root.encode())
             elif entry.value != root.encode():
                 await self._issued.update(key, root.encode(), last=entry.revision)
         except RevisionMismatch:
             self._known.pop(secret, None)  # another replica wrote it: read it again next time
+            return
+        except TransientError as exc:
+            log.warning("root not remembered", error=str(exc))
             return
         self._known[secret] = root

@@ -109,17 +109,19 @@ class CsrSigning:
     """The ClusterRegistrations (None: none are watched, the permissive mode)."""
     rotations: Rotations | None = None
     """The CertificateRotations: a cluster on a rotation step is signed for that step."""
+    roots: Bucket | None = None
+    """`meshtrust-roots` (None: hard cuts are not checked)."""
     clock: Clock = utcnow
     _policy: KeyPolicy = field(init=False)
     _quota: IssuanceQuota = field(init=False)
-    _roots: RootMemory = field(init=False)
+    _roots: RootMemory | None = field(init=False)
 
     def __post_init__(self) -> None:
         self._policy = self.settings.key_policy()
         self._quota = IssuanceQuota(
             per_hour=self.settings.issuance_per_hour, burst=self.settings.issuance_burst
         )
-        self._roots = RootMemory(self.issued)
+        self._roots = None if self.roots is None else RootMemory(self.roots)
 
     async def handle(self, event: CsrRequested, key: str) -> None:
         """Answer `event`, whose issuance has the `meshtrust-issued` key `key`."""
@@ -217,14 +219,14 @@ class CsrSigning:
     ) -> str | None:
         """The root the declaration's Secret last signed under (None: unknown, or a rotation
         covers it: then the rotation decides which root)."""
-        if declaration is None or rotating is not None:
+        if self._roots is None or declaration is None or rotating is not None:
             return None
         ref = declaration.spec.signing_certificate_secret
         return await self._roots.remembered(ObjectKey(ref.namespace, ref.name))
 
     async def _remember_root(self, declaration: IssuedCertificate, secret: _Secret) -> None:
         """After a signature: the Secret's root, remembered (`roots.py`)."""
-        if secret is None or isinstance(secret, Finding):
+        if self._roots is None or secret is None or isinstance(secret, Finding):
             return
         ref = declaration.spec.signing_certificate_secret
         ca, _ = self.cas.load(secret, namespace=ref.namespace, name=ref.name, now=self.clock())
