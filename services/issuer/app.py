@@ -106,7 +106,7 @@ def compose(
         ensure_cluster=fleet.ensure,
         clock=clock,
     )
-    metrics = IssuerMetrics(health.registry, signing_secrets=declarations.secrets)
+    metrics = _metrics(health, declarations)
     heartbeats = Heartbeats(
         settings, kube=kube, declarations=declarations.certificates, metrics=metrics, clock=clock
     )
@@ -121,6 +121,15 @@ def compose(
         fleet,
         *_liveness(heartbeats, settings, reports),
     ]
+
+
+def _metrics(health: HealthServer, declarations: Declarations) -> IssuerMetrics:
+    """The issuer's metrics, the signing CAs' expiry and the rotations read when scraped."""
+    return IssuerMetrics(
+        health.registry,
+        signing_secrets=declarations.secrets,
+        rotations=declarations.rotations.informer,
+    )
 
 
 def _rotations(shared: _Shared, declarations: Declarations, issued: Bucket) -> Component:
