@@ -283,7 +283,8 @@ def _roll_back(
     now: datetime,
     step_timeout: timedelta,
 ) -> Plan:
-    """Every cluster on the new CA back to the old one (`back`), then all to `undo`."""
+    """Every cluster on the new CA back to the old one (`back`), then, after the grace period,
+    all to `undo`."""
     if status.phase is not Phase.ROLLING_BACK:
         status = _enter(status, Phase.ROLLING_BACK, now).model_copy(update={"error": None})
     on_new = [p.name for p in status.clusters if p.step in (Step.MOVE, Step.BACK)]
@@ -293,6 +294,11 @@ def _roll_back(
         waves = _waves(rotation, status, Step.BACK, on_new, now=now, step_timeout=step_timeout)
         if waves is not None:
             return waves
+    backs = [p.since for p in status.clusters if p.step is Step.BACK and p.since is not None]
+    if backs and now < max(backs) + rotation.spec.grace:
+        # Workload certificates from a new-CA intermediate must have been renewed under the old
+        # one before any cluster stops trusting the new root: the same grace as going forward.
+        return Plan(status, requeue_at=max(backs) + rotation.spec.grace)
     touched = [p.name for p in status.clusters if p.step is not None]
     waves = _waves(rotation, status, Step.UNDO, touched, now=now, step_timeout=step_timeout)
     return waves or Plan(_enter(status, Phase.ROLLED_BACK, now))

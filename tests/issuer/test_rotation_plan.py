@@ -161,19 +161,24 @@ def test_an_intermediate_only_rotation_has_one_phase_reissuing() -> None:
     assert step(second, done("a", "b"), at=T0).status.phase is Phase.SUCCEEDED
 
 
-def test_abort_from_phase_two_moves_back_then_undoes_everyone() -> None:
-    first = start(["a", "b"], waveSize=2)
-    second = step(first, done("a", "b"), at=T0, waveSize=2)
+def test_abort_from_phase_two_moves_back_then_after_the_grace_undoes_everyone() -> None:
+    spec: dict[str, object] = {"waveSize": 2, "gracePeriod": "1h"}
+    first = start(["a", "b"], **spec)
+    second = step(first, done("a", "b"), at=T0, **spec)
     assert second.moves == {"a": Step.MOVE, "b": Step.MOVE}
-    back = step(second, done("a", others=("b",)), at=T0, waveSize=2, abort=True)
+    back = step(second, done("a", others=("b",)), at=T0, **spec, abort=True)
     # Both go back to the old CA (keeping both roots), b's move in flight or not.
     assert back.status.phase is Phase.ROLLING_BACK
     assert back.moves == {"a": Step.BACK, "b": Step.BACK}
-    waiting = step(back, done("a", others=("b",)), at=T0, waveSize=2, abort=True)
+    waiting = step(back, done("a", others=("b",)), at=T0, **spec, abort=True)
     assert waiting.moves == {}, "undo only once every cluster is back"
-    undo = step(back, done("a", "b"), at=T0, waveSize=2, abort=True)
+    t1 = T0 + timedelta(minutes=5)
+    grace = step(back, done("a", "b"), at=t1, **spec, abort=True)
+    assert grace.moves == {}, "the new root stays trusted for the grace period"
+    assert grace.requeue_at == t1 + timedelta(hours=1)
+    undo = step(grace, done("a", "b"), at=t1 + timedelta(hours=1), **spec, abort=True)
     assert undo.moves == {"a": Step.UNDO, "b": Step.UNDO}
-    end = step(undo, done("a", "b"), at=T0, waveSize=2, abort=True)
+    end = step(undo, done("a", "b"), at=t1 + timedelta(hours=2), **spec, abort=True)
     assert end.status.phase is Phase.ROLLED_BACK
 
 
