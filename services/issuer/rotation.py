@@ -96,11 +96,11 @@ class Plan:
 
 def signing_step(rotation: CertificateRotation, cluster: str) -> Step | None:
     """The step the issuer signs for `cluster` now: its step in the status; after Succeeded,
-    `drop` for every cluster (new CA, new root, cross certificate); None: not rotating."""
+    `drop` for every cluster (new CA, new root, cross certificate); after RolledBack, `undo`
+    for those that moved (signed as without a rotation, and the epoch kept: clearing it would
+    re-issue once more); None: not rotating."""
     if rotation.status.phase is Phase.SUCCEEDED:
         return Step.DROP if not _intermediate_only(rotation.status) else Step.REISSUE
-    if rotation.status.phase is Phase.ROLLED_BACK:
-        return None
     for progress in rotation.status.clusters:
         if progress.name == cluster:
             return progress.step

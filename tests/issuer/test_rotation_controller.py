@@ -271,3 +271,42 @@ async def test_an_intermediate_old_ca_rotates_to_a_new_root_with_the_given_cross
                 cross
             )
             assert vouched_by_old(add, old)
+
+
+async def test_a_rollback_from_phase_two_goes_back_then_undoes(
+    tmp_path: Path, nats_settings: NatsSettings
+) -> None:
+    async with world(tmp_path, nats_settings, levels=1) as w:
+        old, new = w.hierarchy, Hierarchy.make(levels=1)
+        await w.kube.create(SECRETS, secret_body(NEW_SECRET, SYSTEM_NAMESPACE, new.secret_data()))
+        decl = await w.create(declaration("east", "istiod"))
+        async with running(w.settings()):
+            await w.kube.create(CERTIFICATE_ROTATIONS, rotation_body(approval="Manual"))
+            await issue_and_finish(w, decl, await epoch_in_desired(w, ".add"))
+            raw = await w.kube.get(CERTIFICATE_ROTATIONS, "to-2027", namespace=SYSTEM_NAMESPACE)
+            raw["spec"]["approvedPhase"] = "PropagatingNewIntermediate"
+            await w.kube.replace(CERTIFICATE_ROTATIONS, raw)
+            moved = await issue_and_finish(w, decl, await epoch_in_desired(w, ".move"))
+            assert chain_root(moved) == new.root.cert.subject
+
+            raw = await w.kube.get(CERTIFICATE_ROTATIONS, "to-2027", namespace=SYSTEM_NAMESPACE)
+            raw["spec"]["abort"] = True
+            await w.kube.replace(CERTIFICATE_ROTATIONS, raw)
+            back = await issue_and_finish(w, decl, await epoch_in_desired(w, ".back"))
+            assert chain_root(back) == old.root.cert.subject
+            assert subjects(back.data.root_cert_pem) == [
+                old.root.cert.subject,
+                new.root.cert.subject,
+            ]
+            assert vouched_by_old(back, old)
+            undo = await issue_and_finish(w, decl, await epoch_in_desired(w, ".undo"))
+            assert subjects(undo.data.root_cert_pem) == [old.root.cert.subject]
+
+            async def rolled_back() -> bool:
+                return (await rotation_of(w)).status.phase is Phase.ROLLED_BACK
+
+            await eventually(rolled_back, within=20, message="the rotation to roll back")
+            # The epoch stays `undo` (no further re-issue), signed as without a rotation.
+            again = await issue_and_finish(w, decl, await epoch_in_desired(w, ".undo"))
+            assert chain_root(again) == old.root.cert.subject
+            assert subjects(again.data.root_cert_pem) == [old.root.cert.subject]

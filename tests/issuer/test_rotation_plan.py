@@ -7,7 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.issuer.rotation import DONE, FAILED, IN_PROGRESS, ClusterView, Plan, plan
+from services.issuer.rotation import (
+    DONE,
+    FAILED,
+    IN_PROGRESS,
+    ClusterView,
+    Plan,
+    plan,
+    signing_step,
+)
 from shared.api.rotations import CertificateRotation, Phase, Step
 
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -209,3 +217,18 @@ def test_clusters_progress_records_done_with_serial_and_since() -> None:
     seen = step(first, done("a"), at=at, approval="Manual")
     line = seen.status.clusters[0]
     assert (line.state, line.serial_number, line.since) == (DONE, "aa", at)
+
+
+def test_the_signing_step_of_each_cluster_in_progress_and_after_the_end() -> None:
+    lines = [{"name": "a", "step": "move", "state": "Done"}, {"name": "b", "state": "Pending"}]
+    running = rotation({"phase": "PropagatingNewIntermediate", "clusters": lines})
+    assert (signing_step(running, "a"), signing_step(running, "b")) == (Step.MOVE, None)
+    assert signing_step(running, "elsewhere") is None
+    fps = {"oldRootFingerprint": "aa", "newRootFingerprint": "bb"}
+    done = rotation({"phase": "Succeeded", **fps})
+    assert signing_step(done, "b") is Step.DROP
+    same = {"oldRootFingerprint": "aa", "newRootFingerprint": "aa"}
+    assert signing_step(rotation({"phase": "Succeeded", **same}), "b") is Step.REISSUE
+    undone = [{"name": "a", "step": "undo", "state": "Done"}, {"name": "b", "state": "Pending"}]
+    back = rotation({"phase": "RolledBack", "clusters": undone})
+    assert (signing_step(back, "a"), signing_step(back, "b")) == (Step.UNDO, None)
