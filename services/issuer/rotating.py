@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
 from services.issuer.issued import IssuedRecord, issued_key
-from services.issuer.rotation import ClusterView, plan, signing_step
+from services.issuer.rotation import ENDED, ClusterView, plan, signing_step
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, read_signing_secret
 from services.issuer.steps import cross_certificate
@@ -79,8 +79,13 @@ class Rotations:
         return out
 
     def covering(self, secret: ObjectKey, cluster: str) -> tuple[CertificateRotation, Step] | None:
-        """The rotation of `secret` and the step it signs `cluster` for, if any."""
-        for rotation in self.all():
+        """The rotation of `secret` and the step it signs `cluster` for, if any: one still under
+        way first, else the newest ended one (Succeeded, RolledBack) that has a step for it."""
+        ordered = sorted(
+            self.all(),
+            key=lambda r: (r.status.phase in ENDED, -_created(r), r.metadata.name),
+        )
+        for rotation in ordered:
             ref = rotation.spec.signing_certificate_secret
             if (ref.namespace, ref.name) != (secret.namespace, secret.name):
                 continue
@@ -325,6 +330,12 @@ class RotationController:
             return
         body = {**raw, "status": _without_none(status)}
         await self._kube.replace_status(CERTIFICATE_ROTATIONS, body)
+
+
+def _created(rotation: CertificateRotation) -> float:
+    """The rotation's creation time (Unix seconds; 0 when unknown)."""
+    stamp = rotation.metadata.creation_timestamp
+    return stamp.timestamp() if stamp is not None else 0.0
 
 
 def _without_none(value: Any) -> Any:

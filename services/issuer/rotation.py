@@ -34,6 +34,7 @@ from shared.api.rotations import (
 
 __all__ = [
     "DONE",
+    "ENDED",
     "FAILED",
     "IN_PROGRESS",
     "PENDING",
@@ -72,6 +73,8 @@ _ABORTABLE = frozenset(
     }
 )
 _FINAL = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED})
+ENDED = _FINAL
+"""The phases a rotation ends in (nothing more is planned)."""
 
 
 @dataclass(frozen=True, slots=True)

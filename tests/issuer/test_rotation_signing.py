@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from cryptography import x509
 
+from services.issuer.rotating import Rotations
 from services.issuer.steps import CROSS_SIGNED_FIELD, StepCA, cross_certificate, step_ca
-from shared.api.rotations import Step
+from shared.api.meta import ObjectKey
+from shared.api.rotations import CertificateRotation, Step
 from shared.controller.policy import Finding
 from shared.pki import SigningCA, cross_sign, load_signing_ca, vouched_roots
 from shared.pki.chains import verify_path
@@ -114,3 +116,44 @@ def test_an_intermediate_old_ca_takes_the_cross_certificate_from_the_new_secret(
     assert isinstance(refused, Finding)
     junk = cross_certificate(old_intermediate, NEW_CA, {CROSS_SIGNED_FIELD: b"junk"}, now=NOW)
     assert isinstance(junk, Finding)
+
+
+def test_a_rotation_under_way_covers_a_secret_before_an_ended_one() -> None:
+    def body(name: str, created: str, status: dict[str, object]) -> dict[str, object]:
+        ref = {"namespace": "meshtrust-system", "name": "cacerts"}
+        return {
+            "metadata": {"name": name, "uid": f"{name}-uid0000", "creationTimestamp": created},
+            "spec": {"signingCertificateSecret": ref, "newSigningCertificateSecret": ref},
+            "status": status,
+        }
+
+    old = body(
+        "old",
+        "2026-01-01T00:00:00Z",
+        {"phase": "RolledBack", "clusters": [{"name": "east", "step": "undo"}]},
+    )
+    new = body(
+        "new",
+        "2026-06-01T00:00:00Z",
+        {"phase": "AddingNewRoot", "clusters": [{"name": "east", "step": "add"}]},
+    )
+
+    class Cache:
+        def __init__(self, *items: dict[str, object]) -> None:
+            self.objects = items
+
+        def items(self) -> tuple[dict[str, object], ...]:
+            return self.objects
+
+    rotations = Rotations.__new__(Rotations)
+    secret = ObjectKey("meshtrust-system", "cacerts")
+    for order in ((old, new), (new, old)):
+        rotations.informer = Cache(*order)  # type: ignore[assignment]
+        covered = rotations.covering(secret, "east")
+        assert covered is not None
+        rotation, step = covered
+        assert isinstance(rotation, CertificateRotation)
+        assert (rotation.metadata.name, step) == ("new", Step.ADD)
+    rotations.informer = Cache(old)  # type: ignore[assignment]
+    assert rotations.covering(secret, "east") is not None
+    assert rotations.covering(secret, "west") is None
