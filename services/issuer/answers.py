@@ -18,6 +18,7 @@ redelivery finds the record. Deliberately not here: deciding whether to sign (`s
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -72,6 +73,8 @@ class Answers:
     metrics: IssuerMetrics | None = None
     claims: Claims | None = None
     """This replica's claims: told when a record replaced one (`Claims.settle`)."""
+    cross_signed: Callable[[IssuedRecord], str | None] | None = None
+    """During a root rotation: the cross certificate sent with a record (docs/rotation.md)."""
 
     async def answered_before(self, event: CsrRequested, entry: KvEntry) -> bool:
         """If `entry` (the issuance's record) can be read, answer `event` from it: True. False
@@ -233,11 +236,10 @@ class Answers:
         await self._note_ledgered(entry.key, record, entry.revision, sequence)
 
     async def _publish_issued(self, event: CsrRequested, record: IssuedRecord) -> None:
-        await self.bus.publish(
-            CertificateIssued(
-                **self._replying_to(event), data=record.event_data(attempt=event.data.attempt)
-            )
-        )
+        data = record.event_data(attempt=event.data.attempt)
+        if self.cross_signed is not None:
+            data = data.model_copy(update={"cross_signed_pem": self.cross_signed(record)})
+        await self.bus.publish(CertificateIssued(**self._replying_to(event), data=data))
 
     def _replying_to(self, event: CsrRequested) -> dict[str, Any]:
         """The envelope of an answer to `event`: its cluster, issuance and trace; our source."""
@@ -285,6 +287,7 @@ def signature_record(
         ca_chain_pem=signed.chain_pem[len(signed.certificate_pem) :].decode(),
         root_cert_pem=signed.root_pem.decode(),
         ledger_entry=entry.model_dump_json(),
+        trust_epoch=request.trust_epoch,
     )
 
 

@@ -21,6 +21,7 @@ from services.issuer.issued import issued_key
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.mirroring import mirror_report
 from services.issuer.registrations import Registrations
+from services.issuer.rotating import Rotations
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
 from services.issuer.signing import CsrSigning
@@ -68,6 +69,8 @@ class CsrHandler:
         clock: Clock = utcnow,
         metrics: IssuerMetrics | None = None,
         registrations: Registrations | None = None,
+        rotations: Rotations | None = None,
+        roots: Bucket | None = None,
     ) -> None:
         self._in_flight = in_flight or InFlight()
         self._issuances: KeyedLocks[str] = KeyedLocks()
@@ -86,6 +89,7 @@ class CsrHandler:
             clock=clock,
             metrics=metrics,
             claims=self._claims,
+            cross_signed=rotations.cross_signed if rotations is not None else None,
         )
         self._gate = FloodGate(issued=issued, answers=answers, clock=clock)
         self._signing = CsrSigning(
@@ -98,6 +102,8 @@ class CsrHandler:
             declarations=declarations,
             clock=clock,
             registrations=registrations,
+            rotations=rotations,
+            roots=roots,
         )
 
     async def __call__(self, event: Event, delivery: Delivery) -> None:

@@ -64,6 +64,7 @@ class IssuedRecord(BaseModel):
     """The ledger entry of this signature (JSON), appended after this record is stored."""
     ledger_sequence: int | None = None
     """Its sequence in the ledger once appended; None means the append is still owed."""
+    trust_epoch: str | None = None
 
     def answers(self, *, cluster: str, name: str, csr_pem: str) -> bool:
         """Whether this record is the answer to that request (same cluster, object and CSR)."""

@@ -43,10 +43,13 @@ fewer)."""
 
 class IssuerMetrics:
     def __init__(
-        self, registry: CollectorRegistry, *, signing_secrets: Sequence[Informer] = ()
+        self,
+        registry: CollectorRegistry,
+        *,
+        signing_secrets: Sequence[Informer] = (),
+        rotations: Informer | None = None,
     ) -> None:
-        """`signing_secrets`: the informers of the signing Secrets (one per signing
-        namespace, or one of every namespace); their CAs' expiry is read when scraped."""
+        """Read when scraped: the CAs' expiry (signing Secrets' informers), the rotations."""
         self.signing_duration = Histogram(
             "meshtrust_issuer_signing_duration_seconds",
             "From a csr.requested event's time (set by the agent) to its certificate signed and "
@@ -99,6 +102,8 @@ class IssuerMetrics:
         self._registry = registry
         if signing_secrets:
             registry.register(_SigningCACollector(signing_secrets))
+        if rotations is not None:
+            registry.register(_RotationCollector(rotations))
 
     def _replica_counters(self, registry: CollectorRegistry) -> None:
         """What the replicas' coordination does (docs/issuer.md, "Several replicas")."""
@@ -236,3 +241,50 @@ def _expiry(data: Mapping[str, Any]) -> tuple[float, float] | None:
     except (binascii.Error, ValueError, InvalidSigningCA):
         return None
     return ca.timestamp(), root.timestamp()
+
+
+class _RotationCollector(Collector):
+    """Each CertificateRotation's phase, whether it is paused, and its clusters by state
+    (docs/rotation.md), from the informer's cache when scraped."""
+
+    def __init__(self, rotations: Informer) -> None:
+        self._rotations = rotations
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        phase, paused, clusters = self._families()
+        for raw in self._rotations.items():
+            name = metadata(raw).name
+            status = raw.get("status") or {}
+            phase.add_metric([name, str(status.get("phase") or "Pending")], 1.0)
+            paused.add_metric([name], 1.0 if status.get("paused") else 0.0)
+            counts: dict[str, int] = {}
+            for line in status.get("clusters") or ():
+                state = str(line.get("state") or "Pending")
+                counts[state] = counts.get(state, 0) + 1
+            for state, count in sorted(counts.items()):
+                clusters.add_metric([name, state], float(count))
+        yield from (phase, paused, clusters)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "meshtrust_issuer_rotation_phase",
+                "1 for a CertificateRotation's current phase (status.phase).",
+                labels=("rotation", "phase"),
+            ),
+            GaugeMetricFamily(
+                "meshtrust_issuer_rotation_paused",
+                "1 while a CertificateRotation is paused by a failing cluster or an unusable CA.",
+                labels=("rotation",),
+            ),
+            GaugeMetricFamily(
+                "meshtrust_issuer_rotation_clusters",
+                "A CertificateRotation's clusters by the state of their step (Pending, "
+                "InProgress, Done, Failed).",
+                labels=("rotation", "state"),
+            ),
+        )

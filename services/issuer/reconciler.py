@@ -48,6 +48,7 @@ from services.issuer.policies import (
     check_declaration,
 )
 from services.issuer.registrations import Registrations
+from services.issuer.rotating import Rotations
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, read_signing_secret
 from shared.api import reasons
@@ -154,6 +155,9 @@ class Declarations:
             self.certificate_controller.watch(secrets, map_to=self._certificates_signed_by)
         registered = self.registrations.declarations_of(self.certificates)
         self.certificate_controller.watch(self.registrations.informer, map_to=registered)
+        self.rotations = Rotations(kube, settings)  # a step republishes with its epoch
+        rotated = self.rotations.declarations_of(self.certificates)
+        self.certificate_controller.watch(self.rotations.informer, map_to=rotated)
         self.directive_controller = Controller(
             name="issuer-directives", reconcile=self.reconcile_directive, settings=workers
         )
@@ -162,7 +166,8 @@ class Declarations:
 
     @property
     def informers(self) -> list[Informer]:
-        return [self.certificates, self.directives, *self.secrets, self.registrations.informer]
+        registrations, rotations = self.registrations.informer, self.rotations.informer
+        return [self.certificates, self.directives, *self.secrets, registrations, rotations]
 
     def synced(self) -> bool:
         return all(informer.has_synced for informer in self.informers)
@@ -226,6 +231,8 @@ class Declarations:
         )
         if isinstance(desired, Finding):
             return await self._refuse(declaration, desired)
+        epoch = self.rotations.epoch_for(secret_key, key.namespace)
+        desired = desired.model_copy(update={"trust_epoch": epoch})
         if issuer_failed(declaration.status):
             await self._clear_failure(declaration)
         return await self._publish(

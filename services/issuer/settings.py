@@ -176,6 +176,13 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
     )
     workers: int = Field(default=2, ge=1, description="Concurrent reconciles (of distinct keys).")
 
+    # --- root rotation (docs/rotation.md) ---
+    rotation_step_timeout: timedelta = Field(
+        default=timedelta(minutes=15),
+        gt=timedelta(0),
+        description="A cluster moved to a rotation step and not done (every declaration "
+        "signed for the step and FINISHED) within this long pauses the rotation (a duration).",
+    )
     # --- liveness (docs/issuer.md, "Liveness") ---
     silence_threshold: timedelta = Field(
         default=timedelta(minutes=3),
