@@ -175,6 +175,13 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
         default=20.0, gt=0, description="Seconds in-flight work may take after SIGTERM."
     )
     workers: int = Field(default=2, ge=1, description="Concurrent reconciles (of distinct keys).")
+    reissue_wave: int = Field(
+        default=10,
+        ge=0,
+        description="Clusters re-issuing at once when a change reaches many declarations (a new "
+        "signing chain, a mass edit): the next cluster's change is published only when fewer "
+        'are re-issuing (docs/issuer.md, "Re-issue waves"); 0: no limit.',
+    )
 
     # --- root rotation (docs/rotation.md) ---
     rotation_step_timeout: timedelta = Field(
