@@ -12,8 +12,8 @@ comes, and prints:
   measured once every cluster is FINISHED (the stack is kept for that), then the stack is
   stopped and its state wiped.
 
-No floor, no ratio: this is a capacity figure (issue 17: 50 clusters on a 2-core machine), not a
-comparison. It takes minutes at N=50 and is not part of `make bench`:
+No floor, no ratio: this is a capacity figure (issue 17: 50 clusters on a 2-core machine; issue
+20: 100), not a comparison. It takes minutes at N=50 and is not part of `make bench`:
 
     .venv/bin/python bench/demo_fleet.py [--clusters 50] [--timeout 900]
 """
@@ -30,7 +30,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from devstack import processes, supervisor
+from devstack import supervisor
 
 STACK_UP = re.compile(r"stack up in ([0-9.]+)s")
 STATE_LINE = re.compile(r"^\s+([0-9.]+)s\s+(\S+)\s+(\S+)\s*$")
@@ -68,7 +68,7 @@ def _run(root: Path, *, clusters: int, timeout: float) -> int:
             finished[state.group(2)] = float(state.group(1))
     code = demo.wait()
     wall = time.monotonic() - began
-    rss = _rss(root)
+    rss = supervisor.resident(root)
     print(f"clusters: {clusters}; demo exit code {code}; wall time {wall:.1f}s")
     print(f"start-up (stack up): {_seconds(stack_up)}")
     slowest = max(finished.values()) if finished else None
@@ -83,20 +83,6 @@ def _run(root: Path, *, clusters: int, timeout: float) -> int:
         print(f"  {kind:<10} {count:>3} processes  {size / 2**20:7.0f} MiB  ", end="")
         print(f"({size / count / 2**20:.0f} MiB each)")
     return 0 if code == 0 and len(finished) == clusters else 1
-
-
-def _rss(root: Path) -> dict[str, int]:
-    """Resident memory of every running stack process the supervisor records, by name."""
-    state = supervisor.read(root) or {}
-    out = {}
-    for entry in state.get("processes", []):
-        size = processes.rss_bytes(entry["pid"]) if entry.get("state") == "running" else None
-        if size is not None:
-            out[entry["name"]] = size
-    supervisor_pid = supervisor.running(root)
-    if supervisor_pid is not None and (size := processes.rss_bytes(supervisor_pid)) is not None:
-        out["supervisor"] = size
-    return out
 
 
 def _by_kind(rss: dict[str, int]) -> dict[str, tuple[int, int]]:

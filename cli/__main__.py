@@ -2,7 +2,8 @@
 
 Subcommands register in `COMMANDS` (name -> (help, add_arguments, run)), a module each: `demo`
 and `devstack` (the local stack), `status` (every IssuedCertificate of the management cluster),
-`audit` (the event stream), `ledger` (every signature), `nats-config` (per-cluster NATS users).
+`audit` (the event stream), `ledger` (every signature), `nats-config` (per-cluster NATS users),
+`rotate` (a CertificateRotation: start, status, approve, abort).
 The CLI imports `shared` and `devstack`, never a service: it reads what the services publish in
 their published formats.
 """
@@ -13,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from cli import audit, demo, ledger, natsconfig, stack, status
+from cli import audit, demo, ledger, natsconfig, rotate, stack, status
 from shared.runtime import LoggingSettings, configure_logging
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -25,6 +26,7 @@ COMMANDS: dict[str, Command] = {
     "audit": (audit.HELP, audit.add_arguments, audit.run),
     "ledger": (ledger.HELP, ledger.add_arguments, ledger.run),
     "nats-config": (natsconfig.HELP, natsconfig.add_arguments, natsconfig.run),
+    "rotate": (rotate.HELP, rotate.add_arguments, rotate.run),
 }
 
 

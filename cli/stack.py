@@ -4,8 +4,11 @@
 emulated clusters `mgmt` + remotes and the services (see `devstack.stack`), restarts any of them
 that dies, and keeps running after `up` returns; `up` on a stack that `down` stopped resumes it
 (same clusters, root CA, certificates and JetStream). `down` stops it all and keeps that state;
-`down --purge` wipes it. `status` shows each process's state, restarts, memory and uptime;
-`stop|start|restart SERVICE` (e.g. `agent-east`) act on one process through the supervisor.
+`down --purge` wipes it. `status` shows each process's state, restarts, memory (RSS) and
+uptime, and their total memory; `stop|start|restart SERVICE` (e.g. `agent-east`) act on one
+process through the supervisor. `up --nats-nodes 3` runs three nats-server nodes in one
+JetStream cluster (`nats-server-0..2`, every stream and bucket with three replicas;
+`devstack.natscluster`) instead of one.
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--clusters", type=int, help="remote clusters (up; default: the kept state's, else 2)"
     )
     parser.add_argument(
+        "--nats-nodes",
+        type=int,
+        help="up: NATS servers in one JetStream cluster, 3 for a replicated bus "
+        "(default: the kept state's, else 1)",
+    )
+    parser.add_argument(
         "--purge", action="store_true", help="down: also wipe the clusters, root CA, JetStream"
     )
 
@@ -73,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     kept = kept_clusters(args.root)
     remotes = remote_names(args.clusters) if args.clusters is not None else kept
-    info = supervisor.launch(args.root, remotes=remotes or remote_names(2))
+    info = supervisor.launch(
+        args.root, remotes=remotes or remote_names(2), nats_nodes=args.nats_nodes
+    )
     print(("resumed" if kept else "started") + f"; NATS {info.nats_url}")
     for name, cluster in info.clusters.items():
         print(f"{name:<8} {cluster.get('url', '')}  kubeconfig {cluster['kubeconfig']}")
@@ -116,6 +127,8 @@ def _status(root: Path) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    sizes = supervisor.resident(root)
+    print(f"RSS {sum(sizes.values()) / 2**20:.0f} MiB in total, {len(sizes)} processes")
     return 0 if healthy else 1
 
 

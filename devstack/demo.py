@@ -5,9 +5,10 @@ IssuedCertificate and a PodBounceDirective for every remote cluster in `mgmt`
 (`deploy/examples/declarations.yaml`, applied with kubectl),
 follows each remote IssuedCertificate until FINISHED (or FAILED), then checks what a platform
 team would: every cluster's `cacerts` chains to the shared root (`openssl verify`), the bundle
-passes `shared.pki.check_bundle`, and the istiod-like pods were replaced. Prints a summary
-table, and stops the stack unless `keep` (wiping it when every cluster verified; keeping its
-state and logs for a look when not). A cluster not done is named every `REPORT_EVERY` seconds
+passes `shared.pki.check_bundle`, and the istiod-like pods were replaced. Prints the start-up
+time and the stack's total resident memory (once up and at the end) and a summary table, and
+stops the stack unless `keep` (wiping it when every cluster verified; keeping its state and logs
+for a look when not). A cluster not done is named every `REPORT_EVERY` seconds
 with what holds it (its state and error here and in mgmt, and its processes as the supervisor
 sees them), so the demo never waits silently.
 """
@@ -164,8 +165,10 @@ async def report_stuck(
         here = f"is {p.state}" if p.state != "-" else "has no IssuedCertificate yet"
         down = [
             f"{name} {e['state']} ({e['last_exit'] or 'no exit recorded'})"
-            for name in ("issuer", f"agent-{cluster}", f"bouncer-{cluster}", "nats-server")
-            if (e := supervised.get(name)) is not None and e["state"] != "running"
+            for name in sorted(supervised)
+            if name in ("issuer", f"agent-{cluster}", f"bouncer-{cluster}")
+            or name.startswith("nats-server")  # one node, or nats-server-0..2
+            if (e := supervised[name])["state"] != "running"
         ]
         why = "; ".join([f"{cluster} {here}" + (f": {p.error}" if p.error else ""), in_mgmt])
         if down:
@@ -229,6 +232,11 @@ def summary(progress: dict[str, Progress]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
+def _resident(root: Path) -> str:
+    sizes = supervisor.resident(root)
+    return f"RSS {sum(sizes.values()) / 2**20:.0f} MiB in total, {len(sizes)} processes"
+
+
 def run(
     *,
     root: Path,
@@ -252,11 +260,13 @@ def run(
     verified = False
     try:
         supervisor.launch(root, remotes=remotes)
-        say(f"stack up in {time.monotonic() - started:.1f}s; declaring IssuedCertificates in mgmt")
+        say(f"stack up in {time.monotonic() - started:.1f}s; {_resident(root)}")
+        say("declaring IssuedCertificates in mgmt")
         progress = {c: Progress(c) for c in remotes}
         declared = {c: declarations(c, key_algorithm=key_algorithm, ttl=ttl) for c in remotes}
         asyncio.run(follow(stack, progress, declared=declared, within=timeout, out=out))
         say("\n" + summary(progress) + "\n")
+        say(_resident(root))
         how = "look around" if keep else "with --keep (make demo DEMO_ARGS=--keep), look around"
         say(f"{how}: kubectl --kubeconfig {stack.kubeconfig(remotes[0])} get ic -A")
         say(f"  {' ' * len(how)}kubectl --kubeconfig {stack.kubeconfig(MGMT)} get ic -A")

@@ -181,8 +181,10 @@ def render(
     host: str = "127.0.0.1",
     port: int = 4222,
     store_dir: str | None = None,
+    cluster: Mapping[str, object] | None = None,
 ) -> str:
-    """The nats-server configuration (JSON) for `clusters`.
+    """The nats-server configuration (JSON) for `clusters`; `cluster` (`cluster_block`) makes
+    it one node of a JetStream cluster.
 
     Each user authenticates either with a password (`passwords`: user -> password;
     docker-compose.yml's throwaway stack) or with an nkey (`nkeys`: user -> public key, `U...`;
@@ -216,7 +218,20 @@ def render(
         "accounts": {HUB_ACCOUNT: hub, **accounts},
         "jetstream": {"store_dir": store_dir} if store_dir else {},
     }
+    if cluster is not None:
+        config["cluster"] = dict(cluster)
     return json.dumps(config, indent=2) + "\n"
+
+
+def cluster_block(*, name: str, host: str, port: int, routes: Iterable[str]) -> dict[str, object]:
+    """One node's `cluster` block: where it listens for routes and the peers it routes to.
+
+    The same block makes the local stack's nodes (`devstack.natscluster`, routes on loopback)
+    and the production StatefulSet's (deploy/nats/generate.py, which adds TLS for routes).
+    Every node of a JetStream cluster needs the same `name` and its own `server_name`; a node
+    may list itself among the routes (it ignores that one), so every node can get one list.
+    """
+    return {"name": name, "host": host, "port": port, "routes": list(routes)}
 
 
 def _credentials(

@@ -167,6 +167,11 @@ class NatsServer:
         """SIGKILL: no flush, no goodbye. The store is left as a crash leaves it."""
         self._signal(signal.SIGKILL)
 
+    def reload(self) -> None:
+        """SIGHUP: the server reads its configuration file again (e.g. a cluster's new routes)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGHUP)
+
     def stop(self, *, timeout: float = 10.0) -> None:
         """SIGTERM and wait; SIGKILL if it does not go in time."""
         if self._process is None or self._process.poll() is not None:

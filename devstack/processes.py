@@ -146,13 +146,7 @@ def wait_ready(process: Process, *, within: float = 60.0) -> None:
 
     def ready() -> bool:
         nonlocal why
-        if not alive(process.pid):
-            raise StackError(f"{process.name} exited; its last log lines:\n{tail(process)}")
-        if process.health is None:
-            port = bound_port(process)
-            if port is not None:
-                process.health = f"http://127.0.0.1:{port}/readyz"
-        why = readiness(process)
+        why = not_ready(process)
         return not why
 
     try:
@@ -161,6 +155,18 @@ def wait_ready(process: Process, *, within: float = 60.0) -> None:
         if "timed out" not in str(exc):
             raise
         raise StackError(f"{exc} ({why}); its last log lines:\n{tail(process)}") from None
+
+
+def not_ready(process: Process) -> str:
+    """One look: why `process` is not ready ("" when it is); StackError if it exited. Fills in
+    `process.health` once the process has logged its port."""
+    if not alive(process.pid):
+        raise StackError(f"{process.name} exited; its last log lines:\n{tail(process)}")
+    if process.health is None:
+        port = bound_port(process)
+        if port is not None:
+            process.health = f"http://127.0.0.1:{port}/readyz"
+    return readiness(process)
 
 
 def tail(process: Process, lines: int = 15) -> str:
@@ -224,3 +230,28 @@ def rss_bytes(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS, RssAnon (its private heap: what N processes cost N times) and RssFile (mapped
+    files, shared libraries among them: shared between processes) of `pid`, in KiB; {} if gone."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                key, _, value = line.partition(":")
+                if key in {"VmRSS", "RssAnon", "RssFile"}:
+                    out[key] = int(value.split()[0])
+    except OSError:
+        return {}
+    return out
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time `pid` has used so far, None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -2,7 +2,8 @@
 
 `up()` starts, in order:
 
-1. nats-server with JetStream (store under `.devstack/nats/`), one NATS account and user per
+1. nats-server with JetStream (store under `.devstack/nats/`; or several servers in one
+   JetStream cluster, `devstack.natscluster`), one NATS account and user per
    identity (`devstack.natsconfig`), authenticated by nkeys as in production: one seed file
    per user in `.devstack/nats/credentials/` (mode 600, directory 700; the server's
    configuration holds public keys only), then `meshtrust-issuer provision` with the
@@ -18,7 +19,7 @@
 4. the services, each under its own ServiceAccount, through their production entry points and
    environment settings: the issuer (waited for until ready, since it makes the clusters'
    consumers), then an agent and a bouncer per remote cluster, each with its own NATS account,
-   seed and inbox prefix.
+   seed and inbox prefix, a few starting at once (`devstack.startup`: no starved start-ups).
 
 Everything is recorded in `.devstack/stack.json` (NATS URL, pids, clusters and their
 kubeconfigs), which `down()` reads to stop it all, services first. `down()` keeps the state: the
@@ -46,9 +47,11 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from devstack import identities, processes
+from devstack import identities, processes, startup
+from devstack.natscluster import NatsNodes, kept_nodes
 from devstack.natsconfig import (
     HUB_USERS,
     PROVISIONER_USER,
@@ -57,7 +60,6 @@ from devstack.natsconfig import (
     render,
     user_names,
 )
-from devstack.natsserver import NatsServer
 from devstack.processes import Launch, Process, StackError
 from devstack.seeding import ROOT_CA_SECRET, seed
 from shared.bus import NatsSettings
@@ -120,9 +122,11 @@ class Stack:
         pod_ready_delay: float = 0.5,
         root_key: KeySpec | None = None,
         env: Mapping[str, Mapping[str, str]] | None = None,
+        nats_nodes: int | None = None,
     ) -> None:
         """`env` adds environment variables per process name (`issuer`, `agent-east`, ...) or
-        per service (`agent`, `bouncer`), e.g. shorter timeouts for tests."""
+        per service (`agent`, `bouncer`), e.g. shorter timeouts for tests. `nats_nodes`: the
+        NATS servers (`devstack.natscluster`; default: the kept state's, else 1)."""
         self.root = root.resolve()
         self.remotes = [check_cluster_name(c) for c in remotes]
         self.pod_ready_delay = pod_ready_delay
@@ -133,7 +137,13 @@ class Stack:
         # Our children, kept so that they are reaped (and no Popen is collected while running).
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._extra_env = {k: dict(v) for k, v in (env or {}).items()}
-        self._nats: NatsServer | None = None
+        self.nats_nodes = nats_nodes
+        self._nats: NatsNodes | None = None
+
+    @property
+    def nats(self) -> NatsNodes | None:
+        """The NATS servers, once up (tests find a stream's leader among them)."""
+        return self._nats
 
     @property
     def state_file(self) -> Path:
@@ -178,11 +188,11 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         started: list[Process] = []
         try:
-            nats_url, nats_pid = self._start_nats()
-            started.append(Process("nats-server", nats_pid, str(self.logs / "nats.log")))
+            started += self._start_nats()
+            assert self._nats is not None
             self.info = StackInfo(
                 root=str(self.root),
-                nats_url=nats_url,
+                nats_url=self._nats.urls,
                 clusters={
                     c: {"kubeconfig": str(self.kubeconfig(c))} for c in [MGMT, *self.remotes]
                 },
@@ -208,12 +218,10 @@ class Stack:
             self._save()
             processes.wait_ready(started[-1])
             self._save()
-            for cluster in self.remotes:
-                for service in ("agent", "bouncer"):
-                    started.append(self._start_service(service, cluster))
-                    self._save()
-            for process in started[3:]:
-                processes.wait_ready(process)
+            services = [(s, c) for c in self.remotes for s in ("agent", "bouncer")]
+            for process in startup.bounded(partial(self._start_service, *s) for s in services):
+                started.append(process)  # a few at once (devstack/startup.py), each ready
+                self._save()
             self._save()
         except BaseException:
             self.down()
@@ -231,23 +239,16 @@ class Stack:
         """Where each NATS user's seed file is (`<user>.nk`)."""
         return self.root / "nats" / "credentials"
 
-    def _start_nats(self) -> tuple[str, int]:
+    def _start_nats(self) -> list[Process]:
         nats_dir = self.root / "nats"
-        nats_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        kept = kept_nodes(nats_dir)
+        if kept is not None and self.nats_nodes not in (None, kept):
+            raise StackError(f"{self.root} keeps {kept} NATS nodes, not {self.nats_nodes}")
+        self._nats = NatsNodes(nats_dir, self.logs, self.nats_nodes or kept or 1)
         public = nkeys_for(self.credentials, user_names(self.remotes))
-        server = NatsServer(
-            store_dir=nats_dir / "jetstream",
-            config_file=nats_dir / "nats.conf",
-            log_file=self.logs / "nats.log",
+        return self._nats.start(
+            lambda cluster: render(clusters=self.remotes, nkeys=public, port=0, cluster=cluster)
         )
-        config = nats_dir / "nats.conf"
-        config.touch(mode=0o600)
-        config.chmod(0o600)
-        config.write_text(render(clusters=self.remotes, nkeys=public, port=server.port))
-        server.start()
-        assert server.pid is not None
-        self._nats = server
-        return server.url, server.pid
 
     def nats_env(self, user: str) -> dict[str, str]:
         """The `MESHTRUST_NATS_*` variables that make a process `user` on this stack's NATS."""
@@ -256,6 +257,7 @@ class Stack:
             "MESHTRUST_NATS_URLS": self.info.nats_url,
             "MESHTRUST_NATS_NKEYS_SEED_FILE": str(self.credentials / f"{user}.nk"),
             "MESHTRUST_NATS_NAME": user,
+            **(self._nats.env() if self._nats is not None else {}),
         }
         if user not in HUB_USERS:
             env["MESHTRUST_NATS_INBOX_PREFIX"] = inbox_prefix(user)
@@ -393,12 +395,8 @@ class Stack:
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         """Send `sig` (default SIGKILL: no goodbye) to one process and wait until it is gone."""
-        if name == "nats-server":
-            assert self._nats is not None
-            if sig == signal.SIGKILL:
-                self._nats.kill()
-            else:
-                self._nats.stop()
+        if self._nats is not None and name in self._nats.names:
+            self._nats.kill(name, hard=sig == signal.SIGKILL)
             return
         process = self.process(name)
         if processes.alive(process.pid):
@@ -414,14 +412,8 @@ class Stack:
         """Start one process again as `up()` did: nats-server on the same port and store, the
         emulated clusters on the same ports and state (the kubeconfigs name them)."""
         assert self.info is not None, "up() first"
-        if name == "nats-server":
-            assert self._nats is not None
-            try:
-                self._nats.start()
-            except (RuntimeError, TimeoutError) as exc:
-                raise StackError(f"nats-server did not start: {exc}") from exc
-            assert self._nats.pid is not None
-            fresh = Process(name, self._nats.pid, str(self._nats.log_file))
+        if self._nats is not None and name in self._nats.names:
+            fresh = self._nats.restart(name)
         elif name == "kubeapi":
             child = self._children.pop("kubeapi", None)
             if child is not None:
@@ -439,8 +431,8 @@ class Stack:
 
     def exit_code(self, name: str) -> int | None:
         """The exit code of one of this stack's processes once it has exited, else None."""
-        if name == "nats-server":
-            return self._nats.returncode if self._nats is not None else None
+        if self._nats is not None and name in self._nats.names:
+            return self._nats.returncode(name)
         child = self._children.get(name)
         return child.poll() if child is not None else None
 

@@ -218,11 +218,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--clusters", required=True, help="remote clusters, comma separated")
     parser.add_argument("--pod-ready-delay", type=float, default=0.5)
+    parser.add_argument("--nats-nodes", type=int, help="NATS servers (default: kept, else 1)")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    stack = Stack(args.root, remotes=args.clusters.split(","), pod_ready_delay=args.pod_ready_delay)
+    stack = Stack(
+        args.root,
+        remotes=args.clusters.split(","),
+        pod_ready_delay=args.pod_ready_delay,
+        nats_nodes=args.nats_nodes,
+    )
     supervisor = Supervisor(stack, say=lambda line: print(f"{time.strftime('%T')} {line}"))
     supervisor.control.mkdir(parents=True, exist_ok=True)
     try:
@@ -262,7 +268,12 @@ def running(root: Path) -> int | None:
 
 
 def launch(
-    root: Path, *, remotes: list[str], pod_ready_delay: float = 0.5, within: float = 600.0
+    root: Path,
+    *,
+    remotes: list[str],
+    pod_ready_delay: float = 0.5,
+    within: float = 600.0,
+    nats_nodes: int | None = None,
 ) -> StackInfo:
     """Start a supervisor for `root` and wait until it has the stack up; StackError with its
     reason (which process died, its last log lines) if it fails."""
@@ -273,6 +284,7 @@ def launch(
     (root / STATE).unlink(missing_ok=True)
     command = [sys.executable, "-m", "devstack.supervisor", "--root", str(root.resolve())]
     command += ["--clusters", ",".join(remotes), "--pod-ready-delay", str(pod_ready_delay)]
+    command += ["--nats-nodes", str(nats_nodes)] if nats_nodes is not None else []
     with (logs / "supervisor.log").open("ab") as out:
         child = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -327,3 +339,18 @@ def request(root: Path, action: str, name: str, *, within: float = 120.0) -> str
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def resident(root: Path) -> dict[str, int]:
+    """Resident memory (VmRSS, bytes) of every running process of the stack of `root` the
+    supervisor records, by name, and of the supervisor itself ("supervisor")."""
+    state = read(root) or {}
+    out = {}
+    for entry in state.get("processes", []):
+        size = processes.rss_bytes(entry["pid"]) if entry.get("state") == "running" else None
+        if size is not None:
+            out[entry["name"]] = size
+    pid = running(root)
+    if pid is not None and (size := processes.rss_bytes(pid)) is not None:
+        out["supervisor"] = size
+    return out

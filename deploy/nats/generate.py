@@ -36,15 +36,18 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 
 import nkeys  # noqa: E402
 
-from devstack.natsconfig import render, user_names  # noqa: E402
+from devstack.natsconfig import cluster_block, render, user_names  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CLUSTERS = ("east", "west")
 """The remote clusters of the examples (the demo's); add yours and re-run."""
 
 ROUTES = [f"nats://nats-{i}.nats.meshtrust-nats.svc:6222" for i in range(3)]
-"""The three servers' route URLs: a StatefulSet `nats` behind a headless Service `nats` in
-namespace `meshtrust-nats`. Every server lists all three (its own route is ignored)."""
+"""The three servers' route URLs: a StatefulSet `nats` of 3 replicas behind a headless Service
+`nats` in namespace `meshtrust-nats`. Every server lists all three (its own route is ignored),
+so one file serves every pod."""
+CLUSTER = cluster_block(name="meshtrust", host="0.0.0.0", port=6222, routes=ROUTES)  # noqa: S104
+"""The `cluster` block, as `devstack.natscluster` makes its nodes' (there on loopback)."""
 
 HEADER = """\
 // {title}
@@ -89,6 +92,7 @@ def production(clusters: tuple[str, ...] = CLUSTERS, *, keys: dict[str, str] | N
             host="0.0.0.0",  # noqa: S104 - a server listens on its pod's interfaces
             port=4222,
             store_dir="/data/jetstream",
+            cluster=CLUSTER,
         )
     )
     tls = {
@@ -110,10 +114,10 @@ def production(clusters: tuple[str, ...] = CLUSTERS, *, keys: dict[str, str] | N
             "max_memory_store": "256M",
         },
         "cluster": {
-            "name": "meshtrust",
-            "host": "0.0.0.0",  # noqa: S104
-            "port": 6222,
-            "routes": ROUTES,
+            **base["cluster"],
+            # Clients in other clusters reach the servers through one address (a load
+            # balancer), not the pods' addresses the servers would otherwise tell them about.
+            "no_advertise": True,
             # Routes are mutually authenticated: each server presents its certificate and
             # verifies the others' against the same CA.
             "tls": {**tls, "verify": True},

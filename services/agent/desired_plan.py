@@ -25,6 +25,7 @@ from services.agent.objects import (
     MANAGED_BY,
     MANAGED_BY_VALUE,
     SIGNING_CHAIN,
+    TRUST_EPOCH,
     annotations_of,
     is_managed,
 )
@@ -155,7 +156,7 @@ def differs(key: str, current: Obj, desired: DesiredObject) -> bool:
     expected = our_annotations(key, desired)
     if any(notes.get(k) != v for k, v in expected.items()):
         return True
-    if SIGNING_CHAIN in notes and SIGNING_CHAIN not in expected:
+    if any(k in notes and k not in expected for k in (SIGNING_CHAIN, TRUST_EPOCH)):
         return True
     # Compare through the model: the API server materialises the CRD's defaults
     # (certOptions.ttlDays...), so the stored spec is a superset of the declared one.
@@ -178,8 +179,9 @@ def shape(obj: Mapping[str, Any]) -> tuple[object, ...]:
 
 
 def our_annotations(key: str, desired: DesiredObject) -> dict[str, str]:
-    """Our annotations on a desired object; the signing-chain fingerprint (IssuedCertificates
-    only) tells the reconciler when the issuer's CA changed, so that it re-issues."""
+    """Our annotations on a desired object; the signing-chain fingerprint and the trust epoch
+    (IssuedCertificates only) tell the reconciler when the issuer's CA or the rotation step
+    changed, so that it re-issues."""
     notes = {
         DECLARATION_UID: desired.uid,
         DECLARATION_GENERATION: str(desired.generation),
@@ -187,7 +189,22 @@ def our_annotations(key: str, desired: DesiredObject) -> dict[str, str]:
     }
     if desired.signing_chain_fingerprint is not None:
         notes[SIGNING_CHAIN] = desired.signing_chain_fingerprint
+    if epoch := desired_trust_epoch(desired):
+        notes[TRUST_EPOCH] = epoch
     return notes
+
+
+def desired_trust_epoch(desired: DesiredObject) -> str | None:
+    """The trust epoch the issuer declares on a desired IssuedCertificate during a root rotation
+    (`meshtrust.io/trust-epoch`, docs/agent.md "Trust bundle"): the entry's `trust_epoch`, or
+    that key of its `annotations`, whichever form the entry carries; None outside a rotation.
+    Copied onto the IssuedCertificate, where a change of it re-issues."""
+    value = getattr(desired, "trust_epoch", None)
+    if value is None:
+        annotations = getattr(desired, "annotations", None)
+        if isinstance(annotations, Mapping):
+            value = annotations.get(TRUST_EPOCH)
+    return value if isinstance(value, str) and value else None
 
 
 def create_body(key: str, desired: DesiredObject) -> Obj:
@@ -207,9 +224,10 @@ def create_body(key: str, desired: DesiredObject) -> Obj:
 
 def replace_body(key: str, current: Obj, desired: DesiredObject) -> Obj:
     """`current` with the declared spec and our label and annotations; status and everyone
-    else's labels and annotations kept (a stale signing-chain fingerprint is not)."""
+    else's labels and annotations kept (a stale signing-chain fingerprint or epoch is not)."""
     meta = dict(metadata(current))
     meta["labels"] = {**(meta.get("labels") or {}), MANAGED_BY: MANAGED_BY_VALUE}
-    kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k != SIGNING_CHAIN}
+    stale = (SIGNING_CHAIN, TRUST_EPOCH)
+    kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in stale}
     meta["annotations"] = {**kept, **our_annotations(key, desired)}
     return {**current, "metadata": meta, "spec": dict(desired.spec)}

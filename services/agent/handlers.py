@@ -1,10 +1,12 @@
 """Bus handlers: the issuer's and the bouncer's answers, written where the reconciler finds them.
 
 - `certificate.issued` for the current issuance of an IssuedCertificate in REQUESTED: judged by
-  `services.agent.trust` (the root must be one pinned in this cluster's trust bundle; then
+  `services.agent.trust` (every root must be pinned in this cluster's trust bundle, or
+  cross-signed by a pinned root in the event's `cross_signed_pem`; then
   `shared.pki.check_bundle` on our key, the certificate, the chain and that root: chain valid
   now, declared hosts and org; then the CSR's key, the declared lifetime, the event's serial and
-  dates), and the four files are written to the issued Secret in one request. A refused
+  dates), and the four files are written to the issued Secret in one request (with the
+  issuance's trust epoch and the cross certificates as annotations). A refused
   certificate is not written; the verdict `refused` is left for the reconciler, which reports it
   (status.error, a Warning Event) and stays REQUESTED: the real answer may still come.
 - `certificate.denied` for the current issuance: the verdict `denied` (the issuer's reason and
@@ -37,6 +39,7 @@ from services.agent.objects import (
     AgentObjects,
     KeySecret,
     annotations_of,
+    issued_notes,
     key_secret_name,
     read_key_secret,
 )
@@ -123,15 +126,15 @@ class Handlers:
             raise anchors
         bundle = _bundle(event, key_secret)
         spec = found.spec
+        now = self._now()
         judged = await judge(
             anchors=anchors,
             data=event.data,
             bundle=bundle,
             csr_pem=key_secret.csr_pem,
             declared=spec.cert_options.lifetime,
-            check=lambda b: self._objects.bundles.check(
-                b, hosts=spec.hosts, org=spec.org, now=self._now()
-            ),
+            check=lambda b: self._objects.bundles.check(b, hosts=spec.hosts, org=spec.org, now=now),
+            now=now,
         )
         if isinstance(judged, Finding):
             await self._refuse(found.key, event, judged)
@@ -183,10 +186,15 @@ class Handlers:
             namespace=ref.namespace,
             name=ref.name,
             bundle=bundle,
-            issuance=event.issuance,
-            serial=event.data.serial_number,
-            owner=found.key,
-            signing_chain=key_secret.material.signing_chain,
+            notes=issued_notes(
+                issuance=event.issuance,
+                serial=event.data.serial_number,
+                owner=found.key,
+                declaration_generation=event.data.declaration_generation,
+                signing_chain=key_secret.material.signing_chain,
+                trust_epoch=key_secret.material.trust_epoch,
+                cross_signed=event.data.cross_signed_pem,
+            ),
             current=found.issued,
         )
         log.info("issued Secret written", key=str(found.key), serial=event.data.serial_number)

@@ -66,6 +66,7 @@ class Messages:
                 declaration_generation=declaration_generation(raw),
                 csr_pem=secret.csr_pem.decode(),
                 attempt=attempt,
+                trust_epoch=secret.material.trust_epoch or None,
             ),
         )
 

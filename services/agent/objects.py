@@ -22,6 +22,7 @@ from typing import Any
 from services.agent.bundles import BundleChecks
 from services.agent.policies import KeyMaterial, Verdict
 from shared.api.meta import Obj, ObjectKey, metadata
+from shared.events.desired import TRUST_EPOCH_ANNOTATION
 from shared.k8s.client import KubeClient
 from shared.k8s.early import EarlyRead, read_early
 from shared.k8s.errors import AlreadyExists, NotFound
@@ -45,6 +46,13 @@ SERIAL_NUMBER = "meshtrust.io/serial-number"
 SIGNING_CHAIN = "meshtrust.io/signing-chain-fingerprint"
 """On the IssuedCertificate: the desired signing-chain fingerprint (set by the applier); on the
 key Secret and the issued Secret: the value the issuance was started under."""
+TRUST_EPOCH = TRUST_EPOCH_ANNOTATION
+"""On the IssuedCertificate: the rotation step the issuer asks for (copied from desired state);
+on the key Secret and the issued Secret: the value the issuance was started under. Absent is the
+epoch "" (outside any rotation); a difference re-issues (docs/agent.md, "Trust bundle")."""
+CROSS_SIGNED = "meshtrust.io/cross-signed"
+"""On the issued Secret: the cross certificates (PEM) the issuer's answer came with, by which a
+pinned root vouches for a root of root-cert.pem the agent does not pin (a root rotation)."""
 VERDICT = "meshtrust.io/verdict"
 """On the IssuedCertificate: JSON {issuance, kind, reason, message} left by a bus handler."""
 
@@ -114,6 +122,34 @@ def secret_bytes(secret: Mapping[str, Any]) -> dict[str, bytes]:
     return out
 
 
+def issued_notes(
+    *,
+    issuance: str,
+    serial: str,
+    owner: ObjectKey,
+    declaration_generation: int,
+    signing_chain: str | None,
+    trust_epoch: str,
+    cross_signed: str | None,
+) -> dict[str, str]:
+    """The issued Secret's annotations for an issuance: whose it is, and what it was issued
+    under (the declaration's generation, the signing-chain fingerprint, the trust epoch) and
+    with (the cross certificates of its roots), for the checks of the Secret in place."""
+    notes = {
+        ISSUANCE_ID: issuance,
+        SERIAL_NUMBER: serial,
+        ISSUED_CERTIFICATE: str(owner),
+        DECLARATION_GENERATION: str(declaration_generation),
+    }
+    if signing_chain:
+        notes[SIGNING_CHAIN] = signing_chain
+    if trust_epoch:
+        notes[TRUST_EPOCH] = trust_epoch
+    if cross_signed:
+        notes[CROSS_SIGNED] = cross_signed
+    return notes
+
+
 def _b64(data: Mapping[str, bytes]) -> dict[str, str]:
     return {field: base64.b64encode(value).decode() for field, value in data.items()}
 
@@ -157,6 +193,7 @@ def read_key_secret(secret: Mapping[str, Any] | None) -> KeySecret | None:
             attempt=max(1, _int(notes.get(ATTEMPT)) or 1),
             requested_at=requested_at,
             signing_chain=notes.get(SIGNING_CHAIN),
+            trust_epoch=notes.get(TRUST_EPOCH, ""),
         ),
         key_pem=data[KEY_FIELD],
         csr_pem=data[CSR_FIELD],
@@ -238,6 +275,7 @@ class AgentObjects:
         key_pem: bytes,
         csr_pem: bytes,
         signing_chain: str | None,
+        trust_epoch: str,
         requested_at: dt.datetime,
     ) -> Obj:
         """Create (or replace) the key Secret of a new issuance, owned by the IssuedCertificate
@@ -263,6 +301,7 @@ class AgentObjects:
                     ATTEMPT: "1",
                     REQUESTED_AT: _rfc3339(requested_at),
                     **({SIGNING_CHAIN: signing_chain} if signing_chain else {}),
+                    **({TRUST_EPOCH: trust_epoch} if trust_epoch else {}),
                 },
                 "ownerReferences": [
                     {
@@ -299,22 +338,17 @@ class AgentObjects:
         namespace: str,
         name: str,
         bundle: Bundle,
-        issuance: str,
-        serial: str,
-        owner: ObjectKey,
-        signing_chain: str | None,
+        notes: Mapping[str, str],
         current: Obj | None,
     ) -> None:
         """Write the four bundle fields in one request, so the Secret goes from one complete,
         valid bundle to the next with no moment in between. Other data fields and metadata an
         operator put on an existing Secret are kept.
 
-        `current` is the Secret as the caller read it (None: absent). A stale read costs nothing
-        but a retry: the create meets AlreadyExists (then the Secret is read), the replace
-        carries the resourceVersion read and meets Conflict."""
-        notes = {ISSUANCE_ID: issuance, SERIAL_NUMBER: serial, ISSUED_CERTIFICATE: str(owner)}
-        if signing_chain:
-            notes[SIGNING_CHAIN] = signing_chain
+        `notes` are the issuance's annotations (`issued_notes`); those of the previous issuance
+        go. `current` is the Secret as the caller read it (None: absent). A stale read costs
+        nothing but a retry: the create meets AlreadyExists (then the Secret is read), the
+        replace carries the resourceVersion read and meets Conflict."""
         fields = _b64(bundle.to_secret_data())
         if current is None:
             body: Obj = {
@@ -325,7 +359,7 @@ class AgentObjects:
                     "name": name,
                     "namespace": namespace,
                     "labels": {MANAGED_BY: MANAGED_BY_VALUE},
-                    "annotations": notes,
+                    "annotations": dict(notes),
                 },
                 "data": fields,
             }
@@ -336,7 +370,8 @@ class AgentObjects:
                 current = await self.kube.get(SECRETS, name, namespace=namespace)
         meta = dict(metadata(current))
         meta["labels"] = {**(meta.get("labels") or {}), MANAGED_BY: MANAGED_BY_VALUE}
-        kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k != SIGNING_CHAIN}
+        ours = (SIGNING_CHAIN, TRUST_EPOCH, CROSS_SIGNED, DECLARATION_GENERATION)
+        kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in ours}
         meta["annotations"] = {**kept, **notes}
         # PUT with the resourceVersion read: a concurrent writer makes this a Conflict, retried.
         await self.kube.replace(

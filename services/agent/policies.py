@@ -5,10 +5,10 @@ verdict a bus handler left for the current issuance) into an `Observed`, and `de
 `Decision`. Nothing here does I/O, reads a clock or draws randomness: `now` and `rand` are
 arguments, so every rule is a row of a table test.
 
-Re-issuance of a certificate that is in place (ISSUED or FINISHED) is decided by a chain of
-small policies, a `shared.controller.policy.Chain` built with `now` (`reissue_chain`): each
-check is `check(observed) -> Finding | None`; the first finding re-issues, and its reason and
-message become the Event's and the log line's.
+What is observed is in `observed.py`. Re-issuance of a certificate that is in place (ISSUED or
+FINISHED) is decided by the chain of small policies of `reissue.py` (`reissue_chain`); the same
+chain decides whether a new IssuedCertificate (PENDING) may re-adopt the certificate already in
+its issued Secret (`Readopt`: the remote object was deleted and made again from desired state).
 
 Deliberately not here: how a key is made or a Secret written (the reconciler's I/O layer), and
 whether a certificate passes the bundle check (the reconciler runs `shared.pki.check_bundle`
@@ -19,98 +19,21 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any
 
 from pydantic import ValidationError
 
+from services.agent.observed import IssuedView as IssuedView
+from services.agent.observed import KeyMaterial as KeyMaterial
+from services.agent.observed import Observed as Observed
+from services.agent.observed import Timing as Timing
+from services.agent.observed import Verdict as Verdict
+from services.agent.reissue import TRUST_EPOCH_CHANGED, reissue_chain
 from shared.api import reasons
-from shared.api.v1alpha2 import IssuedCertificateSpec, IssuedCertificateStatus, State
-from shared.controller.policy import Chain, Check, Finding
+from shared.api.v1alpha2 import CertOptions, IssuedCertificateSpec, IssuedCertificateStatus, State
 from shared.pki import BundleInfo, InvalidHost, InvalidSubject, parse_hosts, serial_hex
 from shared.pki.names import subject_for
-
-# --- what the reconciler observed -------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class KeyMaterial:
-    """What the key Secret says about its issuance. The key itself is never part of a decision
-    (and so never in a repr or a log line)."""
-
-    issuance: str
-    generation: int | None
-    """The IssuedCertificate generation the key and CSR were made for."""
-    attempt: int
-    """The last csr.requested attempt sent for it."""
-    requested_at: dt.datetime | None
-    """When that attempt was sent (None: never, e.g. after a crash before the first send)."""
-    signing_chain: str | None = None
-    """The desired signing-chain fingerprint the issuance was started under."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class IssuedView:
-    """The issued Secret as found: whose issuance it holds and whether it is fit for use."""
-
-    issuance: str | None
-    """`meshtrust.io/issuance-id` of the Secret (None: not written by us, or edited away)."""
-    info: BundleInfo | None
-    """Facts of the bundle when it passed the check, else None."""
-    problem: str | None
-    """Why it is not fit (the bundle check's reason and message), else None."""
-    signing_chain: str | None = None
-    """The desired signing-chain fingerprint its issuance was started under."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Verdict:
-    """What a bus handler left on the IssuedCertificate for one issuance.
-
-    `kind` is `denied` (the issuer refused), `refused` (a certificate.issued failed our trust
-    and policy checks, `services.agent.trust`: the issuance keeps waiting for the real answer)
-    or `bounced` (the bouncer finished; `message` is its error, empty on success).
-    """
-
-    issuance: str
-    kind: Literal["denied", "refused", "bounced"]
-    reason: str = ""
-    message: str = ""
-    retry_after: dt.datetime | None = None
-    """With a `denied` of reason `RateLimited`: the CSR may be sent again from then on."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Observed:
-    """Everything `decide` looks at for one IssuedCertificate."""
-
-    generation: int
-    status: IssuedCertificateStatus
-    spec: IssuedCertificateSpec | None
-    spec_error: str | None
-    """Set when the object is invalid; names the field (`spec.hosts[0]: empty`)."""
-    key: KeyMaterial | None
-    issued: IssuedView | None
-    """None when the issued Secret does not exist."""
-    verdict: Verdict | None = None
-    signing_chain: str | None = None
-    """The desired signing-chain fingerprint (`DesiredObject.signing_chain_fingerprint`, stamped
-    on the IssuedCertificate by the applier); None for objects not from desired state."""
-    sent: bool = False
-    """Whether this process already sent the current step's message (csr.requested of the
-    key's attempt in REQUESTED, bounce.requested in ISSUED). False after a restart."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Timing:
-    """The state machine's clocks, in seconds (from `AgentSettings`)."""
-
-    resend_after: float = 60.0
-    failure_backoff_initial: float = 10.0
-    failure_backoff_max: float = 600.0
-    renewal_jitter: float = 0.05
-    max_requeue: float = 3600.0
-
 
 # --- decisions --------------------------------------------------------------------------------
 
@@ -123,6 +46,16 @@ class Issue:
     reason: str
     message: str
     adopt: KeyMaterial | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Readopt:
+    """A new (PENDING) IssuedCertificate whose issued Secret already holds a valid certificate of
+    ours that matches it (the object was deleted and made again): take that issuance over,
+    FINISHED at once. No new key, no CSR, no bounce."""
+
+    issuance: str
+    info: BundleInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +111,7 @@ class Wait:
     seconds: float | None = None
 
 
-Decision = Issue | Send | Complete | Bounce | Finish | Fail | Refuse | Wait
+Decision = Issue | Readopt | Send | Complete | Bounce | Finish | Fail | Refuse | Wait
 
 
 # --- spec validation --------------------------------------------------------------------------
@@ -218,87 +151,6 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts) or "spec: invalid"
 
 
-# --- the re-issuance policy chain -------------------------------------------------------------
-
-
-def spec_changed(o: Observed) -> Finding | None:
-    if o.status.observed_generation != o.generation:
-        return Finding(
-            reasons.SPEC_CHANGED,
-            f"generation {o.generation} differs from the observed generation "
-            f"{o.status.observed_generation}",
-        )
-    return None
-
-
-def secret_missing(o: Observed) -> Finding | None:
-    if o.issued is None:
-        return Finding(reasons.SECRET_MISSING, "the issued Secret does not exist")
-    return None
-
-
-def secret_unfit(o: Observed) -> Finding | None:
-    if o.issued is not None and o.issued.problem is not None:
-        return Finding(
-            reasons.SECRET_INVALID, f"the issued Secret is not fit for use: {o.issued.problem}"
-        )
-    return None
-
-
-def secret_not_ours(o: Observed) -> Finding | None:
-    issued = o.issued
-    if issued is None or issued.info is None:
-        return None
-    if issued.issuance != o.status.issuance_id:
-        return Finding(
-            reasons.SECRET_MISMATCH,
-            "the issued Secret does not hold the current issuance's certificate",
-        )
-    serial = serial_hex(issued.info.serial)
-    if o.status.serial_number is not None and o.status.serial_number != serial:
-        return Finding(
-            reasons.SECRET_MISMATCH,
-            f"the issued Secret holds serial {serial}, not the issued {o.status.serial_number}",
-        )
-    return None
-
-
-def signing_ca_changed(o: Observed) -> Finding | None:
-    issued = o.issued
-    if o.signing_chain is None or issued is None or issued.info is None:
-        return None
-    if issued.signing_chain != o.signing_chain:
-        return Finding(
-            reasons.SIGNING_CA_CHANGED,
-            "the issuer's signing CA changed since the certificate was issued",
-        )
-    return None
-
-
-def renewal_due(now: dt.datetime) -> Check[Observed]:
-    """The check that the renewal time has come, as of `now`."""
-
-    def renewal_due(o: Observed) -> Finding | None:
-        renewal = o.status.renewal_time
-        if renewal is not None and now >= renewal:
-            return Finding(reasons.RENEWAL_DUE, f"renewal time {renewal.isoformat()} has come")
-        return None
-
-    return renewal_due
-
-
-def reissue_chain(now: dt.datetime) -> Chain[Observed]:
-    """Checked in this order for ISSUED and FINISHED; the first finding re-issues."""
-    return Chain(
-        spec_changed,
-        secret_missing,
-        secret_unfit,
-        secret_not_ours,
-        signing_ca_changed,
-        renewal_due(now),
-    )
-
-
 # --- the state machine ------------------------------------------------------------------------
 
 
@@ -322,6 +174,8 @@ def decide(o: Observed, *, now: dt.datetime, timing: Timing) -> Decision:
             return Wait()
         return Fail(reasons.INVALID_SPEC, o.spec_error, retry=False)
     if state is State.PENDING:
+        if (readopt := readoptable(o, now=now)) is not None:
+            return readopt
         return _issue(o, reasons.PENDING, "a new IssuedCertificate")
     if state is State.FAILED:
         if not current_generation:
@@ -364,6 +218,8 @@ def _requested(o: Observed, *, now: dt.datetime, timing: Timing) -> Decision:
         and key.signing_chain != o.signing_chain
     ):
         return _issue(o, reasons.SIGNING_CA_CHANGED, "the issuer's signing CA changed meanwhile")
+    if key is not None and key.issuance == issuance and key.trust_epoch != o.trust_epoch:
+        return _issue(o, TRUST_EPOCH_CHANGED, "the issuer asks for another trust epoch meanwhile")
     issued = o.issued
     if issued is not None and issued.issuance == issuance and issued.info is not None:
         return Complete(issued.info)
@@ -448,9 +304,49 @@ def _issue(o: Observed, reason: str, message: str) -> Issue:
         and key.issuance != o.status.issuance_id
         and key.generation == o.generation
         and key.signing_chain == o.signing_chain
+        and key.trust_epoch == o.trust_epoch
     ):
         return Issue(reason, message, adopt=key)
     return Issue(reason, message)
+
+
+def readoptable(o: Observed, *, now: dt.datetime) -> Readopt | None:
+    """`Readopt` when the issued Secret of a new IssuedCertificate holds an issuance of ours
+    that the re-issuance chain would keep if it were the current one: it answered the same
+    declaration generation, passes the bundle check for this spec and chains to pinned roots,
+    was issued under the same signing CA and trust epoch, and its renewal time (without jitter)
+    has not come."""
+    issued = o.issued
+    if o.spec is None or issued is None or issued.info is None or issued.issuance is None:
+        return None
+    if issued.declaration_generation is None or (
+        issued.declaration_generation != o.declaration_generation
+    ):
+        return None  # not known to answer this declaration (its ttl and key are not checked)
+    options = o.spec.cert_options
+    due = renewal_time(
+        not_before=issued.info.not_before,
+        not_after=issued.info.not_after,
+        declared=options.lifetime,
+        ratio=options.secret_rotation_grace_period_ratio,
+        jitter=0.0,
+        rand=0.0,
+    )
+    adopted = replace(
+        o,
+        status=o.status.model_copy(
+            update={
+                "state": State.FINISHED,
+                "observed_generation": o.generation,
+                "issuance_id": issued.issuance,
+                "serial_number": serial_hex(issued.info.serial),
+                "renewal_time": due,
+            }
+        ),
+    )
+    if reissue_chain(now).evaluate(adopted) is not None:
+        return None
+    return Readopt(issued.issuance, issued.info)
 
 
 def _until_renewal(o: Observed, *, now: dt.datetime, timing: Timing) -> float | None:
@@ -486,6 +382,36 @@ def renewal_time(
     window = min(declared, not_after - not_before) * ratio
     at = not_after - window - window * (jitter * rand)
     return max(at, not_before).replace(microsecond=0)
+
+
+def holding(
+    status: IssuedCertificateStatus,
+    info: BundleInfo,
+    *,
+    options: CertOptions,
+    state: State,
+    jitter: float,
+    rand: float,
+) -> IssuedCertificateStatus:
+    """`status` in `state`, holding the certificate `info` describes, with its renewal time."""
+    renewal = renewal_time(
+        not_before=info.not_before,
+        not_after=info.not_after,
+        declared=options.lifetime,
+        ratio=options.secret_rotation_grace_period_ratio,
+        jitter=jitter,
+        rand=rand,
+    )
+    return status.model_copy(
+        update={
+            "state": state,
+            "error": "",
+            "not_before": info.not_before,
+            "not_after": info.not_after,
+            "serial_number": serial_hex(info.serial),
+            "renewal_time": renewal,
+        }
+    )
 
 
 def retry_delay(failed_attempts: int, *, timing: Timing, rand: float) -> float:

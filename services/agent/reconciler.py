@@ -41,9 +41,11 @@ from services.agent.metrics import AgentMetrics
 from services.agent.objects import (
     ISSUED_SECRET,
     SIGNING_CHAIN,
+    TRUST_EPOCH,
     AgentObjects,
     KeySecret,
     annotations_of,
+    declaration_generation,
     key_secret_name,
     read_key_secret,
     read_verdict,
@@ -57,6 +59,7 @@ from services.agent.policies import (
     Issue,
     IssuedView,
     Observed,
+    Readopt,
     Refuse,
     Send,
     Timing,
@@ -79,11 +82,11 @@ from shared.k8s.errors import Forbidden
 from shared.k8s.events import EventRecorder
 from shared.k8s.resources import ISSUED_CERTIFICATES
 from shared.pki import (
+    BundleInfo,
     KeySpec,
     build_csr,
     generate_private_key,
     private_key_to_pem,
-    serial_hex,
 )
 from shared.pki.keys import KeyAlgorithm as PkiKeyAlgorithm
 from shared.runtime.clock import Clock, utcnow
@@ -91,6 +94,9 @@ from shared.runtime.concurrency import concurrently
 from shared.runtime.logging import get_logger
 
 log = get_logger(__name__)
+
+READOPTED = "Readopted"
+"""The reason of a `Readopt` transition (its Event and log line)."""
 
 
 class Reconciler:
@@ -191,6 +197,8 @@ class Reconciler:
             issued=issued,
             verdict=read_verdict(raw, status.issuance_id),
             signing_chain=annotations_of(raw).get(SIGNING_CHAIN),
+            declaration_generation=declaration_generation(raw),
+            trust_epoch=annotations_of(raw).get(TRUST_EPOCH, ""),
             sent=sent,
         )
         return observed, key_secret
@@ -216,9 +224,11 @@ class Reconciler:
             await self._objects.delete_key_secret(p.key)  # an Issue replaces it anyway
         match decision:
             case Wait():
-                return _wait(decision)
+                return Done() if decision.seconds is None else RequeueAfter(decision.seconds)
             case Issue():
                 return await self._issue(p, decision)
+            case Readopt():
+                return await self._readopt(p, decision)
             case Send():
                 return await self._resend(p, decision)
             case Complete():
@@ -284,6 +294,7 @@ class Reconciler:
             key_pem=private_key_to_pem(private_key),
             csr_pem=csr_pem,
             signing_chain=p.observed.signing_chain,
+            trust_epoch=p.observed.trust_epoch,
             requested_at=self._now(),
         )
         del private_key
@@ -296,26 +307,7 @@ class Reconciler:
 
     async def _install(self, p: _Pass, decision: Complete) -> ReconcileResult:
         """The issued Secret holds this issuance: ISSUED, then bounce (or FINISHED next pass)."""
-        info = decision.info
-        options = p.spec.cert_options
-        renewal = policies.renewal_time(
-            not_before=info.not_before,
-            not_after=info.not_after,
-            declared=options.lifetime,
-            ratio=options.secret_rotation_grace_period_ratio,
-            jitter=self._timing.renewal_jitter,
-            rand=self._rand(),
-        )
-        new = p.status.model_copy(
-            update={
-                "state": State.ISSUED,
-                "error": "",
-                "not_before": info.not_before,
-                "not_after": info.not_after,
-                "serial_number": serial_hex(info.serial),
-                "renewal_time": renewal,
-            }
-        )
+        new = self._holding(p, decision.info, state=State.ISSUED)
         # The key Secret goes beside the ISSUED write, not before it: its key is in the
         # issued Secret now, and a crash between the two leaves a spent key Secret, which the
         # next pass deletes (`policies.spent_key`).
@@ -330,6 +322,31 @@ class Reconciler:
             await self._send_bounce(p, written)
             return Done()
         return RequeueAfter(0)  # FINISHED in the next pass, its own transition
+
+    async def _readopt(self, p: _Pass, decision: Readopt) -> ReconcileResult:
+        """A new IssuedCertificate takes over the valid certificate in its issued Secret:
+        FINISHED at once, with no key, no CSR and no bounce (`policies.Readopt`)."""
+        new = self._holding(p, decision.info, state=State.FINISHED).model_copy(
+            update={
+                "observed_generation": p.observed.generation,
+                "issuance_id": decision.issuance,
+                "failed_attempts": 0,
+            }
+        )
+        if p.key_secret is not None:  # a previous object's, never certified: nothing awaits it
+            await self._objects.delete_key_secret(p.key)
+        await self._transition(p, new, READOPTED, "the certificate in the issued Secret is kept")
+        return RequeueAfter(0)
+
+    def _holding(self, p: _Pass, info: BundleInfo, *, state: State) -> IssuedCertificateStatus:
+        return policies.holding(
+            p.status,
+            info,
+            options=p.spec.cert_options,
+            state=state,
+            jitter=self._timing.renewal_jitter,
+            rand=self._rand(),
+        )
 
     async def _refuse(self, p: _Pass, decision: Refuse) -> ReconcileResult:
         """Still REQUESTED: only the error says what was refused. The next pass waits (or
@@ -477,10 +494,6 @@ def _readable_status(raw: Obj) -> IssuedCertificateStatus:
         return IssuedCertificateStatus.model_validate(raw.get("status") or {})
     except ValidationError:
         return IssuedCertificateStatus()  # unreadable: start again, as from PENDING
-
-
-def _wait(decision: Wait) -> ReconcileResult:
-    return Done() if decision.seconds is None else RequeueAfter(decision.seconds)
 
 
 __all__ = ["Reconciler"]

@@ -10,23 +10,32 @@ installs the certificate only if it holds up on facts from its own cluster:
   CSR this issuance sent).
 
 `judge` is the chain of small policies (pure but for the bundle check it is handed, which runs
-in a thread), first failure wins, each a `shared.controller.policy.Finding` (reason, message): the
-event's root must be one of the pinned roots [`TrustBundleMissing`, `TrustBundleInvalid`,
+in a thread), first failure wins, each a `shared.controller.policy.Finding` (reason, message): every
+root of the event's `root_cert_pem` must be vouched for by the pinned roots, i.e. be one of them
+or come with a cross certificate (the event's `cross_signed_pem`) for exactly its subject and key
+signed by one of them (`shared.pki.vouched_roots`) [`TrustBundleMissing`, `TrustBundleInvalid`,
 `UntrustedRoot`]; the bundle check (`shared.pki.check_bundle`: key and certificate, chain in
-order to that root and valid now, CA extensions, declared hosts and org) must pass [its own
-reasons, e.g. `ChainBroken`, `HostsMismatch`, `OrgMismatch`]; the certificate must be for the
+order to one of those roots and valid now, CA extensions, declared hosts and org) must pass [its
+own reasons, e.g. `ChainBroken`, `RootMismatch`, `HostsMismatch`]; the certificate must be for the
 CSR's key [`KeyMismatch`], live no longer than declared [`ValidityTooLong`], and be the one the
 event describes [`SerialMismatch`, `ValidityMismatch`]. A refusal never moves the issuance to
 FAILED: the agent keeps waiting for (and re-asking for) the issuer's real answer, so that a
 forged event cannot end an issuance either.
 
+A root rotation (docs/rotation.md) teaches the cluster a new root this way: the issuer sends the
+new root in `root_cert_pem` with its cross certificate by the old root; the agent writes both
+roots to `root-cert.pem` and keeps the cross certificate on the issued Secret
+(`objects.CROSS_SIGNED`), so that the checks of the Secret in place (`assess_issued`) vouch for
+the new root again without the event.
+
 Deliberately not here: changing the bundle. Only an administrator writes the ConfigMap (the agent
-may only read it); root rotation (a later issue) will accept a new root only when it comes
-cross-signed by a root already pinned (docs/agent.md, "Trust bundle").
+may only read it), and re-pins the new root after a rotation (docs/agent.md, "Trust bundle");
+chains of cross certificates (a root vouched for only by a vouched-for root).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -36,7 +45,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from services.agent.bundles import BundleChecks
-from services.agent.objects import ISSUANCE_ID, SIGNING_CHAIN, annotations_of, secret_bytes
+from services.agent.objects import (
+    CROSS_SIGNED,
+    ISSUANCE_ID,
+    SIGNING_CHAIN,
+    TRUST_EPOCH,
+    annotations_of,
+    declaration_generation_or_none,
+    secret_bytes,
+)
 from services.agent.policies import IssuedView
 from shared.api import reasons
 from shared.api.meta import Obj
@@ -46,7 +63,7 @@ from shared.events import CertificateIssuedData
 from shared.k8s.client import KubeClient
 from shared.k8s.errors import KubeError, NotFound
 from shared.k8s.resources import CONFIG_MAPS
-from shared.pki import Bundle, BundleInfo, PkiError, fingerprint, serial_hex
+from shared.pki import Bundle, BundleInfo, PkiError, fingerprint, serial_hex, vouched_roots
 from shared.pki.pem import load_certificates
 from shared.runtime import TransientError
 from shared.runtime.logging import get_logger
@@ -64,9 +81,10 @@ and is nothing next to a lifetime of days (the attack seen had notAfter 2035).""
 
 @dataclass(frozen=True, slots=True)
 class TrustAnchors:
-    """The pinned roots, by SHA-256 fingerprint of their DER."""
+    """The pinned roots, and their SHA-256 fingerprints (of the DER)."""
 
     fingerprints: frozenset[str]
+    roots: tuple[x509.Certificate, ...]
     source: str
     """`<namespace>/<name>` of the ConfigMap they came from."""
 
@@ -99,7 +117,9 @@ def parse_trust_bundle(configmap: Mapping[str, Any] | None, *, ref: str) -> Trus
                 f"{ref} {TRUST_BUNDLE_KEY} holds a certificate that is not a root (its issuer is "
                 "not its subject): pin roots only",
             )
-    return TrustAnchors(fingerprints=frozenset(fingerprint(r) for r in roots), source=ref)
+    return TrustAnchors(
+        fingerprints=frozenset(fingerprint(r) for r in roots), roots=tuple(roots), source=ref
+    )
 
 
 async def judge(
@@ -110,11 +130,12 @@ async def judge(
     csr_pem: bytes,
     declared: dt.timedelta,
     check: Callable[[Bundle], Awaitable[BundleInfo]],
+    now: dt.datetime,
 ) -> Finding | BundleInfo:
     """Whether the answer `data` (assembled with our key into `bundle`) may be installed: the
     facts of the bundle, or the first refusal. `check` is the bundle check (`check_bundle` with
-    the declared hosts and org, at now)."""
-    if refusal := check_root(anchors, data.root_cert_pem):
+    the declared hosts and org, at `now`)."""
+    if refusal := check_root(anchors, data.root_cert_pem, data.cross_signed_pem, now=now):
         return refusal
     try:
         info = await check(bundle)
@@ -125,18 +146,34 @@ async def judge(
     return info
 
 
-def check_root(anchors: TrustAnchors | Finding, root_cert_pem: str) -> Finding | None:
-    """The event's root must be exactly one certificate, and one of the pinned roots."""
+def check_root(
+    anchors: TrustAnchors | Finding,
+    root_cert_pem: str,
+    cross_signed_pem: str | None,
+    *,
+    now: dt.datetime,
+) -> Finding | None:
+    """Every root of `root_cert_pem` must be pinned, or vouched for by a pinned root through a
+    cross certificate of `cross_signed_pem` valid at `now` (`shared.pki.vouched_roots`)."""
     if isinstance(anchors, Finding):
         return anchors
     try:
         roots = load_certificates(root_cert_pem.encode(), field="root_cert_pem", error=_BundleError)
+        cross = (
+            load_certificates(
+                cross_signed_pem.encode(), field="cross_signed_pem", error=_BundleError
+            )
+            if cross_signed_pem
+            else []
+        )
     except PkiError as exc:
         return Finding(reasons.UNTRUSTED_ROOT, exc.message)
-    if len(roots) != 1 or fingerprint(roots[0]) not in anchors.fingerprints:
+    vouched = vouched_roots(roots, pinned=anchors.roots, cross_signed=cross, now=now)
+    if vouched.untrusted:
         return Finding(
             reasons.UNTRUSTED_ROOT,
-            f"the certificate's root is not one of the roots pinned in {anchors.source}",
+            f"the certificate's root {fingerprint(vouched.untrusted[0])[:16]} is neither one of "
+            f"the roots pinned in {anchors.source} nor cross-signed by one of them",
         )
     return None
 
@@ -193,8 +230,14 @@ async def assess_issued(
     """The issued Secret in place as the reconciler sees it: whose issuance it holds, and
     whether it passes the bundle check and chains to a pinned root (`anchors`: as last read)."""
     notes = annotations_of(secret)
-    issuance = notes.get(ISSUANCE_ID)
-    chain = notes.get(SIGNING_CHAIN)
+    view = IssuedView(
+        issuance=notes.get(ISSUANCE_ID),
+        info=None,
+        problem=None,
+        signing_chain=notes.get(SIGNING_CHAIN),
+        epoch=notes.get(TRUST_EPOCH, ""),
+        declaration_generation=declaration_generation_or_none(secret),
+    )
     try:
         bundle = Bundle.from_secret_data(secret_bytes(secret))
         # The root first: a CA of a root nobody pinned is a foreign CA, whatever else is wrong
@@ -202,14 +245,18 @@ async def assess_issued(
         # against roots actually read: without a bundle, nothing in place is torn down (a
         # new certificate could not be installed anyway).
         if isinstance(anchors, TrustAnchors) and (
-            untrusted := check_root(anchors, bundle.root_cert_pem.decode(errors="replace"))
+            untrusted := check_root(
+                anchors,
+                bundle.root_cert_pem.decode(errors="replace"),
+                notes.get(CROSS_SIGNED),
+                now=now,
+            )
         ):
-            problem = f"{untrusted.reason}: {untrusted.message}"
-            return IssuedView(issuance=issuance, info=None, problem=problem, signing_chain=chain)
+            return dataclasses.replace(view, problem=f"{untrusted.reason}: {untrusted.message}")
         info = await checks.check(bundle, hosts=spec.hosts, org=spec.org, now=now)
     except PkiError as exc:  # BundleInvalid, or the declared hosts or org themselves
-        return IssuedView(issuance=issuance, info=None, problem=str(exc), signing_chain=chain)
-    return IssuedView(issuance=issuance, info=info, problem=None, signing_chain=chain)
+        return dataclasses.replace(view, problem=str(exc))
+    return dataclasses.replace(view, info=info)
 
 
 def _duration(delta: dt.timedelta) -> str:

@@ -1,12 +1,14 @@
 """Answering a CSR: record the signature, append it to the ledger, publish the answer.
 
-Order for a signature (docs/issuer.md, "Idempotence and the ledger"): `meshtrust-issued`
-create (claims the issuance) -> ledger append -> publish `certificate.issued` -> note the ledger
-sequence in the record. Of two replicas that signed one issuance at once only the one whose
-record is stored sends its certificate and appends it to the ledger; the other's certificate
-never leaves the process. An issuance answered before is answered again from its record (same
-serial, no new signature), or denied `IssuanceReused` when the record is for another CSR. An
-entry that cannot be read answers nothing and is replaced by compare-and-set (`entries.py`).
+Order for a signature (docs/issuer.md, "Idempotence and the ledger"): the record stored in
+`meshtrust-issued` over this replica's claim (`claims.py`) by compare-and-set, or created where
+there is none -> ledger append -> publish `certificate.issued` -> note the ledger sequence in
+the record. Should two replicas still have signed one issuance (a claim taken over from a
+replica that was alive but late), only the one whose record is stored sends its certificate and
+appends it to the ledger; the other's certificate never leaves the process (counted as
+discarded). An issuance answered before is answered again from its record (same serial, no new
+signature), or denied `IssuanceReused` when the record is for another CSR. An entry that cannot
+be read answers nothing and is replaced by compare-and-set (`entries.py`).
 
 Bus failures are `TransientError`s (a `PublishError` is one): the consumer naks, and the
 redelivery finds the record. Deliberately not here: deciding whether to sign (`signing.py`,
@@ -16,12 +18,19 @@ redelivery finds the record. Deliberately not here: deciding whether to sign (`s
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from services.issuer.entries import readable
-from services.issuer.issued import IssuedRecord, csr_digest, issued_key
+from services.issuer.claims import Claims
+from services.issuer.issued import (
+    IssuanceClaim,
+    IssuedRecord,
+    csr_digest,
+    issued_key,
+    read_entry,
+)
 from services.issuer.ledger import LedgerEntry, record_signature
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.settings import IssuerSettings
@@ -47,8 +56,8 @@ __all__ = ["Answers", "signature_record"]
 
 log = get_logger(__name__)
 
-_CLAIM_ATTEMPTS = 5
-"""Compare-and-set rounds over unreadable records before giving up for now (nak)."""
+_STORE_ATTEMPTS = 5
+"""Compare-and-set rounds over claims and unreadable records before giving up for now (nak)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -62,12 +71,17 @@ class Answers:
     ledger: Ledger
     clock: Clock = utcnow
     metrics: IssuerMetrics | None = None
+    claims: Claims | None = None
+    """This replica's claims: told when a record replaced one (`Claims.settle`)."""
+    cross_signed: Callable[[IssuedRecord], str | None] | None = None
+    """During a root rotation: the cross certificate sent with a record (docs/rotation.md)."""
 
     async def answered_before(self, event: CsrRequested, entry: KvEntry) -> bool:
         """If `entry` (the issuance's record) can be read, answer `event` from it: True. False
-        when it cannot: the issuance is to be signed, and the entry replaced."""
-        record = read_record(entry)
-        if record is None:
+        when it holds a claim (this replica's, see `claims.py`) or cannot be read: the issuance
+        is to be signed, and the entry replaced."""
+        record = read_entry(entry)
+        if not isinstance(record, IssuedRecord):
             return False
         await self._answer_again(event, record, entry)
         return True
@@ -81,7 +95,8 @@ class Answers:
         corrupt: KvEntry | None = None,
     ) -> None:
         """Record, ledger and send `signed`, unless another replica's record got there first
-        (then that one is the answer). `corrupt`: an unreadable record to replace."""
+        (then that one is the answer). `corrupt`: the entry to replace (this replica's claim,
+        or an unreadable record)."""
         record = signature_record(
             event,
             declaration,
@@ -90,13 +105,19 @@ class Answers:
             at=self.clock().replace(microsecond=0),
         )
         key = issued_key(event.cluster, event.issuance)
-        claimed = await self._claim(key, record, corrupt)
+        if self.metrics is not None:
+            self.metrics.made(event.cluster)
+        claimed = await self._store(key, record, corrupt)
         if isinstance(claimed, tuple):
-            log.info(
+            log.warning(
                 "another replica signed this issuance first", discarded_serial=record.serial_number
             )
+            if self.metrics is not None:
+                self.metrics.signatures_discarded.labels(event.cluster).inc()
             await self._answer_again(event, *claimed)
             return
+        if self.claims is not None:
+            self.claims.settle(key)
         if self.metrics is not None:
             self.metrics.signed(event.cluster, requested=event.time, now=self.clock())
         sequence = await self._append_owed(record)
@@ -141,29 +162,29 @@ class Answers:
         if self.metrics is not None:  # after the publish: a failed one is retried (nak)
             self.metrics.denied(event.cluster, verdict.reason)
 
-    async def _claim(
+    async def _store(
         self, key: str, record: IssuedRecord, corrupt: KvEntry | None
     ) -> int | tuple[IssuedRecord, KvEntry]:
-        """Store `record` where there is no record, or only an unreadable one (replaced by
-        compare-and-set on its revision): the revision stored. When a readable record got
-        there first, that record and its entry: it is the answer."""
+        """Store `record` where there is no record, or only a claim or an unreadable entry
+        (replaced by compare-and-set on its revision): the revision stored. When a readable
+        record got there first, that record and its entry: it is the answer."""
         value = record.model_dump_json().encode()
-        over = corrupt
-        for _ in range(_CLAIM_ATTEMPTS):
+        over, found = corrupt, None if corrupt is None else read_entry(corrupt)
+        for _ in range(_STORE_ATTEMPTS):
             try:
                 if over is None:
                     return await self.issued.create(key, value)
                 revision = await self.issued.update(key, value, last=over.revision)
-                log.warning("unreadable issued record replaced", replaced_revision=over.revision)
+                _replaced(found, over, me=self.settings.instance)
                 return revision
             except RevisionMismatch:
                 existing = await self.issued.get(key)
             if existing is None:
                 raise TransientError("issued record vanished while racing") from None
-            winner = read_record(existing)
-            if winner is not None:
-                return winner, existing
-            over = existing
+            found = read_entry(existing)
+            if isinstance(found, IssuedRecord):
+                return found, existing
+            over = existing  # a claim (ours renewed, or a taker's) or junk: replace it
         raise TransientError("issued record keeps changing under compare-and-set")
 
     async def _append_owed(self, record: IssuedRecord) -> int | None:
@@ -177,7 +198,7 @@ class Answers:
         if record.ledger_sequence is not None or record.ledger_entry is None:
             return None
         entry = decode_value(LedgerEntry, record.ledger_entry.encode())
-        if isinstance(entry, Undecodable):  # `read_record` refuses such records: not reached
+        if isinstance(entry, Undecodable):  # `read_entry` refuses such records: not reached
             raise TransientError(f"the record's ledger entry is unreadable: {entry}")
         return await record_signature(self.ledger, entry)
 
@@ -215,11 +236,10 @@ class Answers:
         await self._note_ledgered(entry.key, record, entry.revision, sequence)
 
     async def _publish_issued(self, event: CsrRequested, record: IssuedRecord) -> None:
-        await self.bus.publish(
-            CertificateIssued(
-                **self._replying_to(event), data=record.event_data(attempt=event.data.attempt)
-            )
-        )
+        data = record.event_data(attempt=event.data.attempt)
+        if self.cross_signed is not None:
+            data = data.model_copy(update={"cross_signed_pem": self.cross_signed(record)})
+        await self.bus.publish(CertificateIssued(**self._replying_to(event), data=data))
 
     def _replying_to(self, event: CsrRequested) -> dict[str, Any]:
         """The envelope of an answer to `event`: its cluster, issuance and trace; our source."""
@@ -267,6 +287,7 @@ def signature_record(
         ca_chain_pem=signed.chain_pem[len(signed.certificate_pem) :].decode(),
         root_cert_pem=signed.root_pem.decode(),
         ledger_entry=entry.model_dump_json(),
+        trust_epoch=request.trust_epoch,
     )
 
 
@@ -277,15 +298,13 @@ _FROM_THE_LEDGER_ENTRY = (
 declaration, validity, signing CA, who signed and when): taken from the entry, so they agree."""
 
 
-def read_record(entry: KvEntry) -> IssuedRecord | None:
-    """The record in `entry`, or None (logged) when it cannot be read: junk bytes, another
-    schema, or a ledger entry inside it that cannot be read. Such a record answers nothing;
-    the issuance is signed again and the record replaced by compare-and-set."""
-    record = decode_value(IssuedRecord, entry.value)
-    if not isinstance(record, Undecodable) and record.ledger_entry is not None:
-        inner = decode_value(LedgerEntry, record.ledger_entry.encode())
-        if isinstance(inner, Undecodable):
-            record = Undecodable(inner.reason, f"its ledger entry: {inner.message}")
-    return readable(
-        entry, record, unreadable="issued record unreadable; treated as absent and replaced"
-    )
+def _replaced(found: IssuedRecord | IssuanceClaim | None, entry: KvEntry, *, me: str) -> None:
+    """Log what the stored record replaced, when it is not this replica's own claim."""
+    if found is None:
+        log.warning("unreadable issued record replaced", replaced_revision=entry.revision)
+    elif isinstance(found, IssuanceClaim) and found.claimed_by != me:
+        log.warning(
+            "the claim was taken over while this replica signed; its record replaced the "
+            "taker's claim (the taker will answer with it)",
+            taker=found.claimed_by,
+        )

@@ -23,6 +23,8 @@ from services.issuer.issued import ISSUED_BUCKET, ISSUED_DESCRIPTION
 from services.issuer.ledger import open_ledger
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.reconciler import Declarations
+from services.issuer.roots import ROOTS_BUCKET, ROOTS_DESCRIPTION
+from services.issuer.rotating import RotationController
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
 from shared.bus import Bucket, Bus, ConsumerSettings, Handler
@@ -73,6 +75,7 @@ def compose(
     clock: Clock = utcnow,
     health: HealthServer | None = None,
     reports: Bucket | None = None,
+    roots: Bucket | None = None,
 ) -> list[Component]:
     """Every component of one issuer replica, wired together; the metrics go to the registry
     `health` serves (the bus's too, when it was connected with that registry). `reports`: the
@@ -103,7 +106,7 @@ def compose(
         ensure_cluster=fleet.ensure,
         clock=clock,
     )
-    metrics = IssuerMetrics(health.registry, signing_secrets=declarations.secrets)
+    metrics = _metrics(health, declarations)
     heartbeats = Heartbeats(
         settings, kube=kube, declarations=declarations.certificates, metrics=metrics, clock=clock
     )
@@ -113,12 +116,35 @@ def compose(
         health,
         _stream_sizes(bus, metrics, ledger),
         *_declaration_components(declarations, settings),
-        *_consumers(
-            shared, declarations, metrics, heartbeats, issued=issued, ledger=ledger, fleet=fleet
-        ),
+        _rotations(shared, declarations, issued),
+        *_consumers(shared, declarations, metrics, heartbeats, issued, ledger, fleet, roots),
         fleet,
         *_liveness(heartbeats, settings, reports),
     ]
+
+
+def _metrics(health: HealthServer, declarations: Declarations) -> IssuerMetrics:
+    """The issuer's metrics, the signing CAs' expiry and the rotations read when scraped."""
+    return IssuerMetrics(
+        health.registry,
+        signing_secrets=declarations.secrets,
+        rotations=declarations.rotations.informer,
+    )
+
+
+def _rotations(shared: _Shared, declarations: Declarations, issued: Bucket) -> Component:
+    """The CertificateRotations' controller (docs/rotation.md)."""
+    rotations = RotationController(
+        settings=shared.settings,
+        kube=shared.kube,
+        rotations=declarations.rotations,
+        declarations=declarations.certificates,
+        issued=issued,
+        cas=shared.signing_cas,
+        executor=shared.executor,
+        clock=shared.clock,
+    )
+    return ControllerComponent(rotations.controller, declarations.informers)
 
 
 def _liveness(
@@ -146,10 +172,10 @@ def _consumers(
     declarations: Declarations,
     metrics: IssuerMetrics,
     heartbeats: Heartbeats,
-    *,
     issued: Bucket,
     ledger: Ledger,
     fleet: FleetConsumers,
+    roots: Bucket | None = None,
 ) -> list[Component]:
     """The consumers of every cluster's `csr.requested` and `status.changed`, with their
     handlers; status reports let the CSRs being handled go first (one `InFlight`).
@@ -171,6 +197,8 @@ def _consumers(
         clock=shared.clock,
         metrics=metrics,
         registrations=declarations.registrations,
+        rotations=declarations.rotations,
+        roots=roots,
     )
     status = StatusHandler(
         settings=settings,
@@ -249,6 +277,7 @@ def _declaration_components(
     yield Task("informer:issuedcertificates", declarations.certificates.run)
     yield Task("informer:podbouncedirectives", declarations.directives.run)
     yield Task("informer:clusterregistrations", declarations.registrations.informer.run)
+    yield Task("informer:certificaterotations", declarations.rotations.informer.run)
     namespaces = settings.signing_namespaces or ("*",)
     for namespace, secrets in zip(namespaces, declarations.secrets, strict=True):
         yield Task(f"informer:secrets:{namespace}", secrets.run)
@@ -310,6 +339,7 @@ async def serve(
         desired = await bus.bucket(DESIRED_BUCKET)
         issued = await bus.bucket(ISSUED_BUCKET, description=ISSUED_DESCRIPTION, history=1)
         reports = await bus.bucket(REPORTS_BUCKET, description=REPORTS_DESCRIPTION, history=1)
+        roots = await bus.bucket(ROOTS_BUCKET, description=ROOTS_DESCRIPTION, history=1)
         with ThreadPoolExecutor(
             max_workers=settings.signing_threads, thread_name_prefix="issuer-sign"
         ) as executor:
@@ -324,6 +354,7 @@ async def serve(
                 clock=clock,
                 health=health,
                 reports=reports,
+                roots=roots,
             )
             _log_start(settings)
             await supervise(
@@ -347,12 +378,13 @@ def _log_start(settings: IssuerSettings) -> None:
 
 async def _provision(bus: Bus, ledger: Ledger, settings: IssuerSettings) -> None:
     """Create or update what the issuer owns on the bus: the stream, the record stream, the
-    desired-state, `meshtrust-issued` and `meshtrust-reports` buckets, the ledger, and the
-    consumers of the clusters named in the settings (idempotent)."""
+    desired-state, `meshtrust-issued`, `meshtrust-reports` and `meshtrust-roots` buckets, the
+    ledger, and the consumers of the clusters named in the settings (idempotent)."""
     await bus.provision()
     await ledger.ensure()
     await bus.bucket(ISSUED_BUCKET, description=ISSUED_DESCRIPTION, history=1)
     await bus.bucket(REPORTS_BUCKET, description=REPORTS_DESCRIPTION, history=1)
+    await bus.bucket(ROOTS_BUCKET, description=ROOTS_DESCRIPTION, history=1)
     fleet = FleetConsumers(
         bus.connection, ack_wait=settings.cluster_ack_wait, csr_ack_wait=settings.ack_wait
     )

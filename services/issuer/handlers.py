@@ -4,8 +4,9 @@ Both are called by `shared.bus` consumers, which ack when the handler returns, n
 `TransientError`, and terminate on `PermanentError` (invalid messages never get here: the codec
 terminates them). Both are idempotent, as redeliveries require. They are thin: which event,
 which order, then the procedure: `flood.FloodGate` (a cluster over its rate is denied at once),
-`signing.CsrSigning` (authorise and sign, answered through `answers.Answers`) and
-`mirroring.mirror_report` (the decision in `mirror.py`).
+`claims.Claims` (one replica at a time per issuance), `signing.CsrSigning` (authorise and sign,
+answered through `answers.Answers`) and `mirroring.mirror_report` (the decision in
+`mirror.py`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from collections.abc import Mapping
 from concurrent.futures import Executor
 from typing import Any
 
+from services.issuer.claims import Claims
 from services.issuer.flood import FloodGate, NotingAnswers
 from services.issuer.issued import issued_key
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.mirroring import mirror_report
 from services.issuer.registrations import Registrations
+from services.issuer.rotating import Rotations
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs
 from services.issuer.signing import CsrSigning
@@ -66,11 +69,27 @@ class CsrHandler:
         clock: Clock = utcnow,
         metrics: IssuerMetrics | None = None,
         registrations: Registrations | None = None,
+        rotations: Rotations | None = None,
+        roots: Bucket | None = None,
     ) -> None:
         self._in_flight = in_flight or InFlight()
         self._issuances: KeyedLocks[str] = KeyedLocks()
+        self._claims = Claims(
+            issued=issued,
+            instance=settings.instance,
+            lease=settings.claim_lease,
+            clock=clock,
+            metrics=metrics,
+        )
         answers = NotingAnswers(
-            settings=settings, bus=bus, issued=issued, ledger=ledger, clock=clock, metrics=metrics
+            settings=settings,
+            bus=bus,
+            issued=issued,
+            ledger=ledger,
+            clock=clock,
+            metrics=metrics,
+            claims=self._claims,
+            cross_signed=rotations.cross_signed if rotations is not None else None,
         )
         self._gate = FloodGate(issued=issued, answers=answers, clock=clock)
         self._signing = CsrSigning(
@@ -83,6 +102,8 @@ class CsrHandler:
             declarations=declarations,
             clock=clock,
             registrations=registrations,
+            rotations=rotations,
+            roots=roots,
         )
 
     async def __call__(self, event: Event, delivery: Delivery) -> None:
@@ -91,11 +112,13 @@ class CsrHandler:
         key = issued_key(event.cluster, event.issuance)
         # Copies of one issuance (a redelivery, the agent's re-send) handled at once in this
         # process wait for each other: the first signs, the others answer from its record.
+        # Across replicas the issuance's claim does the same (`claims.py`); a claim of this
+        # replica's name found while holding the lock is no living copy's, so it is taken.
         with self._in_flight.held():
             async with self._issuances.hold(key):
                 # A cluster known to be over its rate is denied before any expensive work.
                 if not await self._gate.answered(event, key):
-                    await self._signing.handle(event, key)
+                    await self._claims.run(event, key, lambda: self._signing.handle(event, key))
 
 
 class StatusHandler:

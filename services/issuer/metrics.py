@@ -43,10 +43,13 @@ fewer)."""
 
 class IssuerMetrics:
     def __init__(
-        self, registry: CollectorRegistry, *, signing_secrets: Sequence[Informer] = ()
+        self,
+        registry: CollectorRegistry,
+        *,
+        signing_secrets: Sequence[Informer] = (),
+        rotations: Informer | None = None,
     ) -> None:
-        """`signing_secrets`: the informers of the signing Secrets (one per signing
-        namespace, or one of every namespace); their CAs' expiry is read when scraped."""
+        """Read when scraped: the CAs' expiry (signing Secrets' informers), the rotations."""
         self.signing_duration = Histogram(
             "meshtrust_issuer_signing_duration_seconds",
             "From a csr.requested event's time (set by the agent) to its certificate signed and "
@@ -57,10 +60,12 @@ class IssuerMetrics:
         )
         self.signatures = Counter(
             "meshtrust_issuer_signatures",
-            "Certificates signed (each new signature once; answering a request again is not one).",
+            "Certificates signed: every signature made, once, whether or not it is the one sent "
+            "(answering a request again from its record is not one).",
             ["cluster"],
             registry=registry,
         )
+        self._replica_counters(registry)
         self.denials = Counter(
             "meshtrust_issuer_denials",
             "CSRs denied, by the policy's reason code.",
@@ -97,10 +102,40 @@ class IssuerMetrics:
         self._registry = registry
         if signing_secrets:
             registry.register(_SigningCACollector(signing_secrets))
+        if rotations is not None:
+            registry.register(_RotationCollector(rotations))
+
+    def _replica_counters(self, registry: CollectorRegistry) -> None:
+        """What the replicas' coordination does (docs/issuer.md, "Several replicas")."""
+        self.signatures_discarded = Counter(
+            "meshtrust_issuer_signatures_discarded",
+            "Signatures made and then dropped because another replica's record of the same "
+            "issuance was stored first: a second signature of one issuance (expected 0; a "
+            "claim taken over from a replica that was alive but late).",
+            ["cluster"],
+            registry=registry,
+        )
+        self.claim_waits = Counter(
+            "meshtrust_issuer_claim_waits",
+            "CSRs put back (nak with a delay) because another replica held the issuance's claim.",
+            ["cluster"],
+            registry=registry,
+        )
+        self.claims_taken_over = Counter(
+            "meshtrust_issuer_claims_taken_over",
+            "Issuance claims of another replica taken over after their lease ran out without a "
+            "renewal (the holder crashed or stalled).",
+            ["cluster"],
+            registry=registry,
+        )
 
     def signed(self, cluster: str, *, requested: dt.datetime, now: dt.datetime) -> None:
-        self.signatures.labels(cluster).inc()
+        """A signature recorded (the one sent): its duration; counted when made (`made`)."""
         self.signing_duration.labels(cluster).observe(max(0.0, (now - requested).total_seconds()))
+
+    def made(self, cluster: str) -> None:
+        """A signature made (recorded or not)."""
+        self.signatures.labels(cluster).inc()
 
     def denied(self, cluster: str, reason: str) -> None:
         self.denials.labels(cluster, self._reasons(reason)).inc()
@@ -206,3 +241,50 @@ def _expiry(data: Mapping[str, Any]) -> tuple[float, float] | None:
     except (binascii.Error, ValueError, InvalidSigningCA):
         return None
     return ca.timestamp(), root.timestamp()
+
+
+class _RotationCollector(Collector):
+    """Each CertificateRotation's phase, whether it is paused, and its clusters by state
+    (docs/rotation.md), from the informer's cache when scraped."""
+
+    def __init__(self, rotations: Informer) -> None:
+        self._rotations = rotations
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        phase, paused, clusters = self._families()
+        for raw in self._rotations.items():
+            name = metadata(raw).name
+            status = raw.get("status") or {}
+            phase.add_metric([name, str(status.get("phase") or "Pending")], 1.0)
+            paused.add_metric([name], 1.0 if status.get("paused") else 0.0)
+            counts: dict[str, int] = {}
+            for line in status.get("clusters") or ():
+                state = str(line.get("state") or "Pending")
+                counts[state] = counts.get(state, 0) + 1
+            for state, count in sorted(counts.items()):
+                clusters.add_metric([name, state], float(count))
+        yield from (phase, paused, clusters)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "meshtrust_issuer_rotation_phase",
+                "1 for a CertificateRotation's current phase (status.phase).",
+                labels=("rotation", "phase"),
+            ),
+            GaugeMetricFamily(
+                "meshtrust_issuer_rotation_paused",
+                "1 while a CertificateRotation is paused by a failing cluster or an unusable CA.",
+                labels=("rotation",),
+            ),
+            GaugeMetricFamily(
+                "meshtrust_issuer_rotation_clusters",
+                "A CertificateRotation's clusters by the state of their step (Pending, "
+                "InProgress, Done, Failed).",
+                labels=("rotation", "state"),
+            ),
+        )

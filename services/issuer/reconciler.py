@@ -39,17 +39,16 @@ from concurrent.futures import Executor
 
 from pydantic import ValidationError
 
-from services.issuer.entries import readable
+from services.issuer.desired import desired_certificate, parse_entry
 from services.issuer.mirror import ISSUER_ERROR_PREFIX, cleared_status, issuer_failed
 from services.issuer.policies import (
-    DeclarationInput,
-    RegistrationState,
     SigningState,
-    check_declaration,
 )
 from services.issuer.registrations import Registrations
+from services.issuer.rotating import Rotations
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, read_signing_secret
+from services.issuer.waves import RECHECK, ReissueWaves, is_reissue
 from shared.api import reasons
 from shared.api.meta import Obj, metadata
 from shared.api.v1alpha2 import IssuedCertificate, IssuedCertificateStatus, State
@@ -59,7 +58,6 @@ from shared.events import (
     DesiredKind,
     DesiredObject,
     InvalidName,
-    decode_value,
     desired_key,
     parse_desired_key,
 )
@@ -154,6 +152,15 @@ class Declarations:
             self.certificate_controller.watch(secrets, map_to=self._certificates_signed_by)
         registered = self.registrations.declarations_of(self.certificates)
         self.certificate_controller.watch(self.registrations.informer, map_to=registered)
+        self.rotations = Rotations(kube, settings)  # a step republishes with its epoch
+        rotated = self.rotations.declarations_of(self.certificates)
+        self.certificate_controller.watch(self.rotations.informer, map_to=rotated)
+        self.waves = ReissueWaves(
+            settings.reissue_wave, clock=clock
+        )  # a status change frees a slot
+        self.certificate_controller.watch(
+            self.certificates, map_to=self.waves.mapper(self.certificates)
+        )
         self.directive_controller = Controller(
             name="issuer-directives", reconcile=self.reconcile_directive, settings=workers
         )
@@ -162,7 +169,8 @@ class Declarations:
 
     @property
     def informers(self) -> list[Informer]:
-        return [self.certificates, self.directives, *self.secrets, self.registrations.informer]
+        registrations, rotations = self.registrations.informer, self.rotations.informer
+        return [self.certificates, self.directives, *self.secrets, registrations, rotations]
 
     def synced(self) -> bool:
         return all(informer.has_synced for informer in self.informers)
@@ -215,7 +223,7 @@ class Declarations:
             _live(self._kube, ISSUED_CERTIFICATES, key),
         )
         signing, chain_fingerprint = await self._load_signing(secret, secret_key)
-        desired = _desired_certificate(
+        desired = desired_certificate(
             key,
             raw,
             declaration,
@@ -226,6 +234,14 @@ class Declarations:
         )
         if isinstance(desired, Finding):
             return await self._refuse(declaration, desired)
+        epoch = self.rotations.epoch_for(secret_key, key.namespace)
+        desired = desired.model_copy(update={"trust_epoch": epoch})
+        status = raw.get("status") or {}
+        existing = parse_entry(entry) if entry is not None else None
+        if is_reissue(existing, desired, status) and not self.waves.admit(
+            key, status, self.certificates.items()
+        ):
+            return RequeueAfter(RECHECK)
         if issuer_failed(declaration.status):
             await self._clear_failure(declaration)
         return await self._publish(
@@ -378,7 +394,7 @@ class Declarations:
                     self._desired.get(kv_key), self._live_identity(resource, key)
                 )
             if entry is not None:
-                existing = _parse(entry)
+                existing = parse_entry(entry)
                 if existing == desired:
                     return Done()
                 if (
@@ -439,50 +455,3 @@ class Declarations:
                 else self.directive_controller
             )
             controller.queue.add(ObjectKey(cluster, name))
-
-
-def _parse(entry: KvEntry) -> DesiredObject | None:
-    """The entry's value, or None when it cannot be read: then it is replaced (compare-and-set
-    on its revision) by the value the declaration calls for, as a stale one would be."""
-    value = decode_value(DesiredObject, entry.value)
-    return readable(entry, value, unreadable="desired entry unreadable; replacing it")
-
-
-def _desired_certificate(
-    key: ObjectKey,
-    raw: Obj,
-    declaration: IssuedCertificate,
-    signing: SigningState,
-    chain_fingerprint: str | None,
-    *,
-    scope: tuple[str, ...],
-    registration: RegistrationState = None,
-) -> DesiredObject | Finding:
-    """The value a declaration calls for, or why it may not be published: `DECLARATION_CHAIN`
-    (`scope`: the signing namespaces), or a Secret namespace that is not a namespace name."""
-    verdict = check_declaration(
-        DeclarationInput(
-            declaration=declaration,
-            signing=signing,
-            signing_namespaces=scope,
-            registration=registration,
-        )
-    )
-    if verdict is not None:
-        return verdict
-    try:
-        return DesiredObject(
-            cluster=key.namespace,
-            kind=DesiredKind.ISSUED_CERTIFICATE,
-            name=key.name,
-            namespace=declaration.spec.issued_certificate_secret.namespace,
-            uid=declaration.metadata.uid or "",
-            generation=declaration.metadata.generation or 1,
-            spec=raw.get("spec") or {},
-            signing_chain_fingerprint=chain_fingerprint,
-        )
-    except ValidationError:
-        return Finding(
-            reasons.INVALID_DECLARATION,
-            "spec.issuedCertificateSecret.namespace is not a namespace name",
-        )

@@ -159,6 +159,15 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
         "bouncer (shared.bus.fleet): how long a crashed agent's or bouncer's message waits "
         "before it comes back. Handlers in progress are kept alive.",
     )
+    claim_lease: float = Field(
+        default=10.0,
+        gt=0,
+        description='Seconds an issuance\'s claim holds (docs/issuer.md, "Several replicas"): '
+        "a replica claims an issuance in meshtrust-issued before it signs, renews the claim "
+        "every third of this while it works, and another replica takes over a claim not "
+        "renewed for this long (its holder crashed). Keep the replicas' clock skew well "
+        "below it; twice the ack wait lets a crashed replica's CSRs come back first.",
+    )
     signing_threads: int = Field(
         default=2, ge=1, description="Threads that sign (one per core keeps the loop free)."
     )
@@ -166,7 +175,21 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
         default=20.0, gt=0, description="Seconds in-flight work may take after SIGTERM."
     )
     workers: int = Field(default=2, ge=1, description="Concurrent reconciles (of distinct keys).")
+    reissue_wave: int = Field(
+        default=10,
+        ge=0,
+        description="Clusters re-issuing at once when a change reaches many declarations (a new "
+        "signing chain, a mass edit): the next cluster's change is published only when fewer "
+        'are re-issuing (docs/issuer.md, "Re-issue waves"); 0: no limit.',
+    )
 
+    # --- root rotation (docs/rotation.md) ---
+    rotation_step_timeout: timedelta = Field(
+        default=timedelta(minutes=15),
+        gt=timedelta(0),
+        description="A cluster moved to a rotation step and not done (every declaration "
+        "signed for the step and FINISHED) within this long pauses the rotation (a duration).",
+    )
     # --- liveness (docs/issuer.md, "Liveness") ---
     silence_threshold: timedelta = Field(
         default=timedelta(minutes=3),

@@ -23,6 +23,7 @@ issuance at a time, `handlers.py`), and recording and sending answers (`answers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Mapping
 from concurrent.futures import Executor
@@ -36,10 +37,15 @@ from services.issuer.answers import Answers
 from services.issuer.policies import CsrInput, SigningState, authorise, scope_problem
 from services.issuer.quota import IssuanceQuota
 from services.issuer.registrations import Registrations, constraints_of, rate_of
+from services.issuer.roots import RootMemory, root_changed
+from services.issuer.rotating import Rotations
+from services.issuer.rotating import decoded_secret_data as _decoded
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, read_signing_secret, sign
+from services.issuer.steps import StepCA, step_ca
 from shared.api import reasons
 from shared.api.meta import ObjectKey
+from shared.api.rotations import CertificateRotation, Step
 from shared.api.v1alpha2 import IssuedCertificate
 from shared.bus import Bucket
 from shared.controller.policy import Finding
@@ -49,7 +55,7 @@ from shared.k8s.early import read_early, spec_ref
 from shared.k8s.informer import Informer
 from shared.k8s.resources import ISSUED_CERTIFICATES, SECRETS
 from shared.pki import IssuedCertificate as Signed
-from shared.pki import KeyPolicy, SigningCA
+from shared.pki import KeyPolicy, SigningCA, fingerprint
 from shared.runtime import TransientError
 from shared.runtime.clock import Clock, utcnow
 from shared.runtime.concurrency import concurrently
@@ -73,6 +79,15 @@ class _RateLimited:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Rotating:
+    """A rotation covers the CSR's declaration: the cluster's step and the new CA's Secret."""
+
+    rotation: CertificateRotation
+    step: Step
+    new_secret: _Secret
+
+
 class _Unreadable(Exception):
     """The declaration exists but does not fit the model (say so, rather than 'no such')."""
 
@@ -92,15 +107,21 @@ class CsrSigning:
     """The issuer's IssuedCertificate informer: only to guess which Secret to read."""
     registrations: Registrations | None = None
     """The ClusterRegistrations (None: none are watched, the permissive mode)."""
+    rotations: Rotations | None = None
+    """The CertificateRotations: a cluster on a rotation step is signed for that step."""
+    roots: Bucket | None = None
+    """`meshtrust-roots` (None: hard cuts are not checked)."""
     clock: Clock = utcnow
     _policy: KeyPolicy = field(init=False)
     _quota: IssuanceQuota = field(init=False)
+    _roots: RootMemory | None = field(init=False)
 
     def __post_init__(self) -> None:
         self._policy = self.settings.key_policy()
         self._quota = IssuanceQuota(
             per_hour=self.settings.issuance_per_hour, burst=self.settings.issuance_burst
         )
+        self._roots = None if self.roots is None else RootMemory(self.roots)
 
     async def handle(self, event: CsrRequested, key: str) -> None:
         """Answer `event`, whose issuance has the `meshtrust-issued` key `key`."""
@@ -119,10 +140,12 @@ class CsrSigning:
             await self.answers.deny(event, Finding(reasons.INVALID_DECLARATION, str(state)), None)
             return
         declaration, secret = state
-        outcome = await asyncio.get_running_loop().run_in_executor(
-            self.executor,
-            functools.partial(self._decide, event, declaration, secret, self.clock()),
+        step = await self._rotation_step(event, declaration)
+        remembered = await self._remembered_root(declaration, step)
+        decide = functools.partial(
+            self._decide, event, declaration, secret, self.clock(), step, remembered
         )
+        outcome = await asyncio.get_running_loop().run_in_executor(self.executor, decide)
         if isinstance(outcome, _RateLimited):
             await self.answers.deny(event, outcome.verdict, declaration, retry_after=outcome.at)
             return
@@ -131,6 +154,7 @@ class CsrSigning:
             return
         assert declaration is not None
         await self.answers.deliver(event, declaration, outcome, corrupt=entry)
+        await self._remember_root(declaration, secret)
 
     # -- gathering ----------------------------------------------------------------------------
 
@@ -190,7 +214,93 @@ class CsrSigning:
             return None
         return spec_ref(self.declarations.get(ObjectKey(cluster, name)), "signingCertificateSecret")
 
+    async def _remembered_root(
+        self, declaration: IssuedCertificate | None, rotating: _Rotating | None
+    ) -> str | None:
+        """The root the declaration's Secret last signed under (None: unknown, or a rotation
+        covers it: then the rotation decides which root)."""
+        if self._roots is None or declaration is None or rotating is not None:
+            return None
+        ref = declaration.spec.signing_certificate_secret
+        return await self._roots.remembered(ObjectKey(ref.namespace, ref.name))
+
+    async def _remember_root(self, declaration: IssuedCertificate, secret: _Secret) -> None:
+        """After a signature: the Secret's root, remembered (`roots.py`)."""
+        if self._roots is None or secret is None or isinstance(secret, Finding):
+            return
+        ref = declaration.spec.signing_certificate_secret
+        ca, _ = self.cas.load(secret, namespace=ref.namespace, name=ref.name, now=self.clock())
+        if isinstance(ca, SigningCA):
+            await self._roots.remember(ObjectKey(ref.namespace, ref.name), fingerprint(ca.root))
+
+    async def _rotation_step(
+        self, event: CsrRequested, declaration: IssuedCertificate | None
+    ) -> _Rotating | None:
+        """The rotation covering the declaration's Secret and the cluster's step, with the new
+        CA's Secret read live; None outside a rotation. The step is the cluster's current one,
+        whatever epoch the CSR carries (docs/rotation.md, "Which step a CSR is signed for")."""
+        if self.rotations is None or declaration is None:
+            return None
+        ref = declaration.spec.signing_certificate_secret
+        covered = self.rotations.covering(ObjectKey(ref.namespace, ref.name), event.cluster)
+        if covered is None:
+            return None
+        rotation, step = covered
+        new = rotation.spec.new_signing_certificate_secret
+        secret = await self._signing_secret(ObjectKey(new.namespace, new.name))
+        return _Rotating(rotation, step, secret)
+
+    def _step_ca(
+        self, rotating: _Rotating, old: SigningState, now: datetime
+    ) -> tuple[SigningState, StepCA | None]:
+        """The CA that signs for the step (or why none can), and the step's answer parts."""
+        if not isinstance(old, SigningCA):
+            return old, None
+        new_secret = rotating.new_secret
+        if isinstance(new_secret, Finding):
+            return new_secret, None
+        ref = rotating.rotation.spec.new_signing_certificate_secret
+        new, _ = self.cas.load(new_secret, namespace=ref.namespace, name=ref.name, now=now)
+        if not isinstance(new, SigningCA):
+            return new, None
+        cross = None
+        if old.root != new.root and self.rotations is not None:
+            made = self.rotations.cross_for(
+                rotating.rotation, old, new, _decoded(new_secret), now=now
+            )
+            if isinstance(made, Finding):
+                return made, None
+            cross = made
+        parts = step_ca(rotating.step, old=old, new=new, cross=cross)
+        if isinstance(parts, Finding):
+            return parts, None
+        return parts.ca, parts
+
     # -- deciding -----------------------------------------------------------------------------
+
+    def _signing_state(
+        self,
+        declaration: IssuedCertificate | None,
+        secret: _Secret,
+        now: datetime,
+        rotating: _Rotating | None,
+        remembered: str | None,
+    ) -> tuple[SigningState | None, StepCA | None]:
+        """The CA to sign with (or why none), and during a rotation the step's answer parts;
+        outside one, a Secret now under another root than `remembered` is refused."""
+        if isinstance(secret, Finding):
+            return secret, None
+        if declaration is None:
+            return None, None
+        ref = declaration.spec.signing_certificate_secret
+        signing, _ = self.cas.load(secret, namespace=ref.namespace, name=ref.name, now=now)
+        if rotating is not None:
+            return self._step_ca(rotating, signing, now)
+        if isinstance(signing, SigningCA):
+            where = ObjectKey(ref.namespace, ref.name)
+            cut = root_changed(where, remembered, fingerprint(signing.root), secret)
+            return (signing if cut is None else cut), None
+        return signing, None
 
     def _decide(
         self,
@@ -198,14 +308,12 @@ class CsrSigning:
         declaration: IssuedCertificate | None,
         secret: _Secret,
         now: datetime,
+        rotating: _Rotating | None = None,
+        remembered: str | None = None,
     ) -> Finding | _RateLimited | Signed:
-        """Authorise and sign (runs in the signing executor)."""
-        signing: SigningState | None = None
-        if isinstance(secret, Finding):
-            signing = secret
-        elif declaration is not None:
-            ref = declaration.spec.signing_certificate_secret
-            signing, _ = self.cas.load(secret, namespace=ref.namespace, name=ref.name, now=now)
+        """Authorise and sign (runs in the signing executor); during a rotation with the CA
+        and roots of the cluster's step (`steps.py`)."""
+        signing, parts = self._signing_state(declaration, secret, now, rotating, remembered)
         registration = self.registrations.state(event.cluster) if self.registrations else None
         verdict = authorise(
             CsrInput(
@@ -230,7 +338,7 @@ class CsrSigning:
         # The chain allowed it, so both are there and the CA loaded.
         assert declaration is not None
         assert isinstance(signing, SigningCA)
-        return sign(
+        signed = sign(
             event.data.csr_pem,
             signing,
             declaration,
@@ -240,6 +348,9 @@ class CsrSigning:
             now=now,
             constraints=constraints_of(registration),
         )
+        if parts is None or isinstance(signed, Finding):
+            return signed
+        return dataclasses.replace(signed, root_pem=parts.roots_pem)
 
 
 async def _get_or_none(kube: KubeClient, key: ObjectKey) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ package, never the reverse.
 """
 
 from shared.api.meta import Obj, ObjectKey, metadata
+from shared.api.rotations import CertificateRotation
 from shared.api.v1alpha2 import (
     API_VERSION,
     IssuedCertificate,
@@ -22,6 +23,7 @@ from shared.api.v1alpha2 import (
 
 __all__ = [
     "API_VERSION",
+    "CertificateRotation",
     "IssuedCertificate",
     "IssuedCertificateSpec",
     "IssuedCertificateStatus",

@@ -79,6 +79,8 @@ SIGNING_SECRET_MISSING: Final = "SigningSecretMissing"  # noqa: S105 - a reason 
 SIGNING_SECRET_INVALID: Final = "SigningSecretInvalid"  # noqa: S105 - a reason code
 SIGNING_SECRET_OUT_OF_SCOPE: Final = "SigningSecretOutOfScope"  # noqa: S105 - a reason code
 SIGNING_SECRET_FORBIDDEN: Final = "SigningSecretForbidden"  # noqa: S105 - a reason code
+SIGNING_ROOT_CHANGED: Final = "SigningRootChanged"
+"""The signing Secret now ends at another root, and no CertificateRotation covers it."""
 
 # --- the issuer: a declaration or CSR outside its cluster's ClusterRegistration -----------------
 

@@ -67,6 +67,11 @@ class Deleted:
 KvUpdate = Snapshot | Put | Deleted
 
 
+_WRONG_LAST_SEQUENCE = (10071, 10164)
+"""JetStream's error codes for a compare-and-set whose expected last revision is not the key's
+(nats-py maps them for update and create, not for delete)."""
+
+
 class RevisionMismatch(BusError):
     """A compare-and-swap lost: the key changed (or appeared) since the revision given."""
 
@@ -136,9 +141,17 @@ class Bucket:
         except (nats.errors.Error, TimeoutError) as exc:
             raise TransientError(f"cannot update {self.name}/{key}: {type(exc).__name__}") from None
 
-    async def delete(self, key: str) -> None:
-        with _transient(self.name, key, "delete"):
-            await self._kv.delete(key)
+    async def delete(self, key: str, *, last: int | None = None) -> None:
+        """Delete the key; with `last`, only if its revision is still `last` (else
+        `RevisionMismatch`)."""
+        try:
+            await self._kv.delete(key, last=last)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in _WRONG_LAST_SEQUENCE:
+                raise RevisionMismatch(f"{self.name}/{key} changed since revision {last}") from None
+            raise TransientError(f"cannot delete {self.name}/{key}: {type(exc).__name__}") from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise TransientError(f"cannot delete {self.name}/{key}: {type(exc).__name__}") from None
 
     async def keys(self, pattern: str = ">") -> list[str]:
         entries, _ = await self._snapshot(pattern)

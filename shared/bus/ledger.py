@@ -110,11 +110,18 @@ class Ledger:
                 log.info("ledger stream created", stream=self.stream)
                 return
         self._check(info.config)
+        drift = []
         if not info.config.allow_direct:
-            # A ledger made before direct gets were its readers' way in: only that changes.
+            # A ledger made before direct gets were its readers' way in.
             info.config.allow_direct = True
+            drift.append("allow_direct")
+        replicas = self._connection.settings.stream_replicas
+        if (info.config.num_replicas or 1) != replicas:  # e.g. moved to a NATS cluster
+            info.config.num_replicas = replicas
+            drift.append("num_replicas")
+        if drift:  # only those change: the append-only guarantees were checked above
             await js.update_stream(info.config)
-            log.info("ledger stream opened to direct gets", stream=self.stream)
+            log.info("ledger stream updated", stream=self.stream, fields=drift)
 
     async def check(self) -> None:
         """Raise `LedgerError` unless the stream exists and is append-only (no provisioning);

@@ -2,8 +2,9 @@
 
 Safe to run from every replica at every start: a missing stream is created, an existing one whose
 configuration differs in a field we own is updated in place (its messages kept: a stream made by
-an older version gets its size limit this way, discard-new first), and an equal one is left
-alone. Storage type
+an older version gets its size limit this way, discard-new first; a stream or bucket made with
+one replica gets `MESHTRUST_NATS_STREAM_REPLICAS` / `..._KV_REPLICAS` once the server is a
+cluster with that many nodes, docs/bus.md), and an equal one is left alone. Storage type
 and retention are never changed in place (JetStream refuses it); a mismatch there is an error an
 operator must resolve.
 """
@@ -131,17 +132,24 @@ async def ensure_kv(
 
     Buckets allow direct gets: a watch reads its snapshot that way (`shared.bus.kv`), the only
     read a cluster's identity has across accounts. A bucket made before that is opened to
-    them here (the one field changed)."""
+    them here, and one with other replicas gets `replicas` (a clustered server copies its
+    entries to the new peers in place); nothing else of an existing bucket is changed."""
     try:
         kv = await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         pass
     else:
         info = await js.stream_info(f"KV_{bucket}")
+        drift = []
         if not info.config.allow_direct:
             info.config.allow_direct = True
+            drift.append("allow_direct")
+        if (info.config.num_replicas or 1) != replicas:
+            info.config.num_replicas = replicas
+            drift.append("num_replicas")
+        if drift:
             await js.update_stream(info.config)
-            log.info("kv bucket opened to direct gets", bucket=bucket)
+            log.info("kv bucket updated", bucket=bucket, fields=drift)
             kv = await js.key_value(bucket)
         return kv
     config = KeyValueConfig(

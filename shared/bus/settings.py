@@ -57,7 +57,13 @@ class NatsSettings(MeshtrustSettings, env_prefix="MESHTRUST_NATS_"):
 
     # --- JetStream provisioning ---
     stream: str = Field(default="MESHTRUST", description="The stream that is also the audit log.")
-    stream_replicas: int = Field(default=1, ge=1, le=5, description="1 locally, 3 in production.")
+    stream_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="Replicas of the event stream and the ledger; 1 locally, 3 in production "
+        "(a clustered server raises an existing stream's replicas in place).",
+    )
     stream_max_age_days: float = Field(
         default=365.0, ge=0, description="Audit history kept; 0 keeps it forever."
     )
@@ -75,7 +81,12 @@ class NatsSettings(MeshtrustSettings, env_prefix="MESHTRUST_NATS_"):
         gt=0,
         description="Seconds during which a repeated Nats-Msg-Id is dropped (NATS default 2 min).",
     )
-    kv_replicas: int = Field(default=1, ge=1, le=5)
+    kv_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="Replicas of the KV buckets and the record stream; 1 locally, 3 in production.",
+    )
     provision: bool = Field(
         default=True,
         description="Create/update the stream and buckets at start; off where an operator "
@@ -85,8 +96,17 @@ class NatsSettings(MeshtrustSettings, env_prefix="MESHTRUST_NATS_"):
     @field_validator("urls", mode="before")
     @classmethod
     def _split_urls(cls, value: object) -> object:
+        """A comma-separated string, or a sequence of them: one URL per server (a stack's
+        recorded `nats_url` names every node of its NATS cluster, comma-separated)."""
         if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
+            value = (value,)
+        if isinstance(value, tuple | list):
+            return tuple(
+                part.strip()
+                for item in value
+                for part in (item.split(",") if isinstance(item, str) else (item,))
+                if not isinstance(part, str) or part.strip()
+            )
         return value
 
     @field_validator("urls")

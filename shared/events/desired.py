@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from shared.events.names import (
     ClusterName,
@@ -91,3 +91,17 @@ class DesiredObject(BaseModel):
         "agent re-issues when it differs from the value its current certificate was issued "
         "under, as it does when the generation changes. None for PodBounceDirectives.",
     )
+    trust_epoch: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9.-]{0,252}$",
+        description="IssuedCertificates during a root rotation only: the annotation "
+        "`meshtrust.io/trust-epoch` the agent copies onto the remote object (the step the "
+        "cluster is asked to be on); absent from the JSON when None, as before it existed.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_epoch(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("trust_epoch") is None:
+            data.pop("trust_epoch", None)
+        return data

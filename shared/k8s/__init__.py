@@ -5,14 +5,19 @@ Layers, lowest first (each imports only those before it):
 - `errors`, `backoff`: pure, no I/O.
 - `resources` (REST paths of kinds). Objects, their metadata and keys are `shared.api.meta`,
   the CRDs' models `shared.api.v1alpha2`: this layer imports them, they never import it.
+- `lightimport`: kubernetes-asyncio imported without its generated API classes and models.
 - `client`: the only importer of `kubernetes_asyncio`; `KubeClient`.
 - `informer` (list + watch into a cache), `queue` (work queue), `status` (status writes with
   retry on conflict), `events` (Event recorder).
 - `controller`: informers -> queue -> workers -> reconcile.
 
-Import from the submodules; this package re-exports the names services use most.
+Import from the submodules; this package re-exports the names services use most. It imports
+`lightimport` before anything else: kubernetes-asyncio's generated classes load only if used.
 """
 
+import shared.k8s.lightimport  # noqa: F401  (its import is its effect: before kubernetes_asyncio)
+
+# isort: split
 from shared.api.meta import ObjectKey
 from shared.k8s.client import ClientSettings, KubeClient, ObjectList, WatchEvent
 from shared.k8s.controller import Controller, ControllerSettings, Done, RequeueAfter

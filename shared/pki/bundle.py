@@ -6,17 +6,19 @@
 - ``ca-key.pem``: the agent's private key (PKCS#8) -- it never leaves the cluster;
 - ``cert-chain.pem``: the issued intermediate followed by every certificate up to and including
   the root, each one signed by the next (Istio hands this chain to workloads as it is);
-- ``root-cert.pem``: the root (one certificate).
+- ``root-cert.pem``: the roots the workloads trust: the one the chain ends at, and during a root
+  rotation's overlap (docs/rotation.md) the other root as well (several certificates).
 
 `check_bundle` -- the agent runs it before writing the Secret, tests use it on everything produced
 -- refuses with `BundleInvalid` (``reason`` in brackets) unless: every field is present and readable
 [``MissingField``, ``Malformed``, ``TooLarge``, ``Encrypted``, ``UnsupportedKey``]; the key belongs
 to ``ca-cert.pem`` [``KeyMismatch``]; ``cert-chain.pem`` starts with ``ca-cert.pem``
-[``ChainOrder``] and ends with ``root-cert.pem`` [``RootMismatch``]; the chain is in order, valid at
-``now`` and passes RFC 5280 path validation to that root [``ChainBroken``, ``RootNotSelfSigned``,
-``Expired``, ``NotYetValid``, ``Untrusted``]; ``ca-cert.pem`` is a CA (CA:TRUE, keyCertSign)
-[``NotCA``]; its subject O is the declared org [``OrgMismatch``] and its SANs are exactly the
-declared hosts [``HostsMismatch``].
+[``ChainOrder``] and ends with one of the roots of ``root-cert.pem`` [``RootMismatch``], each of
+which is a self-signed CA valid at ``now`` [its path-validation reason]; the chain is in order,
+valid at ``now`` and passes RFC 5280 path validation to that root [``ChainBroken``,
+``RootNotSelfSigned``, ``Expired``, ``NotYetValid``, ``Untrusted``]; ``ca-cert.pem`` is a CA
+(CA:TRUE, keyCertSign) [``NotCA``]; its subject O is the declared org [``OrgMismatch``] and its
+SANs are exactly the declared hosts [``HostsMismatch``].
 
 Synchronous and pure. Deliberately not here: whether the certificate is the one the agent asked
 for (compare `BundleInfo.public_key_fingerprint` with the CSR's), renewal timing, writing Secrets.
@@ -102,7 +104,7 @@ def check_bundle(bundle: Bundle, *, hosts: Sequence[str], org: str, now: dt.date
     """Facts about ``bundle`` if it is fit to write (see the module docstring), else raise."""
     declared = parse_hosts(hosts)
     cert = _single(bundle.ca_cert_pem, "ca-cert.pem")
-    root = _single(bundle.root_cert_pem, "root-cert.pem")
+    roots = load_certificates(bundle.root_cert_pem, field="root-cert.pem", error=BundleInvalid)
     chain = load_certificates(bundle.cert_chain_pem, field="cert-chain.pem", error=BundleInvalid)
     try:
         key = load_private_key(bundle.ca_key_pem)
@@ -119,16 +121,7 @@ def check_bundle(bundle: Bundle, *, hosts: Sequence[str], org: str, now: dt.date
             f"cert-chain.pem must start with ca-cert.pem; it starts with "
             f"{describe_certificate(chain[0])}",
         )
-    if chain[-1] != root:
-        raise BundleInvalid(
-            "RootMismatch",
-            f"cert-chain.pem must end with root-cert.pem {describe_certificate(root)}; it ends "
-            f"with {describe_certificate(chain[-1])}",
-        )
-    try:
-        verify_path(chain, now=now)
-    except ChainInvalid as exc:
-        raise BundleInvalid(exc.reason, f"cert-chain.pem: {exc.message}") from None
+    _check_roots(chain, roots, now=now)
     if why := check_ca_extensions(cert):
         raise BundleInvalid("NotCA", f"ca-cert.pem {describe_certificate(cert)}: {why}")
     orgs = subject_orgs(cert.subject)
@@ -153,6 +146,30 @@ def check_bundle(bundle: Bundle, *, hosts: Sequence[str], org: str, now: dt.date
         fingerprint=fingerprint(cert),
         public_key_fingerprint=fingerprint(key.public_key()),
     )
+
+
+def _check_roots(
+    chain: Sequence[x509.Certificate], roots: Sequence[x509.Certificate], *, now: dt.datetime
+) -> None:
+    """The chain ends at one of ``roots`` and is valid to it; every other root is a valid
+    self-signed CA (it goes to the workloads as trusted)."""
+    if chain[-1] not in roots:
+        held = ", ".join(describe_certificate(root) for root in roots)
+        raise BundleInvalid(
+            "RootMismatch",
+            f"cert-chain.pem must end with a root of root-cert.pem ({held}); it ends with "
+            f"{describe_certificate(chain[-1])}",
+        )
+    try:
+        verify_path(chain, now=now)
+    except ChainInvalid as exc:
+        raise BundleInvalid(exc.reason, f"cert-chain.pem: {exc.message}") from None
+    for other in roots:
+        if other != chain[-1]:
+            try:
+                verify_path([other], now=now)
+            except ChainInvalid as exc:
+                raise BundleInvalid(exc.reason, f"root-cert.pem: {exc.message}") from None
 
 
 def _single(pem: bytes, field_name: str) -> x509.Certificate:

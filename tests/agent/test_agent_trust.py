@@ -250,6 +250,7 @@ async def test_an_answer_is_judged(
         csr_pem=csr_pem,
         declared=DECLARED,
         check=check,
+        now=now,
     )
     if reason is None:
         assert isinstance(outcome, BundleInfo), sentence

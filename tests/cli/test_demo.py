@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ def test_the_demo_issues_verifies_and_reports_then_stops_everything(tmp_path: Pa
     assert "chains to root" in summary[0]
     assert "replaced" in summary[0]
     assert "kubectl --kubeconfig" in result.stdout
+    assert re.search(r"stack up in [0-9.]+s; RSS [0-9]+ MiB in total, 6 processes", result.stdout)
     assert not (root / "stack.json").exists(), "without --keep the stack is stopped"
 
 
@@ -45,6 +47,9 @@ def test_a_kept_stack_is_reported_by_status_and_stopped_by_down(tmp_path: Path) 
         assert status.returncode == 0
         assert "agent-east" in status.stdout
         assert "not running" not in status.stdout
+        agent = next(line for line in status.stdout.splitlines() if line.startswith("agent-"))
+        assert re.search(r"\b[0-9]+MiB\b", agent), status.stdout  # its own RSS
+        assert re.search(r"^RSS [0-9]+ MiB in total, 6 processes$", status.stdout, re.M)
     finally:
         down = run("devstack", "down", "--root", str(root))
     assert "agent-east" in down.stdout

@@ -28,6 +28,7 @@ from deploykit import REPO
 from devstack.natsconfig import (
     ISSUER_USER,
     ClusterUser,
+    cluster_block,
     issuer_permissions,
     permissions,
     user_names,
@@ -133,6 +134,11 @@ def test_production_is_a_three_node_cluster_with_tls_and_jetstream() -> None:
     assert config["server_name"] == "$SERVER_NAME"
     assert len(set(config["cluster"]["routes"])) == 3
     assert config["cluster"]["tls"]["verify"] is True
+    # The block the local stack's nodes get too (devstack.natscluster), plus route TLS.
+    routes = [f"nats://nats-{i}.nats.meshtrust-nats.svc:6222" for i in range(3)]
+    block = cluster_block(name="meshtrust", host="0.0.0.0", port=6222, routes=routes)  # noqa: S104
+    assert config["cluster"]["no_advertise"] is True  # pods' addresses mean nothing outside
+    assert {k: v for k, v in config["cluster"].items() if k in block} == block
     assert {"cert_file", "key_file", "ca_file"} <= set(config["tls"])
     assert config["jetstream"]["store_dir"]
     assert "password" not in json.dumps(config)  # nkeys only: no secret in the file
@@ -269,3 +275,36 @@ async def test_compose_conf_confines_an_agent_to_its_cluster(compose_nats: str) 
     finally:
         await agent.close()
         await issuer.close()
+
+
+def _nats_config(*options: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "cli", "nats-config", "--clusters", "east", *options]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=60, check=False, cwd=REPO
+    )
+
+
+def test_nats_config_prints_one_node_of_a_cluster_that_nats_server_accepts(
+    tmp_path: Path,
+) -> None:
+    routes = [f"nats://nats-{i}.nats:6222" for i in range(3)]
+    result = _nats_config(
+        *("--credentials-dir", str(tmp_path / "creds"), "--store-dir", str(tmp_path / "js")),
+        *("--routes", ",".join(routes), "--server-name", "nats-1", "--cluster-port", "7222"),
+    )
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert config["server_name"] == "nats-1"
+    anywhere = "0.0.0.0"  # noqa: S104 - the default listen address of nats-config
+    assert config["cluster"] == cluster_block(
+        name="meshtrust", host=anywhere, port=7222, routes=routes
+    )
+    path = tmp_path / "nats.conf"
+    path.write_text(result.stdout)
+    checked = _check(path, {})
+    assert checked.returncode == 0, checked.stderr
+    # A clustered node without its own name is refused before anything is written.
+    refused = _nats_config("--credentials-dir", str(tmp_path / "none"), "--routes", routes[0])
+    assert refused.returncode == 2
+    assert "--server-name" in refused.stderr
+    assert not (tmp_path / "none").exists()

@@ -201,7 +201,7 @@ def scope(service: str, item: Need) -> set[str]:
         if item.resource == "secrets":
             scoped = _env("issuer")["MESHTRUST_ISSUER_SIGNING_NAMESPACES"]
             return {n.strip() for n in scoped.split(",") if n.strip()}
-        if item.resource == "clusterregistrations":
+        if item.resource.split("/")[0] in ("clusterregistrations", "certificaterotations"):
             env = _env("issuer")
             return {env.get("MESHTRUST_ISSUER_REGISTRATION_NAMESPACE", "meshtrust-system")}
         return {EVERYWHERE}  # every namespace is a cluster registration

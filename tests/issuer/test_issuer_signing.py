@@ -35,7 +35,7 @@ from services.issuer.issued import ISSUED_BUCKET, IssuedRecord
 from services.issuer.ledger import open_ledger
 from services.issuer.signer import SigningCAs
 from shared.api.meta import ObjectKey
-from shared.bus import Delivery, NatsSettings
+from shared.bus import Delivery, KvEntry, NatsSettings
 from shared.bus.ledger import Ledger
 from shared.events import CertificateIssued, CsrRequested, encode
 from shared.k8s import KubeClient
@@ -312,9 +312,13 @@ async def test_a_csr_redelivered_after_a_failed_answer_gets_the_same_serial(
         # provisioning off (it would restore the stream), and publishes that give up quickly
         restricted = nats_settings.model_copy(update={"provision": False, "publish_deadline": 0.3})
         async with running(w.settings(nats=restricted)):
-            record = await eventually(
-                lambda: issued.get(f"east.{request.issuance}"), message="the signature recorded"
-            )
+
+            async def recorded() -> KvEntry | None:
+                # the entry holds the replica's claim first, then the record of its signature
+                entry = await issued.get(f"east.{request.issuance}")
+                return entry if entry is not None and b"serial_number" in entry.value else None
+
+            record = await eventually(recorded, message="the signature recorded")
 
             async def redelivered() -> bool:
                 consumer = await js.consumer_info("MESHTRUST", "csr-east")

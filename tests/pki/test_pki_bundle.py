@@ -103,6 +103,19 @@ def test_random_valid_hosts_round_trip_into_exactly_those_sans(hosts: list[str])
     check_bundle(result.bundle, hosts=hosts, org=ORG, now=NOW)
 
 
+# --- several roots (a root rotation's overlap) ------------------------------------------------
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["chain's root first", "chain's root last"])
+def test_root_cert_pem_may_hold_several_roots_the_chain_ending_at_any(first: bool) -> None:
+    bundle = _two_level()
+    own = _certs(bundle.cert_chain_pem)[-1]
+    other = make_ca(cn="the other root", private_key=key(P256, 9)).cert
+    roots = pem(own, other) if first else pem(other, own)
+    info = check_bundle(replace(bundle, root_cert_pem=roots), hosts=HOSTS, org=ORG, now=NOW)
+    assert info == check_bundle(bundle, hosts=HOSTS, org=ORG, now=NOW)
+
+
 # --- what the check refuses ------------------------------------------------------------------
 
 
@@ -217,7 +230,7 @@ BUNDLE_FAILURES: list[tuple[str, Callable[[], Bundle], dict[str, object], str, s
         lambda: replace(_two_level(), cert_chain_pem=pem(*_certs(_two_level().cert_chain_pem)[:2])),
         {},
         "RootMismatch",
-        "must end with root-cert.pem",
+        "must end with a root of root-cert.pem",
     ),
     (
         "another root is a root mismatch",
@@ -226,7 +239,37 @@ BUNDLE_FAILURES: list[tuple[str, Callable[[], Bundle], dict[str, object], str, s
         ),
         {},
         "RootMismatch",
-        "must end with root-cert.pem",
+        "must end with a root of root-cert.pem",
+    ),
+    (
+        "a second root that is not self-signed is refused, naming root-cert.pem",
+        lambda: replace(
+            _two_level(),
+            root_cert_pem=pem(
+                _certs(_two_level().cert_chain_pem)[-1], _certs(_two_level().cert_chain_pem)[1]
+            ),
+        ),
+        {},
+        "RootNotSelfSigned",
+        "root-cert.pem",
+    ),
+    (
+        "an expired second root is refused, naming root-cert.pem",
+        lambda: replace(
+            _two_level(),
+            root_cert_pem=pem(
+                make_ca(
+                    cn="old",
+                    private_key=key(P256, 9),
+                    not_after=NOW - DAY,
+                    not_before=NOW - 9 * DAY,
+                ).cert,
+                _certs(_two_level().cert_chain_pem)[-1],
+            ),
+        ),
+        {},
+        "Expired",
+        "root-cert.pem",
     ),
     (
         "a chain skipping the intermediate is broken",
