@@ -37,7 +37,7 @@ from services.issuer.signer import SigningCAs, read_signing_secret
 from services.issuer.steps import cross_certificate
 from shared.api import v1alpha2
 from shared.api.meta import Obj, ObjectKey
-from shared.api.rotations import CertificateRotation, Step, epoch_of
+from shared.api.rotations import CertificateRotation, Step, epoch_of, parse_epoch
 from shared.api.v1alpha2 import IssuedCertificate, State
 from shared.bus import Bucket
 from shared.controller.policy import Finding
@@ -143,7 +143,13 @@ class Rotations:
     def cross_signed(self, record: IssuedRecord) -> str | None:
         """The cross certificate for a root of the record's root-cert.pem, if one was made."""
         with self._lock:
-            crosses = list(self._cross.values())
+            made = dict(self._cross)
+        # Only the cross certificate of the rotation the record was signed for: an earlier
+        # rotation's cross certificate vouches for the current (old) root, not for the new one.
+        epoch = parse_epoch(record.trust_epoch) if record.trust_epoch else None
+        if epoch is not None:
+            made = {uid: c for uid, c in made.items() if uid.replace("-", "").startswith(epoch[1])}
+        crosses = list(made.values())
         if not crosses:
             return None
         roots = x509.load_pem_x509_certificates(record.root_cert_pem.encode())

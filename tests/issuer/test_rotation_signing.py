@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from cryptography import x509
 
+from services.issuer.issued import IssuedRecord
 from services.issuer.rotating import Rotations
 from services.issuer.steps import CROSS_SIGNED_FIELD, StepCA, cross_certificate, step_ca
 from shared.api.meta import ObjectKey
-from shared.api.rotations import CertificateRotation, Step
+from shared.api.rotations import CertificateRotation, Step, epoch_of
 from shared.controller.policy import Finding
 from shared.pki import SigningCA, cross_sign, load_signing_ca, vouched_roots
 from shared.pki.chains import verify_path
@@ -157,3 +160,31 @@ def test_a_rotation_under_way_covers_a_secret_before_an_ended_one() -> None:
     rotations.informer = Cache(old)  # type: ignore[assignment]
     assert rotations.covering(secret, "east") is not None
     assert rotations.covering(secret, "west") is None
+
+
+def test_an_answer_carries_the_cross_certificate_of_its_own_rotation() -> None:
+    # Two rotations one after the other: old -> new, then new -> newer. An answer of the second
+    # (root-cert.pem = new + newer) must carry newer-by-new, not the first rotation's
+    # new-by-old, which also names a root of that bundle and vouches for nothing new.
+    _, newer_ca = root_ca("newer root", 302)
+    first = cross_sign(NEW_CA.root, by=OLD_CA, now=NOW)
+    second = cross_sign(newer_ca.root, by=NEW_CA, now=NOW)
+    rotations = Rotations.__new__(Rotations)
+    rotations._cross = {  # as cross_for makes them (it needs the Kubernetes cache)
+        "aaaaaaaa-0000-0000-0000-000000000001": first,
+        "bbbbbbbb-0000-0000-0000-000000000002": second,
+    }
+    rotations._lock = threading.Lock()
+    uid = "bbbbbbbb-0000-0000-0000-000000000002"
+    record = IssuedRecord(
+        cluster="east", name="istio-cacerts", issuance="i", declaration_uid="u",
+        declaration_generation=1, csr_sha256="0", serial_number="1", certificate_pem="",
+        ca_chain_pem="", root_cert_pem=(pem(NEW_CA.root) + pem(newer_ca.root)).decode(),
+        not_before=NOW, not_after=NOW, signing_ca_fingerprint="0", signed_by="issuer-0",
+        signed_at=NOW, trust_epoch=epoch_of("second", uid, Step.ADD),
+    )  # fmt: skip
+    sent = rotations.cross_signed(record)
+    assert sent is not None
+    assert x509.load_pem_x509_certificate(sent.encode()) == second
+    vouched = vouched_roots([newer_ca.root], pinned=[NEW_CA.root], cross_signed=[second], now=NOW)
+    assert vouched.untrusted == ()
