@@ -221,8 +221,16 @@ def _waves(
     todo = [p.name for p in lines if p.step is not step]
     if not todo:
         return None
-    canary = rotation.spec.canary
-    wave = todo[:1] if todo[0] == canary else todo[: rotation.spec.wave_size]
+    # A cluster still on another step (an abort caught its move in flight) is bouncing: it
+    # holds a place in the wave, and is the first moved (that adds no cluster bouncing).
+    busy = [p.name for p in status.clusters if p.step is not step and p.state == IN_PROGRESS]
+    if busy:
+        free = max(0, rotation.spec.wave_size - len(busy))
+        wave = [n for n in todo if n in busy] + [n for n in todo if n not in busy][:free]
+    elif todo[0] == rotation.spec.canary:
+        wave = todo[:1]
+    else:
+        wave = todo[: rotation.spec.wave_size]
     moved = ClusterProgress(step=step, state=IN_PROGRESS, since=now, name="")
     clusters = tuple(
         moved.model_copy(update={"name": p.name}) if p.name in wave else p for p in status.clusters

@@ -190,6 +190,21 @@ def test_abort_from_phase_two_moves_back_then_after_the_grace_undoes_everyone() 
     assert end.status.phase is Phase.ROLLED_BACK
 
 
+def test_an_abort_catching_a_move_in_flight_keeps_to_the_wave_size() -> None:
+    # Wave size 1: a moved, b's move in flight when the abort comes. b (bouncing already) goes
+    # back first; a only once b is back: never two clusters bouncing at once.
+    first = start(["a", "b"])
+    adding = step(first, done("a", others=("b",)), at=T0)
+    moving = step(adding, done("a", "b"), at=T0)
+    assert moving.moves == {"a": Step.MOVE}
+    second = step(moving, done("a", others=("b",)), at=T0)
+    assert second.moves == {"b": Step.MOVE}
+    back = step(second, done("a", others=("b",)), at=T0, abort=True)
+    assert back.moves == {"b": Step.BACK}
+    then = step(back, done("a", "b"), at=T0, abort=True)
+    assert then.moves == {"a": Step.BACK}
+
+
 def test_abort_in_phase_one_undoes_only_the_clusters_moved() -> None:
     first = start(["a", "b"])
     aborted = step(first, done("a", others=("b",)), at=T0, abort=True)
