@@ -256,10 +256,14 @@ def pods_replaced(pods: PodLog, cluster: str, *, times: int) -> list[str]:
 # --- the rotation ---------------------------------------------------------------------------
 
 
-def meshtrust(stack: Stack, *args: str) -> str:
-    """`meshtrust ARGS --kubeconfig <mgmt>` as its own process; its standard output."""
+async def meshtrust(stack: Stack, *args: str) -> str:
+    """`meshtrust ARGS --kubeconfig <mgmt>` as its own process; its standard output. In a
+    thread: the event loop keeps serving the probe and the pods' watches meanwhile (a blocked
+    loop lets their connection timeouts run out)."""
     command = [*MESHTRUST, *args, "--kubeconfig", str(stack.kubeconfig(MGMT))]
-    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+    result = await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, check=False, timeout=60
+    )
     assert result.returncode == 0, f"meshtrust {' '.join(args)}: {result.stderr}{result.stdout}"
     return result.stdout
 

@@ -114,7 +114,7 @@ async def settle(world: World) -> None:
             await adopt(world, secret, root, rotation_name=name)
             continue
         if phase not in FINAL_PHASES:
-            meshtrust(world.stack, "rotate", "abort", name)
+            await meshtrust(world.stack, "rotate", "abort", name)
             await wait_rotation(world, name, phase="RolledBack", within=120)
         await world.kube[MGMT].delete(ROTATIONS, name, namespace=ROTATION_NAMESPACE)
         await wait_no_epoch(world, within=120)
@@ -141,8 +141,8 @@ class Run:
     since: dt.datetime
     phases: list[str]
 
-    def start(self, world: World, *extra: str) -> None:
-        meshtrust(
+    async def start(self, world: World, *extra: str) -> None:
+        await meshtrust(
             world.stack, "rotate", "start", self.name,
             "--from", f"{ROTATION_NAMESPACE}/{self.secret}",
             "--to", f"{ROTATION_NAMESPACE}/{self.new_secret}",
@@ -235,7 +235,7 @@ async def test_a_root_rotation_never_breaks_trust_and_ends_on_the_new_root(world
     run = await begin(world, new_secret=new_secret, wave_size=1)
     async with PodLog(world) as pods:
         async with probing(world) as probe:
-            run.start(world)
+            await run.start(world)
             await wait_rotation(world, run.name, phase="Succeeded", within=240, seen=run.phases)
         steps = await steps_signed(world, run.since)
         assert steps == dict.fromkeys(REMOTES, ROOT_STEPS)
@@ -268,10 +268,10 @@ async def test_a_rotation_aborted_in_phase_2_rolls_back_to_the_old_root(world: W
     old_root = (await signing_data(world, run.secret))["root-cert.pem"]
     async with PodLog(world) as pods:
         async with probing(world) as probe:
-            run.start(world)
+            await run.start(world)
             moved = await wait_cluster_step(world, run.name, step="move", state="Done", within=120)
             run.phases.append(status_of(await rotation(world, run.name))["phase"])
-            meshtrust(world.stack, "rotate", "abort", run.name)
+            await meshtrust(world.stack, "rotate", "abort", run.name)
             await wait_rotation(world, run.name, phase="RolledBack", within=240, seen=run.phases)
         steps = await steps_signed(world, run.since)
         await check_guarantees(world, run, probe, pods, root=old_root, steps=steps, superseded=True)
@@ -300,7 +300,7 @@ async def test_the_issuer_killed_mid_phase_the_rotation_ends_with_the_same_guara
     run = await begin(world, new_secret=new_secret, wave_size=2)
     async with PodLog(world) as pods:
         async with probing(world) as probe:
-            run.start(world)
+            await run.start(world)
             await wait_cluster_step(world, run.name, step="move", state="InProgress", within=120)
             world.stack.kill("issuer")
             await restart(world.stack, "issuer")
@@ -319,7 +319,7 @@ async def test_an_agent_killed_mid_phase_the_rotation_ends_with_the_same_guarant
     run = await begin(world, new_secret=new_secret, wave_size=3)
     async with PodLog(world) as pods:
         async with probing(world) as probe:
-            run.start(world)
+            await run.start(world)
             victim = await wait_cluster_step(
                 world, run.name, step="add", state="InProgress", within=120
             )
@@ -344,7 +344,7 @@ async def test_an_intermediate_only_rotation_reissues_in_waves_under_the_same_ro
     root = (await signing_data(world, run.secret))["root-cert.pem"]
     async with PodLog(world) as pods:
         async with probing(world) as probe:
-            run.start(world, "--canary", "west")
+            await run.start(world, "--canary", "west")
             await wait_rotation(world, run.name, phase="Succeeded", within=240, seen=run.phases)
         steps = await steps_signed(world, run.since)
         assert steps == {key: ["reissue"] for key in REMOTES}
