@@ -344,7 +344,7 @@ async def wait_no_epoch(world: World, *, within: float) -> None:
 async def adopt(world: World, secret: str, root_pem: bytes, *, rotation_name: str) -> None:
     """After a Succeeded root rotation: re-pin every agent on the new root, point every
     declaration at the new Secret, wait until all re-issued FINISHED under it, and delete the
-    rotation (docs/rotation.md, 'After the rotation')."""
+    rotation (docs/rotation.md, 'Procedure', step 5)."""
     await pin(world, root_pem)
     previous = await world.issuances()
     for cluster in world.remotes:

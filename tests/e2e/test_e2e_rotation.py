@@ -17,7 +17,7 @@ cluster's `root-cert.pem`. The guarantees checked after each rotation:
 
 The intermediate-only test runs last: after it the declarations name an intermediate, and a root
 rotation from an intermediate needs a `cross-signed.pem` made with the root's key
-(docs/rotation.md). About 2 minutes for the module, the stack's start included.
+(docs/rotation.md). 1.5 to 3 minutes for the module, the stack's start included.
 """
 
 from __future__ import annotations
