@@ -36,9 +36,12 @@ from shared.bus import Bus, ConsumerSettings, Delivery, NatsSettings
 from shared.events import (
     CertificateDenied,
     CertificateIssued,
+    CertificateState,
     CsrRequested,
     CsrRequestedData,
     Event,
+    StatusChanged,
+    StatusChangedData,
     new_issuance_id,
 )
 from shared.k8s import KubeClient, KubeError
@@ -253,6 +256,27 @@ class Agent:
     async def send(self, event: CsrRequested) -> CsrRequested:
         await self.bus.publish(event)
         return event
+
+    async def finished(
+        self, request: CsrRequested, issued: CertificateIssued, *, generation: int = 1
+    ) -> None:
+        """Report the issuance of `request` FINISHED with its certificate, as the agent does."""
+        await self.bus.publish(
+            StatusChanged(
+                source=f"agent/{self.cluster}",
+                cluster=self.cluster,
+                issuance=request.issuance,
+                data=StatusChangedData(
+                    name=request.data.name,
+                    namespace="istio-system",
+                    state=CertificateState.FINISHED,
+                    observed_generation=generation,
+                    declaration_generation=generation,
+                    serial_number=issued.data.serial_number,
+                    not_after=issued.data.not_after,
+                ),
+            )
+        )
 
 
 @dataclass

@@ -22,11 +22,8 @@ from services.issuer.waves import ReissueWaves, is_reissue
 from shared.api.meta import ObjectKey
 from shared.bus import NatsSettings
 from shared.events import (
-    CertificateState,
     DesiredKind,
     DesiredObject,
-    StatusChanged,
-    StatusChangedData,
 )
 from shared.k8s.resources import ISSUED_CERTIFICATES, NAMESPACES
 from support.waiting import eventually
@@ -141,24 +138,10 @@ THREE = ("east", "west", "north")
 async def finish(w: World, decl: dict[str, Any], *, generation: int = 1) -> None:
     """The agent's part: a CSR, its certificate, then FINISHED with the serial."""
     cluster = decl["metadata"]["namespace"]
-    request = await w.agent(cluster).send(w.agent(cluster).request(decl, generation=generation))
+    agent = w.agent(cluster)
+    request = await agent.send(agent.request(decl, generation=generation))
     issued = await w.answers.issued(request.issuance)
-    await w.bus.publish(
-        StatusChanged(
-            source=f"agent/{cluster}",
-            cluster=cluster,
-            issuance=request.issuance,
-            data=StatusChangedData(
-                name="istiod",
-                namespace="istio-system",
-                state=CertificateState.FINISHED,
-                observed_generation=generation,
-                declaration_generation=generation,
-                serial_number=issued.data.serial_number,
-                not_after=issued.data.not_after,
-            ),
-        )
-    )
+    await agent.finished(request, issued, generation=generation)
 
     async def mirrored() -> bool:
         raw = await w.kube.get(ISSUED_CERTIFICATES, "istiod", namespace=cluster)

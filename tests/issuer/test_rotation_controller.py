@@ -85,22 +85,7 @@ async def issue_and_finish(w: World, decl: dict[str, Any], epoch: str) -> Certif
     )
     await agent.send(request)
     issued = await w.answers.issued(request.issuance)
-    await w.bus.publish(
-        StatusChanged(
-            source=f"agent/{cluster}",
-            cluster=cluster,
-            issuance=request.issuance,
-            data=StatusChangedData(
-                name="istiod",
-                namespace="istio-system",
-                state=CertificateState.FINISHED,
-                observed_generation=1,
-                declaration_generation=1,
-                serial_number=issued.data.serial_number,
-                not_after=issued.data.not_after,
-            ),
-        )
-    )
+    await agent.finished(request, issued)
     return issued
 
 
