@@ -46,6 +46,7 @@ from e2e.e2e_rotation import (
     new_root_secret,
     pem,
     pods_replaced,
+    pods_settled,
     probing,
     rotation,
     signing_data,
@@ -93,11 +94,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture
 async def world(stack: Stack) -> Any:
-    """The stack with every process running, no rotation going on, every cluster FINISHED."""
+    """The stack with every process running, no rotation going on, every cluster FINISHED, no
+    pod of an earlier bounce still terminating."""
     ensure_running(stack)
     async with World(stack) as w:
         await w.wait_finished({}, within=120)
         await settle(w)
+        await eventually(lambda: pods_settled(w), within=30, message="pods settled")
         yield w
 
 
@@ -184,7 +187,7 @@ async def check_guarantees(
 ) -> None:
     """The guarantees of the module docstring, for a rotation that ended on `root`, each
     cluster having been moved through `steps[cluster]`, each step bounced once (`superseded`:
-    a step may have been replaced before its bounce, by an abort)."""
+    an abort may replace a step before or during its bounce, which then stops: at most once)."""
     failures = await judged_failures(world.stack, probe, lifetime=dt.timedelta(seconds=GRACE))
     assert failures == [], "\n".join(failures[:20])
     rounds = len({s.time for s in probe.samples})
@@ -198,14 +201,20 @@ async def check_guarantees(
     unfinished = [w for w in windows if w.end is None]
     assert not unfinished, f"bounces never completed: {unfinished}"
     bounced = bounces_per_cluster(windows)
-    if superseded:  # a step replaced before its bounce (an abort) is not bounced: never twice
+    if superseded:
         assert all(1 <= bounced.get(c, 0) <= len(s) for c, s in steps.items() if s), bounced
     else:
         assert bounced == {c: len(s) for c, s in steps.items() if s}
-    assert most_at_once(windows) <= run.wave_size, windows
+    assert most_at_once(windows) <= run.wave_size, [
+        f"{w.cluster} {w.start:%H:%M:%S.%f}-{w.end:%H:%M:%S.%f}" for w in windows if w.end
+    ]
 
     async def replaced() -> list[str]:
-        return [p for c in world.remotes for p in pods_replaced(pods, c, times=bounced.get(c, 0))]
+        return [
+            problem
+            for c in world.remotes
+            for problem in pods_replaced(pods, c, times=bounced.get(c, 0), exact=not superseded)
+        ]
 
     problems = await replaced()
     if problems:  # the pod watch may be a moment behind
