@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -62,8 +63,11 @@ class HollowFleet(Stack):
         pod_ready_delay: float = 0.5,
         root_key: KeySpec | None = None,
         env: Mapping[str, Mapping[str, str]] | None = None,
+        issuer_profile: Path | None = None,
     ) -> None:
-        """`env` as `Stack`'s (per process name or service: `issuer`, `issuer-1`, `hollow`)."""
+        """`env` as `Stack`'s (per process name or service: `issuer`, `issuer-1`, `hollow`);
+        `issuer_profile`: run the first issuer under cProfile, its profile written there when
+        it stops (`devstack.hollow.profiled`: the main thread's CPU)."""
         super().__init__(
             root, remotes=remotes, pod_ready_delay=pod_ready_delay, root_key=root_key, env=env
         )
@@ -73,6 +77,7 @@ class HollowFleet(Stack):
         self.kubeapi_processes = kubeapi_processes
         self.issuers = issuers
         self.bookmark_interval = bookmark_interval
+        self.issuer_profile = issuer_profile
 
     def hollow_names(self) -> list[str]:
         return [f"hollow-{i}" for i in range(len(shares(self.remotes, self.hollow_processes)))]
@@ -224,6 +229,12 @@ class HollowFleet(Stack):
         for process in started:
             processes.wait_ready(process, within=120)
         self._save()
+
+    def _launch(self, launch: Launch) -> Process:
+        if launch.name == "issuer" and self.issuer_profile is not None:
+            profiled = [sys.executable, "-m", "devstack.hollow.profiled", str(self.issuer_profile)]
+            launch = replace(launch, command=[*profiled, "services.issuer"])
+        return super()._launch(launch)
 
     def _start_hollows(self) -> None:
         assert self.info is not None
