@@ -18,6 +18,7 @@ its own cluster's endpoint), and its own serving certificate. The clusters are s
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -30,11 +31,17 @@ from pathlib import Path
 import yaml
 
 from devstack import identities, processes
+from devstack.natsconfig import nkeys_for, render, user_names
+from devstack.natsserver import NatsServer
 from devstack.processes import Launch, Process, StackError
 from devstack.seeding import seed
 from devstack.stack import BIN, MGMT, REPO, Stack, StackInfo
 from shared.pki import KeySpec
 
+DEFAULT_MAX_CONSUMERS = 1000
+"""nats-server 2.15's own cap of consumers per stream."""
+CONSUMERS_PER_CLUSTER = 4
+"""`csr-`, `agent-` and `bouncer-` on the event stream, `desired-` on the desired-state one."""
 TEMPLATE = "hollow-template"
 """The cluster seeded with kubectl whose state every hollow cluster starts from."""
 KUBEAPI_START_SECONDS = 0.05
@@ -111,6 +118,31 @@ class HollowFleet(Stack):
             self.down()
             raise
         return self.info
+
+    def _start_nats(self) -> tuple[str, int]:
+        """`Stack`'s nats-server, with room for the fleet's durables: nats-server 2.15 caps a
+        stream at 1,000 consumers unless told otherwise (`default_max_consumers`), and the
+        event stream holds three per cluster (`csr-`, `agent-`, `bouncer-`): past 333 clusters
+        the provisioning fails with "maximum consumers limit reached"."""
+        nats_dir = self.root / "nats"
+        nats_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        public = nkeys_for(self.credentials, user_names(self.remotes))
+        config_file = nats_dir / "nats.conf"
+        server = NatsServer(
+            store_dir=nats_dir / "jetstream",
+            config_file=config_file,
+            log_file=self.logs / "nats.log",
+        )
+        config = json.loads(render(clusters=self.remotes, nkeys=public, port=server.port))
+        limit = max(DEFAULT_MAX_CONSUMERS, CONSUMERS_PER_CLUSTER * len(self.remotes) + 100)
+        config.setdefault("jetstream", {}).setdefault("limits", {})["default_max_consumers"] = limit
+        config_file.touch(mode=0o600)
+        config_file.chmod(0o600)
+        config_file.write_text(json.dumps(config))
+        server.start()
+        assert server.pid is not None
+        self._nats = server
+        return server.url, server.pid
 
     def _seed_template(self) -> None:
         """mgmt and the template seeded and given deploy/'s identities as the stack does it;
