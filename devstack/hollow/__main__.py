@@ -15,6 +15,7 @@ import signal
 from pathlib import Path
 
 from devstack.hollow.runner import Hollow, HollowConfig
+from devstack.hollow.watchdog import share_loop_watchdog
 from devstack.stack import StackInfo
 from shared.events import check_cluster_name
 from shared.runtime import configure_logging, supervise
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     config = HollowConfig(root=args.root.resolve(), nats_url=info.nats_url, clusters=args.clusters)
     configure_logging(LoggingSettings(level=args.log_level, format="json"))
     freeze_start_up()
+    share_loop_watchdog()
     asyncio.run(serve(config))
 
 
