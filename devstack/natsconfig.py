@@ -191,6 +191,7 @@ def render(
     the local stack and production: the configuration then holds no secret, and each service
     gets only its own seed file).
     """
+    clusters = list(clusters)
     credential = _credentials(passwords=passwords, nkeys=nkeys)
     # account -> (its user's permissions, what it imports from the hub)
     grants = {user.name: (permissions(user), imports_of(user)) for user in users_for(clusters)}
@@ -216,11 +217,27 @@ def render(
         "host": host,
         "port": port,
         "accounts": {HUB_ACCOUNT: hub, **accounts},
-        "jetstream": {"store_dir": store_dir} if store_dir else {},
+        "jetstream": {
+            **({"store_dir": store_dir} if store_dir else {}),
+            "limits": {"default_max_consumers": consumer_limit(len(clusters))},
+        },
     }
     if cluster is not None:
         config["cluster"] = dict(cluster)
     return json.dumps(config, indent=2) + "\n"
+
+
+CONSUMERS_PER_CLUSTER = 4
+"""Durables a cluster puts on the event stream: the issuer's `csr-<c>`, `agent-<c>`,
+`bouncer-<c>`, and one to spare (a consumer being replaced)."""
+
+
+def consumer_limit(clusters: int) -> int:
+    """Each stream's consumer limit for a fleet of `clusters`: nats-server caps a stream at
+    1,000 consumers unless its configuration says otherwise (`default_max_consumers`), which
+    a fleet of more than 333 clusters exceeds ("maximum consumers limit reached" when the
+    clusters' durables are made). Regenerate the configuration as clusters are added."""
+    return max(1000, CONSUMERS_PER_CLUSTER * clusters + 100)
 
 
 def cluster_block(*, name: str, host: str, port: int, routes: Iterable[str]) -> dict[str, object]:
