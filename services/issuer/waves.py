@@ -15,7 +15,7 @@ What is gated: a *re-issue*, i.e. a new generation or a new signing chain for a 
 that has been issued before (its mirrored status has a serial). Not gated: a first issuance (a
 new cluster's or declaration's), the agents' own renewals (spread by their issue times), and a
 root rotation's steps, which have their own waves (`rotation.py`; their desired objects carry a
-trust epoch).
+trust epoch). Leaving a rotation (its resource deleted: the epoch cleared) is a re-issue.
 
 A deferred declaration is looked at again when any declaration's status changes and a slot is
 free (`released`, an informer mapper), and every `RECHECK` seconds in any case. The count is
@@ -51,11 +51,12 @@ def is_reissue(
     """Whether publishing ``desired`` over ``existing`` makes an issued certificate be replaced."""
     if existing is None or desired.trust_epoch is not None or not status.get("serialNumber"):
         return False
-    if existing.uid != desired.uid or existing.trust_epoch != desired.trust_epoch:
+    if existing.uid != desired.uid:
         return False
-    return (existing.generation, existing.signing_chain_fingerprint) != (
+    return (existing.generation, existing.signing_chain_fingerprint, existing.trust_epoch) != (
         desired.generation,
         desired.signing_chain_fingerprint,
+        None,  # leaving a rotation (its resource deleted) re-issues too
     )
 
 
