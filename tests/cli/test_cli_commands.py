@@ -74,8 +74,9 @@ async def test_nats_config_seeds_work_against_nats_server(tmp_path: Path) -> Non
         *("--host", "127.0.0.1", "--port", str(server.port), "--store-dir", str(tmp_path / "js")),
     )
     rendered = json.loads(stdout)
-    assert rendered["jetstream"] == {"store_dir": str(tmp_path / "js")}
-    rendered["jetstream"] = {}  # the test's NatsServer passes --store_dir itself
+    limits = {"default_max_consumers": 1000}  # devstack.natsconfig.consumer_limit(1)
+    assert rendered["jetstream"] == {"store_dir": str(tmp_path / "js"), "limits": limits}
+    rendered["jetstream"] = {"limits": limits}  # the test's NatsServer passes --store_dir itself
     config.write_text(json.dumps(rendered))
     server.start()
     try:
