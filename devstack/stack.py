@@ -189,16 +189,7 @@ class Stack:
         started: list[Process] = []
         try:
             started += self._start_nats()
-            assert self._nats is not None
-            self.info = StackInfo(
-                root=str(self.root),
-                nats_url=self._nats.urls,
-                clusters={
-                    c: {"kubeconfig": str(self.kubeconfig(c))} for c in [MGMT, *self.remotes]
-                },
-                processes=started,
-            )
-            self._save()
+            self.info = self._begin(started)
             identities.write_signing_key(self.signing_key)
             started.append(self._start_kubeapi())
             self._save()
@@ -229,6 +220,19 @@ class Stack:
                 shutil.rmtree(self.kube_dir, ignore_errors=True)
             raise
         return self.info
+
+    def _begin(self, started: list[Process]) -> StackInfo:
+        """The stack's record, saved once NATS runs: its URLs, the clusters, the processes so
+        far (a list the caller goes on appending to)."""
+        assert self._nats is not None
+        self.info = info = StackInfo(
+            root=str(self.root),
+            nats_url=self._nats.urls,
+            clusters={c: {"kubeconfig": str(self.kubeconfig(c))} for c in [MGMT, *self.remotes]},
+            processes=started,
+        )
+        self._save()
+        return info
 
     def _save(self) -> None:
         assert self.info is not None

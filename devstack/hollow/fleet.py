@@ -90,17 +90,9 @@ class HollowFleet(Stack):
             raise StackError(f"{self.root} exists: a hollow fleet starts from nothing")
         self.logs.mkdir(parents=True)
         try:
-            started = self._start_nats()  # room for the fleet's durables: `consumer_limit`
-            assert self._nats is not None
-            self.info = StackInfo(
-                root=str(self.root),
-                nats_url=self._nats.urls,
-                clusters={
-                    c: {"kubeconfig": str(self.kubeconfig(c))} for c in [MGMT, *self.remotes]
-                },
-                processes=started,
-            )
-            self._save()
+            self.info = self._begin(
+                self._start_nats()
+            )  # room for the fleet's durables: `consumer_limit`
             identities.write_signing_key(self.signing_key)
             self._seed_template()
             self._serve_clusters([list(s) for s in shares(self.remotes, self.kubeapi_processes)])
