@@ -20,6 +20,7 @@ from k8s.harness import crd_documents
 from security.rbac_support import DEPLOY, apply, kubeconfig_of
 
 from devstack.kubeapi import KubeAPI
+from services.issuer.rotating import CERTIFICATE_ROTATIONS
 from shared.k8s.client import KubeClient
 from shared.k8s.errors import Forbidden, NotFound
 from shared.k8s.resources import (
@@ -108,6 +109,7 @@ def delete(resource: Resource, namespace: str, name: str) -> Call:
 ALLOWED, REFUSED = True, False
 KEY = "istio-cacerts-meshtrust-key"  # the agent's key Secret of deploy/examples' declaration
 SYS, ISTIO, ICS = "meshtrust-system", "istio-system", ISSUED_CERTIFICATES
+ROTATIONS = CERTIFICATE_ROTATIONS
 TABLE: list[tuple[str, str, Call, bool]] = [
     ("the issuer reads the signing CA", "issuer", get(SECRETS, SYS, "root-ca"), ALLOWED),
     (
@@ -170,6 +172,14 @@ TABLE: list[tuple[str, str, Call, bool]] = [
         REFUSED,
     ),
     ("the bouncer cannot create a declaration", "bouncer", create(ICS, ISTIO, "x"), REFUSED),
+    # Root rotation (docs/rotation.md): only operators start, approve or abort one.
+    ("the issuer watches the rotations", "issuer", list_(ROTATIONS, SYS), ALLOWED),
+    ("the issuer cannot start a rotation", "issuer", create(ROTATIONS, SYS, "x"), REFUSED),
+    ("the issuer cannot approve or abort one", "issuer", patch(ROTATIONS, SYS, "x"), REFUSED),
+    ("the issuer cannot delete one", "issuer", delete(ROTATIONS, SYS, "x"), REFUSED),
+    ("the agent cannot see the rotations", "agent", list_(ROTATIONS, SYS), REFUSED),
+    ("the agent cannot start a rotation", "agent", create(ROTATIONS, SYS, "x"), REFUSED),
+    ("the bouncer cannot start a rotation", "bouncer", create(ROTATIONS, SYS, "x"), REFUSED),
 ]
 
 
