@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.issuer.mirror import ISSUER_ERROR_PREFIX
 from shared.api.meta import ObjectKey
 from shared.events.desired import DesiredObject
 from shared.k8s.informer import InformerEvent
@@ -42,7 +43,6 @@ RECHECK = 15.0
 """Seconds after which a deferred declaration is looked at again even if no status changed."""
 
 _IN_FLIGHT = frozenset({"PENDING", "REQUESTED", "ISSUED"})
-_ISSUER_ERROR = "issuer: "  # services.issuer.mirror.ISSUER_ERROR_PREFIX; an issuer refusal
 
 
 def is_reissue(
@@ -101,7 +101,9 @@ class ReissueWaves:
             seen.add(key)
             status = obj.get("status") or {}
             state, error = status.get("state", "PENDING"), status.get("error") or ""
-            if state in _IN_FLIGHT or (state == "FAILED" and not error.startswith(_ISSUER_ERROR)):
+            if state in _IN_FLIGHT or (
+                state == "FAILED" and not error.startswith(ISSUER_ERROR_PREFIX)
+            ):
                 busy.add(key.namespace)
             elif (admitted := self._admitted.get(key)) is not None:
                 at, issuance = admitted

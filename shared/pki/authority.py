@@ -34,11 +34,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from shared.pki.chains import check_ca_extensions, verify_path
+from shared.pki.chains import check_ca_extensions, issued_by, verify_path
 from shared.pki.errors import ChainInvalid, InvalidKey, InvalidSigningCA
 from shared.pki.fingerprints import fingerprint
 from shared.pki.keys import PrivateKey, load_private_key, public_key_der, signature_hash
@@ -290,11 +289,8 @@ def _root_of(
         return top
     candidates = [root for root in roots if root.subject == top.issuer]
     for root in candidates:  # a re-keyed root may keep its predecessor's subject
-        try:
-            top.verify_directly_issued_by(root)
-        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-            continue
-        return root
+        if issued_by(top, root):
+            return root
     return (candidates or roots)[0]
 
 

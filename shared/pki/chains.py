@@ -35,7 +35,7 @@ from cryptography.x509 import verification
 from shared.pki.errors import ChainInvalid
 from shared.pki.pem import DECODING_ERRORS, describe_certificate
 
-__all__ = ["check_ca_extensions", "verify_path"]
+__all__ = ["check_ca_extensions", "issued_by", "verify_path"]
 
 
 def verify_path(path: Sequence[x509.Certificate], *, now: dt.datetime) -> None:
@@ -100,7 +100,7 @@ def check_ca_extensions(certificate: x509.Certificate) -> str | None:
 
 def _check_links(path: Sequence[x509.Certificate]) -> None:
     for position, (child, parent) in enumerate(itertools.pairwise(path)):
-        if not _issued_by(child, parent):
+        if not issued_by(child, parent):
             raise ChainInvalid(
                 "ChainBroken",
                 f"certificate {position} {describe_certificate(child)} is not issued by "
@@ -121,10 +121,11 @@ def _check_root(root: x509.Certificate) -> None:
 @functools.lru_cache(maxsize=64)
 def _self_signed(root: x509.Certificate) -> bool:
     """Per root (certificates hash and compare by their DER): every issuance meets the same."""
-    return _issued_by(root, root)
+    return issued_by(root, root)
 
 
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+def issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    """Whether ``parent`` names and signed ``child`` (no other check)."""
     try:
         child.verify_directly_issued_by(parent)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
