@@ -12,11 +12,13 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import nats.errors
+import nats.js.errors
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -44,6 +46,33 @@ async def issuer_bus(stack: Stack) -> AsyncIterator[Bus]:
         yield bus
 
 
+T = TypeVar("T")
+
+# What a JetStream API request can meet while a NATS cluster re-forms after a node died (the
+# meta leader among them): no answer within the request timeout, no responder yet, or a
+# connection to the dead node closing under it.
+SETTLING = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+
+async def settled(stack: Stack, read: Callable[[Bus], Awaitable[T]], *, within: float = 30) -> T:
+    """`read` over a fresh issuer connection, tried again (on a new connection) while the NATS
+    cluster is settling, until `within` seconds have passed; then its last error is raised."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            async with issuer_bus(stack) as bus:
+                return await read(bus)
+        except SETTLING:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def read_stream(bus: Bus, stream: str, subjects: tuple[str, ...]) -> list[LedgerEntry]:
     """Every message of `stream` from its first sequence (all subjects), in order."""
     reader = Ledger(bus.connection, stream=stream, subjects=subjects)
@@ -52,15 +81,15 @@ async def read_stream(bus: Bus, stream: str, subjects: tuple[str, ...]) -> list[
 
 async def ledger(stack: Stack) -> list[dict[str, Any]]:
     """Every signature the issuer recorded (MESHTRUST_LEDGER), as JSON objects."""
-    async with issuer_bus(stack) as bus:
-        entries = await read_stream(bus, "MESHTRUST_LEDGER", ("meshtrust.ledger.>",))
+    entries = await settled(
+        stack, lambda bus: read_stream(bus, "MESHTRUST_LEDGER", ("meshtrust.ledger.>",))
+    )
     return [json.loads(e.data) for e in entries]
 
 
 async def events(stack: Stack) -> list[dict[str, Any]]:
     """Every event of the MESHTRUST stream, as JSON objects (with `_subject`, `_seq`)."""
-    async with issuer_bus(stack) as bus:
-        entries = await read_stream(bus, "MESHTRUST", ("meshtrust.v1.>",))
+    entries = await settled(stack, lambda bus: read_stream(bus, "MESHTRUST", ("meshtrust.v1.>",)))
     return [{**json.loads(e.data), "_subject": e.subject, "_seq": e.sequence} for e in entries]
 
 
@@ -174,36 +203,33 @@ async def check_one_key_and_one_signature(
 async def wait_csr_stored(stack: Stack, cluster: str, issuance: str, *, within: float) -> None:
     """Poll the MESHTRUST stream until a csr.requested of `issuance` is stored in it."""
     deadline = time.monotonic() + within
-    async with issuer_bus(stack) as bus:
-        while True:
-            entries = await read_stream(
-                bus, "MESHTRUST", (f"meshtrust.v1.{cluster}.csr.requested",)
-            )
-            if any(json.loads(e.data)["issuance"] == issuance for e in entries):
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no csr.requested of {issuance} stored within {within}s")
-            await asyncio.sleep(0.01)
+    subjects = (f"meshtrust.v1.{cluster}.csr.requested",)
+    while True:
+        entries = await settled(stack, lambda bus: read_stream(bus, "MESHTRUST", subjects))
+        if any(json.loads(e.data)["issuance"] == issuance for e in entries):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no csr.requested of {issuance} stored within {within}s")
+        await asyncio.sleep(0.05)
 
 
 async def wait_issuer_idle(stack: Stack, *, within: float) -> None:
     """Poll until the issuer's CSR consumers (one per cluster, `csr-<cluster>`) have nothing
     pending and nothing unacknowledged."""
     deadline = time.monotonic() + within
-    async with issuer_bus(stack) as bus:
-        while True:
-            infos = await bus.connection.js.consumers_info("MESHTRUST")
-            csrs = [i for i in infos if (i.name or "").startswith("csr-")]
-            pending = sum(i.num_pending or 0 for i in csrs)
-            unacked = sum(i.num_ack_pending or 0 for i in csrs)
-            if pending == 0 and unacked == 0:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"the issuer still has CSRs after {within}s: {pending} pending, "
-                    f"{unacked} unacknowledged"
-                )
-            await asyncio.sleep(0.05)
+    while True:
+        infos = await settled(stack, lambda bus: bus.connection.js.consumers_info("MESHTRUST"))
+        csrs = [i for i in infos if (i.name or "").startswith("csr-")]
+        pending = sum(i.num_pending or 0 for i in csrs)
+        unacked = sum(i.num_ack_pending or 0 for i in csrs)
+        if pending == 0 and unacked == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the issuer still has CSRs after {within}s: {pending} pending, "
+                f"{unacked} unacknowledged"
+            )
+        await asyncio.sleep(0.05)
 
 
 def private_key_forms(cluster: str, key_pem: bytes) -> list[tuple[str, bytes]]:
