@@ -319,7 +319,7 @@ def _components(
 
     async def watch_desired() -> None:
         bucket = await bus.bucket(DESIRED_BUCKET, feed=desired_consumer_config(cluster))
-        await agent.desired.watch(bucket)
+        await agent.desired.watch(bucket, poll=settings.fetch_timeout)
 
     async def watch_trust() -> None:
         # Readiness only: every certificate.issued reads the bundle fresh anyway.

@@ -108,9 +108,10 @@ class DesiredState:
 
     # -- the KV watch ------------------------------------------------------------------------
 
-    async def watch(self, bucket: Bucket) -> None:
-        """Mirror the bucket under `<cluster>.` and queue what changed; runs until cancelled."""
-        async for update in bucket.watch(cluster_prefix(self._cluster)):
+    async def watch(self, bucket: Bucket, *, poll: float = 1.0) -> None:
+        """Mirror the bucket under `<cluster>.` and queue what changed; runs until cancelled.
+        `poll`: how long one pull for changes waits (`Bucket.watch`)."""
+        async for update in bucket.watch(cluster_prefix(self._cluster), poll=poll):
             if isinstance(update, Snapshot):
                 before = self._desired
                 keys = set(before)

@@ -96,7 +96,10 @@ class AgentSettings(MeshtrustSettings, env_prefix="MESHTRUST_AGENT_"):
         default=16, ge=1, description="Bus messages handled at once (each may write a Secret)."
     )
     fetch_timeout: float = Field(
-        default=1.0, gt=0, description="How long a bus fetch waits; also how fast a stop is seen."
+        default=10.0,
+        gt=0,
+        description="Seconds an idle bus pull waits for messages (fewer idle pulls: a fleet's "
+        "NATS answers every one); a message, a stop and a reconnect end the wait at once.",
     )
     grace: float = Field(
         default=20.0, gt=0, description="Seconds in-flight work may take after SIGTERM."

@@ -76,7 +76,10 @@ class BouncerSettings(MeshtrustSettings, env_prefix="MESHTRUST_BOUNCER_"):
         "in_progress(), so only a dead bouncer's requests come back.",
     )
     fetch_timeout: float = Field(
-        default=1.0, gt=0, description="Seconds one fetch waits; also how fast a stop is seen."
+        default=10.0,
+        gt=0,
+        description="Seconds an idle bus pull waits for messages (fewer idle pulls: a fleet's "
+        "NATS answers every one); a message, a stop and a reconnect end the wait at once.",
     )
     retry_initial: float = Field(
         default=1.0, gt=0, description="Seconds before redelivering after a transient failure."

@@ -144,7 +144,10 @@ class IssuerSettings(MeshtrustSettings, env_prefix="MESHTRUST_ISSUER_"):
     )
     status_in_flight: int = Field(default=32, ge=1, description="Status reports handled at once.")
     fetch_timeout: float = Field(
-        default=1.0, gt=0, description="Seconds a pull waits when idle; also how fast stop is seen."
+        default=10.0,
+        gt=0,
+        description="Seconds an idle bus pull waits for messages (fewer idle pulls: a fleet's "
+        "NATS answers every one); a message, a stop and a reconnect end the wait at once.",
     )
     ack_wait: float = Field(
         default=5.0,

@@ -55,7 +55,7 @@ from shared.bus.durables import (
 from shared.bus.metrics import ConsumerMetrics, Outcome
 from shared.bus.upkeep import DurableUpkeep
 from shared.events import Event, InvalidEvent, decode
-from shared.runtime.concurrency import pause, raise_if_cancelled, wait_any
+from shared.runtime.concurrency import Interrupted, pause, raise_if_cancelled, unless_set, wait_any
 from shared.runtime.errors import PermanentError, TransientError
 from shared.runtime.liveness import Heartbeat
 from shared.runtime.logging import get_logger
@@ -66,8 +66,8 @@ log = get_logger(__name__)
 KEEP_ALIVE_MAX = 2.0
 """Longest interval between two `in_progress()` of a message being handled (seconds)."""
 STUCK_AFTER = 30.0
-"""Seconds without a turn of the fetch loop after which the consumer is stuck (`/livez`): a
-turn takes at most a fetch (`fetch_timeout`), a retry's pause (5 s) or a request's timeout."""
+"""Seconds beyond a fetch's wait (`fetch_timeout`) without a turn of the fetch loop after which
+the consumer is stuck (`/livez`); a turn also holds a retry's pause (5 s) or a request's timeout."""
 
 
 class Consumer:
@@ -99,7 +99,7 @@ class Consumer:
         """The newest stream sequence fetched."""
         self._upkeep = DurableUpkeep(connection, settings, metrics)
         """The durable's timing, ack floor (see `resume_sequence`) and lag."""
-        self.progress = Heartbeat(self.name, within=STUCK_AFTER)
+        self.progress = Heartbeat(self.name, within=STUCK_AFTER + settings.fetch_timeout)
         """Beaten at every turn of the fetch loop, and by the keep-alive while handlers run (the
         fetch loop may be waiting for their slots): `/livez` watches it (`supervise`)."""
 
@@ -261,17 +261,19 @@ class Consumer:
             self.progress.beat()
             if not await self._wait_for_slot(stop):
                 return
+            fetch = sub.fetch(self._fetch_size(), timeout=self._settings.fetch_timeout)
             try:
-                msgs = await sub.fetch(self._fetch_size(), timeout=self._settings.fetch_timeout)
+                # A reconnect ends the wait: the pull request died with the old connection.
+                msgs = await unless_set(fetch, stop, self._connection.reconnected)
                 raise_if_cancelled()
+            except Interrupted:
+                continue  # the loop's condition sees a stop
             except nats.js.errors.ServiceUnavailableError:
                 failures += 1
                 self._quiet = True
                 await self._consumer_missing(stop, failures)
                 continue
-            except TimeoutError:
-                # nats.errors.TimeoutError usually, but nats-py 2.16 also raises the builtin
-                # asyncio.TimeoutError when the fetch deadline ran out early.
+            except TimeoutError:  # nats-py's, or the builtin when its deadline ran out early
                 raise_if_cancelled()
                 failures = 0
                 self._quiet = True
@@ -313,9 +315,7 @@ class Consumer:
         its batch or its own request's status: until its request expires, up to `fetch_timeout`
         late. Measured on a real nats-server (60 messages, one at a time at random moments):
         fetches of 8 delivered 3 to 4 of them 40-880 ms late; fetching one message after each
-        timeout, none later than 2.4 ms. A fetch of one returns at its first message, and takes
-        a late status for a timeout. In a steady stream fetches do not time out, so batches,
-        and the throughput, are as before.
+        timeout, none later than 2.4 ms. In a steady stream fetches do not time out.
         """
         if self._quiet:
             return 1

@@ -51,7 +51,8 @@ class ConsumerSettings:
     max_bytes: int = DEFAULT_MAX_BYTES
     """Larger messages are terminated unread."""
     fetch_timeout: float = 1.0
-    """How long one fetch waits when nothing is pending; also how quickly a stop is noticed."""
+    """How long one fetch waits when nothing is pending (a message, a stop and a reconnect end
+    the wait at once: `shared.bus.consuming`)."""
     retry_initial: float = 1.0
     """Nak delay for the first failed delivery; it doubles per delivery ..."""
     retry_max: float = 60.0

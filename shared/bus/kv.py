@@ -28,7 +28,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from shared.bus.connection import BusError, Connection
 from shared.bus.reading import read_stream
-from shared.runtime.concurrency import raise_if_cancelled
+from shared.runtime.concurrency import Interrupted, raise_if_cancelled, unless_set
 from shared.runtime.errors import TransientError
 from shared.runtime.logging import get_logger
 
@@ -181,8 +181,9 @@ class Bucket:
         return entries, as_of
 
     async def watch(self, pattern: str, *, poll: float = 1.0) -> AsyncIterator[KvUpdate]:
-        """Snapshot, then changes; a fresh Snapshot after every reconnect, and whenever the
-        change feed was lost. Runs until closed.
+        """Snapshot, then changes; a fresh Snapshot after every reconnect (seen within `poll`
+        seconds: how long one pull for changes waits, so an idle watch pulls 1 / `poll` times a
+        second), and whenever the change feed was lost. Runs until closed.
 
         The changes come through a pull consumer: the bucket's `feed` (a durable the hub keeps
         for a cluster, `shared.bus.fleet`), else an ephemeral one made here. The feed is opened
@@ -195,20 +196,22 @@ class Bucket:
                 feed = await self._open_feed(pattern)
             except (nats.errors.Error, TimeoutError, TransientError) as exc:
                 log.warning("kv watch failed, retrying", bucket=self.name, error=str(exc))
-                await asyncio.sleep(poll)
+                await asyncio.sleep(_RETRY)
                 continue
             try:
                 try:
                     entries, as_of = await self._snapshot(pattern)
                 except TransientError as exc:
                     log.warning("kv snapshot failed, retrying", bucket=self.name, error=str(exc))
-                    await asyncio.sleep(poll)
+                    await asyncio.sleep(_RETRY)
                     continue
                 yield Snapshot(entries=entries)
                 while self._connection.reconnects == seen_reconnects:
                     raise_if_cancelled()
                     try:
-                        changes = await feed.next(poll)
+                        changes = await unless_set(feed.next(poll), self._connection.reconnected)
+                    except Interrupted:
+                        break  # a reconnect: a fresh snapshot
                     except nats.errors.Error as exc:
                         log.warning("kv watch interrupted", bucket=self.name, error=str(exc))
                         break
@@ -252,6 +255,8 @@ class Bucket:
 
 
 _SNAPSHOT_BATCH = 1024
+_RETRY = 1.0
+"""Seconds before a failed open or snapshot of a watch is tried again."""
 
 
 class _Feed:

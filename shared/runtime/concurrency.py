@@ -10,13 +10,17 @@ is a round trip, and on the issuance path they added up.
 
 `InFlight` counts work in progress so that less urgent work on the same event loop can make way
 for it, for a bounded time (the issuer's status mirror yields to the CSRs being signed).
+
+`unless_set` waits for an await or an event (a stop, a reconnect), whichever comes first: a bus
+pull may then wait long for messages (few idle pulls across a fleet) without delaying a stop, or
+outliving the connection its pull request was made on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Coroutine, Iterator
 from typing import Any, TypeVar, overload
 
 A = TypeVar("A")
@@ -105,3 +109,29 @@ async def wait_any(*events: asyncio.Event) -> None:
         _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
+
+
+class Interrupted(Exception):
+    """One of the events was set before the awaited work finished (`unless_set`)."""
+
+
+async def unless_set(work: Coroutine[Any, Any, A], *events: asyncio.Event) -> A:
+    """The result of `work`, or `Interrupted` once one of `events` is set first; `work` is then
+    cancelled and waited for. A result `work` had already made (or made while being cancelled)
+    is still returned: a fetched message is never dropped here."""
+    if any(event.is_set() for event in events):
+        work.close()
+        raise Interrupted
+    task = asyncio.ensure_future(work)
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait((task, *waiters), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait((task,))
+    if task.cancelled():
+        raise Interrupted
+    return task.result()
