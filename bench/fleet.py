@@ -101,8 +101,8 @@ def main() -> int:
     parser.add_argument(
         "--fetch-timeout",
         type=float,
-        help="the agents' and bouncers' MESHTRUST_*_FETCH_TIMEOUT (default theirs: 1 s, so an "
-        "idle fleet of N clusters sends 2 N fetches a second)",
+        help="the services' MESHTRUST_*_FETCH_TIMEOUT (default theirs: 10 s; an idle fleet of "
+        "N clusters pulls about 4 N / T times a second)",
     )
     args = parser.parse_args()
     configure_logging(LoggingSettings(level="warning", format="console"))
@@ -131,6 +131,7 @@ def _fleet_run(run: Run, *, timeout: float, profile: Path | None, fetch: float |
     env = {}
     if fetch is not None:
         env["hollow"] = {f"MESHTRUST_{s}_FETCH_TIMEOUT": str(fetch) for s in ("AGENT", "BOUNCER")}
+        env["issuer"] = {"MESHTRUST_ISSUER_FETCH_TIMEOUT": str(fetch)}
     with tempfile.TemporaryDirectory(prefix="meshtrust-fleet-") as tmp:
         remotes = [f"f{i:04d}" for i in range(run.clusters)]
         fleet = HollowFleet(
