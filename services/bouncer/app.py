@@ -48,6 +48,7 @@ def handler(
         replicas=settings.replicas_timeout,
         rollout=settings.rollout_timeout,
         delete=settings.delete_timeout,
+        directive=settings.directive_timeout,
     )
     return BounceRequestHandler(
         bouncer=Bouncer(kube=kube, deadlines=deadlines),

@@ -74,6 +74,7 @@ class Deadlines:
     replicas: float
     rollout: float
     delete: float
+    directive: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +117,9 @@ class Bouncer:
     async def bounce(
         self, *, directive: ObjectRef, issued_certificate: ObjectRef, issuance: str
     ) -> Outcome:
-        """Bounce `directive` for `issuance` as far as its record says is still to do.
-
-        Returns the outcome (with `error` when it cannot finish); raises `TransientError` when
-        the API server is unwell (the caller redelivers; the record makes that resume).
-        """
+        """Bounce `directive` for `issuance` as far as its record says is still to do. Returns
+        the outcome (with `error` when it cannot finish); raises `TransientError` when the API
+        server is unwell (the caller redelivers; the record makes that resume)."""
         key = ObjectKey(directive.namespace, directive.name)
         async with self._locks.hold(key):
             run = _Run(
@@ -192,16 +191,32 @@ class _Run:
     # -- reading ------------------------------------------------------------------------------
 
     async def _read_directive(self) -> PodBounceDirective:
-        directive = await self._read(PodBounceDirective, self._key)
+        """The directive, read live; one not found yet is waited for, `deadlines.directive`."""
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + self._b.deadlines.directive, 0.2
+        while (directive := await self._read_or_none(PodBounceDirective, self._key)) is None:
+            if loop.time() + delay > deadline:
+                raise _Failed(
+                    f"PodBounceDirective {self._key} not found "
+                    f"(waited {self._b.deadlines.directive:g} s for it)"
+                )
+            log.info("bounce.waiting_for_directive", retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(5.0, delay * 2)
         self._directive = directive
         return directive
 
     async def _read(self, model: type[ModelT], key: ObjectKey) -> ModelT:
         """One of our objects, read live; `_Failed` naming it when it is missing or malformed."""
+        if (found := await self._read_or_none(model, key)) is None:
+            raise _Failed(f"{model.__name__} {key} not found")
+        return found
+
+    async def _read_or_none(self, model: type[ModelT], key: ObjectKey) -> ModelT | None:
         try:
             return await self._kube.get_model(model, key.name, namespace=key.namespace)
         except NotFound:
-            raise _Failed(f"{model.__name__} {key} not found") from None
+            return None
         except ValidationError as exc:
             raise _Failed(
                 f"{model.__name__} {key} is malformed: {_validation_summary(exc)}"

@@ -57,6 +57,12 @@ class BouncerSettings(MeshtrustSettings, env_prefix="MESHTRUST_BOUNCER_"):
         gt=0,
         description="Seconds to keep retrying pod deletions that failed before reporting them.",
     )
+    directive_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds to wait for a PodBounceDirective not found yet: the "
+        "IssuedCertificate naming it may reach the cluster first.",
+    )
 
     # --- the consumer ---
     max_in_flight: int = Field(

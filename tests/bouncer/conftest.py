@@ -370,6 +370,7 @@ def make_settings(nats: NatsSettings, kubeconfig: Path, **overrides: Any) -> Bou
         "replicas_timeout": 20.0,
         "rollout_timeout": 20.0,
         "delete_timeout": 5.0,
+        "directive_timeout": 1.0,
         "grace": 2.0,
     }
     options.update(overrides)

@@ -323,7 +323,9 @@ async def test_a_missing_or_malformed_directive_or_request_is_answered_not_a_cra
         await js.publish("meshtrust.v1.east.bounce.requested", b"{not json")
         missing = await agent.ask(issuance, directive="nowhere")
         answer = await agent.answer(missing.issuance)
-        assert answer.data.error == "PodBounceDirective istio-system/nowhere not found"
+        assert answer.data.error == (
+            "PodBounceDirective istio-system/nowhere not found (waited 1 s for it)"
+        )
         assert answer.data.selectors == ()
 
         # A directive the bouncer cannot use is refused whole: selector 0 is not bounced.
@@ -338,6 +340,32 @@ async def test_a_missing_or_malformed_directive_or_request_is_answered_not_a_cra
     assert error.startswith("PodBounceDirective istio-system/broken is malformed: ")
     assert "spec.podsToBounce[1].labels: label app='not a label!'" in error
     assert pod_log.deleted() == []
+
+
+async def test_a_directive_created_after_its_bounce_request_is_waited_for_and_bounced(
+    mesh: Mesh, agent: Agent, nats_settings: NatsSettings, cluster: KubeAPI, tmp_path: Path
+) -> None:
+    """The agent applies the IssuedCertificate and its PodBounceDirective one by one: under
+    load the bounce is asked for before the directive exists (seen at 1,000 clusters). It is
+    waited for, not failed (a failure costs a new key, a second signature and a second bounce)."""
+    await mesh.install(istiod=1)
+    issuance = new_issuance_id()
+    await mesh.certificate(issuance)
+    before = await mesh.names(ISTIO, "istiod")
+    kubeconfig = cluster.write_kubeconfig(tmp_path / "late.kubeconfig")
+    settings = make_settings(nats_settings, kubeconfig, directive_timeout=60.0)
+    with capture_logs() as logs:
+        async with running_bouncer(settings):
+            await agent.ask(issuance)
+            await eventually(
+                lambda: any(e["event"] == "bounce.waiting_for_directive" for e in logs),
+                within=20,
+                message="the bouncer found no directive and waits for it",
+            )
+            await mesh.directive(selector(ISTIO, "istiod", 1))
+            answer = await agent.answer(issuance, within=60)
+    assert answer.data.error is None
+    assert [(s.index, set(s.pods)) for s in answer.data.selectors] == [(0, before)]
 
 
 async def test_a_superseded_issuance_is_refused_and_a_failed_delete_is_retried(
