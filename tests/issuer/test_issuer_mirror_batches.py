@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import nats.js.errors
+import pytest
 
 from issuer.issuer_testing import declaration, running, world
-from services.issuer.mirror import mirrored_status
+from services.issuer.mirror import announced, mirrored_status
 from services.issuer.mirroring import StatusMirror, folded_status
 from shared.api.meta import ObjectKey
 from shared.api.v1alpha2 import IssuedCertificate, IssuedCertificateStatus, State
@@ -94,6 +95,27 @@ def test_a_batch_folds_like_one_write_after_another_and_keeps_the_guards() -> No
     assert folded.issuance_id == "issuance-3"
     assert folded.state is State.FINISHED
     assert folded.observed_generation == 3
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "event"),
+    [
+        pytest.param("PENDING", "REQUESTED", False, id="a step: not on mgmt"),
+        pytest.param("REQUESTED", "ISSUED", False, id="another step"),
+        pytest.param("REQUESTED", "FINISHED", True, id="finished"),
+        pytest.param("FINISHED", "FINISHED", False, id="the same issuance again"),
+        pytest.param("ISSUED", "FAILED", True, id="failed"),
+        pytest.param(None, "FINISHED", True, id="over an unreadable status"),
+    ],
+)
+def test_the_mirror_announces_only_what_a_management_user_acts_on(
+    before: str | None, after: str, event: bool
+) -> None:
+    old = IssuedCertificateStatus(state=State(before), issuance_id="a") if before else None
+    assert announced(old, IssuedCertificateStatus(state=State(after), issuance_id="a")) is event
+    # a new issuance reaching FINISHED again is announced again, once
+    done = IssuedCertificateStatus(state=State.FINISHED, issuance_id="a")
+    assert announced(done, done.model_copy(update={"issuance_id": "b"}))
 
 
 async def test_reports_of_one_declaration_handled_together_make_fewer_writes(
