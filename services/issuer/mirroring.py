@@ -5,9 +5,10 @@ management IssuedCertificate `<cluster>/<name>`, by `update_model_status` (re-re
 on a conflict). Reports of one declaration are written one write at a time, and the reports that
 arrive while a write of their declaration is under way are folded into the next write, in
 arrival order (`mirrored_status` is a fold: the status it leaves is the one the reports written
-one by one would leave). A report of a passing step (ISSUED, which the agent leaves for FINISHED
-by itself within milliseconds) waits up to `PASSING_LINGER_SECONDS` for the next report before
-its write, so that an issuance costs two status writes (REQUESTED, then FINISHED), not three.
+one by one would leave). A report of a passing step (ISSUED of a declaration without a
+PodBounceDirective, which the agent leaves for FINISHED by itself within milliseconds) waits up
+to `PASSING_LINGER_SECONDS` for the next report before its write, so that such an issuance costs
+two status writes (REQUESTED, then FINISHED), not three.
 Each report returns only once a write that included it succeeded, and fails (the consumer naks)
 with it otherwise: none is acked unwritten. Events: only a state reached that a management-side
 user acts on (`mirror.announced`: FINISHED, FAILED), one per state and issuance.
@@ -43,13 +44,15 @@ __all__ = ["PASSING_LINGER_SECONDS", "StatusMirror", "folded_status", "mirror_re
 log = get_logger(__name__)
 
 PASSING_LINGER_SECONDS = 0.3
-"""How long a report of a passing step (ISSUED) waits for the next report of its declaration.
+"""How long a report of a passing step (ISSUED) waits for the next report of its declaration,
+when that declaration names no PodBounceDirective.
 
-ISSUED lasts only until the agent has installed the certificate, a few milliseconds of its own
-work: its FINISHED usually follows within this wait, joins the write, and the declaration goes
-from REQUESTED to FINISHED in one write (the re-issue waves count both REQUESTED and ISSUED as
-re-issuing, so nothing there waits longer). A report that arrives wakes the write at once; if
-none comes, ISSUED is written this much later."""
+Without a directive, ISSUED lasts only until the agent's next pass, a few milliseconds of its
+own work: its FINISHED usually follows within this wait, joins the write, and the declaration
+goes from REQUESTED to FINISHED in one write (the re-issue waves count both REQUESTED and
+ISSUED as re-issuing, so nothing there waits longer). A report that arrives wakes the write at
+once; if none comes, ISSUED is written this much later. With a directive, FINISHED waits for
+the bounce (seconds): ISSUED is written at once, since a wait would only hold the report."""
 
 PASSING = frozenset({CertificateState.ISSUED})
 
@@ -96,8 +99,8 @@ async def mirror_reports(
     except KubeError as exc:
         raise TransientError(f"mirroring status of {key}: {exc}") from None
     if write.changed:
-        last = reports[-1].data
-        log.info("status mirrored", name=key.name, state=last.state.value, reports=len(reports))
+        state = written.status.state.value
+        log.info("status mirrored", name=key.name, state=state, reports=len(reports))
         await _announce(recorder, written, write)
 
 
@@ -166,7 +169,7 @@ class StatusMirror:
         batch = _Batch([event])
         self._waiting[key] = batch
         try:
-            if batch.passing():  # wait a little for the step that follows
+            if batch.passing() and self._settles_at_once(key):  # wait for the next step
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(batch.joined.wait(), self._linger)
             async with self._writes.hold(key):
@@ -183,6 +186,14 @@ class StatusMirror:
             _fail(batch, exc)
             raise
         batch.done.set_result(None)
+
+    def _settles_at_once(self, key: ObjectKey) -> bool:
+        """Whether the cached declaration names no PodBounceDirective (unknown: False)."""
+        cached = self._cached(key) if self._cached is not None else None
+        if cached is None:
+            return False
+        spec = cached.get("spec")
+        return isinstance(spec, Mapping) and not spec.get("podBounceDirective")
 
 
 def _fail(batch: _Batch, exc: BaseException) -> None:

@@ -31,14 +31,19 @@ STEPS = (CertificateState.REQUESTED, CertificateState.ISSUED, CertificateState.F
 
 
 def report(
-    state: CertificateState, *, issuance: str, generation: int, not_after: dt.datetime | None
+    state: CertificateState,
+    *,
+    issuance: str,
+    generation: int,
+    not_after: dt.datetime | None,
+    name: str = "istio-ca",
 ) -> StatusChanged:
     return StatusChanged(
         source="agent/east",
         cluster="east",
         issuance=issuance,
         data=StatusChangedData(
-            name="istio-ca",
+            name=name,
             namespace="istio-system",
             state=state,
             observed_generation=generation,
@@ -206,7 +211,7 @@ async def test_an_issued_report_waits_for_its_finished_and_is_written_alone_if_n
         await informer.wait_synced()
         recorder = EventRecorder(w.kube, component="meshtrust-issuer", instance="issuer-a")
         # a long wait: only FINISHED's arrival can end it within the test's time
-        mirror = StatusMirror(w.kube, recorder=recorder, linger=3600)
+        mirror = StatusMirror(w.kube, recorder=recorder, cached=informer.get, linger=3600)
         await mirror.mirror(requested)
         waiting = asyncio.create_task(mirror.mirror(issued))
         await eventually(lambda: mirror._waiting, message="ISSUED waiting for its successor")
@@ -219,7 +224,7 @@ async def test_an_issued_report_waits_for_its_finished_and_is_written_alone_if_n
 
         # an ISSUED nothing follows is written once its wait is over
         second = issuances(2)[3:5]
-        quick = StatusMirror(w.kube, recorder=recorder, linger=0.05)
+        quick = StatusMirror(w.kube, recorder=recorder, cached=informer.get, linger=0.05)
         for event in second:
             await asyncio.wait_for(quick.mirror(event), 20)
         stored = (await declared(w.kube)).status
@@ -230,4 +235,14 @@ async def test_an_issued_report_waits_for_its_finished_and_is_written_alone_if_n
             e["reason"] for e in events.items if e["involvedObject"]["name"] == "istio-ca"
         )
         assert reasons == ["Finished"]
+
+        # with a PodBounceDirective, FINISHED waits for the bounce: ISSUED is written at once
+        await w.create(declaration("east", "bounced", bounce="istiod-bounce"))
+        await eventually(lambda: informer.get(ObjectKey("east", "bounced")), message="cached")
+        third = issuances(3)[7].model_copy(
+            update={"data": issued.data.model_copy(update={"name": "bounced"})}
+        )
+        await asyncio.wait_for(mirror.mirror(third), 20)  # its linger is an hour
+        raw = await w.kube.get(ISSUED_CERTIFICATES, "bounced", namespace="east")
+        assert IssuedCertificate.from_object(raw).status.state is State.ISSUED
         watching.cancel()
