@@ -5,8 +5,8 @@ Both are called by `shared.bus` consumers, which ack when the handler returns, n
 terminates them). Both are idempotent, as redeliveries require. They are thin: which event,
 which order, then the procedure: `flood.FloodGate` (a cluster over its rate is denied at once),
 `claims.Claims` (one replica at a time per issuance), `signing.CsrSigning` (authorise and sign,
-answered through `answers.Answers`) and `mirroring.mirror_report` (the decision in
-`mirror.py`).
+answered through `answers.Answers`) and `mirroring.StatusMirror` (reports of one declaration
+folded into one write; the decision in `mirror.py`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from services.issuer.claims import Claims
 from services.issuer.flood import FloodGate, NotingAnswers
 from services.issuer.issued import issued_key
 from services.issuer.metrics import IssuerMetrics
-from services.issuer.mirroring import mirror_report
+from services.issuer.mirroring import StatusMirror
 from services.issuer.registrations import Registrations
 from services.issuer.rotating import Rotations
 from services.issuer.settings import IssuerSettings
@@ -135,13 +135,12 @@ class StatusHandler:
         in_flight: InFlight | None = None,
     ) -> None:
         self._settings = settings
-        self._kube = kube
-        self._recorder = recorder
         self._declarations = declarations
         """The issuer's IssuedCertificate informer: its copy saves the read before the write
         (the write carries its resourceVersion: a stale copy is a 409, then read fresh)."""
         self._in_flight = in_flight
         """The CsrHandler's count: a report waits (briefly) for CSRs being signed."""
+        self.mirror = StatusMirror(kube, recorder=recorder, cached=self._cached)
 
     async def __call__(self, event: Event, delivery: Delivery) -> None:
         if not isinstance(event, StatusChanged):
@@ -153,14 +152,9 @@ class StatusHandler:
         if not self._settings.is_cluster(event.cluster):
             log.info("status of an unregistered cluster ignored", name=event.data.name)
             return
-        await mirror_report(
-            self._kube,
-            event,
-            recorder=self._recorder,
-            current=self._cached(event.cluster, event.data.name),
-        )
+        await self.mirror.mirror(event)
 
-    def _cached(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+    def _cached(self, key: ObjectKey) -> Mapping[str, Any] | None:
         if self._declarations is None:
             return None
-        return self._declarations.get(ObjectKey(namespace, name))
+        return self._declarations.get(key)

@@ -24,7 +24,6 @@ from pydantic import ValidationError
 from services.issuer.liveness import Seen, Thresholds, checked_status, liveness_flag
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.settings import IssuerSettings
-from shared.api.meta import metadata
 from shared.api.v1alpha2 import IssuedCertificate, IssuedCertificateStatus
 from shared.bus import Bucket, Deleted, Delivery, Handler, KvEntry, Put, Snapshot
 from shared.events import Event
@@ -56,6 +55,8 @@ class Heartbeats:
         self._clock = clock
         self._heard: dict[str, datetime] = {}
         self._reports: dict[str, ClusterReport] = {}
+        self.retried = 0
+        """Writes that met a conflict (read again, written again)."""
         self.loaded = asyncio.Event()
         """Set once the reports bucket's first snapshot is read."""
         self.thresholds = Thresholds(
@@ -133,19 +134,24 @@ class Heartbeats:
         await self.loaded.wait()
 
     async def check(self) -> None:
-        """Flag or clear every declaration whose status the decision changes."""
-        for obj in self._declarations.items():
-            meta = metadata(obj)
-            cluster, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
-            if not self._settings.is_cluster(cluster):
+        """Flag or clear every declaration whose status the decision changes.
+
+        Each declaration is taken from the cache at its turn, not from a copy of the whole cache
+        made when the check began: the writes before it take time, the status mirror writes
+        meanwhile, and a write from a copy older than the cache's is a 409 (a read and a second
+        write) for nothing."""
+        keys = self._declarations.keys()  # a list: the cache may change under the loop
+        for key in keys:
+            obj = self._declarations.get(key)
+            if obj is None or not self._settings.is_cluster(key.namespace):
                 continue
             try:
                 current = IssuedCertificate.from_object(obj).status
             except ValidationError:
                 continue
-            if self._decide(cluster, name, current) == current:
+            if self._decide(key.namespace, key.name, current) == current:
                 continue
-            await self._write(cluster, name, obj)
+            await self._write(key.namespace, key.name, obj)
 
     def _decide(
         self, cluster: str, name: str, current: IssuedCertificateStatus
@@ -180,5 +186,7 @@ class Heartbeats:
                 "liveness not written; next check", name=f"{cluster}/{name}", error=str(exc)
             )
             return
+        if write.attempts > 1:
+            self.retried += 1
         if write.changed:
             log.info("liveness written", name=f"{cluster}/{name}")

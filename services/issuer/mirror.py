@@ -14,6 +14,12 @@ because status reports are handled concurrently and may arrive out of order:
 notAfter and serial of a report that has none (a new issuance still REQUESTED) keep the values
 of the certificate the cluster still holds.
 
+`announced(before, after)` says which mirrored changes are recorded as Events on the declaration:
+reaching FINISHED (the issuance is complete) or FAILED, once per state and issuance (a new
+issuance reaching FINISHED again is announced again). The steps in between are Events in the
+cluster itself (the agent records each); on the management cluster they cost two API requests
+per issuance that nobody acts on there.
+
 `cleared_status(current, now)` is what the issuer writes when its own failure is resolved: the
 agent's last state is not kept underneath, so it infers: FINISHED while the last mirrored
 certificate (serial, notAfter) is still valid, PENDING otherwise; the agent's next report
@@ -70,6 +76,17 @@ def mirrored_status(
             "issuance_id": issuance,
         }
     )
+
+
+ANNOUNCED_STATES = frozenset({State.FINISHED, State.FAILED})
+"""The mirrored states that are recorded as Events on the management declaration."""
+
+
+def announced(before: IssuedCertificateStatus | None, after: IssuedCertificateStatus) -> bool:
+    """Whether the mirrored change from `before` (None: unreadable) to `after` is an Event."""
+    if after.state not in ANNOUNCED_STATES:
+        return False
+    return before is None or before.state != after.state or before.issuance_id != after.issuance_id
 
 
 def cleared_status(current: IssuedCertificateStatus, *, now: datetime) -> IssuedCertificateStatus:
