@@ -118,6 +118,7 @@ def main() -> int:
     if args.profile is not None:
         # A run of its own: the profiler slows the issuer's loop, so it is in no figure above.
         profiled = Run(clusters=max(args.clusters), issuers=1)
+        args.profile.mkdir(parents=True, exist_ok=True)
         path = args.profile / f"issuer-{profiled.clusters}.prof"
         _fleet_run(profiled, timeout=args.timeout, profile=path, fetch=args.fetch_timeout)
         print("profiled run (not in the table): ", end="")
@@ -163,6 +164,7 @@ async def _measure(fleet: HollowFleet, run: Run, *, within: float) -> None:
         await _each(remotes, lambda c: declare(mgmt, c))
         await _until(lambda: observer.finished(remotes, besides={}), within, "all FINISHED")
         run.declared = time.monotonic() - began
+        print(f"  all {len(remotes)} FINISHED in {run.declared:.1f} s", flush=True)
         first = {c: observer.remote.serials(c) for c in remotes}
         await _until(
             lambda: all(first[c] <= observer.mirror.serials(c) for c in remotes),
@@ -226,6 +228,9 @@ def _print_run(run: Run, bare: float) -> None:
 
 
 def _print_profile(path: Path) -> None:
+    # cProfile counts every resumption of a coroutine as a call: a coroutine's "ncalls" is about
+    # one more per await that suspended it; count calls through plain functions (e.g. aiohttp's
+    # ClientRequest.__init__ for requests made).
     print(f"issuer profile ({path}), top 25 by cumulative time:")
     pstats.Stats(str(path), stream=sys.stdout).sort_stats("cumulative").print_stats(25)
     print("top 25 by own time:")
