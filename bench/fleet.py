@@ -14,6 +14,10 @@ into a few hollow processes):
   `raw`): the signing ratio R = issuer CPU / (N x bare signing CPU);
 - the RSS of nats-server and of the issuer(s).
 
+The re-issue runs with the issuer's re-issue waves open (`--reissue-wave 0`): published to every
+cluster at once, it measures the issuer's work; with the services' default (10 clusters at a
+time) its wall time is the waves' pace, and its CPU includes the issuer's idle upkeep over it.
+
 `--issuers 2` runs every N with one issuer and then with two replicas, and prints the speed-up.
 `--profile DIR` then runs the largest N once more, its issuer under cProfile (the main thread's
 CPU time), and prints the top of the profile; that run is in no other figure (the profiler
@@ -23,6 +27,7 @@ N with one issuer, G = wall(largest) / ((largest / smallest) x wall(smallest)): 
 growth. Targets: R <= 1.5, G <= 1.2. Minutes at N = 1,000; not part of `make bench`:
 
     .venv/bin/python bench/fleet.py [--clusters 100 300 1000] [--issuers 2] [--profile DIR]
+        [--reissue-wave 0] [--fetch-timeout T]
 """
 
 from __future__ import annotations
@@ -99,6 +104,14 @@ def main() -> int:
     )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per phase")
     parser.add_argument(
+        "--reissue-wave",
+        type=int,
+        default=0,
+        help="the issuer's MESHTRUST_ISSUER_REISSUE_WAVE (default here 0: the gate open, every "
+        "re-issue published at once, so the re-issue measures the issuer's work, not the "
+        "gate's pace; the services' default is 10 clusters at a time)",
+    )
+    parser.add_argument(
         "--fetch-timeout",
         type=float,
         help="the services' MESHTRUST_*_FETCH_TIMEOUT (default theirs: 10 s; an idle fleet of "
@@ -112,7 +125,7 @@ def main() -> int:
     for count in sorted(args.clusters):
         for issuers in sorted({1, args.issuers}):
             runs.append(Run(clusters=count, issuers=issuers))
-            _fleet_run(runs[-1], timeout=args.timeout, profile=None, fetch=args.fetch_timeout)
+            _fleet_run(runs[-1], args, profile=None)
             _print_run(runs[-1], bare)
     _print_table(runs, bare)
     if args.profile is not None:
@@ -120,7 +133,7 @@ def main() -> int:
         profiled = Run(clusters=max(args.clusters), issuers=1)
         args.profile.mkdir(parents=True, exist_ok=True)
         path = args.profile / f"issuer-{profiled.clusters}.prof"
-        _fleet_run(profiled, timeout=args.timeout, profile=path, fetch=args.fetch_timeout)
+        _fleet_run(profiled, args, profile=path)
         print("profiled run (not in the table): ", end="")
         _print_run(profiled, bare)
         _print_profile(path)
@@ -128,11 +141,13 @@ def main() -> int:
     return 0
 
 
-def _fleet_run(run: Run, *, timeout: float, profile: Path | None, fetch: float | None) -> None:
-    env = {}
-    if fetch is not None:
+def _fleet_run(run: Run, args: argparse.Namespace, *, profile: Path | None) -> None:
+    env: dict[str, dict[str, str]] = {
+        "issuer": {"MESHTRUST_ISSUER_REISSUE_WAVE": str(args.reissue_wave)}
+    }
+    if (fetch := args.fetch_timeout) is not None:
         env["hollow"] = {f"MESHTRUST_{s}_FETCH_TIMEOUT": str(fetch) for s in ("AGENT", "BOUNCER")}
-        env["issuer"] = {"MESHTRUST_ISSUER_FETCH_TIMEOUT": str(fetch)}
+        env["issuer"]["MESHTRUST_ISSUER_FETCH_TIMEOUT"] = str(fetch)
     with tempfile.TemporaryDirectory(prefix="meshtrust-fleet-") as tmp:
         remotes = [f"f{i:04d}" for i in range(run.clusters)]
         fleet = HollowFleet(
@@ -150,7 +165,7 @@ def _fleet_run(run: Run, *, timeout: float, profile: Path | None, fetch: float |
             fleet.up()
             run.up = time.monotonic() - began
             print(f"N={run.clusters} issuers={run.issuers}: up in {run.up:.1f} s", flush=True)
-            asyncio.run(_measure(fleet, run, within=timeout))
+            asyncio.run(_measure(fleet, run, within=args.timeout))
         finally:
             fleet.down(purge=True)
 

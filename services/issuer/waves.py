@@ -90,6 +90,15 @@ class ReissueWaves:
         self._admitted[key] = (self.clock(), status.get("issuanceId"))
         return True
 
+    def holds(self, key: ObjectKey, declarations: Iterable[Any]) -> bool:
+        """True while `key`, deferred, would still be deferred: its reconcile can requeue before
+        reading anything (a thousand deferred declarations rechecked every `RECHECK` seconds
+        would otherwise each read the signing Secret, the bucket and the live declaration)."""
+        if key not in self._deferred or self.limit <= 0:
+            return False
+        busy = self.busy(declarations)
+        return key.namespace not in busy and len(busy) >= self.limit
+
     def busy(self, declarations: Iterable[Any]) -> set[str]:
         """The clusters re-issuing now (the informer's declarations, as raw objects)."""
         now = self.clock()
