@@ -123,6 +123,18 @@ def test_the_mirror_announces_only_what_a_management_user_acts_on(
     assert announced(done, done.model_copy(update={"issuance_id": "b"}))
 
 
+async def watch_status_writes(
+    kube: KubeClient, writes: list[InformerEvent]
+) -> tuple[Informer, asyncio.Task[None]]:
+    """Append every status write of east's declarations to `writes`, from a watch (synced when
+    this returns); cancel the task to stop."""
+    informer = Informer(kube, ISSUED_CERTIFICATES, namespace="east")
+    informer.add_handler(lambda event: writes.append(event) if status_written(event) else None)
+    watching = asyncio.create_task(informer.run())
+    await informer.wait_synced()
+    return informer, watching
+
+
 async def test_reports_of_one_declaration_handled_together_make_fewer_writes(
     tmp_path: Path, nats_settings: NatsSettings
 ) -> None:
@@ -130,10 +142,7 @@ async def test_reports_of_one_declaration_handled_together_make_fewer_writes(
     async with world(tmp_path, nats_settings) as w:
         await w.create(declaration("east", "istio-ca"))
         writes: list[InformerEvent] = []
-        informer = Informer(w.kube, ISSUED_CERTIFICATES, namespace="east")
-        informer.add_handler(lambda event: writes.append(event) if status_written(event) else None)
-        watching = asyncio.create_task(informer.run())
-        await informer.wait_synced()
+        _, watching = await watch_status_writes(w.kube, writes)
         # Stored before the issuer starts: its consumer takes them in one fetch, handled at once.
         for event in reports:
             await w.bus.publish(event)
@@ -205,10 +214,7 @@ async def test_an_issued_report_waits_for_its_finished_and_is_written_alone_if_n
     async with world(tmp_path, nats_settings) as w:
         await w.create(declaration("east", "istio-ca"))
         writes: list[InformerEvent] = []
-        informer = Informer(w.kube, ISSUED_CERTIFICATES, namespace="east")
-        informer.add_handler(lambda event: writes.append(event) if status_written(event) else None)
-        watching = asyncio.create_task(informer.run())
-        await informer.wait_synced()
+        informer, watching = await watch_status_writes(w.kube, writes)
         recorder = EventRecorder(w.kube, component="meshtrust-issuer", instance="issuer-a")
         # a long wait: only FINISHED's arrival can end it within the test's time
         mirror = StatusMirror(w.kube, recorder=recorder, cached=informer.get, linger=3600)
