@@ -338,10 +338,8 @@ class Declarations:
         namespaces = sorted(
             {
                 ref[0]
-                for obj in self.certificates.items()
-                if ObjectKey.of(obj).namespace == key.namespace
-                and (ref := _ref(obj, "podBounceDirective")) is not None
-                and ref[1] == key.name
+                for obj in self.certificates.in_namespace(key.namespace)
+                if (ref := _ref(obj, "podBounceDirective")) is not None and ref[1] == key.name
             }
         )
         if not namespaces:

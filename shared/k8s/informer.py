@@ -18,8 +18,10 @@ The loop is client-go's reflector, in asyncio:
 Handlers are plain synchronous callables, called in order for every change; they must not block
 (enqueueing a key is the intended use). A handler that raises is logged and the informer goes on.
 
+One index beyond the primary key, by namespace (`in_namespace`): a fleet's management cluster
+holds a namespace per cluster, and a scan of every cluster's objects per reconcile is quadratic.
 Deliberately not done: shared informers (each controller owns its own; we have few), transforms,
-and indexers beyond the primary key. Resync (re-announcing every cached object) is off by default:
+and other indexers. Resync (re-announcing every cached object) is off by default:
 the controllers requeue timed work themselves (`RequeueAfter`), see docs/k8s.md.
 """
 
@@ -167,6 +169,7 @@ class Informer:
         self._rand = rand
         self._clock = clock
         self._cache: dict[ObjectKey, Obj] = {}
+        self._by_namespace: dict[str, dict[ObjectKey, Obj]] = {}
         self._handlers: list[Handler] = []
         self._resource_version: str | None = None
         self._synced = asyncio.Event()
@@ -194,6 +197,10 @@ class Informer:
     def items(self) -> Iterator[Obj]:
         """All cached objects (do not mutate them)."""
         return iter(list(self._cache.values()))
+
+    def in_namespace(self, namespace: str) -> list[Obj]:
+        """The cached objects of `namespace` (do not mutate them), from the index."""
+        return list(self._by_namespace.get(namespace, {}).values())
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -310,6 +317,9 @@ class Informer:
     def _replace(self, items: dict[ObjectKey, Obj], resource_version: str) -> None:
         old = self._cache
         self._cache = items
+        self._by_namespace = {}
+        for key, obj in items.items():
+            self._by_namespace.setdefault(key.namespace, {})[key] = obj
         self._resource_version = resource_version
         for key, obj in items.items():
             previous = old.get(key)
@@ -358,11 +368,12 @@ class Informer:
         previous = self._cache.get(key)
         if event.type == "DELETED":
             self._cache.pop(key, None)
+            self._by_namespace.get(key.namespace, {}).pop(key, None)
             self._emit(InformerEvent(EventType.DELETED, key, event.object))
         elif event.type in ("ADDED", "MODIFIED"):
             event.object.setdefault("apiVersion", self._resource.api_version)
             event.object.setdefault("kind", self._resource.kind)
-            self._cache[key] = event.object
+            self._cache[key] = self._by_namespace.setdefault(key.namespace, {})[key] = event.object
             kind = EventType.ADDED if previous is None else EventType.MODIFIED
             self._emit(InformerEvent(kind, key, event.object, previous))
         else:

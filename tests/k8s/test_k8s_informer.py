@@ -144,6 +144,36 @@ async def test_the_informer_scopes_to_a_namespace_and_labels(
         assert informer.get(ObjectKey(ours, "match")) is None
 
 
+async def test_the_namespace_index_follows_the_cache_through_creates_updates_and_deletes(
+    kube: KubeClient, make_namespace: Any
+) -> None:
+    """`in_namespace` answers from an index, not a scan: it must hold exactly what the cache
+    holds for that namespace after every kind of change (and after the first list)."""
+    first, second = await make_namespace(), await make_namespace()
+    await kube.create(CONFIG_MAPS, config_map("listed", first))
+    informer = Informer(kube, CONFIG_MAPS, settings=FAST)
+    mirror = Mirror()
+    informer.add_handler(mirror)
+
+    def indexed(namespace: str) -> set[ObjectKey]:
+        return {ObjectKey.of(o) for o in informer.in_namespace(namespace)}
+
+    def cached(namespace: str) -> set[ObjectKey]:
+        return {ObjectKey.of(o) for o in informer.items() if ObjectKey.of(o).namespace == namespace}
+
+    async with running(informer):
+        assert indexed(first) == {ObjectKey(first, "listed")}
+        await churn(kube, first, writes=40, names=8, seed=3)
+        await churn(kube, second, writes=40, names=8, seed=4)
+        await converged(kube, informer, mirror)
+        for namespace in (first, second):
+            assert indexed(namespace) == cached(namespace)
+            assert all(
+                o is informer.get(ObjectKey.of(o)) for o in informer.in_namespace(namespace)
+            ), "the index holds the cached objects themselves, at their newest version"
+        assert informer.in_namespace("no-such-namespace") == []
+
+
 async def test_the_informer_converges_when_every_watch_is_closed_again_and_again(
     kube: KubeClient, kubeapi: Any, namespace: str
 ) -> None:
