@@ -207,7 +207,7 @@ class Declarations:
         raw = self.certificates.get(key)
         if raw is None:
             return await self._remove(kv_key, key, ISSUED_CERTIFICATES)
-        if self.waves.holds(key, self.certificates.items()):
+        if self.waves.holds(key, self.certificates.items):
             return RequeueAfter(RECHECK)
         try:
             declaration = IssuedCertificate.from_object(raw)

@@ -26,7 +26,7 @@ per issuer replica: with n replicas a change may reach up to n x `limit` cluster
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,13 +90,14 @@ class ReissueWaves:
         self._admitted[key] = (self.clock(), status.get("issuanceId"))
         return True
 
-    def holds(self, key: ObjectKey, declarations: Iterable[Any]) -> bool:
+    def holds(self, key: ObjectKey, declarations: Callable[[], Iterable[Any]]) -> bool:
         """True while `key`, deferred, would still be deferred: its reconcile can requeue before
         reading anything (a thousand deferred declarations rechecked every `RECHECK` seconds
-        would otherwise each read the signing Secret, the bucket and the live declaration)."""
+        would otherwise each read the signing Secret, the bucket and the live declaration).
+        `declarations` (the informer's `items`) is called only for a deferred key."""
         if key not in self._deferred or self.limit <= 0:
             return False
-        busy = self.busy(declarations)
+        busy = self.busy(declarations())
         return key.namespace not in busy and len(busy) >= self.limit
 
     def busy(self, declarations: Iterable[Any]) -> set[str]:

@@ -136,16 +136,16 @@ def test_a_deferred_declaration_is_held_until_a_slot_would_take_it() -> None:
     waves = ReissueWaves(limit=1, clock=Clock())
     fleet = {c: obj(c, "FINISHED") for c in ("a", "b")}
     a, b = ObjectKey("a", "istiod"), ObjectKey("b", "istiod")
-    assert not waves.holds(b, fleet.values()), "never deferred: reconciled in full"
+    assert not waves.holds(b, fleet.values), "never deferred: reconciled in full"
     assert waves.admit(a, fleet["a"]["status"], fleet.values())
     assert not waves.admit(b, fleet["b"]["status"], fleet.values())
-    assert waves.holds(b, fleet.values())
-    assert not waves.holds(a, fleet.values())
+    assert waves.holds(b, fleet.values)
+    assert not waves.holds(a, fleet.values)
     fleet["a"] = obj("a", "FINISHED", issuance="i-2")  # a's re-issue is done: a slot is free
-    assert not waves.holds(b, fleet.values())
+    assert not waves.holds(b, fleet.values)
     assert waves.admit(b, fleet["b"]["status"], fleet.values())
-    assert not waves.holds(b, fleet.values())
-    assert not ReissueWaves(limit=0).holds(b, fleet.values())
+    assert not waves.holds(b, fleet.values)
+    assert not ReissueWaves(limit=0).holds(b, fleet.values)
 
 
 # --- over the bus and the emulator ------------------------------------------------------------
