@@ -74,7 +74,7 @@ class Deadlines:
     replicas: float
     rollout: float
     delete: float
-    directive: float = 60.0
+    directive: float
 
 
 @dataclass(frozen=True, slots=True)
