@@ -181,9 +181,9 @@ class Bucket:
         return entries, as_of
 
     async def watch(self, pattern: str, *, poll: float = 1.0) -> AsyncIterator[KvUpdate]:
-        """Snapshot, then changes; a fresh Snapshot after every reconnect (seen within `poll`
-        seconds: how long one pull for changes waits, so an idle watch pulls 1 / `poll` times a
-        second), and whenever the change feed was lost. Runs until closed.
+        """Snapshot, then changes; a fresh Snapshot after every reconnect (which ends a pull's
+        wait at once), and whenever the change feed was lost. Runs until closed. `poll`: how
+        long one pull for changes waits, so an idle watch pulls 1 / `poll` times a second.
 
         The changes come through a pull consumer: the bucket's `feed` (a durable the hub keeps
         for a cluster, `shared.bus.fleet`), else an ephemeral one made here. The feed is opened
