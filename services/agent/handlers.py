@@ -49,7 +49,13 @@ from shared.api.meta import Obj, ObjectKey
 from shared.api.v1alpha2 import IssuedCertificateSpec, IssuedCertificateStatus, State
 from shared.bus import Delivery
 from shared.controller.policy import Finding
-from shared.events import BounceCompleted, CertificateDenied, CertificateIssued, Event
+from shared.events import (
+    BounceCompleted,
+    CertificateDenied,
+    CertificateIssued,
+    CertificateIssuedData,
+    Event,
+)
 from shared.k8s.early import NOT_READ, spec_ref
 from shared.k8s.errors import KubeError
 from shared.k8s.informer import Informer, cached_in
@@ -124,7 +130,7 @@ class Handlers:
             return
         if isinstance(anchors, TransientError):
             raise anchors
-        bundle = _bundle(event, key_secret)
+        bundle = answer_bundle(event.data, key_secret.key_pem)
         spec = found.spec
         now = self._now()
         judged = await judge(
@@ -325,14 +331,13 @@ def _status(ic: Obj) -> IssuedCertificateStatus:
         return IssuedCertificateStatus()
 
 
-def _bundle(event: CertificateIssued, key_secret: KeySecret) -> Bundle:
-    """The four files the answer makes with our key: `cert-chain.pem` is the certificate
+def answer_bundle(data: CertificateIssuedData, key_pem: bytes) -> Bundle:
+    """The four files an answer makes with our key: `cert-chain.pem` is the certificate
     followed by the chain above it."""
-    data = event.data
     certificate = data.certificate_pem.encode()
     return Bundle(
         ca_cert_pem=certificate,
-        ca_key_pem=key_secret.key_pem,
+        ca_key_pem=key_pem,
         cert_chain_pem=_join(certificate, data.ca_chain_pem.encode()),
         root_cert_pem=data.root_cert_pem.encode(),
     )

@@ -13,6 +13,7 @@ import pytest
 from agent.agent_rotation import Rotation, answer, cert_pem, make_rotation
 from cryptography import x509
 
+from services.agent.handlers import answer_bundle
 from services.agent.trust import TrustAnchors, check_root, judge, parse_trust_bundle
 from shared.controller.policy import Finding
 from shared.events import CertificateIssuedData
@@ -156,12 +157,7 @@ async def test_a_rotation_answer_is_judged(
         name="istio-ca",
         ttl=DECLARED,
     )
-    bundle = Bundle(
-        ca_cert_pem=data.certificate_pem.encode(),
-        ca_key_pem=private_key_to_pem(ours),
-        cert_chain_pem=(data.certificate_pem + data.ca_chain_pem).encode(),
-        root_cert_pem=data.root_cert_pem.encode(),
-    )
+    bundle = answer_bundle(data, private_key_to_pem(ours))
 
     async def check(b: Bundle) -> BundleInfo:
         return await asyncio.to_thread(check_bundle, b, hosts=HOSTS, org=ORG, now=now)

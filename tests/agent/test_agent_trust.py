@@ -14,6 +14,7 @@ from agent.agent_testing import P256, make_signing_ca
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from services.agent.handlers import answer_bundle
 from services.agent.trust import (
     VALIDITY_SLACK,
     TrustAnchors,
@@ -233,12 +234,7 @@ async def test_an_answer_is_judged(
     )
     if case.data is not None:
         data = case.data(data, world)
-    bundle = Bundle(
-        ca_cert_pem=data.certificate_pem.encode(),
-        ca_key_pem=private_key_to_pem(ours),
-        cert_chain_pem=(data.certificate_pem + data.ca_chain_pem).encode(),
-        root_cert_pem=data.root_cert_pem.encode(),
-    )
+    bundle = answer_bundle(data, private_key_to_pem(ours))
 
     async def check(b: Bundle) -> BundleInfo:
         return await asyncio.to_thread(check_bundle, b, hosts=HOSTS, org=ORG, now=now)
