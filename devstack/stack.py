@@ -333,12 +333,15 @@ class Stack:
         """Every service's ServiceAccount and RBAC, applied from deploy/ (on every up: a kept
         state follows deploy/), and its kubeconfig with a token minted now."""
         for cluster in [MGMT, *self.remotes]:
-            remote = cluster != MGMT
-            files = identities.manifests(REPO / "deploy", remote=remote)
-            self.kubectl(cluster, "apply", *[a for f in files for a in ("-f", str(f))])
-            for service in identities.REMOTE_SERVICES if remote else identities.MGMT_SERVICES:
-                path = self.service_kubeconfig(service, cluster)
-                identities.issue(self.kubeconfig(cluster), service, path, cluster=cluster)
+            self._identities_in(cluster)
+
+    def _identities_in(self, cluster: str) -> None:
+        remote = cluster != MGMT
+        files = identities.manifests(REPO / "deploy", remote=remote)
+        self.kubectl(cluster, "apply", *[a for f in files for a in ("-f", str(f))])
+        for service in identities.REMOTE_SERVICES if remote else identities.MGMT_SERVICES:
+            path = self.service_kubeconfig(service, cluster)
+            identities.issue(self.kubeconfig(cluster), service, path, cluster=cluster)
 
     def kubectl(self, cluster: str, *args: str, stdin: str | None = None) -> str:
         command = [str(BIN / "kubectl"), "--kubeconfig", str(self.kubeconfig(cluster)), *args]

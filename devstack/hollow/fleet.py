@@ -119,12 +119,7 @@ class HollowFleet(Stack):
             root_key=self.root_key,
         )
         for cluster in (MGMT, TEMPLATE):
-            remote = cluster != MGMT
-            files = identities.manifests(REPO / "deploy", remote=remote)
-            self.kubectl(cluster, "apply", *[a for f in files for a in ("-f", str(f))])
-            for service in identities.REMOTE_SERVICES if remote else identities.MGMT_SERVICES:
-                path = self.service_kubeconfig(service, cluster)
-                identities.issue(self.kubeconfig(cluster), service, path, cluster=cluster)
+            self._identities_in(cluster)
         processes.terminate(first, timeout=30)
         self._children.pop(first.name).wait()
         self.info.processes.remove(first)
