@@ -207,7 +207,7 @@ class Declarations:
         raw = self.certificates.get(key)
         if raw is None:
             return await self._remove(kv_key, key, ISSUED_CERTIFICATES)
-        if self.waves.holds(key, self.certificates.items):
+        if self.waves.holds(key, self.certificates.items) and not self._rotating(raw, key):
             return RequeueAfter(RECHECK)
         try:
             declaration = IssuedCertificate.from_object(raw)
@@ -238,6 +238,8 @@ class Declarations:
             return await self._refuse(declaration, desired)
         epoch = self.rotations.epoch_for(secret_key, key.namespace)
         desired = desired.model_copy(update={"trust_epoch": epoch})
+        if epoch is not None:
+            self.waves.forget(key)  # a rotation's step: the rotation's own waves decide
         status = raw.get("status") or {}
         existing = parse_entry(entry) if entry is not None else None
         if is_reissue(existing, desired, status) and not self.waves.admit(
@@ -249,6 +251,13 @@ class Declarations:
         return await self._publish(
             kv_key, desired, key, ISSUED_CERTIFICATES, read=(entry, _identity(live))
         )
+
+    def _rotating(self, raw: Obj, key: ObjectKey) -> bool:
+        """Whether a rotation's step reaches this declaration now (read from the cache, before
+        anything else: a key the re-issue waves deferred must not hold a rotation up)."""
+        ref = (raw.get("spec") or {}).get("signingCertificateSecret") or {}
+        secret = ObjectKey(str(ref.get("namespace") or ""), str(ref.get("name") or ""))
+        return self.rotations.epoch_for(secret, key.namespace) is not None
 
     async def _load_signing(
         self, secret: Obj | Finding | None, ref: ObjectKey

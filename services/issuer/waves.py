@@ -16,6 +16,9 @@ that has been issued before (its mirrored status has a serial). Not gated: a fir
 new cluster's or declaration's), the agents' own renewals (spread by their issue times), and a
 root rotation's steps, which have their own waves (`rotation.py`; their desired objects carry a
 trust epoch). Leaving a rotation (its resource deleted: the epoch cleared) is a re-issue.
+A declaration deferred here that a rotation's step then reaches is published at once with the
+step's epoch (the reconciler asks the rotations before `holds`): a wave of ordinary re-issues
+never holds a rotation up.
 
 A deferred declaration is looked at again when any declaration's status changes and a slot is
 free (`released`, an informer mapper), and every `RECHECK` seconds in any case. The count is
@@ -99,6 +102,11 @@ class ReissueWaves:
             return False
         busy = self.busy(declarations())
         return key.namespace not in busy and len(busy) >= self.limit
+
+    def forget(self, key: ObjectKey) -> None:
+        """`key` is no longer deferred: a rotation's step reached it (its waves are the
+        rotation's own), or it is published by another way."""
+        self._deferred.discard(key)
 
     def busy(self, declarations: Iterable[Any]) -> set[str]:
         """The clusters re-issuing now (the informer's declarations, as raw objects)."""

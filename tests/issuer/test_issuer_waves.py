@@ -1,6 +1,7 @@
 """Fleet-wide re-issues in waves (services/issuer/waves.py): the gate as a table, then over a
 real nats-server and the emulated management cluster, a new signing intermediate reaching three
-clusters one at a time, each only after the previous one reported FINISHED."""
+clusters one at a time, each only after the previous one reported FINISHED, and a rotation's
+step reaching a cluster those waves hold back."""
 
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ from typing import Any
 import pytest
 
 from issuer.issuer_testing import (
+    SYSTEM_NAMESPACE,
     Hierarchy,
     World,
     declaration,
     make_ca,
     running,
+    secret_body,
     world,
 )
+from issuer.test_rotation_controller import NEW_SECRET, epoch_in_desired, rotation_body
+from services.issuer.rotating import CERTIFICATE_ROTATIONS
 from services.issuer.waves import ReissueWaves, is_reissue
 from shared.api.meta import ObjectKey
 from shared.bus import NatsSettings
@@ -25,7 +30,7 @@ from shared.events import (
     DesiredKind,
     DesiredObject,
 )
-from shared.k8s.resources import ISSUED_CERTIFICATES, NAMESPACES
+from shared.k8s.resources import ISSUED_CERTIFICATES, NAMESPACES, SECRETS
 from support.waiting import eventually
 
 T0 = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
@@ -146,6 +151,10 @@ def test_a_deferred_declaration_is_held_until_a_slot_would_take_it() -> None:
     assert waves.admit(b, fleet["b"]["status"], fleet.values())
     assert not waves.holds(b, fleet.values)
     assert not ReissueWaves(limit=0).holds(b, fleet.values)
+    assert not waves.admit(ObjectKey("a", "istiod"), fleet["a"]["status"], fleet.values())
+    assert waves.holds(a, fleet.values)
+    waves.forget(a)  # a rotation's step reached it
+    assert not waves.holds(a, fleet.values)
 
 
 # --- over the bus and the emulator ------------------------------------------------------------
@@ -210,6 +219,42 @@ async def test_a_new_signing_intermediate_reaches_the_fleet_one_cluster_at_a_tim
                 moved.append(newest)
                 await finish(w, decls[newest])
             assert sorted(moved) == sorted(THREE)
+
+
+async def test_a_rotation_step_reaches_a_cluster_the_reissue_waves_hold_back(
+    tmp_path: Path, nats_settings: NatsSettings
+) -> None:
+    """A new intermediate is in waves of one; the first cluster never finishes, so the others
+    are deferred. A rotation (its own waves) starts with one of them as canary: its step is
+    published at once, not after the ordinary re-issue ahead of it."""
+    async with world(tmp_path, nats_settings, levels=2) as w:
+        await w.kube.create(
+            NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "north"}}
+        )
+        decls = {c: await w.create(declaration(c, "istiod")) for c in THREE}
+        async with running(w.settings(reissue_wave=1)):
+            before = await eventually(
+                lambda: _all_published(w), within=20, message="every cluster's desired state"
+            )
+            for cluster in THREE:
+                await finish(w, decls[cluster])
+            root = w.hierarchy.root
+            await w.put_signing_secret(Hierarchy(root, make_ca("signing intermediate 2", root)))
+
+            async def first_moved() -> list[str] | None:
+                now = await fingerprints(w)
+                return [c for c in THREE if now[c] != before[c]] or None
+
+            (first,) = await eventually(first_moved, within=30, message="the first cluster")
+            canary = next(c for c in THREE if c != first)
+            nxt = Hierarchy(root, make_ca("next intermediate", root))
+            await w.kube.create(
+                SECRETS, secret_body(NEW_SECRET, SYSTEM_NAMESPACE, nxt.secret_data())
+            )
+            await w.kube.create(CERTIFICATE_ROTATIONS, rotation_body(canary=canary))
+            await epoch_in_desired(w, ".reissue", canary)
+            (third,) = set(THREE) - {first, canary}
+            assert (await fingerprints(w))[third] == before[third], "the third still waits"
 
 
 async def _all_published(w: World) -> dict[str, str | None] | None:
