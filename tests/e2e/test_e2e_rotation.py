@@ -301,39 +301,28 @@ async def restart(stack: Stack, name: str) -> None:
 
 
 @pytest.mark.timeout(300)
-async def test_the_issuer_killed_mid_phase_the_rotation_ends_with_the_same_guarantees(
-    world: World,
+@pytest.mark.parametrize(
+    ("victim", "step", "wave_size"),
+    [("issuer", "move", 2), ("agent-{cluster}", "add", 3)],
+    ids=["the issuer killed in move", "an agent killed in add"],
+)
+async def test_a_process_killed_mid_phase_the_rotation_ends_with_the_same_guarantees(
+    world: World, victim: str, step: str, wave_size: int
 ) -> None:
+    """`victim` (its process name; `{cluster}`: the first cluster seen on `step`) is killed
+    while a cluster is in progress on `step`, and started again."""
     new_secret = f"root-ca-{next(NAMES)}"
     new_root = await new_root_secret(world, new_secret)
-    run = await begin(world, new_secret=new_secret, wave_size=2)
+    run = await begin(world, new_secret=new_secret, wave_size=wave_size)
     async with PodLog(world) as pods:
         async with probing(world) as probe:
             await run.start(world)
-            await wait_cluster_step(world, run.name, step="move", state="InProgress", within=120)
-            world.stack.kill("issuer")
-            await restart(world.stack, "issuer")
-            await wait_rotation(world, run.name, phase="Succeeded", within=240, seen=run.phases)
-        steps = await steps_signed(world, run.since)
-        assert steps == dict.fromkeys(REMOTES, ROOT_STEPS)
-        await check_guarantees(world, run, probe, pods, root=new_root, steps=steps)
-
-
-@pytest.mark.timeout(300)
-async def test_an_agent_killed_mid_phase_the_rotation_ends_with_the_same_guarantees(
-    world: World,
-) -> None:
-    new_secret = f"root-ca-{next(NAMES)}"
-    new_root = await new_root_secret(world, new_secret)
-    run = await begin(world, new_secret=new_secret, wave_size=3)
-    async with PodLog(world) as pods:
-        async with probing(world) as probe:
-            await run.start(world)
-            victim = await wait_cluster_step(
-                world, run.name, step="add", state="InProgress", within=120
+            cluster = await wait_cluster_step(
+                world, run.name, step=step, state="InProgress", within=120
             )
-            world.stack.kill(f"agent-{victim}")
-            await restart(world.stack, f"agent-{victim}")
+            process = victim.format(cluster=cluster)
+            world.stack.kill(process)
+            await restart(world.stack, process)
             await wait_rotation(world, run.name, phase="Succeeded", within=240, seen=run.phases)
         steps = await steps_signed(world, run.since)
         assert steps == dict.fromkeys(REMOTES, ROOT_STEPS)
