@@ -249,7 +249,7 @@ class Declarations:
         if issuer_failed(declaration.status):
             await self._clear_failure(declaration)
         return await self._publish(
-            kv_key, desired, key, ISSUED_CERTIFICATES, read=(entry, _identity(live))
+            kv_key, desired, key, ISSUED_CERTIFICATES, read=(entry, existing, _identity(live))
         )
 
     def _rotating(self, raw: Obj, key: ObjectKey) -> bool:
@@ -388,22 +388,23 @@ class Declarations:
         key: ObjectKey,
         resource: Resource,
         *,
-        read: tuple[KvEntry | None, tuple[str, int] | None] | None = None,
+        read: tuple[KvEntry | None, DesiredObject | None, tuple[str, int] | None] | None = None,
     ) -> ReconcileResult:
-        """Create or update the bucket's entry (compare-and-swap). `read`: the entry and the
-        live object's identity, when the caller read them already (for the first attempt)."""
+        """Create or update the bucket's entry (compare-and-swap). `read`: the entry, its parsed
+        value and the live object's identity, when the caller read them already (for the first
+        attempt; an unreadable entry is then parsed, and logged, once)."""
         value = desired.model_dump_json().encode()
         if self._ensure_cluster is not None:
             await self._ensure_cluster(key.namespace)
         for _ in range(_CAS_ATTEMPTS):
             if read is not None:
-                (entry, identity), read = read, None
+                (entry, existing, identity), read = read, None
             else:
                 entry, identity = await concurrently(
                     self._desired.get(kv_key), self._live_identity(resource, key)
                 )
+                existing = parse_entry(entry) if entry is not None else None
             if entry is not None:
-                existing = parse_entry(entry)
                 if existing == desired:
                     return Done()
                 if (
