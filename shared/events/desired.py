@@ -9,9 +9,9 @@ second dot.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field
 
 from shared.events.names import (
     ClusterName,
@@ -21,6 +21,7 @@ from shared.events.names import (
     check_cluster_name,
     check_object_name,
 )
+from shared.events.wire import OmitsUnset, TrustEpoch
 
 DESIRED_BUCKET = "meshtrust-desired"
 
@@ -61,14 +62,14 @@ def parse_desired_key(key: str) -> tuple[str, DesiredKind, str]:
     return check_cluster_name(cluster), parsed_kind, check_object_name(name)
 
 
-class DesiredObject(BaseModel):
+class DesiredObject(OmitsUnset):
     """The value of a desired-state key: the declaration's identity and its spec.
 
     `spec` is kept as the JSON object the declaration carries; the agent validates it with the
     Kubernetes models of `shared.k8s` before applying it.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    _omitted_when_none: ClassVar[tuple[str, ...]] = ("trust_epoch",)
 
     schema_version: Literal[1] = 1
     cluster: ClusterName
@@ -91,17 +92,9 @@ class DesiredObject(BaseModel):
         "agent re-issues when it differs from the value its current certificate was issued "
         "under, as it does when the generation changes. None for PodBounceDirectives.",
     )
-    trust_epoch: str | None = Field(
+    trust_epoch: TrustEpoch | None = Field(
         default=None,
-        pattern=r"^[a-z0-9][a-z0-9.-]{0,252}$",
         description="IssuedCertificates during a root rotation only: the annotation "
         "`meshtrust.io/trust-epoch` the agent copies onto the remote object (the step the "
         "cluster is asked to be on); absent from the JSON when None, as before it existed.",
     )
-
-    @model_serializer(mode="wrap")
-    def _without_unset_epoch(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if data.get("trust_epoch") is None:
-            data.pop("trust_epoch", None)
-        return data

@@ -17,20 +17,14 @@ Private keys never appear here: only CSRs and certificates travel.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    SerializerFunctionWrapHandler,
-    StringConstraints,
-    model_serializer,
-)
+from pydantic import AwareDatetime, Field, StringConstraints
 
 from shared.events.enums import CertificateState, EventType
 from shared.events.names import ClusterName, IssuanceId, NamespaceName, ObjectName
+from shared.events.wire import OmitsUnset, TrustEpoch
+from shared.events.wire import WireModel as _Model
 from shared.runtime.clock import utcnow
 
 SCHEMA_VERSION = 1
@@ -43,32 +37,6 @@ Reason = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9]{0,63}$"
 Message = Annotated[str, StringConstraints(max_length=4096)]
 Serial = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{1,64}$")]
 """A certificate serial number in lower-case hex."""
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class _OmitsUnset(_Model):
-    """A model with optional fields added after schema_version 1: each is absent from the JSON
-    when not set (`_omitted_when_none`), so that an event without it reads, and is signed into
-    the audit stream, as it did before the field existed."""
-
-    _omitted_when_none: ClassVar[tuple[str, ...]] = ()
-
-    @model_serializer(mode="wrap")
-    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        for name in self._omitted_when_none:
-            if data.get(name) is None:
-                data.pop(name, None)
-        return data
-
-
-TrustEpoch = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{0,252}$")]
-"""Which step of a root rotation an issuance belongs to (docs/rotation.md): set by the issuer on
-the desired IssuedCertificate (annotation `meshtrust.io/trust-epoch`), sent back by the agent
-with the CSR it made for that step."""
 
 
 class TraceContext(_Model):
@@ -90,7 +58,7 @@ class ObjectRef(_Model):
 # --- payloads ---------------------------------------------------------------------------------
 
 
-class CsrRequestedData(_OmitsUnset):
+class CsrRequestedData(OmitsUnset):
     """The agent asks for its CSR to be signed."""
 
     _omitted_when_none: ClassVar[tuple[str, ...]] = ("trust_epoch",)
@@ -107,7 +75,7 @@ class CsrRequestedData(_OmitsUnset):
     )
 
 
-class CertificateIssuedData(_OmitsUnset):
+class CertificateIssuedData(OmitsUnset):
     """The issuer's signed intermediate, with the chain to the root; no key, ever."""
 
     _omitted_when_none: ClassVar[tuple[str, ...]] = ("cross_signed_pem",)
@@ -134,7 +102,7 @@ class CertificateIssuedData(_OmitsUnset):
     )
 
 
-class CertificateDeniedData(_OmitsUnset):
+class CertificateDeniedData(OmitsUnset):
     """The issuer refuses; `reason` is stable, `message` tells an operator what to fix."""
 
     _omitted_when_none: ClassVar[tuple[str, ...]] = ("retry_after",)
