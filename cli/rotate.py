@@ -2,9 +2,10 @@
 
 The commands write and read CertificateRotations in the management cluster (the issuer's
 registration namespace, `meshtrust-system` unless `--namespace`); the issuer does the rotation
-(docs/rotation.md). `start` creates one (`--wait` follows it to its end, printing each change of
-phase and of every cluster's step, as `meshtrust demo` shows issuance); `status` shows its phase
-and every cluster's progress; `approve` lets the phase it awaits start (Manual approval);
+(docs/rotation.md). `start` creates one (`--clusters` and `--selector`/`-l`, in kubectl's label
+selector syntax, narrow it; `--wait` follows it to its end, printing each change of phase and of
+every cluster's step, as `meshtrust demo` shows issuance); `status` shows its phase, its
+selector and every cluster's progress; `approve` lets the phase it awaits start (Manual approval);
 `abort` asks for a rollback (refused by the issuer once DeletingOldRoot has started: the status
 says so). Kubernetes only, never NATS; the kubeconfig is found as `meshtrust status` finds it.
 """
@@ -26,6 +27,7 @@ from cli.status import human, settings_for
 from shared.api import v1alpha2
 from shared.api.durations import parse_duration
 from shared.api.rotations import CertificateRotation, Phase
+from shared.api.selectors import format_selector, parse_selector
 from shared.k8s.config import client_from_settings
 from shared.k8s.errors import KubeError, NotFound
 from shared.k8s.resources import Resource
@@ -54,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     start.add_argument("--from", dest="old", required=True, help="current CA Secret [ns/]name")
     start.add_argument("--to", dest="new", required=True, help="new CA Secret [ns/]name")
     start.add_argument("--clusters", default="", help="comma-separated (default: every one)")
+    start.add_argument(
+        "--selector",
+        "-l",
+        help="only the clusters whose ClusterRegistration's labels match, in kubectl's syntax "
+        "('env=prod,tier in (a,b),!legacy'); with --clusters, both must hold",
+    )
     start.add_argument("--wave-size", type=int, default=1)
     start.add_argument("--canary")
     start.add_argument("--manual", action="store_true", help="approve each phase by hand")
@@ -90,6 +98,11 @@ def rotation_body(args: argparse.Namespace) -> dict[str, Any]:
     clusters = [c.strip() for c in args.clusters.split(",") if c.strip()]
     if clusters:
         spec["clusters"] = clusters
+    if args.selector is not None:
+        try:
+            spec["clusterSelector"] = parse_selector(args.selector).to_wire()
+        except ValueError as exc:
+            raise RotateError(f"invalid --selector: {exc}") from None
     if args.canary:
         spec["canary"] = args.canary
     body = {
@@ -122,6 +135,10 @@ def report(rotation: CertificateRotation, *, now: datetime | None = None) -> str
     if status.paused:
         head += " (paused)"
     lines = [head]
+    selector = rotation.spec.cluster_selector
+    if selector is not None:
+        shown = format_selector(selector) or "(every registered cluster)"
+        lines.append(f"clusters selected by: {shown}")
     if status.awaiting_approval:
         lines.append(
             f"awaiting approval of {status.awaiting_approval}: "

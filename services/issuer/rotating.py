@@ -38,6 +38,7 @@ from services.issuer.steps import cross_certificate
 from shared.api import v1alpha2
 from shared.api.meta import Obj, ObjectKey
 from shared.api.rotations import CertificateRotation, Step, epoch_of, parse_epoch
+from shared.api.selectors import matches
 from shared.api.v1alpha2 import IssuedCertificate, State
 from shared.bus import Bucket
 from shared.controller.policy import Finding
@@ -170,6 +171,7 @@ class RotationController:
         kube: KubeClient,
         rotations: Rotations,
         declarations: Informer,
+        registrations: Informer,
         issued: Bucket,
         cas: SigningCAs,
         executor: Executor,
@@ -179,6 +181,7 @@ class RotationController:
         self._kube = kube
         self.rotations = rotations
         self._declarations = declarations
+        self._registrations = registrations
         self._issued = issued
         self._cas = cas
         self._executor = executor
@@ -186,6 +189,7 @@ class RotationController:
         self.controller = Controller(name="issuer-rotations", reconcile=self.reconcile)
         self.controller.watch(rotations.informer)
         self.controller.watch(declarations, map_to=self._rotations_of)
+        self.controller.watch(registrations, map_to=self._selecting)
 
     def _rotations_of(self, event: InformerEvent) -> Iterable[ObjectKey]:
         """A declaration's change (its mirrored status) wakes the rotations of its Secret."""
@@ -196,6 +200,14 @@ class RotationController:
             for r in self.rotations.all()
             if (r.spec.signing_certificate_secret.namespace, r.spec.signing_certificate_secret.name)
             == (ref.get("namespace"), ref.get("name"))
+        ]
+
+    def _selecting(self, event: InformerEvent) -> Iterable[ObjectKey]:
+        """A ClusterRegistration's change (its labels) wakes the rotations with a selector."""
+        return [
+            ObjectKey(self.rotations.namespace, r.metadata.name)
+            for r in self.rotations.all()
+            if r.spec.cluster_selector is not None and r.status.phase not in ENDED
         ]
 
     async def reconcile(self, key: ObjectKey) -> ReconcileResult:
@@ -271,7 +283,10 @@ class RotationController:
     async def _views(self, rotation: CertificateRotation) -> dict[str, ClusterView]:
         """Every cluster the rotation covers, and what is seen of it on its step."""
         ref = rotation.spec.signing_certificate_secret
-        by_cluster: dict[str, list[IssuedCertificate]] = {c: [] for c in rotation.spec.clusters}
+        selected = self._selected(rotation)
+        by_cluster: dict[str, list[IssuedCertificate]] = {
+            c: [] for c in rotation.spec.clusters if selected(c)
+        }
         for raw in self._declarations.items():
             try:
                 declaration = IssuedCertificate.from_object(raw)
@@ -283,6 +298,8 @@ class RotationController:
                 continue
             if rotation.spec.clusters and cluster not in rotation.spec.clusters:
                 continue
+            if cluster not in by_cluster and not selected(cluster):
+                continue
             by_cluster.setdefault(cluster, []).append(declaration)
         steps = {p.name: p.step for p in rotation.status.clusters}
         out = {}
@@ -290,6 +307,26 @@ class RotationController:
             step = steps.get(cluster)
             out[cluster] = await self._view(rotation, cluster, step, declarations)
         return out
+
+    def _selected(self, rotation: CertificateRotation) -> Callable[[str], bool]:
+        """Whether `spec.clusterSelector` takes a cluster: its ClusterRegistration's labels
+        match, or it was already moved to a step (membership is sticky: dropping it would drop
+        its epoch, and it would re-issue outside the plan's waves). No selector: every one."""
+        selector = rotation.spec.cluster_selector
+        if selector is None:
+            return lambda cluster: True
+        moved = {p.name for p in rotation.status.clusters if p.step is not None}
+
+        def selected(cluster: str) -> bool:
+            if cluster in moved:
+                return True
+            registration = self._registrations.get(ObjectKey(self.rotations.namespace, cluster))
+            if registration is None:
+                return False  # no registration, no labels (the permissive mode)
+            labels = (registration.get("metadata") or {}).get("labels") or {}
+            return matches(selector, labels)
+
+        return selected
 
     async def _view(
         self,

@@ -99,15 +99,17 @@ class Plan:
 
 def signing_step(rotation: CertificateRotation, cluster: str) -> Step | None:
     """The step the issuer signs for `cluster` now: its step in the status; after Succeeded,
-    `drop` for every cluster (new CA, new root, cross certificate); after RolledBack, `undo`
-    for those that moved (signed as without a rotation, and the epoch kept: clearing it would
+    `drop` for every cluster (new CA, new root, cross certificate), or, when the rotation was
+    narrowed (`clusters`, `clusterSelector`), for its members only (those in the status: a
+    cluster outside it was never moved and stays on the old CA); after RolledBack, `undo` for
+    those that moved (signed as without a rotation, and the epoch kept: clearing it would
     re-issue once more); None: not rotating."""
-    if rotation.status.phase is Phase.SUCCEEDED:
+    listed = next((p for p in rotation.status.clusters if p.name == cluster), None)
+    if rotation.status.phase is Phase.SUCCEEDED and (
+        listed is not None or not rotation.spec.narrowed
+    ):
         return Step.DROP if not _intermediate_only(rotation.status) else Step.REISSUE
-    for progress in rotation.status.clusters:
-        if progress.name == cluster:
-            return progress.step
-    return None
+    return listed.step if listed is not None else None
 
 
 def _intermediate_only(status: CertificateRotationStatus) -> bool:

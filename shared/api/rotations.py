@@ -17,6 +17,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator
 
 from shared.api.durations import parse_duration
+from shared.api.selectors import LabelSelector
 from shared.api.v1alpha2 import API_VERSION, ObjectMeta, ObjectRef, _Object, _Wire
 
 __all__ = [
@@ -86,6 +87,11 @@ class CertificateRotationSpec(_Wire):
     """The CA the clusters move to."""
     clusters: tuple[str, ...] = ()
     """Empty: every cluster with a declaration naming `signingCertificateSecret`."""
+    cluster_selector: LabelSelector | None = None
+    """Only the clusters whose ClusterRegistration's labels it selects (and that are in
+    `clusters`, when both are set); a cluster without a registration is never selected. Absent:
+    not used; `{}`: every registered cluster. A cluster moved to a step stays (docs/rotation.md,
+    "Which clusters")."""
     wave_size: int = Field(default=1, ge=1)
     canary: str | None = None
     approval: Literal["Automatic", "Manual"] = "Automatic"
@@ -100,6 +106,11 @@ class CertificateRotationSpec(_Wire):
     def _duration(cls, value: str) -> str:
         parse_duration(value)
         return value
+
+    @property
+    def narrowed(self) -> bool:
+        """Whether the rotation covers only some clusters (a list, or a selector)."""
+        return bool(self.clusters) or self.cluster_selector is not None
 
     @property
     def pause(self) -> timedelta:

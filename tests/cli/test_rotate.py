@@ -102,6 +102,59 @@ async def test_start_refuses_a_bad_duration_before_sending_anything(
     assert (await kube.list(rotate.ROTATIONS, namespace=NS)).items == []
 
 
+async def test_start_selects_clusters_by_label_in_kubectl_syntax_and_status_shows_it(
+    cluster: tuple[KubeClient, Path],
+) -> None:
+    kube, path = cluster
+    selector = "env=prod,tier in (a,b),!legacy"
+    await meshtrust(path, "start", "r", "--from", "a", "--to", "b", "-l", selector)
+    spec = (await get(kube, "r"))["spec"]
+    assert spec["clusterSelector"] == {
+        "matchLabels": {"env": "prod"},
+        "matchExpressions": [
+            {"key": "tier", "operator": "In", "values": ["a", "b"]},
+            {"key": "legacy", "operator": "DoesNotExist"},
+        ],
+    }
+    assert "clusters" not in spec
+    assert f"clusters selected by: {selector}\n" in await meshtrust(path, "status", "r")
+    both = ("--clusters", "east,west", "--selector", "region notin (eu),zone")
+    await meshtrust(path, "start", "both", "--from", "a", "--to", "b", *both)
+    spec = (await get(kube, "both"))["spec"]
+    assert spec["clusters"] == ["east", "west"]
+    assert spec["clusterSelector"] == {
+        "matchExpressions": [
+            {"key": "region", "operator": "NotIn", "values": ["eu"]},
+            {"key": "zone", "operator": "Exists"},
+        ]
+    }
+    await meshtrust(path, "start", "every", "--from", "a", "--to", "b", "-l", "")
+    assert (await get(kube, "every"))["spec"]["clusterSelector"] == {}
+    assert "selected by: (every registered cluster)" in await meshtrust(path, "status", "every")
+
+
+@pytest.mark.parametrize(
+    ("selector", "why"),
+    [
+        ("env=prod tier=a", "expected ',' between requirements at 'tier'"),
+        ("tier in ()", "at least one value"),
+        ("tier in (a", "expected '\\)' closing"),
+        ("replicas>2", "no < or >"),
+        ("env=prod,", "after ','"),
+        ("env_=x", "label key 'env_'"),
+        ("env=x y", "at 'y'"),
+    ],
+)
+async def test_start_refuses_a_bad_selector_before_sending_anything(
+    cluster: tuple[KubeClient, Path], selector: str, why: str
+) -> None:
+    kube, path = cluster
+    args = args_of(path, "start", "r", "--from", "a", "--to", "b", "-l", selector)
+    with pytest.raises(rotate.RotateError, match=f"invalid --selector: .*{why}"):
+        await rotate.execute(args, io.StringIO())
+    assert (await kube.list(rotate.ROTATIONS, namespace=NS)).items == []
+
+
 async def test_approve_lets_the_awaited_phase_start_and_refuses_when_nothing_awaits(
     cluster: tuple[KubeClient, Path],
 ) -> None:
