@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only the clusters whose ClusterRegistration's labels match, in kubectl's syntax "
         "('env=prod,tier in (a,b),!legacy'); with --clusters, both must hold",
     )
+    start.add_argument(
+        "--allow-trust-split",
+        action="store_true",
+        help="a root rotation narrowed by --clusters/--selector goes on while other clusters "
+        "name the same Secret (they keep only the old root); without it, it pauses (TrustSplit)",
+    )
     start.add_argument("--wave-size", type=int, default=1)
     start.add_argument("--canary")
     start.add_argument("--manual", action="store_true", help="approve each phase by hand")
@@ -105,6 +111,8 @@ def rotation_body(args: argparse.Namespace) -> dict[str, Any]:
             raise RotateError(f"invalid --selector: {exc}") from None
     if args.canary:
         spec["canary"] = args.canary
+    if args.allow_trust_split:
+        spec["allowTrustSplit"] = True
     body = {
         "apiVersion": v1alpha2.API_VERSION,
         "kind": CertificateRotation.KIND,

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
 from services.issuer.issued import IssuedRecord, issued_key
-from services.issuer.rotation import ENDED, ClusterView, plan, signing_step
+from services.issuer.rotation import ENDED, ClusterView, plan, signing_step, trust_split
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, read_signing_secret
 from services.issuer.steps import cross_certificate
@@ -228,7 +228,19 @@ class RotationController:
             return RequeueAfter(_RETRY_SECONDS)
         old, new = loaded
         now = self._clock()
-        views = await self._views(rotation)
+        naming = self._naming(rotation)
+        views = await self._views(rotation, naming)
+        split = trust_split(rotation, naming, views, intermediate_only=old.root == new.root)
+        if split is not None:
+            status = rotation.status.model_copy(
+                update={
+                    "paused": True,
+                    "error": f"{split.reason}: {split.message}",
+                    "observed_generation": rotation.metadata.generation or 0,
+                }
+            )
+            await self._write(raw, rotation, status.model_dump(mode="json", by_alias=True))
+            return RequeueAfter(_RETRY_SECONDS)
         outcome = plan(
             rotation,
             views,
@@ -280,27 +292,28 @@ class RotationController:
                 return cross
         return old, new
 
-    async def _views(self, rotation: CertificateRotation) -> dict[str, ClusterView]:
-        """Every cluster the rotation covers, and what is seen of it on its step."""
+    def _naming(self, rotation: CertificateRotation) -> dict[str, list[IssuedCertificate]]:
+        """Every cluster with a declaration naming the rotated Secret, and those declarations."""
         ref = rotation.spec.signing_certificate_secret
-        selected = self._selected(rotation)
-        by_cluster: dict[str, list[IssuedCertificate]] = {
-            c: [] for c in rotation.spec.clusters if selected(c)
-        }
+        out: dict[str, list[IssuedCertificate]] = {}
         for raw in self._declarations.items():
             try:
                 declaration = IssuedCertificate.from_object(raw)
             except ValidationError:
                 continue
             named = declaration.spec.signing_certificate_secret
-            cluster = declaration.metadata.namespace or ""
-            if (named.namespace, named.name) != (ref.namespace, ref.name):
-                continue
-            if rotation.spec.clusters and cluster not in rotation.spec.clusters:
-                continue
-            if cluster not in by_cluster and not selected(cluster):
-                continue
-            by_cluster.setdefault(cluster, []).append(declaration)
+            if (named.namespace, named.name) == (ref.namespace, ref.name):
+                cluster = declaration.metadata.namespace or ""
+                out.setdefault(cluster, []).append(declaration)
+        return out
+
+    async def _views(
+        self, rotation: CertificateRotation, naming: Mapping[str, list[IssuedCertificate]]
+    ) -> dict[str, ClusterView]:
+        """Every cluster the rotation covers, and what is seen of it on its step."""
+        member = self._members(rotation)
+        by_cluster = {c: list(naming.get(c, ())) for c in rotation.spec.clusters if member(c)}
+        by_cluster |= {c: list(d) for c, d in naming.items() if member(c)}
         steps = {p.name: p.step for p in rotation.status.clusters}
         out = {}
         for cluster, declarations in by_cluster.items():
@@ -308,25 +321,28 @@ class RotationController:
             out[cluster] = await self._view(rotation, cluster, step, declarations)
         return out
 
-    def _selected(self, rotation: CertificateRotation) -> Callable[[str], bool]:
-        """Whether `spec.clusterSelector` takes a cluster: its ClusterRegistration's labels
-        match, or it was already moved to a step (membership is sticky: dropping it would drop
-        its epoch, and it would re-issue outside the plan's waves). No selector: every one."""
-        selector = rotation.spec.cluster_selector
-        if selector is None:
-            return lambda cluster: True
+    def _members(self, rotation: CertificateRotation) -> Callable[[str], bool]:
+        """Whether the rotation takes a cluster: named by `spec.clusters` (when set) and whose
+        ClusterRegistration's labels `spec.clusterSelector` matches (when set), or already moved
+        to a step. Membership is sticky: dropping a moved cluster (an edited list, a label
+        changed) would drop its epoch, and it would re-issue outside the plan's waves."""
+        spec = rotation.spec
         moved = {p.name for p in rotation.status.clusters if p.step is not None}
 
-        def selected(cluster: str) -> bool:
+        def member(cluster: str) -> bool:
             if cluster in moved:
+                return True
+            if spec.clusters and cluster not in spec.clusters:
+                return False
+            if spec.cluster_selector is None:
                 return True
             registration = self._registrations.get(ObjectKey(self.rotations.namespace, cluster))
             if registration is None:
                 return False  # no registration, no labels (the permissive mode)
             labels = (registration.get("metadata") or {}).get("labels") or {}
-            return matches(selector, labels)
+            return matches(spec.cluster_selector, labels)
 
-        return selected
+        return member
 
     async def _view(
         self,

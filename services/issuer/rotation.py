@@ -20,10 +20,11 @@ and before DeletingOldRoot the grace period.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from shared.api import reasons
 from shared.api.rotations import (
     CertificateRotation,
     CertificateRotationStatus,
@@ -31,6 +32,7 @@ from shared.api.rotations import (
     Phase,
     Step,
 )
+from shared.controller.policy import Finding
 
 __all__ = [
     "DONE",
@@ -42,6 +44,7 @@ __all__ = [
     "Plan",
     "plan",
     "signing_step",
+    "trust_split",
 ]
 
 PENDING, IN_PROGRESS, DONE, FAILED = "Pending", "InProgress", "Done", "Failed"
@@ -110,6 +113,37 @@ def signing_step(rotation: CertificateRotation, cluster: str) -> Step | None:
     ):
         return Step.DROP if not _intermediate_only(rotation.status) else Step.REISSUE
     return listed.step if listed is not None else None
+
+
+def trust_split(
+    rotation: CertificateRotation,
+    naming: Collection[str],
+    members: Collection[str],
+    *,
+    intermediate_only: bool,
+) -> Finding | None:
+    """Why a root rotation must not go on: clusters that name its Secret (`naming`) but are not
+    among its `members` would keep only the old root, and stop trusting the rotated clusters'
+    workloads once these move (and theirs, once these drop it). None: nothing splits, the
+    rotation changes no root, it is ending or rolling back, or `allowTrustSplit` says so."""
+    spec, phase = rotation.spec, rotation.status.phase
+    if intermediate_only or spec.allow_trust_split or spec.abort:
+        return None
+    if phase in ENDED or phase is Phase.ROLLING_BACK:
+        return None
+    outside = sorted(set(naming) - set(members))
+    if not outside:
+        return None
+    more = f" and {len(outside) - 10} more" if len(outside) > 10 else ""
+    shown = ", ".join(outside[:10]) + more
+    ref = spec.signing_certificate_secret
+    return Finding(
+        reasons.TRUST_SPLIT,
+        f"{shown} name {ref.namespace}/{ref.name} too but are outside this root rotation: they "
+        "would keep only the old root and stop trusting the rotated clusters' workloads; take "
+        "them in (spec.clusters, spec.clusterSelector), point them at another Secret, or set "
+        "spec.allowTrustSplit: true (docs/rotation.md, 'Which clusters')",
+    )
 
 
 def _intermediate_only(status: CertificateRotationStatus) -> bool:

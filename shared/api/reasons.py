@@ -81,6 +81,9 @@ SIGNING_SECRET_OUT_OF_SCOPE: Final = "SigningSecretOutOfScope"  # noqa: S105 - a
 SIGNING_SECRET_FORBIDDEN: Final = "SigningSecretForbidden"  # noqa: S105 - a reason code
 SIGNING_ROOT_CHANGED: Final = "SigningRootChanged"
 """The signing Secret now ends at another root, and no CertificateRotation covers it."""
+TRUST_SPLIT: Final = "TrustSplit"
+"""A root rotation narrowed to some clusters would leave others naming the same Secret on the
+old root only: it pauses, unless `allowTrustSplit`."""
 
 # --- the issuer: a declaration or CSR outside its cluster's ClusterRegistration -----------------
 

@@ -100,6 +100,9 @@ class CertificateRotationSpec(_Wire):
     pause_between_phases: str = "0s"
     grace_period: str = "24h"
     abort: bool = False
+    allow_trust_split: bool = False
+    """A narrowed root rotation goes on while clusters outside it name the same Secret (they
+    keep only the old root). False: it pauses with TrustSplit (docs/rotation.md)."""
 
     @field_validator("pause_between_phases", "grace_period")
     @classmethod

@@ -117,11 +117,13 @@ async def test_start_selects_clusters_by_label_in_kubectl_syntax_and_status_show
         ],
     }
     assert "clusters" not in spec
+    assert "allowTrustSplit" not in spec
     assert f"clusters selected by: {selector}\n" in await meshtrust(path, "status", "r")
     both = ("--clusters", "east,west", "--selector", "region notin (eu),zone")
-    await meshtrust(path, "start", "both", "--from", "a", "--to", "b", *both)
+    await meshtrust(path, "start", "both", "--from", "a", "--to", "b", *both, "--allow-trust-split")
     spec = (await get(kube, "both"))["spec"]
     assert spec["clusters"] == ["east", "west"]
+    assert spec["allowTrustSplit"] is True
     assert spec["clusterSelector"] == {
         "matchExpressions": [
             {"key": "region", "operator": "NotIn", "values": ["eu"]},

@@ -54,6 +54,7 @@ def _example() -> dict[str, Any]:
         "pauseBetweenPhases": "30s",
         "gracePeriod": "24h",
         "abort": False,
+        "allowTrustSplit": True,
     }
 
 
