@@ -6,6 +6,8 @@ step reaching a cluster those waves hold back."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -187,9 +189,13 @@ async def fingerprints(w: World) -> dict[str, str | None]:
     return found
 
 
-async def test_a_new_signing_intermediate_reaches_the_fleet_one_cluster_at_a_time(
+@asynccontextmanager
+async def a_new_intermediate(
     tmp_path: Path, nats_settings: NatsSettings
-) -> None:
+) -> AsyncIterator[tuple[World, dict[str, dict[str, Any]], dict[str, str | None]]]:
+    """Three clusters FINISHED under the issuer (re-issue waves of one), then a new signing
+    intermediate (same root) put into their Secret: the world, the declarations, and each
+    cluster's signing-chain fingerprint as published before."""
     async with world(tmp_path, nats_settings, levels=2) as w:
         await w.kube.create(
             NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "north"}}
@@ -203,22 +209,28 @@ async def test_a_new_signing_intermediate_reaches_the_fleet_one_cluster_at_a_tim
                 await finish(w, decls[cluster])
             root = w.hierarchy.root
             await w.put_signing_secret(Hierarchy(root, make_ca("signing intermediate 2", root)))
+            yield w, decls, before
 
-            moved: list[str] = []
-            for _ in THREE:
 
-                async def one_more() -> list[str] | None:
-                    now = await fingerprints(w)
-                    changed = [c for c in THREE if now[c] != before[c]]
-                    return changed if len(changed) > len(moved) else None
+async def test_a_new_signing_intermediate_reaches_the_fleet_one_cluster_at_a_time(
+    tmp_path: Path, nats_settings: NatsSettings
+) -> None:
+    async with a_new_intermediate(tmp_path, nats_settings) as (w, decls, before):
+        moved: list[str] = []
+        for _ in THREE:
 
-                changed = await eventually(one_more, within=30, message="the next cluster")
-                # While the newest cluster has not reported, nobody else was given the change.
-                assert len(changed) == len(moved) + 1, (changed, moved)
-                (newest,) = set(changed) - set(moved)
-                moved.append(newest)
-                await finish(w, decls[newest])
-            assert sorted(moved) == sorted(THREE)
+            async def one_more() -> list[str] | None:
+                now = await fingerprints(w)
+                changed = [c for c in THREE if now[c] != before[c]]
+                return changed if len(changed) > len(moved) else None
+
+            changed = await eventually(one_more, within=30, message="the next cluster")
+            # While the newest cluster has not reported, nobody else was given the change.
+            assert len(changed) == len(moved) + 1, (changed, moved)
+            (newest,) = set(changed) - set(moved)
+            moved.append(newest)
+            await finish(w, decls[newest])
+        assert sorted(moved) == sorted(THREE)
 
 
 async def test_a_rotation_step_reaches_a_cluster_the_reissue_waves_hold_back(
@@ -227,34 +239,21 @@ async def test_a_rotation_step_reaches_a_cluster_the_reissue_waves_hold_back(
     """A new intermediate is in waves of one; the first cluster never finishes, so the others
     are deferred. A rotation (its own waves) starts with one of them as canary: its step is
     published at once, not after the ordinary re-issue ahead of it."""
-    async with world(tmp_path, nats_settings, levels=2) as w:
-        await w.kube.create(
-            NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "north"}}
-        )
-        decls = {c: await w.create(declaration(c, "istiod")) for c in THREE}
-        async with running(w.settings(reissue_wave=1)):
-            before = await eventually(
-                lambda: _all_published(w), within=20, message="every cluster's desired state"
-            )
-            for cluster in THREE:
-                await finish(w, decls[cluster])
-            root = w.hierarchy.root
-            await w.put_signing_secret(Hierarchy(root, make_ca("signing intermediate 2", root)))
+    async with a_new_intermediate(tmp_path, nats_settings) as (w, _, before):
 
-            async def first_moved() -> list[str] | None:
-                now = await fingerprints(w)
-                return [c for c in THREE if now[c] != before[c]] or None
+        async def first_moved() -> list[str] | None:
+            now = await fingerprints(w)
+            return [c for c in THREE if now[c] != before[c]] or None
 
-            (first,) = await eventually(first_moved, within=30, message="the first cluster")
-            canary = next(c for c in THREE if c != first)
-            nxt = Hierarchy(root, make_ca("next intermediate", root))
-            await w.kube.create(
-                SECRETS, secret_body(NEW_SECRET, SYSTEM_NAMESPACE, nxt.secret_data())
-            )
-            await w.kube.create(CERTIFICATE_ROTATIONS, rotation_body(canary=canary))
-            await epoch_in_desired(w, ".reissue", canary)
-            (third,) = set(THREE) - {first, canary}
-            assert (await fingerprints(w))[third] == before[third], "the third still waits"
+        (first,) = await eventually(first_moved, within=30, message="the first cluster")
+        canary = next(c for c in THREE if c != first)
+        root = w.hierarchy.root
+        nxt = Hierarchy(root, make_ca("next intermediate", root))
+        await w.kube.create(SECRETS, secret_body(NEW_SECRET, SYSTEM_NAMESPACE, nxt.secret_data()))
+        await w.kube.create(CERTIFICATE_ROTATIONS, rotation_body(canary=canary))
+        await epoch_in_desired(w, ".reissue", canary)
+        (third,) = set(THREE) - {first, canary}
+        assert (await fingerprints(w))[third] == before[third], "the third still waits"
 
 
 async def _all_published(w: World) -> dict[str, str | None] | None:

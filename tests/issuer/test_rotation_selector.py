@@ -68,6 +68,19 @@ async def no_epoch(w: World, cluster: str) -> None:
     assert value.trust_epoch is None, f"{cluster} is not in the rotation: {value.trust_epoch}"
 
 
+async def new_root(w: World) -> None:
+    """The rotation's new CA: a root of its own, in the Secret `rotation_body` names."""
+    new = Hierarchy.make(levels=1)
+    await w.kube.create(SECRETS, secret_body(NEW_SECRET, SYSTEM_NAMESPACE, new.secret_data()))
+
+
+async def phase_reached(w: World, phase: Phase, message: str) -> None:
+    async def reached() -> bool:
+        return (await rotation_of(w)).status.phase is phase
+
+    await eventually(reached, message=message)
+
+
 async def members(w: World) -> dict[str, Step | None]:
     return {p.name: p.step for p in (await rotation_of(w)).status.clusters}
 
@@ -76,8 +89,7 @@ async def test_a_selector_rotates_only_the_clusters_it_selects_and_a_moved_one_s
     tmp_path: Path, nats_settings: NatsSettings
 ) -> None:
     async with world(tmp_path, nats_settings, levels=1) as w:
-        new = Hierarchy.make(levels=1)
-        await w.kube.create(SECRETS, secret_body(NEW_SECRET, SYSTEM_NAMESPACE, new.secret_data()))
+        await new_root(w)
         await w.kube.create(NAMESPACES, {"metadata": {"name": "north"}})
         decls = {c: await w.create(declaration(c, "istiod")) for c in ("east", "north", "west")}
         for cluster, env in (("east", "prod"), ("west", "prod"), ("north", "dev")):
@@ -121,8 +133,7 @@ async def test_a_root_rotation_that_would_split_trust_pauses_until_it_covers_eve
     """North names the same Secret but is not selected: it would keep only the old root. The
     rotation pauses with TrustSplit, moving no one, until north is taken in."""
     async with world(tmp_path, nats_settings, levels=1) as w:
-        new = Hierarchy.make(levels=1)
-        await w.kube.create(SECRETS, secret_body(NEW_SECRET, SYSTEM_NAMESPACE, new.secret_data()))
+        await new_root(w)
         await w.kube.create(NAMESPACES, {"metadata": {"name": "north"}})
         for cluster in ("east", "north", "west"):
             await w.create(declaration(cluster, "istiod"))
@@ -152,8 +163,7 @@ async def test_an_empty_selector_takes_registered_clusters_and_one_registered_la
     tmp_path: Path, nats_settings: NatsSettings
 ) -> None:
     async with world(tmp_path, nats_settings, levels=1) as w:
-        new = Hierarchy.make(levels=1)
-        await w.kube.create(SECRETS, secret_body(NEW_SECRET, SYSTEM_NAMESPACE, new.secret_data()))
+        await new_root(w)
         east = await w.create(declaration("east", "istiod"))
         west = await w.create(declaration("west", "istiod"))
         await w.kube.create(CLUSTER_REGISTRATIONS, registration("east"))
@@ -173,19 +183,14 @@ async def test_an_empty_selector_takes_registered_clusters_and_one_registered_la
             await eventually(joined, message="west to join the rotation")
             await issue_and_finish(w, east, epoch)
             await issue_and_finish(w, west, await epoch_in_desired(w, ".add", "west"))
-
-            async def next_phase() -> bool:
-                return (await rotation_of(w)).status.phase is Phase.PROPAGATING_NEW_INTERMEDIATE
-
-            await eventually(next_phase, message="the next phase, west's add done")
+            await phase_reached(w, Phase.PROPAGATING_NEW_INTERMEDIATE, "west's add done")
 
 
 async def test_a_moved_cluster_taken_out_of_the_list_stays_in(
     tmp_path: Path, nats_settings: NatsSettings
 ) -> None:
     async with world(tmp_path, nats_settings, levels=1) as w:
-        new = Hierarchy.make(levels=1)
-        await w.kube.create(SECRETS, secret_body(NEW_SECRET, SYSTEM_NAMESPACE, new.secret_data()))
+        await new_root(w)
         east = await w.create(declaration("east", "istiod"))
         west = await w.create(declaration("west", "istiod"))
         async with running(w.settings()):
@@ -209,11 +214,7 @@ async def test_a_moved_cluster_taken_out_of_the_list_stays_in(
             assert value.trust_epoch == epoch, "east keeps its step"
             await issue_and_finish(w, east, epoch)
             await issue_and_finish(w, west, await epoch_in_desired(w, ".add", "west"))
-
-            async def next_phase() -> bool:
-                return (await rotation_of(w)).status.phase is Phase.PROPAGATING_NEW_INTERMEDIATE
-
-            await eventually(next_phase, message="the next phase, both clusters' add done")
+            await phase_reached(w, Phase.PROPAGATING_NEW_INTERMEDIATE, "both clusters' add done")
 
 
 def narrowed(phase: str, **spec: Any) -> CertificateRotation:
