@@ -139,7 +139,7 @@ def _rotations(shared: _Shared, declarations: Declarations, issued: Bucket) -> C
         kube=shared.kube,
         rotations=declarations.rotations,
         declarations=declarations.certificates,
-        registrations=declarations.registrations.informer,
+        registrations=declarations.registrations,
         issued=issued,
         cas=shared.signing_cas,
         executor=shared.executor,

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from shared.api import reasons
 from shared.api.registrations import ClusterRegistration, NameConstraintsSpec, host_pattern
-from shared.api.v1alpha2 import IssuedCertificate
+from shared.api.v1alpha2 import IssuedCertificate, ObjectRef
 from shared.controller.policy import Chain, Finding
 from shared.events import CsrRequestedData
 from shared.pki import CsrRejected, InvalidHost, InvalidSubject, KeyPolicy, SigningCA, check_csr
@@ -45,6 +45,7 @@ __all__ = [
     "RegistrationState",
     "SigningState",
     "authorise",
+    "ca_not_registered",
     "check_declaration",
     "forbidden_secret",
     "registration_for",
@@ -117,6 +118,9 @@ class CsrInput:
     signing_namespaces: tuple[str, ...] = ()
     """The issuer's signing namespaces; empty: any (the permissive mode)."""
     registration: RegistrationState = None
+    rotated_to: ObjectRef | None = None
+    """During a rotation step that signs with the rotation's new CA: that CA's Secret (the
+    cluster's registration must allow it as well)."""
 
 
 # --- cluster registrations --------------------------------------------------------------------
@@ -169,6 +173,24 @@ def _host_problem(host: str, registration: ClusterRegistration) -> str | None:
     return None
 
 
+def ca_not_registered(
+    registration: RegistrationState, ref: ObjectRef, *, what: str = "signingCertificateSecret"
+) -> Finding | None:
+    """Why the cluster's registration does not allow signing with the CA Secret `ref` (`what`
+    names it for people), or None: allowed, no list in the registration, or no registration."""
+    if not isinstance(registration, ClusterRegistration):
+        return registration
+    allowed = registration.spec.signing_certificate_secrets
+    if not allowed or any((a.namespace, a.name) == (ref.namespace, ref.name) for a in allowed):
+        return None
+    names = ", ".join(f"{a.namespace}/{a.name}" for a in allowed)
+    return Finding(
+        reasons.SIGNING_CA_NOT_REGISTERED,
+        f"{what} {ref.namespace}/{ref.name} is not among the CAs ClusterRegistration "
+        f"{registration.key} allows (signingCertificateSecrets: {names})",
+    )
+
+
 def registration_problem(
     declaration: IssuedCertificate, registration: RegistrationState
 ) -> Finding | None:
@@ -177,15 +199,9 @@ def registration_problem(
     if registration is None or isinstance(registration, Finding):
         return registration
     spec, where = declaration.spec, f"ClusterRegistration {registration.key}"
-    ref = spec.signing_certificate_secret
-    allowed = registration.spec.signing_certificate_secrets
-    if allowed and not any((a.namespace, a.name) == (ref.namespace, ref.name) for a in allowed):
-        names = ", ".join(f"{a.namespace}/{a.name}" for a in allowed)
-        return Finding(
-            reasons.SIGNING_CA_NOT_REGISTERED,
-            f"signingCertificateSecret {ref.namespace}/{ref.name} is not among the CAs {where} "
-            f"allows (signingCertificateSecrets: {names})",
-        )
+    refused = ca_not_registered(registration, spec.signing_certificate_secret)
+    if refused is not None:
+        return refused
     limit = registration.spec.max_lifetime
     if limit is not None and spec.cert_options.lifetime > limit:
         return Finding(
@@ -318,6 +334,15 @@ def csr_inside_registration(value: CsrInput) -> Finding | None:
     return registration_problem(value.declaration, value.registration)
 
 
+def rotation_ca_registered(value: CsrInput) -> Finding | None:
+    """A rotation step signing with the new CA: the cluster's registration must allow it."""
+    if value.rotated_to is None:
+        return None
+    return ca_not_registered(
+        value.registration, value.rotated_to, what="the rotation's new CA Secret"
+    )
+
+
 def signing_ca_ready(value: CsrInput) -> Finding | None:
     if isinstance(value.signing, Finding):
         return value.signing
@@ -354,6 +379,7 @@ CSR_CHAIN: Chain[CsrInput] = Chain(
     generation_is_current,
     signing_secret_allowed,
     csr_inside_registration,
+    rotation_ca_registered,
     signing_ca_ready,
     declaration_fits,
     csr_matches_declaration,

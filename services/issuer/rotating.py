@@ -31,7 +31,15 @@ from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
 from services.issuer.issued import IssuedRecord, issued_key
-from services.issuer.rotation import ENDED, ClusterView, plan, signing_step, trust_split
+from services.issuer.registrations import Registrations
+from services.issuer.rotation import (
+    ENDED,
+    ClusterView,
+    new_ca_refused,
+    plan,
+    signing_step,
+    trust_split,
+)
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, read_signing_secret
 from services.issuer.steps import cross_certificate
@@ -171,7 +179,7 @@ class RotationController:
         kube: KubeClient,
         rotations: Rotations,
         declarations: Informer,
-        registrations: Informer,
+        registrations: Registrations,
         issued: Bucket,
         cas: SigningCAs,
         executor: Executor,
@@ -189,7 +197,7 @@ class RotationController:
         self.controller = Controller(name="issuer-rotations", reconcile=self.reconcile)
         self.controller.watch(rotations.informer)
         self.controller.watch(declarations, map_to=self._rotations_of)
-        self.controller.watch(registrations, map_to=self._selecting)
+        self.controller.watch(registrations.informer, map_to=self._registered)
 
     def _rotations_of(self, event: InformerEvent) -> Iterable[ObjectKey]:
         """A declaration's change (its mirrored status) wakes the rotations of its Secret."""
@@ -202,12 +210,14 @@ class RotationController:
             == (ref.get("namespace"), ref.get("name"))
         ]
 
-    def _selecting(self, event: InformerEvent) -> Iterable[ObjectKey]:
-        """A ClusterRegistration's change (its labels) wakes the rotations with a selector."""
+    def _registered(self, event: InformerEvent) -> Iterable[ObjectKey]:
+        """A ClusterRegistration's change (its labels, the CAs it allows) wakes every rotation
+        still under way."""
+        del event
         return [
             ObjectKey(self.rotations.namespace, r.metadata.name)
             for r in self.rotations.all()
-            if r.spec.cluster_selector is not None and r.status.phase not in ENDED
+            if r.status.phase not in ENDED
         ]
 
     async def reconcile(self, key: ObjectKey) -> ReconcileResult:
@@ -221,26 +231,15 @@ class RotationController:
             return Done()
         loaded = await self._load(rotation)
         if isinstance(loaded, Finding):
-            status = rotation.status.model_copy(
-                update={"paused": True, "error": f"{loaded.reason}: {loaded.message}"}
-            )
-            await self._write(raw, rotation, status.model_dump(mode="json", by_alias=True))
-            return RequeueAfter(_RETRY_SECONDS)
+            return await self._pause(raw, rotation, loaded)
         old, new = loaded
         now = self._clock()
         naming = self._naming(rotation)
         views = await self._views(rotation, naming)
-        split = trust_split(rotation, naming, views, intermediate_only=old.root == new.root)
-        if split is not None:
-            status = rotation.status.model_copy(
-                update={
-                    "paused": True,
-                    "error": f"{split.reason}: {split.message}",
-                    "observed_generation": rotation.metadata.generation or 0,
-                }
-            )
-            await self._write(raw, rotation, status.model_dump(mode="json", by_alias=True))
-            return RequeueAfter(_RETRY_SECONDS)
+        held = trust_split(rotation, naming, views, intermediate_only=old.root == new.root)
+        held = held or new_ca_refused(rotation, {c: self._registrations.state(c) for c in views})
+        if held is not None:
+            return await self._pause(raw, rotation, held)
         outcome = plan(
             rotation,
             views,
@@ -260,6 +259,20 @@ class RotationController:
         if outcome.requeue_at is None:
             return Done()
         return RequeueAfter(max(0.1, (outcome.requeue_at - now).total_seconds()))
+
+    async def _pause(
+        self, raw: Obj, rotation: CertificateRotation, why: Finding
+    ) -> ReconcileResult:
+        """Paused with `why` in status.error, nothing else changed; looked at again later."""
+        status = rotation.status.model_copy(
+            update={
+                "paused": True,
+                "error": f"{why.reason}: {why.message}",
+                "observed_generation": rotation.metadata.generation or 0,
+            }
+        )
+        await self._write(raw, rotation, status.model_dump(mode="json", by_alias=True))
+        return RequeueAfter(_RETRY_SECONDS)
 
     async def _load(self, rotation: CertificateRotation) -> tuple[SigningCA, SigningCA] | Finding:
         """Both CAs, read live; and the cross certificate made once (it needs both)."""
@@ -336,7 +349,8 @@ class RotationController:
                 return False
             if spec.cluster_selector is None:
                 return True
-            registration = self._registrations.get(ObjectKey(self.rotations.namespace, cluster))
+            key = ObjectKey(self.rotations.namespace, cluster)
+            registration = self._registrations.informer.get(key)
             if registration is None:
                 return False  # no registration, no labels (the permissive mode)
             labels = (registration.get("metadata") or {}).get("labels") or {}

@@ -24,6 +24,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from services.issuer.policies import RegistrationState, ca_not_registered
 from shared.api import reasons
 from shared.api.rotations import (
     CertificateRotation,
@@ -42,6 +43,7 @@ __all__ = [
     "PENDING",
     "ClusterView",
     "Plan",
+    "new_ca_refused",
     "plan",
     "signing_step",
     "trust_split",
@@ -143,6 +145,29 @@ def trust_split(
         "would keep only the old root and stop trusting the rotated clusters' workloads; take "
         "them in (spec.clusters, spec.clusterSelector), point them at another Secret, or set "
         "spec.allowTrustSplit: true (docs/rotation.md, 'Which clusters')",
+    )
+
+
+def new_ca_refused(
+    rotation: CertificateRotation, registrations: Mapping[str, RegistrationState]
+) -> Finding | None:
+    """Why the rotation must not move its clusters: some member's ClusterRegistration
+    (`registrations`, by cluster) does not allow the new CA's Secret, so its CSRs on the steps
+    signed by the new CA would be denied. None: every member may be, or the rotation is ending,
+    rolling back or aborted (the way back signs with the old CA)."""
+    spec, phase = rotation.spec, rotation.status.phase
+    if spec.abort or phase in ENDED or phase is Phase.ROLLING_BACK:
+        return None
+    new, what = spec.new_signing_certificate_secret, "the rotation's new CA Secret"
+    found = {c: ca_not_registered(state, new, what=what) for c, state in registrations.items()}
+    refused = {c: f for c, f in sorted(found.items()) if f is not None}
+    if not refused:
+        return None
+    first = next(iter(refused.values()))
+    return Finding(
+        first.reason,
+        f"{', '.join(refused)}: {first.message}; allow it in their ClusterRegistrations' "
+        "signingCertificateSecrets, or take them out of the rotation",
     )
 
 

@@ -42,11 +42,11 @@ from services.issuer.rotating import Rotations
 from services.issuer.rotating import decoded_secret_data as _decoded
 from services.issuer.settings import IssuerSettings
 from services.issuer.signer import SigningCAs, read_signing_secret, sign
-from services.issuer.steps import StepCA, step_ca
+from services.issuer.steps import StepCA, signs_with_new_ca, step_ca
 from shared.api import reasons
 from shared.api.meta import ObjectKey
 from shared.api.rotations import CertificateRotation, Step
-from shared.api.v1alpha2 import IssuedCertificate
+from shared.api.v1alpha2 import IssuedCertificate, ObjectRef
 from shared.bus import Bucket
 from shared.controller.policy import Finding
 from shared.events import CsrRequested
@@ -324,6 +324,7 @@ class CsrSigning:
                 policy=self._policy,
                 signing_namespaces=self.settings.signing_namespaces,
                 registration=registration,
+                rotated_to=_rotated_to(rotating),
             )
         )
         if verdict is not None:
@@ -351,6 +352,13 @@ class CsrSigning:
         if parts is None or isinstance(signed, Finding):
             return signed
         return dataclasses.replace(signed, root_pem=parts.roots_pem)
+
+
+def _rotated_to(rotating: _Rotating | None) -> ObjectRef | None:
+    """The new CA's Secret when the cluster's rotation step signs with it."""
+    if rotating is None or not signs_with_new_ca(rotating.step):
+        return None
+    return rotating.rotation.spec.new_signing_certificate_secret
 
 
 async def _get_or_none(kube: KubeClient, key: ObjectKey) -> dict[str, Any] | None:

@@ -29,7 +29,7 @@ from shared.api.rotations import Step
 from shared.controller.policy import Finding
 from shared.pki import SigningCA, SigningRefused, cross_sign, vouched_roots
 
-__all__ = ["CROSS_SIGNED_FIELD", "StepCA", "cross_certificate", "step_ca"]
+__all__ = ["CROSS_SIGNED_FIELD", "StepCA", "cross_certificate", "signs_with_new_ca", "step_ca"]
 
 CROSS_SIGNED_FIELD = "cross-signed.pem"
 """The new Secret's field holding the cross certificate, when the old CA is an intermediate."""
@@ -37,6 +37,11 @@ CROSS_SIGNED_FIELD = "cross-signed.pem"
 _NEW_CA = frozenset({Step.MOVE, Step.DROP, Step.REISSUE})
 _BOTH_ROOTS = frozenset({Step.ADD, Step.MOVE, Step.BACK})
 _CROSSED = frozenset({Step.ADD, Step.MOVE, Step.DROP, Step.BACK})
+
+
+def signs_with_new_ca(step: Step) -> bool:
+    """Whether `step` signs with the rotation's new CA (else with the declared, old one)."""
+    return step in _NEW_CA
 
 
 @dataclass(frozen=True, slots=True)
