@@ -6,6 +6,7 @@ informer (`shared.k8s.informer`) follows a watch across reconnects.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,10 @@ __all__ = ["CONNECTION_ERRORS", "WatchEvent", "WatchStream", "status_body"]
 
 # What aiohttp raises when the path to the server fails rather than the server answering.
 CONNECTION_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+
+CLOSE_GRACE = 1.0
+"""Seconds leaving a watch waits for its connection to close (over TLS, for the server's
+close_notify) before the socket is aborted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +80,17 @@ class WatchStream:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._response is not None:
-            # close, not release: the body is unfinished, the connection cannot be reused.
-            self._response.close()
-            self._response = None
+        response, self._response = self._response, None
+        if response is None:
+            return
+        connection = response.connection
+        transport = connection.transport if connection is not None else None
+        protocol = connection.protocol if connection is not None else None
+        closed = protocol.closed if protocol is not None else None
+        # close, not release: the body is unfinished, the connection cannot be reused.
+        response.close()
+        if transport is not None and closed is not None:
+            await _until_closed(transport, closed)
 
     def __aiter__(self) -> Self:
         return self
@@ -109,3 +121,25 @@ class WatchStream:
                 code = obj.get("code")
                 raise error_from_status(code if isinstance(code, int) else 500, obj)
             return WatchEvent(kind, obj)
+
+
+async def _until_closed(transport: asyncio.Transport, closed: asyncio.Future[None]) -> None:
+    """Until a closed response's socket is closed: CLOSE_GRACE at most, then it is aborted.
+
+    aiohttp drops a closed response's connection from its pool at once, but over TLS the socket
+    is closed only once the close_notify exchange is over, in the background, and
+    `ClientSession.close()` does not wait for it (aio-libs/aiohttp#1925). An event loop closed
+    before then (a test's, or a process's at exit) never closes that socket: the garbage
+    collector finds it later as an unclosed transport, whoever runs then.
+    """
+    try:
+        await asyncio.wait({closed}, timeout=CLOSE_GRACE)
+        if not closed.done():
+            transport.abort()  # a server that does not answer close_notify
+            await asyncio.wait({closed}, timeout=CLOSE_GRACE)
+    except asyncio.CancelledError:
+        transport.abort()
+        raise
+    finally:
+        if closed.done() and not closed.cancelled():
+            closed.exception()  # retrieved: a connection lost with an error is not news here
