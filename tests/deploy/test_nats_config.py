@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -245,18 +246,20 @@ async def test_compose_conf_confines_an_agent_to_its_cluster(compose_nats: str) 
         await violations.put(str(exc))
 
     user = ClusterUser("agent", "east")
-    issuer = await nats.connect(
-        compose_nats, user=ISSUER_USER, password="pw-password_issuer", max_reconnect_attempts=0
-    )
-    agent = await nats.connect(
-        compose_nats,
-        user=user.name,
-        password="pw-password_agent_east",
-        inbox_prefix=user.inbox_prefix,
-        error_cb=on_error,
-        max_reconnect_attempts=0,
-    )
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        issuer = await nats.connect(
+            compose_nats, user=ISSUER_USER, password="pw-password_issuer", max_reconnect_attempts=0
+        )
+        stack.push_async_callback(issuer.close)
+        agent = await nats.connect(
+            compose_nats,
+            user=user.name,
+            password="pw-password_agent_east",
+            inbox_prefix=user.inbox_prefix,
+            error_cb=on_error,
+            max_reconnect_attempts=0,
+        )
+        stack.push_async_callback(agent.close)
         seen = await issuer.subscribe("meshtrust.v1.>")
         await issuer.flush(timeout=5)
         for cluster, data in (("east", b"1"), ("west", b"2"), ("east", b"3")):
@@ -272,9 +275,6 @@ async def test_compose_conf_confines_an_agent_to_its_cluster(compose_nats: str) 
         message = await asyncio.wait_for(violations.get(), timeout=10)
         assert "permissions violation" in message.lower()
         assert "meshtrust.v1.west" in message
-    finally:
-        await agent.close()
-        await issuer.close()
 
 
 def _nats_config(*options: str) -> subprocess.CompletedProcess[str]:
