@@ -76,6 +76,7 @@ from shared.k8s import (
     update_status,
 )
 from shared.k8s.controller import ReconcileResult
+from shared.k8s.early import spec_ref
 from shared.k8s.informer import status_only, unless_status_only
 from shared.k8s.resources import ISSUED_CERTIFICATES, POD_BOUNCE_DIRECTIVES, SECRETS, Resource
 from shared.runtime import get_logger
@@ -255,9 +256,8 @@ class Declarations:
     def _rotating(self, raw: Obj, key: ObjectKey) -> bool:
         """Whether a rotation's step reaches this declaration now (read from the cache, before
         anything else: a key the re-issue waves deferred must not hold a rotation up)."""
-        ref = (raw.get("spec") or {}).get("signingCertificateSecret") or {}
-        secret = ObjectKey(str(ref.get("namespace") or ""), str(ref.get("name") or ""))
-        return self.rotations.epoch_for(secret, key.namespace) is not None
+        secret = spec_ref(raw, "signingCertificateSecret")
+        return secret is not None and self.rotations.epoch_for(secret, key.namespace) is not None
 
     async def _load_signing(
         self, secret: Obj | Finding | None, ref: ObjectKey

@@ -325,8 +325,11 @@ class RotationController:
     ) -> dict[str, ClusterView]:
         """Every cluster the rotation covers, and what is seen of it on its step."""
         member = self._members(rotation)
-        by_cluster = {c: list(naming.get(c, ())) for c in rotation.spec.clusters if member(c)}
-        by_cluster |= {c: list(d) for c, d in naming.items() if member(c)}
+        # A listed cluster without a declaration is seen too: its view says none names the Secret.
+        by_cluster: dict[str, list[IssuedCertificate]] = {
+            c: [] for c in rotation.spec.clusters if member(c)
+        }
+        by_cluster |= {c: d for c, d in naming.items() if member(c)}
         steps = {p.name: p.step for p in rotation.status.clusters}
         out = {}
         for cluster, declarations in by_cluster.items():
